@@ -1,0 +1,140 @@
+"""The engine's ports: everything it needs from the outside world, as Protocols.
+
+Implementations: `sessions_app.store.DjangoSpaceStore` (storage), `sessions_app.runtime`
+(locks, background work), `engine.llm` adapters (LLM). Tests use in-memory fakes.
+Every store method is one unit of work: it reads a consistent snapshot or writes in one
+transaction, and never holds a transaction open across calls.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequence
+
+from .types import (
+    Bootstrap,
+    ChildMemory,
+    CompressionCache,
+    Insight,
+    LLMResponse,
+    Message,
+    NewChild,
+    SessionMeta,
+    SpacePrompts,
+    StreamDelta,
+    ToolSpec,
+    TurnContext,
+)
+
+
+class LLM(Protocol):
+    """A chat model. Failures raise `errors.LLMError` (transient ones already retried)."""
+
+    provider: str
+    model: str
+    max_context_tokens: int
+
+    async def complete(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = ()
+    ) -> LLMResponse:
+        """One call; tool-call arguments come back parsed (non-JSON arguments raise LLMError)."""
+        ...
+
+    def stream(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[StreamDelta]:
+        """The same call streamed: text deltas and tool-call pieces (id and name included)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SpaceStore(Protocol):
+    """Storage for ONE space. Every session id is checked to belong to that space:
+    a session of another space is `SessionNotFound`, exactly like an unknown one."""
+
+    async def get_session(self, session_id: str) -> SessionMeta:
+        """The session's meta; raises SessionNotFound."""
+        ...
+
+    async def load_turn_context(self, session_id: str) -> TurnContext:
+        """Meta, system prompt, insight (standard) or synthesis (main), the whole history in
+        order, the skills whitelist and the compression cache; raises SessionNotFound."""
+        ...
+
+    async def save_call(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        consumed_insight: str | None = None,
+        end_turn: bool = False,
+    ) -> int:
+        """Persist one successful LLM call in ONE transaction: append `messages` in order; if
+        `consumed_insight` is given, delete the insight slot (only if it still holds that text);
+        if `end_turn`, turn_count += 1 and last_active_at = now (and, after commit, announce the
+        completed turn to listeners). Returns the session's turn_count after the write."""
+        ...
+
+    async def create_child(self, child: NewChild) -> SessionMeta:
+        """Create a forked session in ONE transaction: the session row (role standard, status
+        active, metadata.sourceSessionId), its topology node (parent = the root for "flat", the
+        source for "tree"; sibling index unique even under concurrent forks), the system_prompt
+        and scope slots, session_config, and the records."""
+        ...
+
+    async def archive(self, session_id: str) -> SessionMeta:
+        """Set status archived (idempotent) and return the fresh meta."""
+        ...
+
+    async def read_slot(self, session_id: str, key: str) -> str | None: ...
+
+    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+        """Upsert a slot; None deletes it."""
+        ...
+
+    async def save_compression(self, session_id: str, cache: CompressionCache) -> None: ...
+
+    async def space_prompts(self) -> SpacePrompts:
+        """The space's prompt columns as they are now (prompts resolve at call time)."""
+        ...
+
+    async def main_session_id(self) -> str: ...
+
+    async def collect_memories(self) -> list[ChildMemory]:
+        """Every active standard session of the space that has a non-empty memory slot."""
+        ...
+
+    async def save_integration(
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+    ) -> None:
+        """ONE transaction: the synthesis into the main memory slot, each insight into its
+        session's insight slot."""
+        ...
+
+    async def load_bootstrap(self, session_id: str) -> Bootstrap: ...
+
+    async def core_data(self) -> Mapping[str, Any]: ...
+
+
+class SessionLocks(Protocol):
+    """Serialises operations on one session, across every server process."""
+
+    def hold(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the session until the block exits; raises SessionBusy when the lock could not
+        be had within the configured timeout."""
+        ...
+
+
+class BackgroundJobs(Protocol):
+    """Work that must not slow or fail the request that triggered it."""
+
+    def submit(self, key: str, job: Callable[[], Awaitable[Any]]) -> None:
+        """Run `job` soon. While a job with the same `key` runs, further submits coalesce into
+        ONE follow-up run. Failures are retried a bounded number of times and logged."""
+        ...
+
+
+# A tool implementation: receives the parsed arguments and a ToolContext, returns any
+# JSON-able value (or raises: the error goes back to the LLM, the turn goes on).
+ToolFunction = Callable[..., Any]

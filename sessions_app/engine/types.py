@@ -1,0 +1,240 @@
+"""Value types shared by the engine, its ports and its adapters (immutable dataclasses)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Mapping
+
+Role = Literal["system", "user", "assistant", "tool"]
+SessionRole = Literal["main", "standard"]
+SessionStatus = Literal["active", "archived"]
+
+
+def dumps_compact(value: Any) -> str:
+    """JSON text the way JavaScript's JSON.stringify writes it (no spaces, UTF-8 kept)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool invocation requested by the LLM; `input` is the parsed JSON arguments."""
+
+    id: str
+    name: str
+    input: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "input": dict(self.input)}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message: an L3 record or a message assembled into a prompt."""
+
+    role: Role
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class LLMResponse:
+    """The result of one non-streaming LLM call."""
+
+    content: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call; pieces with the same `index` belong together."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""  # a fragment of the JSON arguments text
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """One event of a streamed LLM call: some text and/or tool-call pieces."""
+
+    text: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What the LLM is told about a tool."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMeta:
+    """A session row with its topology placement (the store's view of one session)."""
+
+    id: str
+    space_id: str
+    label: str
+    role: SessionRole
+    status: SessionStatus
+    scope: str | None
+    tags: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    turn_count: int
+    created_at: datetime
+    updated_at: datetime
+    last_active_at: datetime
+    parent_id: str | None = None
+    source_session_id: str | None = None
+    depth: int = 0
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionCache:
+    """A stored summary of the first `covered` history messages (identified by `digest`)."""
+
+    covered: int
+    digest: str
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """Everything a turn needs from storage, read in one unit of work."""
+
+    session: SessionMeta
+    system_prompt: str | None
+    insight: str | None  # standard sessions only; None for main
+    synthesis: str | None  # main session only (its `memory` slot); None for standard
+    history: tuple[Message, ...]
+    skills: tuple[str, ...] | None = None  # per-session whitelist; None = all skills
+    compression: CompressionCache | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForkOptions:
+    """Validated options of a fork, from REST, WebSocket or the built-in tool."""
+
+    label: str
+    scope: str | None = None
+    system_prompt: str | None = None  # None = inherit the source's system prompt
+    prompt: str | None = None  # optional opening assistant message
+    context: Literal["none", "inherit"] = "none"
+    skills: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewChild:
+    """What the store must create for a fork, all in one transaction."""
+
+    source_id: str
+    label: str
+    scope: str | None
+    system_prompt: str | None
+    records: tuple[Message, ...]  # inherited history, then the opening message if any
+    placement: Literal["flat", "tree"]
+    session_config: Mapping[str, Any] | None = None  # frozen per-session config, if any
+
+
+@dataclass(frozen=True, slots=True)
+class ChildMemory:
+    """One input of integration: an active standard session's L2."""
+
+    session_id: str
+    label: str
+    memory: str
+
+
+@dataclass(frozen=True, slots=True)
+class Insight:
+    session_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrationResult:
+    synthesis: str
+    insights: tuple[Insight, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "synthesis": self.synthesis,
+            "insights": [{"sessionId": i.session_id, "content": i.content} for i in self.insights],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SpacePrompts:
+    """The space-level prompt columns, read at call time."""
+
+    system_prompt: str | None
+    consolidate_prompt: str | None
+    integrate_prompt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """What a WebSocket client receives on `session.entered`."""
+
+    core: Mapping[str, Any]
+    memories: tuple[str, ...]  # ancestors' memories, nearest first
+    current_memory: str | None
+    scope: str | None
+    session: SessionMeta
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """EngineTurnResult: exactly the four keys of the contract."""
+
+    final_content: str | None
+    tool_round_count: int
+    tool_calls_executed: int
+    raw_response: str  # JSON text of the last LLM call: content, toolCalls, usage when given
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "turn": {
+                "finalContent": self.final_content,
+                "toolRoundCount": self.tool_round_count,
+                "toolCallsExecuted": self.tool_calls_executed,
+                "rawResponse": self.raw_response,
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """A non-empty piece of assistant text streamed during round `round` (0 = first call)."""
+
+    text: str
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Engine behaviour knobs (from STELLO_* settings)."""
+
+    max_tool_rounds: int = 5
+    fork_strategy: Literal["flat", "tree"] = "flat"
+    consolidate_every_n_turns: int = 3
+    integrate_after_consolidate: bool = True
+    consolidate_on_leave: bool = False
+    consolidate_on_archive: bool = True
+    memory_language: str = "English"
+    extra: Mapping[str, Any] = field(default_factory=dict)
