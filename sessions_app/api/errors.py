@@ -1,0 +1,71 @@
+"""The one place where errors become HTTP responses: always `{"error": message, "code": ...}`."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from ..engine import errors
+
+logger = logging.getLogger("stello.api")
+
+STATUS_BY_CODE = {
+    errors.InvalidInput.code: status.HTTP_400_BAD_REQUEST,
+    errors.SpaceNotFound.code: status.HTTP_404_NOT_FOUND,
+    errors.SessionNotFound.code: status.HTTP_404_NOT_FOUND,
+    errors.SessionArchived.code: status.HTTP_409_CONFLICT,
+    errors.SessionBusy.code: status.HTTP_409_CONFLICT,
+    errors.LLMError.code: status.HTTP_502_BAD_GATEWAY,
+    errors.ToolLoopLimit.code: status.HTTP_502_BAD_GATEWAY,
+}
+
+CODE_BY_DRF_CLASS = {
+    exceptions.ParseError: "INVALID_JSON",
+    exceptions.ValidationError: "INVALID_INPUT",
+    exceptions.AuthenticationFailed: "UNAUTHENTICATED",
+    exceptions.NotAuthenticated: "UNAUTHENTICATED",
+    exceptions.PermissionDenied: "FORBIDDEN",
+    exceptions.NotFound: "NOT_FOUND",
+    exceptions.MethodNotAllowed: "METHOD_NOT_ALLOWED",
+    exceptions.UnsupportedMediaType: "UNSUPPORTED_MEDIA_TYPE",
+    exceptions.Throttled: "RATE_LIMITED",
+}
+
+
+def error_body(message: str, code: str) -> dict[str, str]:
+    return {"error": message, "code": code}
+
+
+def _drf_message(detail) -> str:
+    """The first human-readable message of a DRF detail (str, list or dict)."""
+    while isinstance(detail, dict | list) and detail:
+        detail = next(iter(detail.values())) if isinstance(detail, dict) else detail[0]
+    return str(detail) if detail else "Invalid request"
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, errors.StelloError):
+        code = exc.code
+        http_status = STATUS_BY_CODE.get(code, status.HTTP_500_INTERNAL_SERVER_ERROR)
+        if http_status >= 500:
+            logger.error("unmapped engine error %s: %s", code, exc.message)
+        return Response(error_body(exc.message, code), status=http_status)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound("Not Found")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied("Forbidden")
+    if isinstance(exc, exceptions.APIException):
+        code = next((c for cls, c in CODE_BY_DRF_CLASS.items() if isinstance(exc, cls)), "ERROR")
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None) is not None:
+            headers["Retry-After"] = str(int(exc.wait))
+        return Response(
+            error_body(_drf_message(exc.detail), code), status=exc.status_code, headers=headers
+        )
+    return None  # a real bug: let Django log it and answer 500

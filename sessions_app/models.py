@@ -1,0 +1,183 @@
+"""The session tree of a space: sessions, topology, L3 records, data slots and core data.
+
+Table and column names follow the original server's schema so operators' queries keep working.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from spaces.models import Space
+
+
+class Session(models.Model):
+    class Role(models.TextChoices):
+        MAIN = "main"
+        STANDARD = "standard"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        ARCHIVED = "archived"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    space = models.ForeignKey(Space, on_delete=models.CASCADE, related_name="sessions")
+    label = models.TextField()
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.STANDARD)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    scope = models.TextField(null=True, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    turn_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_active_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "sessions"
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["space"], condition=Q(role="main"), name="one_main_session_per_space"
+            ),
+            models.CheckConstraint(condition=Q(role__in=["main", "standard"]),
+                                   name="session_role_valid"),
+            models.CheckConstraint(condition=Q(status__in=["active", "archived"]),
+                                   name="session_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.role}, {self.status})"
+
+
+class TopologyNode(models.Model):
+    """Where a session sits in its space's tree (kept apart from the session's own data)."""
+
+    session = models.OneToOneField(
+        Session, on_delete=models.CASCADE, primary_key=True, related_name="node"
+    )
+    space = models.ForeignKey(Space, on_delete=models.CASCADE, related_name="nodes")
+    parent = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children"
+    )
+    source_session = models.ForeignKey(
+        Session, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    depth = models.PositiveIntegerField(default=0)
+    index = models.PositiveIntegerField(default=0)
+    label = models.TextField()
+
+    class Meta:
+        db_table = "topology_nodes"
+        constraints = [
+            # Sibling positions are unique even under concurrent forks.
+            models.UniqueConstraint(
+                fields=["parent", "index"], condition=Q(parent__isnull=False),
+                name="unique_sibling_index",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} (depth {self.depth}, index {self.index})"
+
+
+class SessionRef(models.Model):
+    """A cross-branch reference between two sessions of one space."""
+
+    from_session = models.ForeignKey(
+        Session, on_delete=models.CASCADE, related_name="refs_out", db_column="from_id"
+    )
+    to_session = models.ForeignKey(
+        Session, on_delete=models.CASCADE, related_name="refs_in", db_column="to_id"
+    )
+
+    class Meta:
+        db_table = "session_refs"
+        constraints = [
+            models.UniqueConstraint(fields=["from_session", "to_session"], name="unique_ref"),
+            models.CheckConstraint(condition=~Q(from_session=models.F("to_session")),
+                                   name="ref_not_self"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.from_session_id} -> {self.to_session_id}"
+
+
+class Record(models.Model):
+    """One L3 message. The auto-increment id defines the order."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        SYSTEM = "system"
+        TOOL = "tool"
+
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="records")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(default="", blank=True)
+    tool_calls = models.JSONField(null=True, blank=True)
+    tool_call_id = models.TextField(null=True, blank=True)
+    timestamp = models.DateTimeField()
+    metadata = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = "records"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["session", "id"], name="records_session_order")]
+        constraints = [
+            models.CheckConstraint(condition=Q(role__in=["user", "assistant", "system", "tool"]),
+                                   name="record_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:60]}"
+
+
+class SessionData(models.Model):
+    """A named text slot of a session: prompts, memory (L2 / synthesis), insight, scope..."""
+
+    class Key(models.TextChoices):
+        SYSTEM_PROMPT = "system_prompt"
+        MEMORY = "memory"
+        INSIGHT = "insight"
+        SCOPE = "scope"
+        CONSOLIDATE_PROMPT = "consolidate_prompt"
+        INTEGRATE_PROMPT = "integrate_prompt"
+        SESSION_CONFIG = "session_config"
+        COMPRESSION = "compression"
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="data")
+    key = models.CharField(max_length=64, choices=Key.choices)
+    content = models.TextField(default="", blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "session_data"
+        verbose_name_plural = "session data"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "key"], name="unique_session_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class CoreData(models.Model):
+    """Space-wide structured key/value data (L1), reported in the WebSocket bootstrap."""
+
+    space = models.ForeignKey(Space, on_delete=models.CASCADE, related_name="core_data")
+    path = models.TextField()
+    value = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        db_table = "core_data"
+        verbose_name_plural = "core data"
+        constraints = [
+            models.UniqueConstraint(fields=["space", "path"], name="unique_core_path"),
+        ]
+
+    def __str__(self) -> str:
+        return self.path

@@ -1,0 +1,45 @@
+"""Keep each space's session tree in step with the space, inside the space service's transaction."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.dispatch import receiver
+
+from spaces.signals import space_created, space_deleted, space_updated
+
+from .models import Session, SessionData, TopologyNode
+
+
+@receiver(space_created)
+def create_root_session(sender, space, **kwargs) -> None:
+    root = Session.objects.create(space=space, label=space.label, role=Session.Role.MAIN)
+    TopologyNode.objects.create(session=root, space=space, depth=0, index=0, label=root.label)
+    if space.system_prompt:
+        SessionData.objects.create(
+            session=root, key=SessionData.Key.SYSTEM_PROMPT, content=space.system_prompt
+        )
+
+
+@receiver(space_updated)
+def sync_root_system_prompt(sender, space, changed, **kwargs) -> None:
+    if "system_prompt" in changed:
+        root = Session.objects.only("id").get(space=space, role=Session.Role.MAIN)
+        if space.system_prompt is None:
+            SessionData.objects.filter(session=root, key=SessionData.Key.SYSTEM_PROMPT).delete()
+        else:
+            SessionData.objects.update_or_create(
+                session=root, key=SessionData.Key.SYSTEM_PROMPT,
+                defaults={"content": space.system_prompt},
+            )
+    _evict_after_commit(str(space.id))
+
+
+@receiver(space_deleted)
+def forget_deleted_space(sender, space_id, **kwargs) -> None:
+    _evict_after_commit(space_id)
+
+
+def _evict_after_commit(space_id: str) -> None:
+    from .runtime.pool import runtimes
+
+    transaction.on_commit(lambda: runtimes.evict_everywhere(space_id))

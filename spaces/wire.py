@@ -1,0 +1,28 @@
+"""JSON shapes of the wire contract (camelCase keys, millisecond UTC timestamps)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .models import Space
+
+
+def iso_ms(value: datetime) -> str:
+    """`2026-11-23T11:24:14.471Z`, like JavaScript's Date.toISOString()."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def space_json(space: Space) -> dict[str, Any]:
+    return {
+        "id": str(space.id),
+        "userId": str(space.owner_id),
+        "label": space.label,
+        "systemPrompt": space.system_prompt,
+        "consolidatePrompt": space.consolidate_prompt,
+        "integratePrompt": space.integrate_prompt,
+        "config": space.config,
+        "createdAt": iso_ms(space.created_at),
+        "updatedAt": iso_ms(space.updated_at),
+    }

@@ -1,0 +1,189 @@
+"""Stello for Django settings: one module, driven by environment variables.
+
+Every default runs as-is (the embedded mode: SQLite + in-memory channel layer + the offline LLM).
+Production changes only environment variables; see the README's Configuration section.
+A bad value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from stello_project.env import (
+    database_from_url,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    sqlite_database,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+# The embedded default key is fine for local use only; production must set SECRET_KEY.
+SECRET_KEY = env_str("SECRET_KEY", "stello-embedded-insecure-key-set-SECRET_KEY-in-production")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "spaces",
+    "sessions_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "stello_project.urls"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "stello_project.asgi.application"
+
+# --- Database: SQLite (WAL, IMMEDIATE, busy timeout) unless DATABASE_URL is set. ----------------
+_DATABASE_URL = env_str("DATABASE_URL")
+if _DATABASE_URL:
+    DATABASES = {
+        "default": database_from_url(
+            "DATABASE_URL",
+            _DATABASE_URL,
+            pool_min=env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
+            pool_max=env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
+        )
+    }
+else:
+    DATABASES = {"default": sqlite_database(str(BASE_DIR / ".stello" / "db.sqlite3"))}
+    (BASE_DIR / ".stello").mkdir(exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer: in-memory (one process) unless REDIS_URL is set. ----------------------------
+_REDIS_URL = env_str("REDIS_URL")
+if _REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [_REDIS_URL], "prefix": env_str("STELLO_REDIS_PREFIX", "stello")},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Auth, i18n, static ------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["spaces.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Bodies are JSON whatever the Content-Type says (the original server did the same).
+    "DEFAULT_PARSER_CLASSES": ["spaces.parsers.AnyJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["spaces.renderers.FastJSONRenderer"],
+    "EXCEPTION_HANDLER": "sessions_app.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("STELLO_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+
+# --- Stello ------------------------------------------------------------------------------------
+_PROVIDERS = ("offline", "openai", "anthropic")
+
+
+def _llm_settings(prefix: str, fallback: dict | None) -> dict | None:
+    """STELLO_LLM_* (or the STELLO_MEMORY_LLM_* twins, which default to the main ones)."""
+    base = fallback or {}
+    provider_var = f"{prefix}_PROVIDER"
+    if fallback is not None and not env_str(provider_var) and not env_str(f"{prefix}_MODEL"):
+        return None  # no memory-specific LLM: the main one serves memory calls too
+    provider = env_choice(provider_var, base.get("provider", "offline"), _PROVIDERS)
+    default_model = {"offline": "offline-echo", "openai": "gpt-4o-mini",
+                     "anthropic": "claude-haiku-4-5-20251001"}[provider]
+    same_provider = base.get("provider") == provider
+    return {
+        "provider": provider,
+        "model": env_str(f"{prefix}_MODEL", base.get("model") if same_provider else default_model),
+        "base_url": env_str(f"{prefix}_BASE_URL", base.get("base_url") if same_provider else None),
+        "api_key": env_str(f"{prefix}_API_KEY", base.get("api_key") if same_provider else None),
+        "max_context_tokens": env_int(f"{prefix}_MAX_CONTEXT_TOKENS",
+                                      base.get("max_context_tokens", 128_000), minimum=256),
+        "max_output_tokens": env_int(f"{prefix}_MAX_OUTPUT_TOKENS",
+                                     base.get("max_output_tokens", 4096), minimum=1),
+        "timeout_seconds": env_float(f"{prefix}_TIMEOUT_SECONDS",
+                                     base.get("timeout_seconds", 60.0), minimum=0.01),
+        "max_retries": env_int(f"{prefix}_MAX_RETRIES", base.get("max_retries", 2), minimum=0),
+        "script_path": env_str(f"{prefix}_SCRIPT", base.get("script_path")),
+    }
+
+
+_MAIN_LLM = _llm_settings("STELLO_LLM", None)
+
+STELLO = {
+    "LLM": _MAIN_LLM,
+    "MEMORY_LLM": _llm_settings("STELLO_MEMORY_LLM", _MAIN_LLM),
+    "MAX_TOOL_ROUNDS": env_int("STELLO_MAX_TOOL_ROUNDS", 5, minimum=0),
+    "FORK_STRATEGY": env_choice("STELLO_FORK_STRATEGY", "flat", ("flat", "tree")),
+    "CONSOLIDATE_EVERY_N_TURNS": env_int("STELLO_CONSOLIDATE_EVERY_N_TURNS", 3, minimum=0),
+    "INTEGRATE_AFTER_CONSOLIDATE": env_bool("STELLO_INTEGRATE_AFTER_CONSOLIDATE", True),
+    "CONSOLIDATE_ON_LEAVE": env_bool("STELLO_CONSOLIDATE_ON_LEAVE", False),
+    "CONSOLIDATE_ON_ARCHIVE": env_bool("STELLO_CONSOLIDATE_ON_ARCHIVE", True),
+    "MEMORY_LANGUAGE": env_str("STELLO_MEMORY_LANGUAGE", "English"),
+    "AGENT_IDLE_TTL_SECONDS": env_int("STELLO_AGENT_IDLE_TTL_SECONDS", 300, minimum=1),
+    "SESSION_LOCK_TIMEOUT_SECONDS": env_float("STELLO_SESSION_LOCK_TIMEOUT_SECONDS", 120.0,
+                                              minimum=0.0),
+    "SKILLS_DIRS": env_list("STELLO_SKILLS_DIRS", [], separator=os.pathsep),
+    "TOOLS": env_list("STELLO_TOOLS", []),
+    "BACKGROUND_RETRIES": env_int("STELLO_BACKGROUND_RETRIES", 2, minimum=0),
+    "AUTH_CACHE_SECONDS": env_float("STELLO_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
+    "WS_MAX_FRAME_BYTES": env_int("STELLO_WS_MAX_FRAME_BYTES", 1_048_576, minimum=1024),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "stello": {"handlers": ["console"], "level": env_str("STELLO_LOG_LEVEL", "INFO"),
+                   "propagate": False},
+    },
+}

@@ -1,0 +1,88 @@
+"""Shared personas and markers.
+
+Personas: `alice` and `bob` are ordinary API users; each owns only what a test gives them.
+`alice_client` / `bob_client` are DRF clients authenticated with that user's API key.
+
+Markers: `postgres` / `redis` tests need the real services. Where DATABASE_URL / REDIS_URL are
+not set they are deselected (the newcomer's `make test`); with STELLO_REQUIRE_SERVICES=1 (CI)
+they must run, and a missing service fails the run instead of skipping anything.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from spaces.apikeys import apikey_create
+
+HAS_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+HAS_REDIS = bool(os.environ.get("REDIS_URL"))
+REQUIRE_SERVICES = os.environ.get("STELLO_REQUIRE_SERVICES") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: needs PostgreSQL (DATABASE_URL)")
+    config.addinivalue_line("markers", "redis: needs Redis (REDIS_URL)")
+    if REQUIRE_SERVICES and not (HAS_POSTGRES and HAS_REDIS):
+        raise pytest.UsageError(
+            "STELLO_REQUIRE_SERVICES=1 but DATABASE_URL (postgresql://) or REDIS_URL is missing"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = {"postgres": not HAS_POSTGRES, "redis": not HAS_REDIS}
+    keep, drop = [], []
+    for item in items:
+        needs = [m for m, absent in missing.items() if absent and item.get_closest_marker(m)]
+        (drop if needs else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def make_user(username: str):
+    return get_user_model().objects.create_user(username=username, password=None)
+
+
+def client_for(key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_X_API_KEY=key)
+    return client
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob")
+
+
+@pytest.fixture
+def alice_key(alice) -> str:
+    return apikey_create(user=alice, name="alice test key")[1]
+
+
+@pytest.fixture
+def bob_key(bob) -> str:
+    return apikey_create(user=bob, name="bob test key")[1]
+
+
+@pytest.fixture
+def alice_client(alice_key) -> APIClient:
+    return client_for(alice_key)
+
+
+@pytest.fixture
+def bob_client(bob_key) -> APIClient:
+    return client_for(bob_key)
+
+
+@pytest.fixture
+def anonymous_client() -> APIClient:
+    return APIClient()
