@@ -1,0 +1,208 @@
+"""SpaceAgent: the engine facade for one space, called by REST, WebSocket and background work.
+
+It keeps no correctness state in memory: every call reads what it needs from the store, so an
+agent can be evicted and rebuilt at any time. Operations on one session run under that
+session's lock; background work (consolidation, integration) only goes through `jobs.submit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+
+from . import memory
+from .builtins import turn_toolbox
+from .context import PromptBuilder
+from .errors import InvalidInput, SessionArchived
+from .fork import plan_child
+from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore
+from .skills import Skill, visible_skills
+from .tools import Tool, ToolContext
+from .turn import TurnLoop
+from .types import (
+    Bootstrap,
+    EngineSettings,
+    ForkOptions,
+    IntegrationResult,
+    SessionMeta,
+    StreamChunk,
+    TurnContext,
+    TurnResult,
+)
+
+
+def validate_input(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("input is required")
+    return value
+
+
+class SpaceAgent:
+    def __init__(
+        self,
+        *,
+        space_id: str,
+        store: SpaceStore,
+        llm: LLM,
+        memory_llm: LLM,
+        tools: Sequence[Tool],
+        skills: Mapping[str, Skill],
+        locks: SessionLocks,
+        jobs: BackgroundJobs,
+        settings: EngineSettings,
+    ) -> None:
+        self.space_id = space_id
+        self.store = store
+        self.llm = llm
+        self.memory_llm = memory_llm
+        self.tools = tuple(tools)
+        self.skills = dict(skills)
+        self.locks = locks
+        self.jobs = jobs
+        self.settings = settings
+
+    # -- turns -----------------------------------------------------------------------------
+
+    async def turn(self, session_id: str, input: str) -> TurnResult:
+        text = validate_input(input)
+        async with self.locks.hold(session_id):
+            ctx = await self._active_context(session_id)
+            loop = self._turn_loop(ctx, text)
+            result = await loop.run()
+        self._after_turn(ctx, loop.turn_count)
+        return result
+
+    async def stream(self, session_id: str, input: str) -> AsyncIterator[StreamChunk | TurnResult]:
+        """StreamChunks of every round, then the TurnResult last. The session stays locked for
+        the whole stream; closing the generator early releases it."""
+        text = validate_input(input)
+        async with self.locks.hold(session_id):
+            ctx = await self._active_context(session_id)
+            loop = self._turn_loop(ctx, text)
+            async with aclosing(loop.stream()) as items:
+                async for item in items:
+                    yield item
+        self._after_turn(ctx, loop.turn_count)
+
+    async def _active_context(self, session_id: str) -> TurnContext:
+        ctx = await self.store.load_turn_context(session_id)
+        if ctx.session.status == "archived":
+            raise SessionArchived(session_id)
+        return ctx
+
+    def _turn_loop(self, ctx: TurnContext, text: str) -> TurnLoop:
+        session_id = ctx.session.id
+
+        async def fork_from_current(options: ForkOptions) -> SessionMeta:
+            return await self._fork_unlocked(session_id, options)  # the turn holds the lock
+
+        toolbox = turn_toolbox(
+            fork_from_current=fork_from_current,
+            visible_skills=visible_skills(self.skills, ctx.skills),
+            user_tools=self.tools,
+        )
+        prompt = PromptBuilder(
+            ctx,
+            llm=self.llm,
+            memory_llm=self.memory_llm,
+            store=self.store,
+            memory_language=self.settings.memory_language,
+        )
+        return TurnLoop(
+            session_id=session_id,
+            user_input=text,
+            insight=ctx.insight if ctx.session.role == "standard" else None,
+            prompt=prompt,
+            llm=self.llm,
+            store=self.store,
+            toolbox=toolbox,
+            tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
+            max_tool_rounds=self.settings.max_tool_rounds,
+        )
+
+    def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
+        every = self.settings.consolidate_every_n_turns
+        if ctx.session.role != "standard" or every <= 0 or not turn_count:
+            return
+        if turn_count % every == 0:
+            self._submit_consolidation(ctx.session.id)
+
+    # -- tree ------------------------------------------------------------------------------
+
+    async def fork(self, source_id: str, options: ForkOptions) -> SessionMeta:
+        """Fork a child from `source_id` (an archived source is allowed, like the reference)."""
+        async with self.locks.hold(source_id):
+            return await self._fork_unlocked(source_id, options)
+
+    async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
+        source = await self.store.load_turn_context(source_id)
+        child = plan_child(source, options, self.settings.fork_strategy)
+        return await self.store.create_child(child)
+
+    async def archive(self, session_id: str) -> SessionMeta:
+        async with self.locks.hold(session_id):
+            meta = await self.store.archive(session_id)
+        if self.settings.consolidate_on_archive and meta.role == "standard":
+            # Finalises the archived session's L2.
+            self._submit_consolidation(session_id, allow_archived=True)
+        return meta
+
+    async def bootstrap(self, session_id: str) -> Bootstrap:
+        return await self.store.load_bootstrap(session_id)
+
+    async def leave(self, session_id: str) -> None:
+        if not self.settings.consolidate_on_leave:
+            return
+        meta = await self.store.get_session(session_id)
+        if meta.role == "standard" and meta.status == "active":
+            self._submit_consolidation(session_id)
+
+    # -- memory ----------------------------------------------------------------------------
+
+    async def consolidate(self, session_id: str, *, allow_archived: bool = False) -> str:
+        """L3 -> L2 for a standard session; returns the new memory."""
+        async with self.locks.hold(session_id):
+            ctx = await self.store.load_turn_context(session_id)
+            if ctx.session.role == "main":
+                raise InvalidInput("the main session integrates; it does not consolidate")
+            if ctx.session.status == "archived" and not allow_archived:
+                raise SessionArchived(session_id)
+            space = await self.store.space_prompts()
+            prompt = memory.resolve_prompt(
+                await self.store.read_slot(session_id, "consolidate_prompt"),
+                space.consolidate_prompt,
+                memory.default_consolidate_prompt(self.settings.memory_language),
+            )
+            current = await self.store.read_slot(session_id, "memory")
+            new_memory = await memory.consolidate(self.memory_llm, prompt, current, ctx.history)
+            await self.store.write_slot(session_id, "memory", new_memory)
+            return new_memory
+
+    async def integrate(self) -> IntegrationResult:
+        """All active children's L2 -> the main session's synthesis + one insight per child."""
+        main_id = await self.store.main_session_id()
+        async with self.locks.hold(main_id):
+            main = await self.store.get_session(main_id)
+            if main.status == "archived":
+                raise SessionArchived(main_id)
+            children = await self.store.collect_memories()
+            space = await self.store.space_prompts()
+            prompt = memory.resolve_prompt(
+                await self.store.read_slot(main_id, "integrate_prompt"),
+                space.integrate_prompt,
+                memory.default_integrate_prompt(self.settings.memory_language),
+            )
+            synthesis = await self.store.read_slot(main_id, "memory")
+            result = await memory.integrate(self.memory_llm, prompt, children, synthesis)
+            await self.store.save_integration(main_id, result.synthesis, result.insights)
+            return result
+
+    # -- background ------------------------------------------------------------------------
+
+    def _submit_consolidation(self, session_id: str, *, allow_archived: bool = False) -> None:
+        async def consolidate_then_integrate() -> None:
+            await self.consolidate(session_id, allow_archived=allow_archived)
+            if self.settings.integrate_after_consolidate:
+                self.jobs.submit(f"integrate:{self.space_id}", self.integrate)
+
+        self.jobs.submit(f"consolidate:{session_id}", consolidate_then_integrate)

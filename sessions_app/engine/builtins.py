@@ -1,0 +1,94 @@
+"""The built-in tools (spec 8.7): `stello_create_session` (always) and `activate_skill` (only
+when the session can see at least one skill). They come before user tools; a user tool with a
+built-in's name is dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from .fork import parse_fork_options
+from .skills import Skill
+from .tools import Tool, ToolBox, ToolContext
+from .types import ForkOptions, SessionMeta
+
+CREATE_SESSION = "stello_create_session"
+ACTIVATE_SKILL = "activate_skill"
+
+# Forks a child from the current session (the caller already holds that session's lock).
+ForkFromCurrent = Callable[[ForkOptions], Awaitable[SessionMeta]]
+
+CREATE_SESSION_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "description": "Display name of the new child session."},
+        "systemPrompt": {
+            "type": "string",
+            "description": "The child's role and instructions. Inherited from this session "
+            "when omitted.",
+        },
+        "prompt": {
+            "type": "string",
+            "description": "An opening assistant message the child session starts with.",
+        },
+        "context": {
+            "type": "string",
+            "enum": ["none", "inherit"],
+            "description": '"none" (default) starts with an empty history; "inherit" copies '
+            "this session's conversation into the child.",
+        },
+    },
+    "required": ["label"],
+}
+
+ACTIVATE_SKILL_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "description": "The name of the skill to load."}},
+    "required": ["name"],
+}
+
+
+def create_session_tool(fork_from_current: ForkFromCurrent) -> Tool:
+    async def create_session(args: dict[str, Any], context: ToolContext) -> dict[str, str]:
+        child = await fork_from_current(parse_fork_options(args))
+        return {"sessionId": child.id, "label": child.label}
+
+    return Tool(
+        name=CREATE_SESSION,
+        description="Create a new child session (a separate conversation branch) from this "
+        "session, for a sub-task or a topic that deserves its own thread. Returns the new "
+        "session's id and label.",
+        input_schema=CREATE_SESSION_SCHEMA,
+        fn=create_session,
+    )
+
+
+def activate_skill_tool(skills: Mapping[str, Skill]) -> Tool:
+    async def activate_skill(args: dict[str, Any], context: ToolContext) -> str:
+        name = args.get("name")
+        skill = skills.get(name) if isinstance(name, str) else None
+        if skill is None:
+            raise LookupError(f'Skill "{name}" not found')
+        return skill.content
+
+    listing = "\n".join(f"- **{s.name}**: {s.description}" for s in skills.values())
+    return Tool(
+        name=ACTIVATE_SKILL,
+        description="Load the specialized instructions of a skill when the task matches it."
+        f"\n\nAvailable Skills:\n{listing}",
+        input_schema=ACTIVATE_SKILL_SCHEMA,
+        fn=activate_skill,
+    )
+
+
+def turn_toolbox(
+    *,
+    fork_from_current: ForkFromCurrent,
+    visible_skills: Mapping[str, Skill],
+    user_tools: Sequence[Tool],
+) -> ToolBox:
+    """The tools of one turn: built-ins first, then user tools (built-in names win)."""
+    builtins = [create_session_tool(fork_from_current)]
+    if visible_skills:
+        builtins.append(activate_skill_tool(visible_skills))
+    return ToolBox.of([*builtins, *user_tools])

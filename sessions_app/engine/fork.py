@@ -1,0 +1,90 @@
+"""Fork rules shared by REST, WebSocket and the built-in tool (spec 8.9).
+
+`parse_fork_options` validates the caller's raw options; `plan_child` decides what the child
+gets from its source. The store places the child (flat or tree) and writes it in one go.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .errors import InvalidInput
+from .history import drop_incomplete_tool_groups
+from .types import ForkOptions, Message, NewChild, TurnContext
+
+CONTEXT_MODES = ("none", "inherit")
+
+
+def parse_fork_options(raw: object) -> ForkOptions:
+    """Validated ForkOptions from a JSON object; unknown keys are ignored."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("fork options must be a JSON object")
+    label = raw.get("label")
+    if not isinstance(label, str) or not label.strip():
+        raise InvalidInput("label is required")
+    context = raw.get("context", "none")
+    if context is None:
+        context = "none"
+    if context not in CONTEXT_MODES:
+        raise InvalidInput('context must be "none" or "inherit"')
+    return ForkOptions(
+        label=label,
+        scope=_optional_string(raw, "scope"),
+        system_prompt=_optional_string(raw, "systemPrompt"),
+        prompt=_optional_string(raw, "prompt"),
+        context=context,
+        skills=_optional_names(raw, "skills"),
+    )
+
+
+def _optional_string(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{key} must be a string")
+    return value
+
+
+def _optional_names(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"{key} must be a list of strings")
+    return tuple(value)
+
+
+def plan_child(
+    source: TurnContext, options: ForkOptions, placement: Literal["flat", "tree"]
+) -> NewChild:
+    """What a fork of `source` creates. Memory, insight, tags and metadata are not inherited."""
+    system_prompt = (
+        options.system_prompt if options.system_prompt is not None else source.system_prompt
+    )
+    records: list[Message] = []
+    if options.context == "inherit":
+        records.extend(drop_incomplete_tool_groups(source.history))
+    if options.prompt:
+        records.append(Message("assistant", options.prompt))
+    return NewChild(
+        source_id=source.session.id,
+        label=options.label,
+        scope=options.scope,
+        system_prompt=system_prompt,
+        records=tuple(records),
+        placement=placement,
+        session_config=_frozen_config(source, options),
+    )
+
+
+def _frozen_config(source: TurnContext, options: ForkOptions) -> dict[str, Any] | None:
+    """The child's `{systemPrompt?, skills?}`: the fork's own choices over a standard source's
+    whitelist (the main session's config stays out of the chain, upstream 2b95e48)."""
+    config: dict[str, Any] = {}
+    if options.system_prompt is not None:
+        config["systemPrompt"] = options.system_prompt
+    skills = options.skills
+    if skills is None and source.session.role == "standard":
+        skills = source.skills
+    if skills is not None:
+        config["skills"] = list(skills)
+    return config or None

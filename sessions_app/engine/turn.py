@@ -1,0 +1,173 @@
+"""One user turn: the LLM / tool loop (spec 8.3) and its streamed form (spec 8.4).
+
+Every successful LLM call is persisted at once with ONE `store.save_call`: the first call saves
+the user message and the assistant reply, a continuation call the tool results and the reply.
+The last call (no tool calls) ends the turn. A failed call saves nothing and raises.
+Tool results reach the next call as typed `tool` messages, never as JSON typed into user text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .context import PromptBuilder
+from .errors import LLMError, ToolLoopLimit
+from .ports import LLM, SpaceStore
+from .tools import ToolBox, ToolContext
+from .types import (
+    LLMResponse,
+    Message,
+    StreamChunk,
+    StreamDelta,
+    ToolCall,
+    TurnResult,
+    Usage,
+    dumps_compact,
+)
+
+
+def raw_response(response: LLMResponse) -> str:
+    """The JSON text of one call, as the original serialised it ("usage" only when given)."""
+    raw: dict[str, Any] = {
+        "content": response.content,
+        "toolCalls": [
+            {"id": call.id, "name": call.name, "args": dict(call.input)}
+            for call in response.tool_calls
+        ],
+    }
+    if response.usage is not None:
+        raw["usage"] = {
+            "promptTokens": response.usage.prompt_tokens,
+            "completionTokens": response.usage.completion_tokens,
+        }
+    return dumps_compact(raw)
+
+
+@dataclass
+class _PendingToolCall:
+    id: str | None = None
+    name: str | None = None
+    arguments: list[str] = field(default_factory=list)
+
+
+class StreamAssembler:
+    """Collects the deltas of one streamed call into an LLMResponse."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._calls: dict[int, _PendingToolCall] = {}
+        self._usage: Usage | None = None
+
+    def add(self, delta: StreamDelta) -> None:
+        self._text.append(delta.text)
+        for piece in delta.tool_calls:
+            pending = self._calls.setdefault(piece.index, _PendingToolCall())
+            pending.id = piece.id or pending.id
+            pending.name = piece.name or pending.name
+            pending.arguments.append(piece.arguments)
+        if delta.usage is not None:
+            self._usage = delta.usage
+
+    def response(self) -> LLMResponse:
+        calls = tuple(
+            ToolCall(
+                id=pending.id or f"tool_{index}",
+                name=pending.name or "unknown_tool",
+                input=_parse_arguments("".join(pending.arguments)),
+            )
+            for index, pending in sorted(self._calls.items())
+        )
+        return LLMResponse(content="".join(self._text), tool_calls=calls, usage=self._usage)
+
+
+def _parse_arguments(text: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise LLMError("LLM returned tool-call arguments that are not valid JSON")
+    return parsed
+
+
+class TurnLoop:
+    """Runs one turn of one session; `turn_count` holds the session's count once it ended."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        user_input: str,
+        insight: str | None,
+        prompt: PromptBuilder,
+        llm: LLM,
+        store: SpaceStore,
+        toolbox: ToolBox,
+        tool_context: ToolContext,
+        max_tool_rounds: int,
+    ) -> None:
+        self._session_id = session_id
+        self._user_message = Message("user", user_input)
+        self._insight = insight
+        self._prompt = prompt
+        self._llm = llm
+        self._store = store
+        self._toolbox = toolbox
+        self._tool_context = tool_context
+        self._max_tool_rounds = max_tool_rounds
+        self.turn_count: int | None = None
+
+    async def run(self) -> TurnResult:
+        async with aclosing(self._rounds(streaming=False)) as items:
+            async for item in items:
+                if isinstance(item, TurnResult):
+                    return item
+        raise AssertionError("the tool loop ended without a result")  # unreachable
+
+    def stream(self) -> AsyncGenerator[StreamChunk | TurnResult, None]:
+        """StreamChunks of every round, then the TurnResult as the last item."""
+        return self._rounds(streaming=True)
+
+    async def _rounds(self, *, streaming: bool) -> AsyncGenerator[StreamChunk | TurnResult, None]:
+        specs = self._toolbox.specs()
+        tail: list[Message] = [self._user_message]  # this turn's messages, in prompt order
+        unsaved: list[Message] = [self._user_message]  # what the next save_call starts with
+        rounds = executed = 0
+        while True:
+            messages = await self._prompt.build(tail)
+            if streaming:
+                assembler = StreamAssembler()
+                async for delta in self._llm.stream(messages, tools=specs):
+                    assembler.add(delta)
+                    if delta.text:
+                        yield StreamChunk(delta.text, rounds)
+                response = assembler.response()
+            else:
+                response = await self._llm.complete(messages, tools=specs)
+
+            reply = Message("assistant", response.content or "", tool_calls=response.tool_calls)
+            final = not response.tool_calls
+            turn_count = await self._store.save_call(
+                self._session_id,
+                [*unsaved, reply],
+                consumed_insight=self._insight if rounds == 0 else None,
+                end_turn=final,
+            )
+            if final:
+                self.turn_count = turn_count
+                yield TurnResult(response.content, rounds, executed, raw_response(response))
+                return
+            if rounds >= self._max_tool_rounds:
+                raise ToolLoopLimit(self._max_tool_rounds)
+
+            results = await self._toolbox.run_all(response.tool_calls, self._tool_context)
+            executed += len(results)
+            rounds += 1
+            unsaved = [result.to_message() for result in results]
+            tail.extend([reply, *unsaved])

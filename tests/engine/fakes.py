@@ -1,0 +1,500 @@
+"""In-memory fakes of the engine's ports, shared by the engine tests (and reusable elsewhere).
+
+- InMemoryStore: a faithful SpaceStore for one space (root created with the space).
+- ScriptedLLM: answers from a queue and records every call.
+- AsyncioLocks: per-session asyncio.Lock with a timeout -> SessionBusy.
+- InlineJobs: collects submitted jobs; tests run them with `await jobs.run_all()`.
+- make_agent(): a SpaceAgent wired to fresh fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sessions_app.engine.agent import SpaceAgent
+from sessions_app.engine.errors import LLMError, SessionBusy, SessionNotFound
+from sessions_app.engine.skills import Skill
+from sessions_app.engine.tools import Tool
+from sessions_app.engine.types import (
+    Bootstrap,
+    ChildMemory,
+    CompressionCache,
+    EngineSettings,
+    Insight,
+    LLMResponse,
+    Message,
+    NewChild,
+    SessionMeta,
+    SpacePrompts,
+    StreamDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    TurnContext,
+)
+
+# --------------------------------------------------------------------------------------------
+# Store
+
+
+@dataclass
+class StoredSession:
+    meta: SessionMeta
+    slots: dict[str, str] = field(default_factory=dict)
+    records: list[Message] = field(default_factory=list)
+    compression: CompressionCache | None = None
+
+
+@dataclass(frozen=True)
+class SavedCall:
+    """One save_call, as the store received it (for assertions)."""
+
+    session_id: str
+    messages: tuple[Message, ...]
+    consumed_insight: str | None
+    end_turn: bool
+
+
+class InMemoryStore:
+    """A SpaceStore over dicts, for one space whose root session exists from the start."""
+
+    def __init__(
+        self,
+        *,
+        space_id: str = "space-1",
+        system_prompt: str | None = None,
+        consolidate_prompt: str | None = None,
+        integrate_prompt: str | None = None,
+        core: Mapping[str, Any] | None = None,
+        root_label: str = "Main",
+    ) -> None:
+        self.space_id = space_id
+        self.prompts = SpacePrompts(system_prompt, consolidate_prompt, integrate_prompt)
+        self.core: dict[str, Any] = dict(core or {})
+        self.sessions: dict[str, StoredSession] = {}
+        self.saved_calls: list[SavedCall] = []
+        self._ids = itertools.count(1)
+        now = _now()
+        self.root_id = self._new_id()
+        root = SessionMeta(
+            id=self.root_id,
+            space_id=space_id,
+            label=root_label,
+            role="main",
+            status="active",
+            scope=None,
+            tags=(),
+            metadata={},
+            turn_count=0,
+            created_at=now,
+            updated_at=now,
+            last_active_at=now,
+        )
+        self.sessions[root.id] = StoredSession(root)
+        if system_prompt is not None:
+            self.sessions[root.id].slots["system_prompt"] = system_prompt
+
+    # -- test helpers (synchronous) ------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        return f"s{next(self._ids)}"
+
+    def _get(self, session_id: str) -> StoredSession:
+        stored = self.sessions.get(session_id)
+        if stored is None:
+            raise SessionNotFound()
+        return stored
+
+    def meta(self, session_id: str) -> SessionMeta:
+        return self._get(session_id).meta
+
+    def records(self, session_id: str) -> list[Message]:
+        return list(self._get(session_id).records)
+
+    def slot(self, session_id: str, key: str) -> str | None:
+        return self._get(session_id).slots.get(key)
+
+    def set_slot(self, session_id: str, key: str, content: str | None) -> None:
+        slots = self._get(session_id).slots
+        if content is None:
+            slots.pop(key, None)
+        else:
+            slots[key] = content
+
+    def add_records(self, session_id: str, *messages: Message) -> None:
+        self._get(session_id).records.extend(messages)
+
+    def children_of(self, session_id: str) -> list[SessionMeta]:
+        kids = [s.meta for s in self.sessions.values() if s.meta.parent_id == session_id]
+        return sorted(kids, key=lambda m: m.index)
+
+    def compression_of(self, session_id: str) -> CompressionCache | None:
+        return self._get(session_id).compression
+
+    def _update(self, session_id: str, **changes: Any) -> SessionMeta:
+        stored = self._get(session_id)
+        stored.meta = replace(stored.meta, **changes)
+        return stored.meta
+
+    # -- SpaceStore ------------------------------------------------------------------------------
+
+    async def get_session(self, session_id: str) -> SessionMeta:
+        return self.meta(session_id)
+
+    async def load_turn_context(self, session_id: str) -> TurnContext:
+        stored = self._get(session_id)
+        is_main = stored.meta.role == "main"
+        config = json.loads(stored.slots.get("session_config", "{}"))
+        skills = config.get("skills")
+        return TurnContext(
+            session=stored.meta,
+            system_prompt=stored.slots.get("system_prompt"),
+            insight=None if is_main else stored.slots.get("insight"),
+            synthesis=stored.slots.get("memory") if is_main else None,
+            history=tuple(stored.records),
+            skills=tuple(skills) if skills is not None else None,
+            compression=stored.compression,
+        )
+
+    async def save_call(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        consumed_insight: str | None = None,
+        end_turn: bool = False,
+    ) -> int:
+        stored = self._get(session_id)
+        self.saved_calls.append(SavedCall(session_id, tuple(messages), consumed_insight, end_turn))
+        stored.records.extend(messages)
+        if consumed_insight is not None and stored.slots.get("insight") == consumed_insight:
+            del stored.slots["insight"]
+        if end_turn:
+            now = _now()
+            self._update(
+                session_id,
+                turn_count=stored.meta.turn_count + 1,
+                last_active_at=now,
+                updated_at=now,
+            )
+        return stored.meta.turn_count
+
+    async def create_child(self, child: NewChild) -> SessionMeta:
+        source = self.meta(child.source_id)
+        parent = self.meta(self.root_id) if child.placement == "flat" else source
+        now = _now()
+        meta = SessionMeta(
+            id=self._new_id(),
+            space_id=self.space_id,
+            label=child.label,
+            role="standard",
+            status="active",
+            scope=child.scope,
+            tags=(),
+            metadata={"sourceSessionId": source.id},
+            turn_count=0,
+            created_at=now,
+            updated_at=now,
+            last_active_at=now,
+            parent_id=parent.id,
+            source_session_id=source.id,
+            depth=parent.depth + 1,
+            index=len(self.children_of(parent.id)),
+        )
+        stored = StoredSession(meta, records=list(child.records))
+        if child.system_prompt is not None:
+            stored.slots["system_prompt"] = child.system_prompt
+        if child.scope is not None:
+            stored.slots["scope"] = child.scope
+        if child.session_config:
+            stored.slots["session_config"] = json.dumps(child.session_config)
+        self.sessions[meta.id] = stored
+        return meta
+
+    async def archive(self, session_id: str) -> SessionMeta:
+        return self._update(session_id, status="archived", updated_at=_now())
+
+    async def read_slot(self, session_id: str, key: str) -> str | None:
+        return self.slot(session_id, key)
+
+    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+        self.set_slot(session_id, key, content)
+
+    async def save_compression(self, session_id: str, cache: CompressionCache) -> None:
+        self._get(session_id).compression = cache
+
+    async def space_prompts(self) -> SpacePrompts:
+        return self.prompts
+
+    async def main_session_id(self) -> str:
+        return self.root_id
+
+    async def collect_memories(self) -> list[ChildMemory]:
+        return [
+            ChildMemory(s.meta.id, s.meta.label, s.slots["memory"])
+            for s in self.sessions.values()
+            if s.meta.role == "standard" and s.meta.status == "active" and s.slots.get("memory")
+        ]
+
+    async def save_integration(
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+    ) -> None:
+        for insight in insights:
+            self._get(insight.session_id)  # all or nothing: check before writing
+        self.set_slot(main_session_id, "memory", synthesis)
+        for insight in insights:
+            self.set_slot(insight.session_id, "insight", insight.content)
+
+    async def load_bootstrap(self, session_id: str) -> Bootstrap:
+        stored = self._get(session_id)
+        memories: list[str] = []
+        parent_id = stored.meta.parent_id
+        while parent_id is not None:  # nearest ancestor first
+            parent = self._get(parent_id)
+            if parent.slots.get("memory"):
+                memories.append(parent.slots["memory"])
+            parent_id = parent.meta.parent_id
+        return Bootstrap(
+            core=dict(self.core),
+            memories=tuple(memories),
+            current_memory=stored.slots.get("memory"),
+            scope=stored.slots.get("scope"),
+            session=stored.meta,
+        )
+
+    async def core_data(self) -> Mapping[str, Any]:
+        return dict(self.core)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------------------
+# LLM
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...]
+    streamed: bool
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t.name for t in self.tools]
+
+
+# A scripted step: a response, plain text (a response with that content), the exact deltas of a
+# streamed call, or an exception to raise.
+Step = LLMResponse | str | Sequence[StreamDelta] | Exception
+
+
+def reply(content: str | None = None, *calls: ToolCall, usage: Any = None) -> LLMResponse:
+    return LLMResponse(content=content, tool_calls=tuple(calls), usage=usage)
+
+
+def call(tool_name: str, call_id: str = "c1", /, **args: Any) -> ToolCall:
+    return ToolCall(id=call_id, name=tool_name, input=args)
+
+
+class ScriptedLLM:
+    """An LLM that plays back scripted steps and records every call it gets."""
+
+    provider = "scripted"
+    model = "scripted-1"
+
+    def __init__(self, *steps: Step, max_context_tokens: int = 100_000) -> None:
+        self.max_context_tokens = max_context_tokens
+        self._steps: deque[Step] = deque(steps)
+        self.calls: list[LLMCall] = []
+        self.closed = False
+
+    def push(self, *steps: Step) -> None:
+        self._steps.extend(steps)
+
+    def fail_next(self, message: str = "upstream failed") -> None:
+        """The next call raises LLMError (before any scripted step is used)."""
+        self._steps.appendleft(LLMError(message))
+
+    @property
+    def remaining(self) -> int:
+        return len(self._steps)
+
+    def _next(self, messages: Sequence[Message], tools: Sequence[ToolSpec], streamed: bool) -> Step:
+        self.calls.append(LLMCall(tuple(messages), tuple(tools), streamed))
+        if not self._steps:
+            raise AssertionError("ScriptedLLM: no scripted response left")
+        step = self._steps.popleft()
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    async def complete(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = ()
+    ) -> LLMResponse:
+        step = self._next(messages, tools, streamed=False)
+        if isinstance(step, str):
+            return LLMResponse(content=step)
+        if isinstance(step, LLMResponse):
+            return step
+        raise AssertionError("ScriptedLLM: raw stream deltas scripted for a complete() call")
+
+    async def stream(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[StreamDelta]:
+        step = self._next(messages, tools, streamed=True)
+        if isinstance(step, str):
+            step = LLMResponse(content=step)
+        deltas = to_deltas(step) if isinstance(step, LLMResponse) else list(step)
+        for delta in deltas:
+            await asyncio.sleep(0)
+            yield delta
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def to_deltas(response: LLMResponse) -> list[StreamDelta]:
+    """How a provider would stream `response`: an empty opening delta (like OpenAI's role chunk),
+    the text word by word, each tool call as a head piece then its arguments in two halves,
+    and the usage on a last delta."""
+    deltas = [StreamDelta()]
+    deltas += [StreamDelta(text=word) for word in re.findall(r"\S+\s*|\s+", response.content or "")]
+    for index, tool_call in enumerate(response.tool_calls):
+        arguments = json.dumps(dict(tool_call.input))
+        half = len(arguments) // 2
+        deltas.append(
+            StreamDelta(tool_calls=(ToolCallDelta(index, id=tool_call.id, name=tool_call.name),))
+        )
+        deltas.append(StreamDelta(tool_calls=(ToolCallDelta(index, arguments=arguments[:half]),)))
+        deltas.append(StreamDelta(tool_calls=(ToolCallDelta(index, arguments=arguments[half:]),)))
+    if response.usage is not None:
+        deltas.append(StreamDelta(usage=response.usage))
+    return deltas
+
+
+# --------------------------------------------------------------------------------------------
+# Locks and background jobs
+
+
+class AsyncioLocks:
+    """Per-session asyncio.Lock; waiting longer than `timeout` seconds raises SessionBusy."""
+
+    def __init__(self, timeout: float = 1.0) -> None:
+        self.timeout = timeout
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def is_held(self, session_id: str) -> bool:
+        lock = self._locks.get(session_id)
+        return lock is not None and lock.locked()
+
+    @asynccontextmanager
+    async def hold(self, session_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), self.timeout)
+        except TimeoutError:
+            raise SessionBusy() from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+class InlineJobs:
+    """Collects submitted jobs (no coalescing: that is the real runner's job)."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[str, Callable[[], Awaitable[Any]]]] = deque()
+        self.submitted: list[str] = []  # every key ever submitted, in order
+        self.errors: list[tuple[str, BaseException]] = []
+
+    def submit(self, key: str, job: Callable[[], Awaitable[Any]]) -> None:
+        self.submitted.append(key)
+        self.pending.append((key, job))
+
+    @property
+    def pending_keys(self) -> list[str]:
+        return [key for key, _ in self.pending]
+
+    async def run_all(self, *, expect_errors: bool = False) -> list[str]:
+        """Run pending jobs, including the ones they submit, until none is left; returns the
+        keys run. A failing job is recorded in `errors`; unless `expect_errors`, the first
+        failure is raised once everything ran."""
+        ran: list[str] = []
+        while self.pending:
+            key, job = self.pending.popleft()
+            ran.append(key)
+            try:
+                await job()
+            except Exception as exc:
+                self.errors.append((key, exc))
+        if self.errors and not expect_errors:
+            raise self.errors[0][1]
+        return ran
+
+
+# --------------------------------------------------------------------------------------------
+# Agent
+
+
+@dataclass
+class Harness:
+    agent: SpaceAgent
+    store: InMemoryStore
+    llm: ScriptedLLM
+    memory_llm: ScriptedLLM
+    locks: AsyncioLocks
+    jobs: InlineJobs
+
+    @property
+    def root_id(self) -> str:
+        return self.store.root_id
+
+    async def child(self, label: str = "Child", source_id: str | None = None, **raw: Any) -> str:
+        """Fork a child (from the root by default) and return its id."""
+        from sessions_app.engine.fork import parse_fork_options
+
+        options = parse_fork_options({"label": label, **raw})
+        meta = await self.agent.fork(source_id or self.store.root_id, options)
+        return meta.id
+
+
+def make_agent(
+    *,
+    store: InMemoryStore | None = None,
+    llm: ScriptedLLM | None = None,
+    memory_llm: ScriptedLLM | None = None,
+    tools: Sequence[Tool] = (),
+    skills: Mapping[str, Skill] | None = None,
+    settings: EngineSettings | None = None,
+    **setting_overrides: Any,
+) -> Harness:
+    """A SpaceAgent over fresh fakes; keyword overrides change EngineSettings fields."""
+    store = store or InMemoryStore()
+    llm = llm or ScriptedLLM()
+    memory_llm = memory_llm or ScriptedLLM()
+    locks, jobs = AsyncioLocks(), InlineJobs()
+    settings = replace(settings or EngineSettings(), **setting_overrides)
+    agent = SpaceAgent(
+        space_id=store.space_id,
+        store=store,
+        llm=llm,
+        memory_llm=memory_llm,
+        tools=tools,
+        skills=skills or {},
+        locks=locks,
+        jobs=jobs,
+        settings=settings,
+    )
+    return Harness(agent, store, llm, memory_llm, locks, jobs)
