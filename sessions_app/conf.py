@@ -1,0 +1,42 @@
+"""Typed views of `settings.STELLO` for the engine and the runtime."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from .engine.llm import LLMSettings
+from .engine.types import EngineSettings
+
+
+def engine_settings() -> EngineSettings:
+    s = settings.STELLO
+    return EngineSettings(
+        max_tool_rounds=s["MAX_TOOL_ROUNDS"],
+        fork_strategy=s["FORK_STRATEGY"],
+        consolidate_every_n_turns=s["CONSOLIDATE_EVERY_N_TURNS"],
+        integrate_after_consolidate=s["INTEGRATE_AFTER_CONSOLIDATE"],
+        consolidate_on_leave=s["CONSOLIDATE_ON_LEAVE"],
+        consolidate_on_archive=s["CONSOLIDATE_ON_ARCHIVE"],
+        memory_language=s["MEMORY_LANGUAGE"],
+    )
+
+
+def llm_settings() -> LLMSettings:
+    return LLMSettings(**settings.STELLO["LLM"])
+
+
+def memory_llm_settings() -> LLMSettings | None:
+    memory = settings.STELLO["MEMORY_LLM"]
+    return LLMSettings(**memory) if memory else None
+
+
+def postgres_conninfo() -> str | None:
+    """A libpq conninfo for the default database when it is PostgreSQL, else None."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        return None
+    from psycopg.conninfo import make_conninfo
+
+    parts = {"dbname": db["NAME"], "user": db.get("USER"), "password": db.get("PASSWORD"),
+             "host": db.get("HOST"), "port": db.get("PORT")}
+    return make_conninfo(**{k: v for k, v in parts.items() if v})

@@ -1,0 +1,159 @@
+"""The per-process runtime: shared LLM clients, locks, background runner and the agent pool.
+
+Loop-bound objects (asyncio locks, HTTP clients, the lock connection pool) are created inside
+the running loop, so the registry keeps one `Runtime` per event loop: a production server has
+one loop; a sync test client that runs each request in a new loop gets a fresh runtime each
+time. Nothing here matters for correctness: everything that matters is in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from functools import cache
+
+from django.conf import settings
+
+from spaces.models import Space
+
+from .. import conf
+from ..engine.agent import SpaceAgent
+from ..engine.errors import SpaceNotFound
+from ..engine.llm import build_llm
+from ..engine.skills import load_skills
+from ..engine.tools import load_tools
+from ..events import announce_turn
+from ..store import DjangoSpaceStore
+from .jobs import BackgroundRunner, SpaceJobs
+from .locks import LocalSessionLocks, PostgresSessionLocks
+
+
+class AgentPool:
+    """Lazily built, cached per-space agents with idle eviction (swept on access)."""
+
+    def __init__(self, factory: Callable[[str], Awaitable[SpaceAgent]], *, idle_ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._factory = factory
+        self._idle_ttl = idle_ttl
+        self._clock = clock
+        self._agents: dict[str, SpaceAgent] = {}
+        self._last_used: dict[str, float] = {}
+        self._building: dict[str, asyncio.Future[SpaceAgent]] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self._agents)
+
+    async def get(self, space_id: str) -> SpaceAgent:
+        now = self._clock()
+        self._evict_idle(now)
+        self._last_used[space_id] = now
+        agent = self._agents.get(space_id)
+        if agent is not None:
+            return agent
+        building = self._building.get(space_id)
+        if building is None:  # the first caller builds; concurrent callers share its result
+            building = asyncio.ensure_future(self._factory(space_id))
+            self._building[space_id] = building
+            try:
+                self._agents[space_id] = await asyncio.shield(building)
+            finally:
+                self._building.pop(space_id, None)
+        return await asyncio.shield(building)
+
+    def evict(self, space_id: str) -> None:
+        self._agents.pop(space_id, None)
+        self._last_used.pop(space_id, None)
+
+    def dispose(self) -> None:
+        self._agents.clear()
+        self._last_used.clear()
+
+    def _evict_idle(self, now: float) -> None:
+        for space_id, used in list(self._last_used.items()):
+            if now - used > self._idle_ttl:
+                self.evict(space_id)
+
+
+@cache
+def _user_tools():
+    return tuple(load_tools(settings.STELLO["TOOLS"]))
+
+
+@cache
+def _skills():
+    return load_skills(settings.STELLO["SKILLS_DIRS"])
+
+
+class Runtime:
+    """Everything one event loop shares between the spaces' agents."""
+
+    def __init__(self) -> None:
+        stello = settings.STELLO
+        self.engine_settings = conf.engine_settings()
+        self.llm = build_llm(conf.llm_settings())
+        memory = conf.memory_llm_settings()
+        self.memory_llm = build_llm(memory) if memory else self.llm
+        conninfo = conf.postgres_conninfo()
+        timeout = stello["SESSION_LOCK_TIMEOUT_SECONDS"]
+        self.locks = (PostgresSessionLocks(conninfo, timeout) if conninfo
+                      else LocalSessionLocks(timeout))
+        self.jobs = BackgroundRunner(retries=stello["BACKGROUND_RETRIES"])
+        self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
+
+    async def agent(self, space_id: str) -> SpaceAgent:
+        return await self.pool.get(str(space_id))
+
+    async def _build_agent(self, space_id: str) -> SpaceAgent:
+        if not await Space.objects.filter(pk=space_id).aexists():
+            raise SpaceNotFound()
+        return SpaceAgent(
+            space_id=space_id,
+            store=DjangoSpaceStore(space_id, on_turn=announce_turn),
+            llm=self.llm,
+            memory_llm=self.memory_llm,
+            tools=_user_tools(),
+            skills=_skills(),
+            locks=self.locks,
+            jobs=SpaceJobs(self.jobs, space_id),
+            settings=self.engine_settings,
+        )
+
+    async def aclose(self) -> None:
+        """Finish background work, then release clients and connections."""
+        await self.jobs.drain()
+        self.pool.dispose()
+        if isinstance(self.locks, PostgresSessionLocks):
+            await self.locks.aclose()
+        for llm in {id(self.llm): self.llm, id(self.memory_llm): self.memory_llm}.values():
+            await llm.aclose()
+
+
+class RuntimeRegistry:
+    """One Runtime per event loop, built on first use (lazy, resettable for tests)."""
+
+    def __init__(self) -> None:
+        self._runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def current(self) -> Runtime:
+        loop = asyncio.get_running_loop()
+        runtime = self._runtimes.get(loop)
+        if runtime is None:
+            runtime = self._runtimes[loop] = Runtime()
+        return runtime
+
+    def evict_everywhere(self, space_id: str) -> None:
+        for runtime in list(self._runtimes.values()):
+            runtime.pool.evict(space_id)
+
+    async def aclose_current(self) -> None:
+        runtime = self._runtimes.pop(asyncio.get_running_loop(), None)
+        if runtime is not None:
+            await runtime.aclose()
+
+
+runtimes = RuntimeRegistry()
