@@ -19,7 +19,9 @@ T = TypeVar("T")
 
 
 def run_with_runtime(operation: Callable[[Runtime], Awaitable[T]]) -> T:
-    on_server_loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None
+    # asgiref leaves the loop of an earlier call in this thread-local: only a running one counts.
+    server_loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    on_server_loop = server_loop is not None and server_loop.is_running()
 
     async def run() -> T:
         try:
