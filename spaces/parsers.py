@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from rest_framework.exceptions import ParseError
+from django.conf import settings
+from rest_framework import status
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import BaseParser
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body too large"
+    default_code = "payload_too_large"
 
 
 def _contains_nul(value: Any) -> bool:
@@ -23,7 +31,10 @@ class AnyJSONParser(BaseParser):
     media_type = "*/*"
 
     def parse(self, stream, media_type=None, parser_context=None):
-        raw = stream.read() if stream is not None else b""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"Request body too large (limit {limit} bytes)")
         if not raw.strip():
             return {}  # an absent body is an empty object; handlers validate what they need
         try:

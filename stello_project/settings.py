@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from stello_project.env import (
     database_from_url,
     env_bool,
@@ -102,6 +104,16 @@ if _REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# --- Cache (rate-limit counters): shared through Redis when there is one. -----------------------
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _REDIS_URL,
+         "KEY_PREFIX": env_str("STELLO_REDIS_PREFIX", "stello")}
+        if _REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # --- Auth, i18n, static ------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -120,6 +132,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["spaces.parsers.AnyJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["spaces.renderers.FastJSONRenderer"],
     "EXCEPTION_HANDLER": "sessions_app.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["spaces.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -155,6 +168,18 @@ def _llm_settings(prefix: str, fallback: dict | None) -> dict | None:
     }
 
 
+def _rate_limit(name: str) -> str | None:
+    """`<count>/<s|sec|m|min|h|hour|d|day>` as DRF throttles take it, or None (no limit)."""
+    raw = env_str(name)
+    if raw is None:
+        return None
+    count, _, period = raw.partition("/")
+    valid_period = period.strip()[:1] in ("s", "m", "h", "d")
+    if not count.strip().isdigit() or int(count) < 1 or not valid_period:
+        raise ImproperlyConfigured(f"{name} must look like 600/min or 10/s, got {raw!r}")
+    return f"{int(count)}/{period.strip()}"
+
+
 _MAIN_LLM = _llm_settings("STELLO_LLM", None)
 
 STELLO = {
@@ -175,6 +200,7 @@ STELLO = {
     "BACKGROUND_RETRIES": env_int("STELLO_BACKGROUND_RETRIES", 2, minimum=0),
     "AUTH_CACHE_SECONDS": env_float("STELLO_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
     "WS_MAX_FRAME_BYTES": env_int("STELLO_WS_MAX_FRAME_BYTES", 1_048_576, minimum=1024),
+    "RATE_LIMIT": _rate_limit("STELLO_RATE_LIMIT"),
 }
 
 LOGGING = {

@@ -2,7 +2,11 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
 
+from sessions_app.health import healthz, readyz
+
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("", include("spaces.urls")),
     path("", include("sessions_app.api.urls")),

@@ -86,10 +86,10 @@ class PostgresSessionLocks:
                 await conn_cm.__aexit__(None, None, None)
 
     @staticmethod
-    async def _lock(conn, session_id: str, timeout: float) -> None:
+    async def _lock(conn, session_id: str, wait_seconds: float) -> None:
         import psycopg
 
-        milliseconds = max(int(timeout * 1000), 1)
+        milliseconds = max(int(wait_seconds * 1000), 1)
         try:
             # set_config(..., false) lasts for the connection; reset it on every use.
             await conn.execute("SELECT set_config('lock_timeout', %s, false)",

@@ -1,0 +1,67 @@
+"""Health endpoints, request-size limits and per-key rate limiting."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import AsyncClient
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_healthz_answers_without_a_key() -> None:
+    response = await AsyncClient().get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_readyz_checks_database_channel_layer_and_llm() -> None:
+    response = await AsyncClient().get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {
+        "database": "ok", "channelLayer": "ok", "llm": "ok"}}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_readyz_is_503_when_the_llm_endpoint_is_unreachable(settings) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.STELLO = {**settings.STELLO, "LLM": {
+        **settings.STELLO["LLM"], "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}}
+    response = await AsyncClient().get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable" and body["checks"]["llm"].startswith("error")
+    assert body["checks"]["database"] == "ok"
+
+
+@pytest.mark.django_db
+def test_a_body_over_the_limit_is_413_and_creates_nothing(alice_client, settings) -> None:
+    from spaces.models import Space
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    response = alice_client.post("/spaces", {"label": "x" * 5000}, format="json")
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("Request body too large")
+    assert not Space.objects.exists()
+    assert alice_client.post("/spaces", {"label": "ok"}, format="json").status_code == 201
+
+
+@pytest.mark.django_db
+def test_rate_limiting_is_per_key_with_retry_after(alice_client, bob_client, settings) -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.STELLO = {**settings.STELLO, "RATE_LIMIT": "3/min"}
+    statuses = [alice_client.get("/spaces").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = alice_client.get("/spaces")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) >= 1
+    assert limited.json()["code"] == "RATE_LIMITED"
+    assert bob_client.get("/spaces").status_code == 200  # another key has its own budget
+
+
+@pytest.mark.django_db
+def test_without_a_rate_limit_nothing_is_throttled(alice_client) -> None:
+    assert {alice_client.get("/spaces").status_code for _ in range(20)} == {200}
