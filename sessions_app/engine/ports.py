@@ -8,8 +8,9 @@ transaction, and never holds a transaction open across calls.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from .types import (
     Bootstrap,
