@@ -1,0 +1,208 @@
+"""LLM adapters behind the engine's `LLM` port, and the factory that picks one.
+
+Providers:
+
+- ``offline``: `offline.OfflineLLM`, deterministic and network-free (the default);
+- ``openai``: `openai_compat.OpenAICompatLLM`, any OpenAI-compatible endpoint (OpenAI, vLLM,
+  Ollama, DeepSeek...) through the official ``openai`` SDK;
+- ``anthropic``: `anthropic_adapter.AnthropicLLM`, the Messages API through the official
+  ``anthropic`` SDK.
+
+The SDK adapters are imported lazily by `build_llm`, so importing the engine stays cheap and
+does not need the SDKs at all when the offline provider is used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import LLMError
+from ..ports import LLM
+from ..types import LLMResponse, ToolCall, Usage
+
+__all__ = ["PROVIDERS", "LLMSettings", "build_llm", "describe", "load_script"]
+
+Provider = Literal["offline", "openai", "anthropic"]
+PROVIDERS: tuple[str, ...] = ("offline", "openai", "anthropic")
+
+
+@dataclass(frozen=True, slots=True)
+class LLMSettings:
+    """How to reach the chat model (from the STELLO_LLM_* settings)."""
+
+    provider: Provider = "offline"
+    model: str = "offline"
+    base_url: str | None = None
+    api_key: str | None = None  # None = the SDK's own environment variable, if any
+    max_context_tokens: int = 128000
+    max_output_tokens: int = 4096
+    timeout_seconds: float = 60.0
+    max_retries: int = 2  # the SDK's bounded retry of transient failures (0 = no retry)
+    script_path: str | None = None  # offline only: a JSON list of scripted responses
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(
+                f"unknown LLM provider {self.provider!r}: expected one of {', '.join(PROVIDERS)}"
+            )
+        if not self.model:
+            raise ValueError("the LLM model name must not be empty")
+        if self.max_context_tokens <= 0 or self.max_output_tokens <= 0:
+            raise ValueError("max_context_tokens and max_output_tokens must be positive")
+        if self.timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+
+
+def build_llm(settings: LLMSettings) -> LLM:
+    """The adapter for `settings.provider`; SDK modules are imported only when needed."""
+    if settings.provider == "offline":
+        from .offline import OfflineLLM
+
+        script = load_script(settings.script_path) if settings.script_path else None
+        return OfflineLLM(
+            model=settings.model,
+            max_context_tokens=settings.max_context_tokens,
+            script=script,
+        )
+    if settings.provider == "openai":
+        from .openai_compat import OpenAICompatLLM
+
+        return OpenAICompatLLM(
+            model=settings.model,
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            max_context_tokens=settings.max_context_tokens,
+            max_output_tokens=settings.max_output_tokens,
+            timeout_seconds=settings.timeout_seconds,
+            max_retries=settings.max_retries,
+        )
+    if settings.provider == "anthropic":
+        from .anthropic_adapter import AnthropicLLM
+
+        return AnthropicLLM(
+            model=settings.model,
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            max_context_tokens=settings.max_context_tokens,
+            max_output_tokens=settings.max_output_tokens,
+            timeout_seconds=settings.timeout_seconds,
+            max_retries=settings.max_retries,
+        )
+    raise ValueError(f"unknown LLM provider {settings.provider!r}")  # pragma: no cover
+
+
+def describe(settings: LLMSettings) -> str:
+    """A one-line summary for the start-up log. The API key is never printed."""
+    parts = [f"LLM provider={settings.provider}", f"model={settings.model}"]
+    if settings.provider == "offline":
+        if settings.script_path:
+            parts.append(f"script={settings.script_path}")
+    else:
+        parts.append(f"base_url={settings.base_url or '(SDK default)'}")
+        parts.append(f"api_key={'set' if settings.api_key else 'unset'}")
+        parts.append(f"timeout={settings.timeout_seconds:g}s")
+        parts.append(f"max_retries={settings.max_retries}")
+        parts.append(f"max_output_tokens={settings.max_output_tokens}")
+    parts.append(f"max_context_tokens={settings.max_context_tokens}")
+    return " ".join(parts)
+
+
+def load_script(path: str) -> list[LLMResponse]:
+    """Scripted responses for `OfflineLLM` from a JSON file.
+
+    The file holds a list of ``{"content": str | null, "toolCalls": [{"id", "name", "input"}],
+    "usage": {"promptTokens", "completionTokens"}}`` objects (``toolCalls`` and ``usage`` are
+    optional). Raises ValueError with the reason when the file is not of that shape.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the LLM script {path!r}: {exc}") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"the LLM script {path!r} must be a JSON list of responses")
+    return [_script_entry(entry, path, n) for n, entry in enumerate(data)]
+
+
+def _script_entry(entry: Any, path: str, n: int) -> LLMResponse:
+    where = f"LLM script {path!r}, entry {n}"
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: expected an object")
+    content = entry.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"{where}: content must be a string or null")
+    calls = []
+    for call in entry.get("toolCalls") or ():
+        if (
+            not isinstance(call, Mapping)
+            or not isinstance(call.get("id"), str)
+            or not isinstance(call.get("name"), str)
+            or not isinstance(call.get("input", {}), Mapping)
+        ):
+            raise ValueError(
+                f"{where}: each tool call needs a string id and name and an object input"
+            )
+        calls.append(ToolCall(id=call["id"], name=call["name"], input=dict(call.get("input", {}))))
+    usage = None
+    raw_usage = entry.get("usage")
+    if raw_usage is not None:
+        if not isinstance(raw_usage, Mapping):
+            raise ValueError(f"{where}: usage must be an object")
+        usage = Usage(
+            prompt_tokens=int(raw_usage.get("promptTokens", 0)),
+            completion_tokens=int(raw_usage.get("completionTokens", 0)),
+        )
+    return LLMResponse(content=content, tool_calls=tuple(calls), usage=usage)
+
+
+# --- helpers shared by the SDK adapters (no SDK import here) ---------------------------------
+
+
+def is_transient_status(status: int) -> bool:
+    """Statuses worth retrying: request timeout, conflict/lock, rate limit, server errors."""
+    return status in (408, 409, 429) or status >= 500
+
+
+def error_message(body: object, fallback: str) -> str:
+    """The provider's human-readable message out of an error body, whatever its shape.
+
+    Handles ``{"error": {"message": ...}}`` (OpenAI, Anthropic), ``{"message": ...}`` (the
+    inner object, as the OpenAI SDK keeps it), ``{"error": "text"}`` (some compatible servers)
+    and plain text bodies.
+    """
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping):
+            message = inner.get("message")
+            if isinstance(message, str) and message:
+                return message
+        elif isinstance(inner, str) and inner:
+            return inner
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message
+    elif isinstance(body, str) and body.strip():
+        return body.strip()[:500]
+    return fallback
+
+
+def parse_tool_arguments(arguments: str | None, tool_name: str) -> dict[str, Any]:
+    """Tool-call arguments text -> dict; empty -> {}; anything else raises LLMError."""
+    if arguments is None or not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        shown = arguments if len(arguments) <= 200 else arguments[:200] + "..."
+        raise LLMError(
+            f"LLM returned tool-call arguments that are not valid JSON (a JSON object was "
+            f"expected) for tool {tool_name!r}: {shown!r}"
+        )
+    return value
