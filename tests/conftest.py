@@ -53,6 +53,21 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
         db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{os.getpid()}"
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Before pytest-django drops the PostgreSQL test database, end the connections that worker
+    threads (sync_to_async, server subprocesses) still hold, or the DROP would fail."""
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
 def make_user(username: str):
     return get_user_model().objects.create_user(username=username, password=None)
 

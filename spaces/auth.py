@@ -1,0 +1,103 @@
+"""X-API-Key authentication, for DRF views and (through the plain functions) the WebSocket consumer.
+
+A successful lookup is cached in this process for STELLO["AUTH_CACHE_SECONDS"] (default 5 s,
+0 disables; see `spaces.apikeys.AuthCache`), so most requests cost no auth query at all.
+Revoking a key through `spaces.apikeys.apikey_revoke` takes effect at once in the revoking
+process; every other server process stops accepting the key within that TTL.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+
+from .apikeys import (
+    Credentials,
+    apikey_atouch,
+    apikey_authenticate,
+    apikey_touch,
+    auth_cache,
+    hash_key,
+    looks_like_key,
+)
+
+HEADER = "X-API-Key"
+META_KEY = "HTTP_X_API_KEY"
+MISSING = "Missing API key"
+INVALID = "Invalid API key"
+
+
+class ApiKeyError(Exception):
+    """Authentication failed; `message` is MISSING or INVALID, fit to show the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _from_cache(raw: str | None) -> tuple[str, str, Credentials | None]:
+    """(key, key hash, cached credentials or None); raises ApiKeyError for a missing or
+    malformed key (no hashing, no query)."""
+    key = (raw or "").strip()
+    if not key:
+        raise ApiKeyError(MISSING)
+    if not looks_like_key(key):
+        raise ApiKeyError(INVALID)
+    key_hash = hash_key(key)
+    return key, key_hash, auth_cache.get(key_hash)
+
+
+def _lookup(key: str, key_hash: str) -> Credentials:
+    """Cache miss: read the database (and record the use), then cache the result."""
+    credentials = apikey_authenticate(key)
+    if credentials is None:
+        raise ApiKeyError(INVALID)
+    auth_cache.put(key_hash, credentials)
+    return credentials
+
+
+def authenticate_credentials(raw: str | None) -> Credentials:
+    """The (user, api key) for a raw key; raises ApiKeyError(MISSING | INVALID)."""
+    key, key_hash, credentials = _from_cache(raw)
+    if credentials is None:
+        return _lookup(key, key_hash)
+    apikey_touch(apikey=credentials[1])  # a query only about once a minute
+    return credentials
+
+
+async def aauthenticate_credentials(raw: str | None) -> Credentials:
+    """Async twin of `authenticate_credentials`. A cache hit stays on the event loop (no thread
+    hop unless the once-a-minute last-used UPDATE is due); a miss crosses to the ORM once."""
+    key, key_hash, credentials = _from_cache(raw)
+    if credentials is None:
+        # One hop for the whole lookup: select + last-used update + cache fill.
+        return await sync_to_async(_lookup)(key, key_hash)
+    await apikey_atouch(apikey=credentials[1])
+    return credentials
+
+
+def authenticate_key(raw: str | None) -> AbstractBaseUser:
+    """The user a raw key belongs to; raises ApiKeyError(MISSING | INVALID)."""
+    return authenticate_credentials(raw)[0]
+
+
+async def aauthenticate_key(raw: str | None) -> AbstractBaseUser:
+    """Async twin of `authenticate_key` (see `aauthenticate_credentials`)."""
+    return (await aauthenticate_credentials(raw))[0]
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """DRF authentication by the `X-API-Key` header: `request.user` is the key's owner and
+    `request.auth` the ApiKey row. A missing/empty header and a bad key both answer 401."""
+
+    def authenticate(self, request) -> Credentials:
+        try:
+            return authenticate_credentials(request.META.get(META_KEY))
+        except ApiKeyError as exc:
+            raise AuthenticationFailed(exc.message) from None
+
+    def authenticate_header(self, request) -> str:
+        # A value here makes DRF answer 401 (with WWW-Authenticate) instead of 403.
+        return HEADER
