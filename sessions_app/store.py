@@ -99,13 +99,25 @@ def record_message(record: Record) -> Message:
     )
 
 
+def storable(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL: what the LLM or a tool produced keeps
+    everything else, with each NUL replaced by U+FFFD, on every database alike."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
 def _record(session_id: Any, message: Message, now) -> Record:
     return Record(
         session_id=session_id,
         role=message.role,
-        content=message.content,
-        tool_calls=[c.to_json() for c in message.tool_calls] or None,
-        tool_call_id=message.tool_call_id,
+        content=storable(message.content),
+        tool_calls=storable([c.to_json() for c in message.tool_calls]) or None,
+        tool_call_id=storable(message.tool_call_id),
         timestamp=now,
     )
 
@@ -217,20 +229,21 @@ class DjangoSpaceStore:
                 parent = nodes.get(space_id=self.space_id, parent__isnull=True)
             # The parent row is locked, so concurrent forks take distinct sibling indexes.
             last = TopologyNode.objects.filter(parent=parent).aggregate(m=Max("index"))["m"]
+            label, scope = storable(child.label), storable(child.scope)
             session = Session.objects.create(
                 space_id=self.space_id,
-                label=child.label,
+                label=label,
                 role=Session.Role.STANDARD,
-                scope=child.scope,
+                scope=scope,
                 metadata={"sourceSessionId": str(source.pk)},
             )
             node = TopologyNode.objects.create(
                 session=session, space_id=self.space_id, parent=parent, source_session=source,
-                depth=parent.depth + 1, index=0 if last is None else last + 1, label=child.label,
+                depth=parent.depth + 1, index=0 if last is None else last + 1, label=label,
             )
-            slots = {Key.SYSTEM_PROMPT: child.system_prompt, Key.SCOPE: child.scope}
+            slots = {Key.SYSTEM_PROMPT: storable(child.system_prompt), Key.SCOPE: scope}
             if child.session_config:
-                slots[Key.SESSION_CONFIG] = json.dumps(dict(child.session_config))
+                slots[Key.SESSION_CONFIG] = json.dumps(storable(dict(child.session_config)))
             SessionData.objects.bulk_create([
                 SessionData(session=session, key=k, content=v)
                 for k, v in slots.items() if v is not None
@@ -350,7 +363,7 @@ def _write_slot(session_pk, key: str, content: str | None) -> None:
         SessionData.objects.filter(session_id=session_pk, key=key).delete()
     else:
         SessionData.objects.update_or_create(
-            session_id=session_pk, key=key, defaults={"content": content}
+            session_id=session_pk, key=key, defaults={"content": storable(content)}
         )
 
 

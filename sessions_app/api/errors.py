@@ -50,9 +50,10 @@ def _drf_message(detail) -> str:
 def exception_handler(exc, context):
     if isinstance(exc, errors.StelloError):
         code = exc.code
-        http_status = STATUS_BY_CODE.get(code, status.HTTP_500_INTERNAL_SERVER_ERROR)
-        if http_status >= 500:
+        http_status = STATUS_BY_CODE.get(code)
+        if http_status is None:
             logger.error("unmapped engine error %s: %s", code, exc.message)
+            http_status = status.HTTP_500_INTERNAL_SERVER_ERROR
         return Response(error_body(exc.message, code), status=http_status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not Found")

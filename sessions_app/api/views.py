@@ -110,7 +110,6 @@ class SlotView(SpaceScopedView):
     """`{"content": string|null}` views of one data slot; PUT only where `writable`."""
 
     key: str = ""
-    writable = False
 
     def get(self, request, space_id, session_id):
         content = selectors.session_slot(space_id=self.space_id, session_id=session_id,
@@ -118,8 +117,6 @@ class SlotView(SpaceScopedView):
         return Response({"content": content})
 
     def put(self, request, space_id, session_id):
-        if not self.writable:
-            return self.http_method_not_allowed(request)
         data = body_object(request.data)
         if "content" not in data:
             raise InvalidInput("content is required")
@@ -131,5 +128,6 @@ class SlotView(SpaceScopedView):
 
 
 def slot_view(key: str, *, writable: bool):
+    methods = ["get", "put", "head", "options"] if writable else ["get", "head", "options"]
     return type(f"{key.title().replace('_', '')}View", (SlotView,),
-                {"key": key, "writable": writable}).as_view()
+                {"key": key, "http_method_names": methods}).as_view()

@@ -159,8 +159,9 @@ class SpaceAgent:
 
     # -- memory ----------------------------------------------------------------------------
 
-    async def consolidate(self, session_id: str, *, allow_archived: bool = False) -> str:
-        """L3 -> L2 for a standard session; returns the new memory."""
+    async def consolidate(self, session_id: str, *, allow_archived: bool = False) -> str | None:
+        """L3 -> L2 for a standard session; returns the new memory. A session with no history
+        has nothing to distil: its memory stays as it is (no LLM call)."""
         async with self.locks.hold(session_id):
             ctx = await self.store.load_turn_context(session_id)
             if ctx.session.role == "main":
@@ -174,6 +175,8 @@ class SpaceAgent:
                 memory.default_consolidate_prompt(self.settings.memory_language),
             )
             current = await self.store.read_slot(session_id, "memory")
+            if not ctx.history:
+                return current
             new_memory = await memory.consolidate(self.memory_llm, prompt, current, ctx.history)
             await self.store.write_slot(session_id, "memory", new_memory)
             return new_memory

@@ -28,8 +28,10 @@ class LocalSessionLocks:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         self._users[session_id] = self._users.get(session_id, 0) + 1
         try:
+            if self.timeout <= 0 and lock.locked():
+                raise SessionBusy()  # a zero timeout means "only if free right now"
             try:
-                await asyncio.wait_for(lock.acquire(), self.timeout)
+                await asyncio.wait_for(lock.acquire(), self.timeout if self.timeout > 0 else None)
             except TimeoutError:
                 raise SessionBusy() from None
             try:

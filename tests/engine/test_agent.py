@@ -102,6 +102,7 @@ async def test_consolidate_prompt_resolves_at_call_time() -> None:
     store = InMemoryStore()
     h = make_agent(store=store, memory_llm=ScriptedLLM("m1", "m2", "m3"))
     child = await h.child()
+    store.add_records(child, Message("user", "q"), Message("assistant", "a"))
 
     await h.agent.consolidate(child)
     store.prompts = SpacePrompts(None, "Space consolidate prompt", None)
@@ -119,6 +120,7 @@ async def test_consolidate_prompt_resolves_at_call_time() -> None:
 async def test_consolidate_refuses_the_main_session_and_archived_sessions() -> None:
     h = make_agent(memory_llm=ScriptedLLM("allowed"))
     child = await h.child()
+    h.store.add_records(child, Message("user", "q"), Message("assistant", "a"))
     await h.agent.archive(child)
 
     with pytest.raises(InvalidInput, match="integrates"):
@@ -316,3 +318,14 @@ async def test_a_rebuilt_agent_carries_on_from_the_store() -> None:
 
     assert [m.content for m in fresh.llm.calls[0].messages] == ["one", "a", "two"]
     assert h.store.meta(child).turn_count == 2
+
+
+
+async def test_consolidating_a_session_without_history_makes_no_llm_call() -> None:
+    h = make_agent(memory_llm=ScriptedLLM("never used"))
+    child = await h.child()
+    h.store.set_slot(child, "memory", "kept as is")
+
+    assert await h.agent.consolidate(child) == "kept as is"
+
+    assert h.memory_llm.calls == []
