@@ -8,6 +8,7 @@ failure is logged with the job's key (which names the space and session).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,7 +33,11 @@ class BackgroundRunner:
             self._follow_up[key] = job  # at most one follow-up, whatever the number of submits
             return
         self._running.add(key)
-        task = asyncio.get_running_loop().create_task(self._run(key, job), name=f"stello:{key}")
+        # A fresh context: the job outlives the request that submitted it, and must not use
+        # that request's context (asgiref's per-request thread is gone once it has answered).
+        task = asyncio.get_running_loop().create_task(
+            self._run(key, job), name=f"stello:{key}", context=contextvars.Context()
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
