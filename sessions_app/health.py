@@ -14,6 +14,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import close_old_connections, connection
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
 
 from .conf import llm_settings
 
@@ -21,10 +23,14 @@ DEFAULT_HOSTS = {"openai": ("api.openai.com", 443), "anthropic": ("api.anthropic
 CHECK_TIMEOUT = 3.0
 
 
+@csrf_exempt  # no cookies, no state: any method but GET/HEAD must get its 405
+@require_http_methods(["GET", "HEAD"])
 async def healthz(request) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@csrf_exempt
+@require_http_methods(["GET", "HEAD"])
 async def readyz(request) -> JsonResponse:
     names = ("database", "channelLayer", "llm")
     results = await asyncio.gather(_database(), _channel_layer(), _llm(), return_exceptions=True)

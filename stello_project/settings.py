@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "channels",
     "spaces",
     "sessions_app",
@@ -134,6 +135,40 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "sessions_app.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["spaces.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# --- OpenAPI schema (/api/schema/) and docs (/api/docs/): drf-spectacular ------------------------
+# The operations are documented in spaces/schema.py and sessions_app/api/schema.py.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Stello for Django",
+    "VERSION": "0.1.0",
+    "DESCRIPTION": (
+        "Multi-tenant agent-session server: spaces, session trees, turns, forks and layered "
+        "memory. Every path under `/spaces` needs the `X-API-Key` header. Bodies are JSON, keys "
+        "are camelCase, timestamps look like `2026-11-23T11:24:14.471Z`, and every error is "
+        '`{"error": "<message>", "code": "<CODE>"}`; a method a path does not list answers 405 '
+        "`METHOD_NOT_ALLOWED` with an `Allow` header."
+    ),
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+    },
+    "ENUM_GENERATE_CHOICE_DESCRIPTION": False,
+    "ENUM_NAME_OVERRIDES": {
+        "SessionRoleEnum": ["main", "standard"],
+        "SessionStatusEnum": ["active", "archived"],
+        "MessageRoleEnum": ["system", "user", "assistant", "tool"],
+        "ForkContextEnum": ["none", "inherit"],
+    },
+    "PREPROCESSING_HOOKS": ["sessions_app.api.schema.preprocess_endpoints"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "sessions_app.api.schema.postprocess_schema",
+    ],
 }
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("STELLO_MAX_BODY_BYTES", 1_048_576, minimum=1024)

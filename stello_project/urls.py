@@ -1,13 +1,23 @@
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
 
+import sessions_app.api.schema  # noqa: F401  (documents the session views)
+import spaces.schema  # noqa: F401  (documents the space views)
 from sessions_app.health import healthz, readyz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    # OpenAPI 3 schema and its browsable docs: public, no API key.
+    path("api/schema/", SpectacularAPIView.as_view(
+        authentication_classes=[], permission_classes=[AllowAny]), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(
+        url_name="schema", authentication_classes=[], permission_classes=[AllowAny]),
+        name="api-docs"),
     path("", include("spaces.urls")),
     path("", include("sessions_app.api.urls")),
     path("", include("spaces.fallback_urls")),  # last: JSON 404 (after auth) under /spaces

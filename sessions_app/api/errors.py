@@ -34,6 +34,7 @@ CODE_BY_DRF_CLASS = {
     exceptions.UnsupportedMediaType: "UNSUPPORTED_MEDIA_TYPE",
     exceptions.Throttled: "RATE_LIMITED",
 }
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 
 
 def error_body(message: str, code: str) -> dict[str, str]:
@@ -61,6 +62,8 @@ def exception_handler(exc, context):
         exc = exceptions.PermissionDenied("Forbidden")
     if isinstance(exc, exceptions.APIException):
         code = next((c for cls, c in CODE_BY_DRF_CLASS.items() if isinstance(exc, cls)), "ERROR")
+        if exc.status_code == status.HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+            code = PAYLOAD_TOO_LARGE
         headers = {}
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header
