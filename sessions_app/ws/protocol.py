@@ -1,0 +1,254 @@
+"""The WebSocket wire protocol: one TypedDict per message, the parser and the server builders.
+
+Client -> server (JSON text frames; spec 6.2):
+
+    session.enter   {sessionId}          session.message {input}      session.fork {options}
+    session.leave   {}                   session.stream  {input}
+
+Server -> client (spec 6.3), plus one addition of ours:
+
+    session.entered {sessionId, bootstrap}   stream.delta {chunk}     error {message, code}
+    session.left    {sessionId}              stream.end   {result}
+    turn.complete   {result}                 session.forked {child}
+    session.updated {sessionId, turnCount}   (ours: a turn on the entered session completed,
+                                              through any connection, REST or any process)
+
+`parse_client_frame` is the one entry point for incoming text: it returns a validated
+`ClientMessage` or raises `ProtocolError` with one of the five codes of the contract.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, NotRequired, TypedDict
+
+from ..engine.errors import InvalidInput
+from ..engine.fork import parse_fork_options
+from ..engine.types import ForkOptions
+
+ErrorCode = Literal["PARSE_ERROR", "UNKNOWN_TYPE", "ALREADY_ENTERED", "NOT_ENTERED",
+                    "HANDLER_ERROR"]
+PARSE_ERROR: ErrorCode = "PARSE_ERROR"
+UNKNOWN_TYPE: ErrorCode = "UNKNOWN_TYPE"
+ALREADY_ENTERED: ErrorCode = "ALREADY_ENTERED"
+NOT_ENTERED: ErrorCode = "NOT_ENTERED"
+HANDLER_ERROR: ErrorCode = "HANDLER_ERROR"
+
+INVALID_JSON = "Invalid JSON"
+ALREADY_ENTERED_MESSAGE = "Already in a session, leave first"
+NOT_ENTERED_MESSAGE = "Not in a session"
+
+_TYPE_ECHO_LIMIT = 100  # an unknown type is echoed back, clipped to this many characters
+_MISSING: Any = object()
+
+
+# -- client -> server ---------------------------------------------------------------------------
+
+ClientType = Literal["session.enter", "session.leave", "session.message", "session.stream",
+                     "session.fork"]
+
+
+class SessionEnter(TypedDict):
+    type: Literal["session.enter"]
+    sessionId: str
+
+
+class SessionLeave(TypedDict):
+    type: Literal["session.leave"]
+
+
+class SessionMessage(TypedDict):
+    """A non-streaming turn."""
+
+    type: Literal["session.message"]
+    input: str
+
+
+class SessionStream(TypedDict):
+    """A streaming turn."""
+
+    type: Literal["session.stream"]
+    input: str
+
+
+class SessionFork(TypedDict):
+    """On the wire `options` is `{label, scope?, systemPrompt?, prompt?, context?, skills?}`
+    (the REST fork body); once parsed it is the engine's validated `ForkOptions`."""
+
+    type: Literal["session.fork"]
+    options: ForkOptions
+
+
+ClientMessage = SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
+
+CLIENT_TYPES: tuple[ClientType, ...] = (
+    "session.enter", "session.leave", "session.message", "session.stream", "session.fork",
+)
+NEEDS_SESSION: frozenset[str] = frozenset(CLIENT_TYPES) - {"session.enter"}
+
+
+class ProtocolError(Exception):
+    """A frame the server answers with an `error` message. `message_type` is the client
+    message's type when it was recognised (a payload error), else None."""
+
+    def __init__(self, code: ErrorCode, message: str, *, message_type: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.message_type = message_type
+
+
+def parse_client_frame(text: str) -> ClientMessage:
+    """The validated client message of one text frame.
+
+    Raises ProtocolError: PARSE_ERROR `Invalid JSON`; UNKNOWN_TYPE `Unknown message type: <t>`
+    (also for JSON that is not an object, whose type is `undefined`, as in the original);
+    HANDLER_ERROR for an invalid payload (`sessionId is required`, `input is required`,
+    `label is required`, ...).
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise ProtocolError(PARSE_ERROR, INVALID_JSON) from None
+    raw_type = data.get("type", _MISSING) if isinstance(data, dict) else _MISSING
+    if raw_type not in CLIENT_TYPES:
+        raise ProtocolError(UNKNOWN_TYPE, f"Unknown message type: {_js_string(raw_type)}")
+    try:
+        return _PAYLOAD_PARSERS[raw_type](data)
+    except InvalidInput as exc:
+        raise ProtocolError(HANDLER_ERROR, exc.message, message_type=raw_type) from None
+
+
+def _js_string(value: Any) -> str:
+    """How the original (JavaScript) printed the type in its message, clipped."""
+    if value is _MISSING:
+        return "undefined"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= _TYPE_ECHO_LIMIT else text[:_TYPE_ECHO_LIMIT] + "..."
+
+
+def _required_text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{key} is required")
+    return value
+
+
+def _enter(data: dict[str, Any]) -> SessionEnter:
+    return {"type": "session.enter", "sessionId": _required_text(data, "sessionId")}
+
+
+def _leave(data: dict[str, Any]) -> SessionLeave:
+    return {"type": "session.leave"}
+
+
+def _message(data: dict[str, Any]) -> SessionMessage:
+    return {"type": "session.message", "input": _required_text(data, "input")}
+
+
+def _stream(data: dict[str, Any]) -> SessionStream:
+    return {"type": "session.stream", "input": _required_text(data, "input")}
+
+
+def _fork(data: dict[str, Any]) -> SessionFork:
+    options = data.get("options")
+    # Missing options: say what is missing ("label is required"), not "options must be ...".
+    return {"type": "session.fork", "options": parse_fork_options({} if options is None
+                                                                  else options)}
+
+
+_PAYLOAD_PARSERS = {
+    "session.enter": _enter,
+    "session.leave": _leave,
+    "session.message": _message,
+    "session.stream": _stream,
+    "session.fork": _fork,
+}
+
+
+# -- server -> client ---------------------------------------------------------------------------
+
+
+class SessionEntered(TypedDict):
+    type: Literal["session.entered"]
+    sessionId: str
+    bootstrap: dict[str, Any]  # `sessions_app.wire.bootstrap_json`
+
+
+class SessionLeft(TypedDict):
+    type: Literal["session.left"]
+    sessionId: str
+
+
+class TurnComplete(TypedDict):
+    type: Literal["turn.complete"]
+    result: dict[str, Any]  # `TurnResult.to_json()`, the REST turn response
+
+
+class StreamDelta(TypedDict):
+    type: Literal["stream.delta"]
+    chunk: str  # never empty
+
+
+class StreamEnd(TypedDict):
+    type: Literal["stream.end"]
+    result: dict[str, Any]  # authoritative: `result.turn.finalContent` is the whole answer
+
+
+class SessionForked(TypedDict):
+    type: Literal["session.forked"]
+    child: dict[str, Any]  # `sessions_app.wire.fork_child_json`, the REST fork response
+
+
+class SessionUpdated(TypedDict):
+    """Ours: a turn on the entered session completed (any connection, REST, any process)."""
+
+    type: Literal["session.updated"]
+    sessionId: str
+    turnCount: int
+
+
+class ErrorMessage(TypedDict):
+    type: Literal["error"]
+    message: str
+    code: NotRequired[ErrorCode]  # every server path sets it
+
+
+ServerMessage = (SessionEntered | SessionLeft | TurnComplete | StreamDelta | StreamEnd
+                 | SessionForked | SessionUpdated | ErrorMessage)
+
+
+def session_entered(session_id: str, bootstrap: dict[str, Any]) -> SessionEntered:
+    return {"type": "session.entered", "sessionId": session_id, "bootstrap": bootstrap}
+
+
+def session_left(session_id: str) -> SessionLeft:
+    return {"type": "session.left", "sessionId": session_id}
+
+
+def turn_complete(result: dict[str, Any]) -> TurnComplete:
+    return {"type": "turn.complete", "result": result}
+
+
+def stream_delta(chunk: str) -> StreamDelta:
+    return {"type": "stream.delta", "chunk": chunk}
+
+
+def stream_end(result: dict[str, Any]) -> StreamEnd:
+    return {"type": "stream.end", "result": result}
+
+
+def session_forked(child: dict[str, Any]) -> SessionForked:
+    return {"type": "session.forked", "child": child}
+
+
+def session_updated(session_id: str, turn_count: int) -> SessionUpdated:
+    return {"type": "session.updated", "sessionId": session_id, "turnCount": turn_count}
+
+
+def error(code: ErrorCode, message: str) -> ErrorMessage:
+    return {"type": "error", "message": message, "code": code}
+
+
+def encode(message: ServerMessage) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))

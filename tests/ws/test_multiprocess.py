@@ -1,0 +1,293 @@
+"""Two real daphne processes sharing PostgreSQL and Redis, driven with the `websockets` client.
+
+The processes serve the test database (`settings.DATABASES["default"]["NAME"]` once
+pytest-django has created it); with `django_db(transaction=True)` the rows a test creates are
+committed, so the servers see them. Each run uses its own Redis prefix. The processes are
+terminated when the module is done, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from asgiref.sync import sync_to_async
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from sessions_app.models import Record, Session
+from spaces.services import space_create
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.django_db(transaction=True),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60  # seconds for a server to answer HTTP
+WAIT = 10  # seconds for one frame
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    def http(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ws(self, space_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/spaces/{space_id}/ws"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_database_url() -> str:
+    """The database this test run uses (the test database), as a URL for the servers."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    credentials = quote(db.get("USER") or "", safe="")
+    if db.get("PASSWORD"):
+        credentials += ":" + quote(db["PASSWORD"], safe="")
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    return f"postgresql://{credentials}@{host}:{port}/{quote(db['NAME'], safe='')}"
+
+
+test_database_url.__test__ = False  # a helper, not a test
+
+
+def start_server(env: dict[str, str], logs: Path) -> Server:
+    port = free_port()
+    log = logs / f"daphne-{port}.log"
+    daphne = Path(sys.executable).with_name("daphne")
+    command = [str(daphne)] if daphne.exists() else [sys.executable, "-m", "daphne"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "-b", "127.0.0.1", "-p", str(port), "stello_project.asgi:application"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    return Server(port, process, log)
+
+
+def wait_until_answering(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"daphne exited with {server.process.returncode}:\n"
+                               f"{server.output()}")
+        try:
+            NO_PROXY.open(server.http("/spaces"), timeout=2).close()
+            return
+        except urllib.error.HTTPError:  # any HTTP answer (401 here) means it is up
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"daphne did not answer within {START_TIMEOUT}s:\n{server.output()}")
+
+
+def stop(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def servers(django_db_setup, tmp_path_factory) -> Iterator[tuple[Server, Server]]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "stello_project.settings",
+        "DATABASE_URL": test_database_url(),
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "STELLO_REDIS_PREFIX": f"stello-test-{uuid.uuid4().hex[:12]}",
+        "STELLO_LLM_PROVIDER": "offline",
+        "STELLO_CONSOLIDATE_EVERY_N_TURNS": "0",
+        "DATABASE_POOL_MIN_SIZE": "1",
+        "DATABASE_POOL_MAX_SIZE": "8",
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = tmp_path_factory.mktemp("daphne")
+    started: list[Server] = []
+    try:
+        for _ in range(2):
+            started.append(start_server(env, logs))
+        for server in started:
+            wait_until_answering(server)
+        yield started[0], started[1]
+    finally:
+        for server in started:
+            stop(server)
+
+
+@pytest.fixture
+def space(alice):
+    return space_create(owner=alice, label="Two processes")
+
+
+@pytest.fixture
+def space_id(space) -> str:
+    return str(space.pk)
+
+
+@pytest.fixture
+def root_id(space) -> str:
+    return str(Session.objects.get(space=space, role=Session.Role.MAIN).pk)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def open_ws(server: Server, space_id: str, key: str):
+    return connect(server.ws(space_id), additional_headers={"X-API-Key": key},
+                   open_timeout=WAIT, proxy=None)
+
+
+async def send(ws: ClientConnection, frame: dict[str, Any]) -> None:
+    await ws.send(json.dumps(frame))
+
+
+async def recv(ws: ClientConnection) -> dict[str, Any]:
+    async with asyncio.timeout(WAIT):
+        return json.loads(await ws.recv())
+
+
+async def answer(ws: ClientConnection) -> dict[str, Any]:
+    """The next frame that is not a `session.updated` notice."""
+    while (frame := await recv(ws))["type"] == "session.updated":
+        pass
+    return frame
+
+
+async def enter(ws: ClientConnection, session_id: str) -> None:
+    await send(ws, {"type": "session.enter", "sessionId": session_id})
+    assert (await answer(ws))["type"] == "session.entered"
+
+
+def rest_turn(server: Server, space_id: str, session_id: str, key: str, text: str) -> int:
+    request = urllib.request.Request(
+        server.http(f"/spaces/{space_id}/sessions/{session_id}/turn"),
+        data=json.dumps({"input": text}).encode(), method="POST",
+        headers={"Content-Type": "application/json", "X-API-Key": key},
+    )
+    with NO_PROXY.open(request, timeout=WAIT) as response:
+        return response.status
+
+
+@sync_to_async
+def records_of(session_id: str) -> list[tuple[str, str]]:
+    return list(Record.objects.filter(session_id=session_id).values_list("role", "content"))
+
+
+@sync_to_async
+def turn_count_of(session_id: str) -> int:
+    return Session.objects.get(pk=session_id).turn_count
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+async def test_daphne_refuses_a_bad_key_with_403(servers, space_id) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with open_ws(servers[0], space_id, "stello_AAAAAAAA_" + "d" * 43):
+            pass
+    assert refused.value.response.status_code == 403  # daphne has no denial extension
+
+
+async def test_daphne_accepts_a_browser_key_sent_as_a_subprotocol(servers, space_id,
+                                                                   alice_key) -> None:
+    async with connect(servers[1].ws(space_id), subprotocols=[alice_key], open_timeout=WAIT,
+                       proxy=None) as ws:
+        assert ws.subprotocol == alice_key
+        await send(ws, {"type": "session.leave"})
+        assert await recv(ws) == {"type": "error", "code": "NOT_ENTERED",
+                                  "message": "Not in a session"}
+
+
+async def test_a_client_of_one_process_hears_turns_made_through_the_other(
+    servers, space_id, root_id, alice_key
+) -> None:
+    a, b = servers
+    async with asyncio.timeout(60), open_ws(a, space_id, alice_key) as listener:
+        await enter(listener, root_id)
+
+        status = await asyncio.to_thread(rest_turn, b, space_id, root_id, alice_key, "via rest")
+        assert status == 200
+        assert await recv(listener) == {"type": "session.updated", "sessionId": root_id,
+                                        "turnCount": 1}
+
+        async with open_ws(b, space_id, alice_key) as talker:
+            await enter(talker, root_id)
+            await send(talker, {"type": "session.message", "input": "via ws"})
+            assert (await answer(talker))["type"] == "turn.complete"
+        assert await recv(listener) == {"type": "session.updated", "sessionId": root_id,
+                                        "turnCount": 2}
+
+
+async def test_streams_through_both_processes_never_interleave(
+    servers, space_id, root_id, alice_key
+) -> None:
+    per_server = 6
+
+    async def streams(server: Server, tag: str) -> list[dict[str, Any]]:
+        ends = []
+        async with open_ws(server, space_id, alice_key) as ws:
+            await enter(ws, root_id)
+            for n in range(per_server):
+                await send(ws, {"type": "session.stream", "input": f"{tag}-{n:02d}"})
+                chunks = []
+                while (frame := await answer(ws))["type"] == "stream.delta":
+                    chunks.append(frame["chunk"])
+                assert frame["type"] == "stream.end", frame
+                assert "".join(chunks) == frame["result"]["turn"]["finalContent"]
+                ends.append(frame["result"]["turn"])
+        return ends
+
+    async with asyncio.timeout(90):
+        from_a, from_b = await asyncio.gather(streams(servers[0], "a"), streams(servers[1], "b"))
+
+    total = 2 * per_server
+    records = await records_of(root_id)
+    assert len(records) == 2 * total
+    pairs = [records[i:i + 2] for i in range(0, len(records), 2)]
+    for user, assistant in pairs:  # strict user/assistant pairs, each answering its own question
+        assert (user[0], assistant[0]) == ("user", "assistant")
+        assert assistant[1] == f"echo: {user[1]}"
+    assert await turn_count_of(root_id) == total
+
+    # Serialised turns each saw the whole history before them: every prompt is longer than
+    # the one before (all inputs have the same length), in the order the records were saved.
+    by_prompt = sorted(from_a + from_b,
+                       key=lambda turn: json.loads(turn["rawResponse"])["usage"]["promptTokens"])
+    tokens = [json.loads(turn["rawResponse"])["usage"]["promptTokens"] for turn in by_prompt]
+    assert len(set(tokens)) == total
+    assert [turn["finalContent"] for turn in by_prompt] == [content for role, content in records
+                                                            if role == "assistant"]
