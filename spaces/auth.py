@@ -8,7 +8,7 @@ process; every other server process stops accepting the key within that TTL.
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
@@ -73,7 +73,9 @@ async def aauthenticate_credentials(raw: str | None) -> Credentials:
     key, key_hash, credentials = _from_cache(raw)
     if credentials is None:
         # One hop for the whole lookup: select + last-used update + cache fill.
-        return await sync_to_async(_lookup)(key, key_hash)
+        # database_sync_to_async recycles the worker thread's connection: no request cycle
+        # closes it outside HTTP (the WebSocket consumer calls this).
+        return await database_sync_to_async(_lookup)(key, key_hash)
     await apikey_atouch(apikey=credentials[1])
     return credentials
 

@@ -233,7 +233,9 @@ async def test_aauthenticate_key_hops_to_a_thread_only_on_a_cache_miss() -> None
     alice = await sync_to_async(make_user)("alice")
     _, raw_key = await sync_to_async(apikey_create)(user=alice)
 
-    with mock.patch.object(auth, "sync_to_async", wraps=sync_to_async) as hop:
+    with mock.patch.object(
+        auth, "database_sync_to_async", wraps=auth.database_sync_to_async
+    ) as hop:
         first = await aauthenticate_key(raw_key)
         second = await aauthenticate_key(raw_key)
 

@@ -25,7 +25,7 @@ from ..engine.llm import build_llm
 from ..engine.skills import load_skills
 from ..engine.tools import load_tools
 from ..events import announce_turn
-from ..store import DjangoSpaceStore
+from ..store import DjangoSpaceStore, unit_of_work
 from .jobs import BackgroundRunner, SpaceJobs
 from .locks import LocalSessionLocks, PostgresSessionLocks
 
@@ -77,6 +77,11 @@ class AgentPool:
                 self.evict(space_id)
 
 
+@unit_of_work
+def _space_exists(space_id: str) -> bool:
+    return Space.objects.filter(pk=space_id).exists()
+
+
 @cache
 def _user_tools():
     return tuple(load_tools(settings.STELLO["TOOLS"]))
@@ -107,7 +112,7 @@ class Runtime:
         return await self.pool.get(str(space_id))
 
     async def _build_agent(self, space_id: str) -> SpaceAgent:
-        if not await Space.objects.filter(pk=space_id).aexists():
+        if not await _space_exists(space_id):
             raise SpaceNotFound()
         return SpaceAgent(
             space_id=space_id,
