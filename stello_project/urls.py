@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -9,6 +10,7 @@ import spaces.schema  # noqa: F401  (documents the space views)
 from sessions_app.health import healthz, readyz
 
 urlpatterns = [
+    *staticfiles_urlpatterns(),  # the admin's CSS/JS under `make run` (DEBUG only; empty otherwise)
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
