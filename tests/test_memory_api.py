@@ -6,6 +6,7 @@ The sync test client runs each request on a throwaway event loop whose runtime i
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 
@@ -179,3 +180,25 @@ class TestManualEndpoints:
         assert response.status_code == 502
         assert alice_client.post(f"/spaces/{space['id']}/integrate").status_code == 502
         assert slot(alice_client, space, child, "memory") is None
+
+
+@pytest.mark.django_db
+def test_compression_summarises_old_history_and_caches_the_summary_in_the_database(
+    alice_client, space, settings
+) -> None:
+    settings.STELLO = {**settings.STELLO, "CONSOLIDATE_EVERY_N_TURNS": 0,
+                       "LLM": {**settings.STELLO["LLM"], "max_context_tokens": 300}}
+    root = space["root"]
+    for n in range(12):
+        turn(alice_client, space, root, f"message number {n} " + "words " * 20)
+    cache = SessionData.objects.get(session_id=root, key="compression")
+    first = cache.content
+    assert '"summary"' in first and "Summary of" in first
+    body = turn(alice_client, space, root, "one more")
+    prompt_tokens = json.loads(body["turn"]["rawResponse"])["usage"]["promptTokens"]
+    assert prompt_tokens <= 300  # the 24 stored messages (~800 tokens) were summarised
+    # The history stays whole in the database: compression only shapes the prompt.
+    assert Session.objects.get(pk=root).turn_count == 13
+    records = alice_client.get(f"/spaces/{space['id']}/sessions/{root}/messages").json()
+    assert len(records) == 26
+    assert SessionData.objects.get(session_id=root, key="compression").content
