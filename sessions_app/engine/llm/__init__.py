@@ -70,30 +70,20 @@ def build_llm(settings: LLMSettings) -> LLM:
             script=script,
         )
     if settings.provider == "openai":
-        from .openai_compat import OpenAICompatLLM
-
-        return OpenAICompatLLM(
-            model=settings.model,
-            base_url=settings.base_url,
-            api_key=settings.api_key,
-            max_context_tokens=settings.max_context_tokens,
-            max_output_tokens=settings.max_output_tokens,
-            timeout_seconds=settings.timeout_seconds,
-            max_retries=settings.max_retries,
-        )
-    if settings.provider == "anthropic":
-        from .anthropic_adapter import AnthropicLLM
-
-        return AnthropicLLM(
-            model=settings.model,
-            base_url=settings.base_url,
-            api_key=settings.api_key,
-            max_context_tokens=settings.max_context_tokens,
-            max_output_tokens=settings.max_output_tokens,
-            timeout_seconds=settings.timeout_seconds,
-            max_retries=settings.max_retries,
-        )
-    raise ValueError(f"unknown LLM provider {settings.provider!r}")  # pragma: no cover
+        from .openai_compat import OpenAICompatLLM as adapter
+    elif settings.provider == "anthropic":
+        from .anthropic_adapter import AnthropicLLM as adapter
+    else:
+        raise ValueError(f"unknown LLM provider {settings.provider!r}")  # pragma: no cover
+    return adapter(
+        model=settings.model,
+        base_url=settings.base_url,
+        api_key=settings.api_key,
+        max_context_tokens=settings.max_context_tokens,
+        max_output_tokens=settings.max_output_tokens,
+        timeout_seconds=settings.timeout_seconds,
+        max_retries=settings.max_retries,
+    )
 
 
 def describe(settings: LLMSettings) -> str:
