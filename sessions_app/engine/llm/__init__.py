@@ -86,6 +86,21 @@ def build_llm(settings: LLMSettings) -> LLM:
     )
 
 
+RETRY_BACKOFF_ALLOWANCE = 8.0  # seconds per retry: the SDKs' own back-off stays below this
+
+
+def call_deadline(timeout_seconds: float, max_retries: int) -> float:
+    """The longest one call may take, its retries and their back-off included. The SDKs honour
+    a server's `retry-after` without an upper bound (anthropic), which would let an upstream hold
+    a turn, and its session lock, for as long as it likes."""
+    return timeout_seconds * (max_retries + 1) + RETRY_BACKOFF_ALLOWANCE * max_retries + 1.0
+
+
+def deadline_error(provider: str, seconds: float) -> LLMError:
+    return LLMError(f"{provider} call took longer than its {seconds:.0f} s budget "
+                    "(timeout x attempts)", transient=True)
+
+
 def describe(settings: LLMSettings) -> str:
     """A one-line summary for the start-up log. The API key is never printed."""
     parts = [f"LLM provider={settings.provider}", f"model={settings.model}"]

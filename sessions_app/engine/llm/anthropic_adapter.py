@@ -8,6 +8,7 @@ status code and message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -19,7 +20,13 @@ import httpx2
 
 from ..errors import LLMError
 from ..types import LLMResponse, Message, StreamDelta, ToolCall, ToolCallDelta, ToolSpec, Usage
-from . import error_message, is_transient_status, parse_tool_arguments
+from . import (
+    call_deadline,
+    deadline_error,
+    error_message,
+    is_transient_status,
+    parse_tool_arguments,
+)
 
 NAME = "Anthropic API"
 # Error types Anthropic sends inside a stream (`event: error`) that are worth retrying.
@@ -49,6 +56,7 @@ class AnthropicLLM:
         self.max_output_tokens = max_output_tokens
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
+        self._deadline = call_deadline(timeout_seconds, max_retries)
         kwargs: dict[str, Any] = {"timeout": timeout_seconds, "max_retries": max_retries}
         if api_key:
             kwargs["api_key"] = api_key
@@ -65,10 +73,13 @@ class AnthropicLLM:
         self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = ()
     ) -> LLMResponse:
         try:
-            message = await self._client.messages.create(**self._request(messages, tools))
+            async with asyncio.timeout(self._deadline):
+                message = await self._client.messages.create(**self._request(messages, tools))
             return _to_response(message)
         except LLMError:
             raise
+        except TimeoutError as exc:
+            raise deadline_error(NAME, self._deadline) from exc
         except Exception as exc:
             raise _map_error(exc, self.timeout_seconds) from exc
 
@@ -76,9 +87,12 @@ class AnthropicLLM:
         self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = ()
     ) -> AsyncIterator[StreamDelta]:
         try:
-            events = await self._client.messages.create(
-                **self._request(messages, tools), stream=True
-            )
+            async with asyncio.timeout(self._deadline):
+                events = await self._client.messages.create(
+                    **self._request(messages, tools), stream=True
+                )
+        except TimeoutError as exc:
+            raise deadline_error(NAME, self._deadline) from exc
         except Exception as exc:
             raise _map_error(exc, self.timeout_seconds) from exc
         state = _StreamState()

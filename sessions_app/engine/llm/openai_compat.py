@@ -8,6 +8,7 @@ surfaces as `LLMError` with the provider's status code and message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -30,7 +31,13 @@ from ..types import (
     Usage,
     dumps_compact,
 )
-from . import error_message, is_transient_status, parse_tool_arguments
+from . import (
+    call_deadline,
+    deadline_error,
+    error_message,
+    is_transient_status,
+    parse_tool_arguments,
+)
 
 NAME = "OpenAI-compatible API"
 # Sent when no key is configured anywhere: local servers (vLLM, Ollama...) ignore it, and a
@@ -59,6 +66,7 @@ class OpenAICompatLLM:
         self.max_output_tokens = max_output_tokens
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
+        self._deadline = call_deadline(timeout_seconds, max_retries)
         kwargs: dict[str, Any] = {
             "api_key": api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY,
             "timeout": timeout_seconds,
@@ -77,12 +85,15 @@ class OpenAICompatLLM:
         self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = ()
     ) -> LLMResponse:
         try:
-            completion = await self._client.chat.completions.create(
-                **self._request(messages, tools)
-            )
+            async with asyncio.timeout(self._deadline):
+                completion = await self._client.chat.completions.create(
+                    **self._request(messages, tools)
+                )
             return _to_response(completion)
         except LLMError:
             raise
+        except TimeoutError as exc:
+            raise deadline_error(NAME, self._deadline) from exc
         except Exception as exc:
             raise self._error(exc) from exc
 
@@ -93,7 +104,10 @@ class OpenAICompatLLM:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
         try:
-            chunks = await self._client.chat.completions.create(**request)
+            async with asyncio.timeout(self._deadline):
+                chunks = await self._client.chat.completions.create(**request)
+        except TimeoutError as exc:
+            raise deadline_error(NAME, self._deadline) from exc
         except Exception as exc:
             raise self._error(exc) from exc
         finished = False
