@@ -1,9 +1,7 @@
 """Two real daphne processes sharing PostgreSQL and Redis, driven with the `websockets` client.
 
-The processes serve the test database (`settings.DATABASES["default"]["NAME"]` once
-pytest-django has created it); with `django_db(transaction=True)` the rows a test creates are
-committed, so the servers see them. Each run uses its own Redis prefix. The processes are
-terminated when the module is done, whatever happened.
+The processes (tests/support/servers.py) serve the test database; each run uses its own Redis
+prefix. The processes are stopped when the module is done, whatever happened.
 """
 
 from __future__ import annotations
@@ -11,18 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -31,6 +20,7 @@ from websockets.exceptions import InvalidStatus
 
 from sessions_app.models import Record, Session
 from spaces.services import space_create
+from tests.support.servers import Server, daphne_processes, http_json, server_env
 
 pytestmark = [
     pytest.mark.postgres,
@@ -38,114 +28,20 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 60  # seconds for a server to answer HTTP
 WAIT = 10  # seconds for one frame
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen
-    log: Path
-
-    def http(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def ws(self, space_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/spaces/{space_id}/ws"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_database_url() -> str:
-    """The database this test run uses (the test database), as a URL for the servers."""
-    from django.conf import settings
-
-    db = settings.DATABASES["default"]
-    credentials = quote(db.get("USER") or "", safe="")
-    if db.get("PASSWORD"):
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    return f"postgresql://{credentials}@{host}:{port}/{quote(db['NAME'], safe='')}"
-
-
-test_database_url.__test__ = False  # a helper, not a test
-
-
-def start_server(env: dict[str, str], logs: Path) -> Server:
-    port = free_port()
-    log = logs / f"daphne-{port}.log"
-    daphne = Path(sys.executable).with_name("daphne")
-    command = [str(daphne)] if daphne.exists() else [sys.executable, "-m", "daphne"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "-b", "127.0.0.1", "-p", str(port), "stello_project.asgi:application"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    return Server(port, process, log)
-
-
-def wait_until_answering(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"daphne exited with {server.process.returncode}:\n"
-                               f"{server.output()}")
-        try:
-            NO_PROXY.open(server.http("/spaces"), timeout=2).close()
-            return
-        except urllib.error.HTTPError:  # any HTTP answer (401 here) means it is up
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"daphne did not answer within {START_TIMEOUT}s:\n{server.output()}")
-
-
-def stop(server: Server) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
-def servers(django_db_setup, tmp_path_factory) -> Iterator[tuple[Server, Server]]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "stello_project.settings",
-        "DATABASE_URL": test_database_url(),
-        "REDIS_URL": os.environ["REDIS_URL"],
-        "STELLO_REDIS_PREFIX": f"stello-test-{uuid.uuid4().hex[:12]}",
-        "STELLO_LLM_PROVIDER": "offline",
-        "STELLO_CONSOLIDATE_EVERY_N_TURNS": "0",
-        "DATABASE_POOL_MIN_SIZE": "1",
-        "DATABASE_POOL_MAX_SIZE": "8",
-        "PYTHONUNBUFFERED": "1",
-    }
-    logs = tmp_path_factory.mktemp("daphne")
-    started: list[Server] = []
-    try:
-        for _ in range(2):
-            started.append(start_server(env, logs))
-        for server in started:
-            wait_until_answering(server)
-        yield started[0], started[1]
-    finally:
-        for server in started:
-            stop(server)
+def servers(django_db_setup, tmp_path_factory) -> Iterator[list[Server]]:
+    env = server_env(
+        REDIS_URL=os.environ["REDIS_URL"],
+        STELLO_REDIS_PREFIX=f"stello-test-{uuid.uuid4().hex[:12]}",
+        STELLO_CONSOLIDATE_EVERY_N_TURNS="0",
+        DATABASE_POOL_MIN_SIZE="1",
+        DATABASE_POOL_MAX_SIZE="8",
+    )
+    with daphne_processes([env, env], tmp_path_factory.mktemp("daphne")) as started:
+        yield started
 
 
 @pytest.fixture
@@ -192,16 +88,6 @@ async def enter(ws: ClientConnection, session_id: str) -> None:
     assert (await answer(ws))["type"] == "session.entered"
 
 
-def rest_turn(server: Server, space_id: str, session_id: str, key: str, text: str) -> int:
-    request = urllib.request.Request(
-        server.http(f"/spaces/{space_id}/sessions/{session_id}/turn"),
-        data=json.dumps({"input": text}).encode(), method="POST",
-        headers={"Content-Type": "application/json", "X-API-Key": key},
-    )
-    with NO_PROXY.open(request, timeout=WAIT) as response:
-        return response.status
-
-
 @sync_to_async
 def records_of(session_id: str) -> list[tuple[str, str]]:
     return list(Record.objects.filter(session_id=session_id).values_list("role", "content"))
@@ -239,7 +125,9 @@ async def test_a_client_of_one_process_hears_turns_made_through_the_other(
     async with asyncio.timeout(60), open_ws(a, space_id, alice_key) as listener:
         await enter(listener, root_id)
 
-        status = await asyncio.to_thread(rest_turn, b, space_id, root_id, alice_key, "via rest")
+        url = b.http(f"/spaces/{space_id}/sessions/{root_id}/turn")
+        status, _ = await asyncio.to_thread(http_json, "POST", url, alice_key,
+                                            {"input": "via rest"}, timeout=WAIT)
         assert status == 200
         assert await recv(listener) == {"type": "session.updated", "sessionId": root_id,
                                         "turnCount": 1}
