@@ -1,0 +1,82 @@
+"""Queries per request, for the endpoints not pinned in tests/api (reads and slots are there).
+
+Bounds are the measured counts (the same on SQLite and PostgreSQL), with authentication already
+cached; the test transaction adds a SAVEPOINT/RELEASE pair around each atomic block. The
+session locks of PostgreSQL use their own connection and are not counted. Archive includes the
+consolidation and integration it triggers, which the sync test client runs before answering.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def warm(alice_client):
+    alice_client.get("/spaces")  # authentication cached from here on
+    return alice_client
+
+
+@pytest.fixture
+def space(warm) -> dict:
+    body = warm.post("/spaces", {"label": "S", "systemPrompt": "p"}, format="json").json()
+    body["root"] = warm.get(f"/spaces/{body['id']}/sessions").json()["id"]
+    return body
+
+
+@pytest.fixture
+def child(warm, space) -> str:
+    return warm.post(f"/spaces/{space['id']}/sessions/{space['root']}/fork", {"label": "c"},
+                     format="json").json()["id"]
+
+
+@pytest.mark.django_db
+class TestSpaceEndpoints:
+    def test_create(self, warm, django_assert_max_num_queries) -> None:
+        with django_assert_max_num_queries(6):
+            assert warm.post("/spaces", {"label": "S", "systemPrompt": "p"},
+                             format="json").status_code == 201
+
+    def test_list_and_get(self, warm, space, django_assert_max_num_queries) -> None:
+        with django_assert_max_num_queries(1):
+            assert warm.get("/spaces").status_code == 200
+        with django_assert_max_num_queries(1):
+            assert warm.get(f"/spaces/{space['id']}").status_code == 200
+
+    def test_patch(self, warm, space, django_assert_max_num_queries) -> None:
+        with django_assert_max_num_queries(9):
+            assert warm.patch(f"/spaces/{space['id']}", {"systemPrompt": "x"},
+                              format="json").status_code == 200
+
+    def test_delete(self, warm, space, child, django_assert_max_num_queries) -> None:
+        with django_assert_max_num_queries(15):
+            assert warm.delete(f"/spaces/{space['id']}").status_code == 204
+
+
+@pytest.mark.django_db
+class TestEngineEndpoints:
+    def test_turn(self, warm, space, child, django_assert_max_num_queries) -> None:
+        for session_id in (space["root"], child, space["root"]):
+            with django_assert_max_num_queries(10):
+                response = warm.post(f"/spaces/{space['id']}/sessions/{session_id}/turn",
+                                     {"input": "hi"}, format="json")
+                assert response.status_code == 200
+
+    def test_fork(self, warm, space, django_assert_max_num_queries) -> None:
+        with django_assert_max_num_queries(13):
+            assert warm.post(f"/spaces/{space['id']}/sessions/{space['root']}/fork",
+                             {"label": "c", "scope": "s"}, format="json").status_code == 201
+
+    def test_consolidate_and_integrate(self, warm, space, child,
+                                       django_assert_max_num_queries) -> None:
+        warm.post(f"/spaces/{space['id']}/sessions/{child}/turn", {"input": "hi"}, format="json")
+        with django_assert_max_num_queries(19):
+            assert warm.post(
+                f"/spaces/{space['id']}/sessions/{child}/consolidate").status_code == 200
+        with django_assert_max_num_queries(26):
+            assert warm.post(f"/spaces/{space['id']}/integrate").status_code == 200
+
+    def test_archive(self, warm, space, child, django_assert_max_num_queries) -> None:
+        warm.post(f"/spaces/{space['id']}/sessions/{child}/turn", {"input": "hi"}, format="json")
+        with django_assert_max_num_queries(40):
+            assert warm.post(f"/spaces/{space['id']}/sessions/{child}/archive").status_code == 200
