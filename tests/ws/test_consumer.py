@@ -131,21 +131,6 @@ def gated(runtime: Runtime) -> GatedLLM:
     return runtime.llm
 
 
-@pytest.fixture
-def space(alice):
-    return space_create(owner=alice, label="WS Test")
-
-
-@pytest.fixture
-def space_id(space) -> str:
-    return str(space.pk)
-
-
-@pytest.fixture
-def root_id(space) -> str:
-    return str(Session.objects.get(space=space, role=Session.Role.MAIN).pk)
-
-
 def ws_path(space_id: str) -> str:
     return f"/spaces/{space_id}/ws"
 

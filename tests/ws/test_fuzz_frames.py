@@ -47,7 +47,6 @@ from hypothesis import strategies as st
 from sessions_app.models import Record, Session
 from sessions_app.runtime.pool import runtimes
 from sessions_app.ws.consumer import operations
-from spaces.services import space_create
 from stello_project.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -206,16 +205,6 @@ async def runtime(fuzz_settings) -> AsyncIterator[None]:
     layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
         await layer.flush()
-
-
-@pytest.fixture
-def space(alice):
-    return space_create(owner=alice, label="Fuzz")
-
-
-@pytest.fixture
-def root_id(space) -> str:
-    return str(Session.objects.get(space=space, role=Session.Role.MAIN).pk)
 
 
 @dataclass

@@ -19,7 +19,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from sessions_app.models import Record, Session
-from spaces.services import space_create
 from tests.support.servers import Server, daphne_processes, http_json, server_env
 
 pytestmark = [
@@ -42,21 +41,6 @@ def servers(django_db_setup, tmp_path_factory) -> Iterator[list[Server]]:
     )
     with daphne_processes([env, env], tmp_path_factory.mktemp("daphne")) as started:
         yield started
-
-
-@pytest.fixture
-def space(alice):
-    return space_create(owner=alice, label="Two processes")
-
-
-@pytest.fixture
-def space_id(space) -> str:
-    return str(space.pk)
-
-
-@pytest.fixture
-def root_id(space) -> str:
-    return str(Session.objects.get(space=space, role=Session.Role.MAIN).pk)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from channels.testing import WebsocketCommunicator
 from sessions_app.models import Record, Session
 from sessions_app.runtime.pool import runtimes
 from sessions_app.ws.consumer import operations
-from spaces.services import space_create
 from tests.support.llm_servers import LoopbackLLMServer, OpenAIServer, tool_call
+from tests.ws.conftest import SPACE_LABEL
 from tests.ws.test_consumer import bounded, enter, nothing_more, open_ws, recv
 
 pytest_plugins = ["tests.support.llm_fixtures"]
@@ -59,21 +59,6 @@ async def use_llm(settings) -> AsyncIterator[UseLLM]:
     layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):
         await layer.flush()
-
-
-@pytest.fixture
-def space(alice):
-    return space_create(owner=alice, label="Stream faults")
-
-
-@pytest.fixture
-def space_id(space) -> str:
-    return str(space.pk)
-
-
-@pytest.fixture
-def root_id(space) -> str:
-    return str(Session.objects.get(space=space, role=Session.Role.MAIN).pk)
 
 
 @pytest.fixture
@@ -203,7 +188,7 @@ async def test_tool_call_arguments_that_are_not_json_in_the_first_round_save_not
     assert "not valid JSON" in message and "stello_create_session" in message, message
     await nothing_more(ws)
     assert (await rows_of(root_id), await turn_count_of(root_id)) == ([], 0)
-    assert await sessions_in(space_id) == ["Stream faults"]  # the tool never ran: no child
+    assert await sessions_in(space_id) == [SPACE_LABEL]  # the tool never ran: no child
 
     openai_server.reply("no fork after all")
     assert await streamed_ok(ws, "next", root_id, 1) == "no fork after all"
@@ -231,13 +216,13 @@ async def test_tool_call_arguments_that_are_not_json_in_a_later_round_keep_compl
     assert await rows_of(root_id) == [("user", "two children", False),
                                       ("assistant", "forking", True)]
     assert await turn_count_of(root_id) == 0
-    assert await sessions_in(space_id) == ["Stream faults", "Kid"]
+    assert await sessions_in(space_id) == [SPACE_LABEL, "Kid"]
 
     openai_server.reply("done now")
     assert await streamed_ok(ws, "next", root_id, 1) == "done now"
     sent = openai_server.requests[-1].body["messages"]
     assert not any(m.get("tool_calls") for m in sent)  # the dangling tool call is not resent
-    assert await sessions_in(space_id) == ["Stream faults", "Kid"]
+    assert await sessions_in(space_id) == [SPACE_LABEL, "Kid"]
 
 
 # -- (c) 429 / 5xx before the stream starts --------------------------------------------------
