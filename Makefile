@@ -28,7 +28,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 
-bench: $(VENV)/.installed-runtime
+bench: $(VENV)/.installed-dev  # the WebSocket phase needs the websockets client
 	$(PY) bench/run.py
 
 clean:
