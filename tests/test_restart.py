@@ -27,11 +27,15 @@ from django.db import connection
 from websockets.asyncio.client import connect
 
 from sessions_app.models import Record, Session, SessionData
-from spaces.apikeys import apikey_create
-from spaces.services import space_create
-from tests.conftest import make_user
 from tests.support.llm_servers import OpenAIServer
-from tests.support.servers import Server, daphne_processes, http_json, restart, server_env
+from tests.support.servers import (
+    Server,
+    committed_tenant,
+    daphne_processes,
+    http_json,
+    restart,
+    server_env,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -93,11 +97,7 @@ def llm() -> Iterator[OpenAIServer]:
 @pytest.fixture
 def tenant() -> dict[str, str]:
     """A user, key and space committed to the test database, with two child sessions."""
-    user = make_user("restarter")
-    key = apikey_create(user=user, name="restart")[1]
-    space = space_create(owner=user, label="Restart")
-    root = Session.objects.get(space=space, role=Session.Role.MAIN)
-    return {"key": key, "space_id": str(space.pk), "root_id": str(root.pk)}
+    return committed_tenant("restarter", "Restart")
 
 
 def fork(server: Server, tenant: dict[str, str], label: str) -> str:

@@ -33,10 +33,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from sessions_app.models import Record, Session, SessionData
-from spaces.apikeys import apikey_create
-from spaces.services import space_create
-from tests.conftest import make_user
-from tests.support.servers import Server, daphne_processes, http_json, server_env
+from tests.support.servers import (
+    Server,
+    committed_tenant,
+    daphne_processes,
+    http_json,
+    server_env,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -125,11 +128,7 @@ async def ws_client(server: Server, key: str, space_id: str, session_id: str, ta
 @pytest.fixture
 def soak_space() -> dict[str, str]:
     """A user, key and space committed to the test database."""
-    user = make_user("soaker")
-    key = apikey_create(user=user, name="soak")[1]
-    space = space_create(owner=user, label="Soak")
-    root = Session.objects.get(space=space, role=Session.Role.MAIN)
-    return {"key": key, "space_id": str(space.pk), "root_id": str(root.pk)}
+    return committed_tenant("soaker", "Soak")
 
 
 @pytest.fixture

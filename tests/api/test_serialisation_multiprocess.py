@@ -13,12 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from sessions_app.models import Record, Session
-from spaces.apikeys import apikey_create
-from spaces.services import space_create
-from tests.support.servers import Server, daphne_processes, http_json, server_env
+from tests.support.servers import (
+    Server,
+    committed_tenant,
+    daphne_processes,
+    http_json,
+    server_env,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -29,11 +32,7 @@ REQUEST_TIMEOUT_SECONDS = 120.0
 @pytest.fixture
 def alice_in_committed_data(transactional_db) -> dict[str, str]:
     """A user, key and space committed to the database, so other processes see them."""
-    user = get_user_model().objects.create_user(username="alice", password=None)
-    key = apikey_create(user=user, name="multiprocess")[1]
-    space = space_create(owner=user, label="Shared", system_prompt="Be brief.")
-    root = Session.objects.get(space=space, role="main")
-    return {"key": key, "space_id": str(space.id), "root_id": str(root.id)}
+    return committed_tenant("alice", "Shared", system_prompt="Be brief.")
 
 
 @pytest.fixture

@@ -31,6 +31,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from sessions_app.models import Session
+from spaces.apikeys import apikey_create
+from spaces.services import space_create
+from tests.conftest import make_user
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0  # seconds for a server to answer HTTP
 STOP_TIMEOUT = 10.0  # seconds for a server to exit after SIGTERM (then SIGKILL)
@@ -185,3 +190,14 @@ def http_json(method: str, url: str, key: str, body: Any = None,
             return error.code, json.loads(text)
         except ValueError:
             return error.code, text
+
+
+def committed_tenant(username: str, label: str, **space_fields: Any) -> dict[str, str]:
+    """A user, an API key and a space with its main session, written to the test database.
+    Call it from a transactional test (`django_db(transaction=True)` or `transactional_db`):
+    the rows must be committed for the server processes to see them."""
+    user = make_user(username)
+    key = apikey_create(user=user, name=username)[1]
+    space = space_create(owner=user, label=label, **space_fields)
+    root = Session.objects.get(space=space, role=Session.Role.MAIN)
+    return {"key": key, "space_id": str(space.pk), "root_id": str(root.pk)}

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from sessions_app.engine.errors import LLMError
@@ -35,6 +34,7 @@ from sessions_app.ws.connections import connections
 from sessions_app.ws.consumer import operations
 from spaces.services import space_create
 from stello_project.asgi import application
+from tests.ws.conftest import finish_ws_work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,11 +118,7 @@ async def runtime(no_consolidation) -> AsyncIterator[Runtime]:
     """This test's runtime; afterwards every frame task and background job has finished."""
     current = runtimes.current()
     yield current
-    await operations.drain()
-    await runtimes.aclose_current()
-    layer = get_channel_layer()
-    if isinstance(layer, InMemoryChannelLayer):
-        await layer.flush()
+    await finish_ws_work()
 
 
 @pytest.fixture

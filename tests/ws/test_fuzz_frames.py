@@ -32,7 +32,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from hypothesis import (
     HealthCheck,
@@ -48,6 +47,7 @@ from sessions_app.models import Record, Session
 from sessions_app.runtime.pool import runtimes
 from sessions_app.ws.consumer import operations
 from stello_project.asgi import application
+from tests.ws.conftest import finish_ws_work
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -200,11 +200,7 @@ def fuzz_settings(settings) -> None:
 async def runtime(fuzz_settings) -> AsyncIterator[None]:
     await runtimes.aclose_current()
     yield
-    await operations.drain()
-    await runtimes.aclose_current()
-    layer = get_channel_layer()
-    if isinstance(layer, InMemoryChannelLayer):
-        await layer.flush()
+    await finish_ws_work()
 
 
 @dataclass

@@ -17,14 +17,12 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from sessions_app.models import Record, Session
 from sessions_app.runtime.pool import runtimes
-from sessions_app.ws.consumer import operations
 from tests.support.llm_servers import LoopbackLLMServer, OpenAIServer, tool_call
-from tests.ws.conftest import SPACE_LABEL
+from tests.ws.conftest import SPACE_LABEL, finish_ws_work
 from tests.ws.test_consumer import bounded, enter, nothing_more, open_ws, recv
 
 pytest_plugins = ["tests.support.llm_fixtures"]
@@ -54,11 +52,7 @@ async def use_llm(settings) -> AsyncIterator[UseLLM]:
 
     await runtimes.aclose_current()
     yield use
-    await operations.drain()
-    await runtimes.aclose_current()
-    layer = get_channel_layer()
-    if isinstance(layer, InMemoryChannelLayer):
-        await layer.flush()
+    await finish_ws_work()
 
 
 @pytest.fixture
