@@ -6,6 +6,7 @@ import uuid
 
 from rest_framework.exceptions import NotFound, PermissionDenied
 
+from . import pgpool
 from .models import Space
 
 
@@ -30,3 +31,36 @@ def space_for_user(*, user_id: int, space_id: object) -> Space:
 
 def spaces_of_user(*, user_id: int):
     return Space.objects.filter(owner_id=user_id).order_by("created_at", "id")
+
+
+SPACE_COLUMNS = ("id", "user_id", "label", "system_prompt", "consolidate_prompt",
+                 "integrate_prompt", "config", "created_at", "updated_at")
+_SELECT_SPACE = f"SELECT {', '.join(SPACE_COLUMNS)} FROM spaces WHERE id = %s"
+
+
+def space_from_row(row) -> Space:
+    """A Space instance from a `SPACE_COLUMNS` row of the async path (as if the ORM loaded it)."""
+    space = Space(**{("owner_id" if c == "user_id" else c): v for c, v in zip(SPACE_COLUMNS, row,
+                                                                            strict=True)})
+    space._state.adding = False
+    space._state.db = "default"
+    return space
+
+
+async def aspace_for_user(*, user_id: int, space_id: object) -> Space:
+    """Async twin of `space_for_user`: one round trip on PostgreSQL (no thread hop); one hop to
+    the ORM on the embedded SQLite default."""
+    parsed = parse_uuid(space_id)
+    if parsed is None:
+        raise NotFound("Space not found")
+    if pgpool.conninfo() is None:
+        space = await Space.objects.filter(pk=parsed).afirst()
+    else:
+        async with pgpool.connection() as conn:
+            row = await (await conn.execute(_SELECT_SPACE, (parsed,))).fetchone()
+        space = space_from_row(row) if row else None
+    if space is None:
+        raise NotFound("Space not found")
+    if space.owner_id != user_id:
+        raise PermissionDenied("Forbidden")
+    return space

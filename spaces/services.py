@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from asgiref.sync import sync_to_async
 from django.db import transaction
+from django.utils import timezone
+from psycopg.types.json import Jsonb
 
+from . import pgpool
 from .models import Space
-from .signals import space_created, space_deleted, space_updated
+from .selectors import SPACE_COLUMNS, space_from_row
+from .signals import space_created, space_deleted, space_inserted, space_updated
 
 EDITABLE_FIELDS = ("label", "system_prompt", "consolidate_prompt", "integrate_prompt", "config")
 
@@ -59,3 +64,45 @@ def space_delete(*, space: Space) -> None:
     space_id = str(space.id)
     space.delete()
     space_deleted.send(sender=Space, space_id=space_id)
+
+
+_INSERT_SPACE = (
+    f"INSERT INTO spaces ({', '.join(SPACE_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(SPACE_COLUMNS))})"
+)
+
+
+async def aspace_create(
+    *,
+    owner_id: int,
+    label: str,
+    system_prompt: str | None = None,
+    consolidate_prompt: str | None = None,
+    integrate_prompt: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> Space:
+    """Async twin of `space_create`. On PostgreSQL: one pipelined transaction on the event loop
+    (the space, then what `space_inserted` receivers add: the root session); on the embedded
+    SQLite default: `space_create` in one thread hop."""
+    if pgpool.conninfo() is None:
+        from django.contrib.auth import get_user_model
+
+        owner = get_user_model()(pk=owner_id)
+        return await sync_to_async(space_create)(
+            owner=owner, label=label, system_prompt=system_prompt,
+            consolidate_prompt=consolidate_prompt, integrate_prompt=integrate_prompt,
+            config=config,
+        )
+    now = timezone.now()
+    space = Space(owner_id=owner_id, label=label, system_prompt=system_prompt,
+                  consolidate_prompt=consolidate_prompt, integrate_prompt=integrate_prompt,
+                  config=config or {}, created_at=now, updated_at=now)
+    space.clean_fields(exclude=["owner", "id"])
+    async with pgpool.connection() as conn, conn.pipeline(), conn.transaction():
+        await conn.execute(_INSERT_SPACE, (
+            space.id, owner_id, space.label, space.system_prompt, space.consolidate_prompt,
+            space.integrate_prompt, Jsonb(space.config), now, now,
+        ))
+        await space_inserted.asend(sender=Space, space=space, connection=conn)
+    return space_from_row([getattr(space, "owner_id" if c == "user_id" else c)
+                           for c in SPACE_COLUMNS])

@@ -237,6 +237,16 @@ STELLO = {
     "AUTH_CACHE_SECONDS": env_float("STELLO_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
     "WS_MAX_FRAME_BYTES": env_int("STELLO_WS_MAX_FRAME_BYTES", 1_048_576, minimum=1024),
     "RATE_LIMIT": _rate_limit("STELLO_RATE_LIMIT"),
+    # The async pool of the hot paths (PostgreSQL only). A connection is held for one short
+    # unit of work, never while a request waits on an LLM or a lock, so a few serve thousands
+    # of in-flight turns. Past the timeout, or with too many waiters, the answer is 503.
+    "ASYNC_POOL_MIN_SIZE": env_int("STELLO_ASYNC_POOL_MIN_SIZE", 2, minimum=0),
+    "ASYNC_POOL_MAX_SIZE": env_int("STELLO_ASYNC_POOL_MAX_SIZE", 10, minimum=1),
+    "ASYNC_POOL_TIMEOUT_SECONDS": env_float("STELLO_ASYNC_POOL_TIMEOUT_SECONDS", 10.0,
+                                            minimum=0.01),
+    "ASYNC_POOL_MAX_WAITING": env_int("STELLO_ASYNC_POOL_MAX_WAITING", 5000, minimum=0),
+    # Cross-process session leases (PostgreSQL): renewed while held, expire when a process dies.
+    "SESSION_LEASE_SECONDS": env_float("STELLO_SESSION_LEASE_SECONDS", 30.0, minimum=1.0),
 }
 
 LOGGING = {

@@ -52,6 +52,16 @@ class SessionBusy(StelloError):
         super().__init__(message)
 
 
+class ServiceUnavailable(StelloError):
+    """The database (or the session-lock backend) cannot be reached or has no free connection
+    right now (HTTP 503): nothing was done, the caller may retry."""
+
+    code = "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str = "Service temporarily unavailable") -> None:
+        super().__init__(message)
+
+
 class LLMError(StelloError):
     """The upstream LLM failed or answered something unusable (HTTP 502)."""
 

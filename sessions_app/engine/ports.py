@@ -20,6 +20,7 @@ from .types import (
     LLMResponse,
     Message,
     NewChild,
+    SaveResult,
     SessionMeta,
     SpacePrompts,
     StreamDelta,
@@ -58,9 +59,14 @@ class SpaceStore(Protocol):
         """The session's meta; raises SessionNotFound."""
         ...
 
-    async def load_turn_context(self, session_id: str) -> TurnContext:
-        """Meta, system prompt, insight (standard) or synthesis (main), the whole history in
-        order, the skills whitelist and the compression cache; raises SessionNotFound."""
+    async def load_turn_context(
+        self, session_id: str, *, history_after: int | None = 0
+    ) -> TurnContext:
+        """Meta, system prompt, insight (standard) or synthesis (main), the skills whitelist,
+        the compression cache, the session's record_count and last_record_id, and its history
+        in order: every record when `history_after` is 0, only the records with an id greater
+        than `history_after` when it is positive (the caller holds the earlier ones), none when
+        it is None. ONE read (one round trip on PostgreSQL); raises SessionNotFound."""
         ...
 
     async def save_call(
@@ -70,11 +76,12 @@ class SpaceStore(Protocol):
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
-    ) -> int:
-        """Persist one successful LLM call in ONE transaction: append `messages` in order; if
-        `consumed_insight` is given, delete the insight slot (only if it still holds that text);
-        if `end_turn`, turn_count += 1 and last_active_at = now (and, after commit, announce the
-        completed turn to listeners). Returns the session's turn_count after the write."""
+    ) -> SaveResult:
+        """Persist one successful LLM call in ONE transaction: append `messages` in order
+        (record_count += len(messages)); if `consumed_insight` is given, delete the insight slot
+        (only if it still holds that text); if `end_turn`, turn_count += 1 and last_active_at =
+        updated_at = now, and after commit announce the completed turn to listeners. Returns the
+        counts after the write. One round trip on PostgreSQL."""
         ...
 
     async def create_child(self, child: NewChild) -> SessionMeta:

@@ -122,9 +122,24 @@ class TurnContext:
     system_prompt: str | None
     insight: str | None  # standard sessions only; None for main
     synthesis: str | None  # main session only (its `memory` slot); None for standard
-    history: tuple[Message, ...]
+    history: tuple[Message, ...]  # the records with id > history_after, in order
     skills: tuple[str, ...] | None = None  # per-session whitelist; None = all skills
     compression: CompressionCache | None = None
+    # Where `history` starts: 0 = it is the whole history; N = only the records after record
+    # id N (the caller has the earlier ones); None = no history was read (fork, no context).
+    history_after: int | None = 0
+    record_count: int = 0  # the session's records in all, whatever `history` holds
+    last_record_id: int = 0  # the id of the session's newest record (0: none yet)
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What `SpaceStore.save_call` wrote: the session's turn count, its record count and the id
+    of its newest record, all after the write."""
+
+    turn_count: int
+    record_count: int
+    last_record_id: int
 
 
 @dataclass(frozen=True, slots=True)
