@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from spaces.pgpool import conninfo as postgres_conninfo  # noqa: F401  (one place for it)
+
 from .engine.llm import LLMSettings
 from .engine.types import EngineSettings
 
@@ -28,15 +30,3 @@ def llm_settings() -> LLMSettings:
 def memory_llm_settings() -> LLMSettings | None:
     memory = settings.STELLO["MEMORY_LLM"]
     return LLMSettings(**memory) if memory else None
-
-
-def postgres_conninfo() -> str | None:
-    """A libpq conninfo for the default database when it is PostgreSQL, else None."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        return None
-    from psycopg.conninfo import make_conninfo
-
-    parts = {"dbname": db["NAME"], "user": db.get("USER"), "password": db.get("PASSWORD"),
-             "host": db.get("HOST"), "port": db.get("PORT")}
-    return make_conninfo(**{k: v for k, v in parts.items() if v})

@@ -185,24 +185,3 @@ class CoreData(models.Model):
     def __str__(self) -> str:
         return self.path
 
-
-class SessionLease(models.Model):
-    """Who is running an operation on a session right now, across server processes.
-
-    A row is taken with one INSERT .. ON CONFLICT (free or expired) and deleted when the
-    operation ends; its holder's process renews it while the operation runs, and a dead
-    process's lease simply expires. No connection is held meanwhile (see runtime/locks.py).
-    No foreign key: a lease is a short-lived fact about a session id, never joined.
-    """
-
-    session_id = models.UUIDField(primary_key=True)
-    holder = models.UUIDField()
-    process = models.UUIDField()
-    expires_at = models.DateTimeField()
-
-    class Meta:
-        db_table = "session_leases"
-        indexes = [models.Index(fields=["process"], name="session_leases_process")]
-
-    def __str__(self) -> str:
-        return f"{self.session_id} until {self.expires_at}"

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import TypeAlias
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Q
@@ -152,6 +153,56 @@ def apikey_authenticate(raw_key: str) -> Credentials | None:
         return None
     apikey_touch(apikey=apikey)
     return apikey.user, apikey
+
+
+_KEY_COLUMNS = ("id", "name", "prefix", "key_hash", "created_at", "last_used_at", "revoked")
+_USER_COLUMNS = ("id", "username", "is_active", "is_staff", "is_superuser")
+
+
+def _lookup_sql() -> str:
+    user_table = get_user_model()._meta.db_table
+    keys = ", ".join(f"k.{c} AS k_{c}" for c in _KEY_COLUMNS)
+    users = ", ".join(f"u.{c} AS u_{c}" for c in _USER_COLUMNS)
+    # One statement: the key with its user, and the last-used UPDATE when it is due.
+    return (
+        f"WITH found AS (SELECT {keys}, {users} FROM {ApiKey._meta.db_table} k "
+        f"JOIN {user_table} u ON u.id = k.user_id "
+        "WHERE k.key_hash = %(hash)s AND NOT k.revoked AND u.is_active), "
+        f"touched AS (UPDATE {ApiKey._meta.db_table} SET last_used_at = %(now)s FROM found "
+        f"WHERE {ApiKey._meta.db_table}.id = found.k_id AND (found.k_last_used_at IS NULL "
+        "OR found.k_last_used_at <= %(stale)s) RETURNING 1) "
+        "SELECT *, (SELECT count(*) FROM touched) FROM found"
+    )
+
+
+async def apikey_aauthenticate(raw_key: str) -> Credentials | None:
+    """Async twin of `apikey_authenticate`: on PostgreSQL one round trip on the event loop
+    (lookup and the due last-used UPDATE in one statement); on the embedded SQLite default one
+    thread hop."""
+    from . import pgpool
+
+    if not looks_like_key(raw_key):
+        return None
+    if pgpool.conninfo() is None:
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(apikey_authenticate)(raw_key)
+    now = timezone.now()
+    params = {"hash": hash_key(raw_key), "now": now, "stale": now - LAST_USED_RESOLUTION}
+    async with pgpool.connection() as conn:
+        row = await (await conn.execute(_lookup_sql(), params)).fetchone()
+    if row is None:
+        return None
+    key_values = dict(zip(_KEY_COLUMNS, row[: len(_KEY_COLUMNS)], strict=True))
+    user_values = dict(zip(_USER_COLUMNS, row[len(_KEY_COLUMNS):-1], strict=True))
+    user = get_user_model()(**user_values)
+    apikey = ApiKey(user_id=user.pk, **key_values)
+    apikey.user = user
+    for instance in (user, apikey):
+        instance._state.adding, instance._state.db = False, "default"
+    if row[-1]:
+        apikey.last_used_at = now
+    return user, apikey
 
 
 # --- This process's auth cache ------------------------------------------------------------------

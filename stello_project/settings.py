@@ -245,8 +245,6 @@ STELLO = {
     "ASYNC_POOL_TIMEOUT_SECONDS": env_float("STELLO_ASYNC_POOL_TIMEOUT_SECONDS", 10.0,
                                             minimum=0.01),
     "ASYNC_POOL_MAX_WAITING": env_int("STELLO_ASYNC_POOL_MAX_WAITING", 5000, minimum=0),
-    # Cross-process session leases (PostgreSQL): renewed while held, expire when a process dies.
-    "SESSION_LEASE_SECONDS": env_float("STELLO_SESSION_LEASE_SECONDS", 30.0, minimum=1.0),
 }
 
 LOGGING = {

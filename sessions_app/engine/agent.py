@@ -15,6 +15,7 @@ from .builtins import turn_toolbox
 from .context import PromptBuilder
 from .errors import InvalidInput, SessionArchived
 from .fork import plan_child
+from .history import History, HistoryCache
 from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore
 from .skills import Skill, visible_skills
 from .tools import Tool, ToolContext
@@ -60,14 +61,15 @@ class SpaceAgent:
         self.locks = locks
         self.jobs = jobs
         self.settings = settings
+        self._histories = HistoryCache()
 
     # -- turns -----------------------------------------------------------------------------
 
     async def turn(self, session_id: str, input: str) -> TurnResult:
         text = validate_input(input)
         async with self.locks.hold(session_id):
-            ctx = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, text)
+            ctx, history = await self._active_context(session_id)
+            loop = self._turn_loop(ctx, history, text)
             result = await loop.run()
         self._after_turn(ctx, loop.turn_count)
         return result
@@ -77,20 +79,20 @@ class SpaceAgent:
         the whole stream; closing the generator early releases it."""
         text = validate_input(input)
         async with self.locks.hold(session_id):
-            ctx = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, text)
+            ctx, history = await self._active_context(session_id)
+            loop = self._turn_loop(ctx, history, text)
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
         self._after_turn(ctx, loop.turn_count)
 
-    async def _active_context(self, session_id: str) -> TurnContext:
-        ctx = await self.store.load_turn_context(session_id)
+    async def _active_context(self, session_id: str) -> tuple[TurnContext, History]:
+        ctx, history = await self._histories.load(self.store, session_id)
         if ctx.session.status == "archived":
             raise SessionArchived(session_id)
-        return ctx
+        return ctx, history
 
-    def _turn_loop(self, ctx: TurnContext, text: str) -> TurnLoop:
+    def _turn_loop(self, ctx: TurnContext, history: History, text: str) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
@@ -103,6 +105,7 @@ class SpaceAgent:
         )
         prompt = PromptBuilder(
             ctx,
+            history=history,
             llm=self.llm,
             memory_llm=self.memory_llm,
             store=self.store,
@@ -118,6 +121,7 @@ class SpaceAgent:
             toolbox=toolbox,
             tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
             max_tool_rounds=self.settings.max_tool_rounds,
+            on_saved=lambda messages, saved: self._histories.saved(session_id, messages, saved),
         )
 
     def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
@@ -135,7 +139,10 @@ class SpaceAgent:
             return await self._fork_unlocked(source_id, options)
 
     async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
-        source = await self.store.load_turn_context(source_id)
+        # Without inherited context the child needs nothing of the source's history.
+        inherit = options.context == "inherit"
+        source = await self.store.load_turn_context(source_id,
+                                                    history_after=0 if inherit else None)
         child = plan_child(source, options, self.settings.fork_strategy)
         return await self.store.create_child(child)
 

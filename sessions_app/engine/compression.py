@@ -92,6 +92,7 @@ async def compress_context(
     max_context_tokens: int,
     cache: CompressionCache | None,
     summarize: Summarize,
+    history_tokens: int | None = None,
 ) -> tuple[list[Message], CompressionCache | None]:
     """The messages of one LLM call, compressed when they reach 80% of the context window.
 
@@ -101,13 +102,16 @@ async def compress_context(
     history (digest) is reused while its boundary fits the budget. Returns the messages and the
     new cache to persist (None when nothing was summarised: below the threshold, nothing old
     enough to compress, or the given cache was reused). `summarize` is called at most once.
+    `history_tokens`, when the caller keeps it, is `estimate_tokens(history)` (saves a pass).
     """
     unchanged = [*prefix, *history, *tail]
     threshold = THRESHOLD_RATIO * max_context_tokens
-    if estimate_tokens(unchanged) < threshold:
+    fixed = estimate_tokens([*prefix, *tail])
+    if history_tokens is None:
+        history_tokens = estimate_tokens(history)
+    if fixed + history_tokens < threshold:
         return unchanged, None
 
-    fixed = estimate_tokens([*prefix, *tail])
     usable_cache = cache if cache is not None and _cache_matches(cache, history) else None
     summary_estimate = (
         math.ceil(len(usable_cache.summary) / 4)

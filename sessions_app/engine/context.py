@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import compression
-from .history import drop_incomplete_tool_groups
+from .history import History
 from .memory import default_compress_prompt
 from .ports import LLM, SpaceStore
 from .types import CompressionCache, Message, TurnContext
@@ -34,6 +34,7 @@ class PromptBuilder:
         self,
         ctx: TurnContext,
         *,
+        history: History | None = None,
         llm: LLM,
         memory_llm: LLM,
         store: SpaceStore,
@@ -41,7 +42,8 @@ class PromptBuilder:
     ) -> None:
         self._session_id = ctx.session.id
         self._prefix = prompt_prefix(ctx)
-        self._history = drop_incomplete_tool_groups(ctx.history)
+        # `history` is the session's kept history (the agent's cache); without it, ctx's.
+        self._history, self._history_tokens = (history or History(ctx.history)).clean()
         self._cache: CompressionCache | None = ctx.compression
         self._max_context_tokens = llm.max_context_tokens
         self._memory_llm = memory_llm
@@ -56,6 +58,7 @@ class PromptBuilder:
             max_context_tokens=self._max_context_tokens,
             cache=self._cache,
             summarize=self._summarize,
+            history_tokens=self._history_tokens,
         )
         if new_cache is not None:
             await self._store.save_compression(self._session_id, new_cache)

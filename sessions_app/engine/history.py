@@ -7,9 +7,13 @@ prompt assembly. Nothing is deleted from storage.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from .types import Message
+from .compression import estimate_tokens
+from .ports import SpaceStore
+from .types import Message, SaveResult, TurnContext
 
 
 def drop_incomplete_tool_groups(messages: Sequence[Message]) -> list[Message]:
@@ -40,3 +44,110 @@ def drop_incomplete_tool_groups(messages: Sequence[Message]) -> list[Message]:
             kept.extend(results)
         i = end
     return kept
+
+
+class History:
+    """A session's stored history as the engine keeps it between turns: the records in order,
+    their clean form (`drop_incomplete_tool_groups`) and its token estimate, all kept up to date
+    as messages are appended, so a turn's cost does not grow with the length of the history.
+
+    Cleaning is local to the stretches between user messages (a tool-call group never spans a
+    user message), so everything before the last user message is cleaned and counted once:
+    only the open stretch from the last user message on is cleaned again when the prompt is built.
+    """
+
+    __slots__ = ("_settled", "_settled_tokens", "_open", "count")
+
+    def __init__(self, messages: Sequence[Message] = ()) -> None:
+        self._settled: list[Message] = []
+        self._settled_tokens = 0
+        self._open: list[Message] = []
+        self.count = 0
+        self.extend(messages)
+
+    def extend(self, messages: Sequence[Message]) -> None:
+        self._open.extend(messages)
+        self.count += len(messages)
+        last_user = max((i for i, m in enumerate(self._open) if m.role == "user"), default=0)
+        if last_user:
+            settled = drop_incomplete_tool_groups(self._open[:last_user])
+            self._settled.extend(settled)
+            self._settled_tokens += estimate_tokens(settled)
+            del self._open[:last_user]
+
+    def clean(self) -> tuple[list[Message], int]:
+        """The messages a prompt may contain (complete tool groups only) and their estimate."""
+        tail = drop_incomplete_tool_groups(self._open)
+        return [*self._settled, *tail], self._settled_tokens + estimate_tokens(tail)
+
+
+@dataclass(slots=True)
+class _Kept:
+    history: History
+    record_count: int
+    last_record_id: int
+
+
+class HistoryCache:
+    """The histories of one space's recently used sessions, so that a turn reads from the store
+    only the records it does not hold yet (normally none: it saved them itself).
+
+    The store stays the truth. Every load asks for the records after the newest one kept and
+    checks the session's record count: when kept + new != the count (written elsewhere in a way
+    that is not a plain append, or a save whose outcome was unknown), the whole history is read
+    again. Used under the session's lock only, so one operation at a time touches an entry.
+    """
+
+    def __init__(self, max_sessions: int = 128) -> None:
+        self._max_sessions = max_sessions
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+
+    async def load(self, store: SpaceStore, session_id: str) -> tuple[TurnContext, History]:
+        """The session's turn context (its `history` may hold only the new records) and its
+        whole history."""
+        kept = self._kept.get(session_id)
+        if kept is not None and kept.last_record_id:
+            ctx = await store.load_turn_context(session_id, history_after=kept.last_record_id)
+            if ctx.record_count == kept.record_count + len(ctx.history):
+                kept.history.extend(ctx.history)
+                kept.record_count, kept.last_record_id = ctx.record_count, ctx.last_record_id
+                self._kept.move_to_end(session_id)
+                return ctx, kept.history
+        ctx = await store.load_turn_context(session_id)
+        history = History(ctx.history)
+        self._kept[session_id] = _Kept(history, ctx.record_count, ctx.last_record_id)
+        self._kept.move_to_end(session_id)
+        while len(self._kept) > self._max_sessions:
+            self._kept.popitem(last=False)
+        return ctx, history
+
+    def saved(self, session_id: str, messages: Sequence[Message], result: SaveResult) -> None:
+        """`messages` were appended by one committed save_call."""
+        kept = self._kept.get(session_id)
+        if kept is None:
+            return
+        if result.record_count != kept.record_count + len(messages) or _has_nul(messages):
+            # Not a plain append of these very messages (or the store altered them: NUL is
+            # stored replaced): read the truth next time.
+            del self._kept[session_id]
+            return
+        kept.history.extend(messages)
+        kept.record_count, kept.last_record_id = result.record_count, result.last_record_id
+
+    def forget(self, session_id: str) -> None:
+        self._kept.pop(session_id, None)
+
+
+def _has_nul(messages: Sequence[Message]) -> bool:
+    return any(_nul_in((m.content, m.tool_call_id, [c.to_json() for c in m.tool_calls]))
+               for m in messages)
+
+
+def _nul_in(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_nul_in(k) or _nul_in(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_nul_in(v) for v in value)
+    return False

@@ -9,7 +9,7 @@ Tool results reach the next call as typed `tool` messages, never as JSON typed i
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from .tools import ToolBox, ToolContext
 from .types import (
     LLMResponse,
     Message,
+    SaveResult,
     StreamChunk,
     StreamDelta,
     ToolCall,
@@ -111,6 +112,7 @@ class TurnLoop:
         toolbox: ToolBox,
         tool_context: ToolContext,
         max_tool_rounds: int,
+        on_saved: Callable[[Sequence[Message], SaveResult], None] | None = None,
     ) -> None:
         self._session_id = session_id
         self._user_message = Message("user", user_input)
@@ -121,6 +123,7 @@ class TurnLoop:
         self._toolbox = toolbox
         self._tool_context = tool_context
         self._max_tool_rounds = max_tool_rounds
+        self._on_saved = on_saved  # told of every persisted call (the agent's history cache)
         self.turn_count: int | None = None
 
     async def run(self) -> TurnResult:
@@ -153,14 +156,17 @@ class TurnLoop:
 
             reply = Message("assistant", response.content or "", tool_calls=response.tool_calls)
             final = not response.tool_calls
-            turn_count = await self._store.save_call(
+            saved = [*unsaved, reply]
+            result = await self._store.save_call(
                 self._session_id,
-                [*unsaved, reply],
+                saved,
                 consumed_insight=self._insight if rounds == 0 else None,
                 end_turn=final,
             )
+            if self._on_saved is not None:
+                self._on_saved(saved, result)
             if final:
-                self.turn_count = turn_count
+                self.turn_count = result.turn_count
                 yield TurnResult(response.content, rounds, executed, raw_response(response))
                 return
             if rounds >= self._max_tool_rounds:

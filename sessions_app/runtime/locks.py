@@ -1,20 +1,37 @@
 """Per-session serialisation (the engine's `SessionLocks` port).
 
 `LocalSessionLocks` serialises within one process (one event loop): enough for the embedded
-single-process mode. `PostgresSessionLocks` adds a PostgreSQL session-level advisory lock on a
-dedicated autocommit connection, so operations on one session run one at a time across every
-server process sharing the database, without holding a transaction open during the LLM call.
-If a process dies, PostgreSQL drops its connection and so its locks.
-"""
+single-process mode. `PostgresSessionLocks` adds a PostgreSQL session-level advisory lock, so
+operations on one session run one at a time across every server process sharing the database.
 
+Advisory locks belong to a connection, not to a transaction, and one connection can hold many:
+each process keeps ONE lock connection and takes the lock of every session it works on through
+it, with `pg_try_advisory_lock` (one round trip). No connection is held per operation, so the
+number of operations in flight is not bound by connections, and no transaction stays open
+during an LLM call. A lock held by another process is retried with a short backoff until the
+lock timeout (then SessionBusy). When a process dies, PostgreSQL closes its connection and
+drops its locks at once.
+"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from ..engine.errors import SessionBusy
+import psycopg
+
+from spaces.pgpool import CountingConnection
+
+from ..engine.errors import ServiceUnavailable, SessionBusy
+
+logger = logging.getLogger("stello.locks")
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+_FIRST_RETRY, _MAX_RETRY = 0.002, 0.1  # seconds between tries while another process holds it
 
 
 class LocalSessionLocks:
@@ -46,75 +63,96 @@ class LocalSessionLocks:
 
 
 class PostgresSessionLocks:
-    """Local lock first (waiters of one process queue in memory and use one connection),
-    then `pg_advisory_lock` with `lock_timeout` for the time that is left."""
+    """The local lock first (waiters of one process queue in memory and cost no round trip),
+    then the session's advisory lock on this process's lock connection."""
 
-    def __init__(self, conninfo: str, timeout: float, *, max_connections: int = 20) -> None:
+    def __init__(self, conninfo: str, timeout: float, *, connect_timeout: float = 5.0) -> None:
         self.timeout = timeout
         self._local = LocalSessionLocks(timeout)
         self._conninfo = conninfo
-        self._max = max_connections
-        self._pool = None
-
-    async def _connections(self):
-        if self._pool is None:
-            from psycopg_pool import AsyncConnectionPool
-
-            self._pool = AsyncConnectionPool(
-                self._conninfo, min_size=0, max_size=self._max, open=False,
-                kwargs={"autocommit": True},
-            )
-            await self._pool.open()
-        return self._pool
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.AsyncConnection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._cleanups: set[asyncio.Task[Any]] = set()
 
     @asynccontextmanager
     async def hold(self, session_id: str) -> AsyncIterator[None]:
         started = time.monotonic()
         async with self._local.hold(session_id):
-            pool = await self._connections()
-            left = max(self.timeout - (time.monotonic() - started), 0.001)
+            delay = _FIRST_RETRY
+            while not await self._shielded(self._try_lock(session_id), session_id):
+                left = self.timeout - (time.monotonic() - started)
+                if left <= 0:
+                    raise SessionBusy()
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _MAX_RETRY)
             try:
-                conn_cm = pool.connection(timeout=left)
-                conn = await conn_cm.__aenter__()
-            except Exception as exc:  # pool exhausted for the whole wait
-                raise SessionBusy() from exc
-            try:
-                await self._lock(conn, session_id, left)
-                try:
-                    yield
-                finally:
-                    await self._unlock(conn, session_id)
+                yield
             finally:
-                await conn_cm.__aexit__(None, None, None)
+                # Shielded: a cancelled operation must still give its lock back.
+                unlock = asyncio.ensure_future(self._unlock(session_id))
+                self._keep(unlock)
+                await asyncio.shield(unlock)
 
-    @staticmethod
-    async def _lock(conn, session_id: str, wait_seconds: float) -> None:
-        import psycopg
-
-        milliseconds = max(int(wait_seconds * 1000), 1)
+    async def _shielded(self, attempt: Any, session_id: str) -> bool:
+        """Run one try to completion even if the caller is cancelled meanwhile (a cancelled
+        query could leave the lock taken, or the shared connection in an unknown state); a lock
+        it took for a cancelled caller is given back."""
+        task = asyncio.ensure_future(attempt)
         try:
-            # set_config(..., false) lasts for the connection; reset it on every use.
-            await conn.execute("SELECT set_config('lock_timeout', %s, false)",
-                               (f"{milliseconds}ms",))
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (session_id,))
-        except psycopg.errors.LockNotAvailable:
-            raise SessionBusy() from None
-        except BaseException:
-            # Interrupted (cancelled, connection lost): the lock may or may not be ours now.
-            # Closing the connection is the one way to be sure it is not left held.
-            await conn.close()
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            def give_back(done: asyncio.Task[bool]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result():
+                    self._keep(asyncio.ensure_future(self._unlock(session_id)))
+
+            task.add_done_callback(give_back)
             raise
 
-    @staticmethod
-    async def _unlock(conn, session_id: str) -> None:
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                if self._conn is not None:
+                    logger.warning("session-lock connection lost: reconnecting (locks it held "
+                                   "are gone)")
+                self._conn = await CountingConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
+                )
+            return self._conn
+
+    async def _try_lock(self, session_id: str) -> bool:
         try:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
-                               (session_id,))
-        except BaseException:
-            await conn.close()  # closing releases every advisory lock of the connection
-            raise
+            conn = await self._connection()
+            row = await (await conn.execute(_TRY_LOCK, (session_id,))).fetchone()
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable("the session-lock database connection is unavailable") \
+                from exc
+        return bool(row and row[0])
+
+    async def _unlock(self, session_id: str) -> None:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            return  # that connection is gone, and its locks with it
+        try:
+            row = await (await conn.execute(_UNLOCK, (session_id,))).fetchone()
+        except psycopg.Error:
+            logger.warning("could not release the lock of session %s", session_id, exc_info=True)
+            return
+        if not (row and row[0]):
+            logger.warning("the lock of session %s was not held at release", session_id)
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        if self._cleanups:
+            await asyncio.gather(*list(self._cleanups), return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

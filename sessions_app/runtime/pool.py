@@ -16,6 +16,7 @@ from functools import cache
 
 from django.conf import settings
 
+from spaces import pgpool
 from spaces.models import Space
 
 from .. import conf
@@ -25,7 +26,7 @@ from ..engine.llm import build_llm
 from ..engine.skills import load_skills
 from ..engine.tools import load_tools
 from ..events import announce_turn
-from ..store import DjangoSpaceStore, unit_of_work
+from ..store import space_store
 from .jobs import BackgroundRunner, SpaceJobs
 from .locks import LocalSessionLocks, PostgresSessionLocks
 
@@ -77,9 +78,12 @@ class AgentPool:
                 self.evict(space_id)
 
 
-@unit_of_work
-def _space_exists(space_id: str) -> bool:
-    return Space.objects.filter(pk=space_id).exists()
+async def _space_exists(space_id: str) -> bool:
+    if pgpool.conninfo() is None:
+        return await Space.objects.filter(pk=space_id).aexists()  # one hop (embedded SQLite)
+    async with pgpool.connection() as conn:
+        cursor = await conn.execute("SELECT 1 FROM spaces WHERE id = %s", (space_id,))
+        return await cursor.fetchone() is not None
 
 
 @cache
@@ -116,7 +120,7 @@ class Runtime:
             raise SpaceNotFound()
         return SpaceAgent(
             space_id=space_id,
-            store=DjangoSpaceStore(space_id, on_turn=announce_turn),
+            store=space_store(space_id, on_turn=announce_turn),
             llm=self.llm,
             memory_llm=self.memory_llm,
             tools=_user_tools(),
@@ -132,6 +136,7 @@ class Runtime:
         self.pool.dispose()
         if isinstance(self.locks, PostgresSessionLocks):
             await self.locks.aclose()
+        await pgpool.pools.aclose_current()
         for llm in {id(self.llm): self.llm, id(self.memory_llm): self.memory_llm}.values():
             await llm.aclose()
 

@@ -1,4 +1,5 @@
-"""Per-session locks: in-process, and across processes through PostgreSQL advisory locks."""
+"""Per-session locks: in-process, and across processes through PostgreSQL advisory locks taken
+on one lock connection per process."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 
 import pytest
 
-from sessions_app.engine.errors import SessionBusy
+from spaces import pgpool
+
+from sessions_app.engine.errors import ServiceUnavailable, SessionBusy
 from sessions_app.runtime.locks import LocalSessionLocks, PostgresSessionLocks
 
 
@@ -58,12 +61,24 @@ async def test_a_zero_timeout_takes_a_free_lock_and_refuses_a_held_one() -> None
                 pass
 
 
-@pytest.mark.postgres
-@pytest.mark.django_db
-async def test_advisory_locks_serialise_across_independent_connections() -> None:
-    from sessions_app.conf import postgres_conninfo
+@pytest.fixture
+def conninfo(db) -> str:
+    info = pgpool.conninfo()
+    assert info is not None
+    return info
 
-    conninfo = postgres_conninfo()
+
+async def held_advisory_locks(conninfo: str) -> int:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        return (await cursor.fetchone())[0]
+
+
+@pytest.mark.postgres
+async def test_advisory_locks_serialise_across_processes(conninfo: str) -> None:
     process_a = PostgresSessionLocks(conninfo, timeout=0.3)
     process_b = PostgresSessionLocks(conninfo, timeout=0.3)
     try:
@@ -78,3 +93,112 @@ async def test_advisory_locks_serialise_across_independent_connections() -> None
     finally:
         await process_a.aclose()
         await process_b.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_waiter_of_another_process_gets_the_lock_when_it_is_released(
+    conninfo: str,
+) -> None:
+    process_a = PostgresSessionLocks(conninfo, timeout=5)
+    process_b = PostgresSessionLocks(conninfo, timeout=5)
+    order: list[str] = []
+    try:
+        async def a() -> None:
+            async with process_a.hold("s"):
+                order.append("a in")
+                await asyncio.sleep(0.2)
+                order.append("a out")
+
+        async def b() -> None:
+            await asyncio.sleep(0.05)
+            async with process_b.hold("s"):
+                order.append("b in")
+
+        await asyncio.gather(a(), b())
+        assert order == ["a in", "a out", "b in"]
+    finally:
+        await process_a.aclose()
+        await process_b.aclose()
+
+
+@pytest.mark.postgres
+async def test_one_connection_holds_the_locks_of_hundreds_of_sessions(conninfo: str) -> None:
+    """No connection per operation: 300 sessions locked at once by one process."""
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    everyone_in, counted = asyncio.Event(), asyncio.Event()
+    inside = 0
+
+    async def operation(n: int) -> None:
+        nonlocal inside
+        async with locks.hold(f"session-{n}"):
+            inside += 1
+            if inside == 300:
+                everyone_in.set()
+            await asyncio.wait_for(counted.wait(), 10)
+
+    try:
+        before = await held_advisory_locks(conninfo)
+        task = asyncio.gather(*(operation(n) for n in range(300)))
+        await asyncio.wait_for(everyone_in.wait(), 10)
+        assert await held_advisory_locks(conninfo) == before + 300
+        counted.set()
+        await task
+        assert await held_advisory_locks(conninfo) == before
+    finally:
+        await locks.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_hold_costs_two_round_trips(conninfo: str) -> None:
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    try:
+        async with locks.hold("warm-up"):
+            pass
+        pgpool.round_trips.reset()
+        async with locks.hold("s"):
+            pass
+        assert pgpool.round_trips.count == 2  # pg_try_advisory_lock, pg_advisory_unlock
+    finally:
+        await locks.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_cancelled_operation_gives_its_lock_back(conninfo: str) -> None:
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    other = PostgresSessionLocks(conninfo, timeout=0.5)
+    inside = asyncio.Event()
+    try:
+        async def operation() -> None:
+            async with locks.hold("s"):
+                inside.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.ensure_future(operation())
+        await asyncio.wait_for(inside.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with other.hold("s"):  # free again, for another process too
+            pass
+    finally:
+        await locks.aclose()
+        await other.aclose()
+
+
+async def test_an_unreachable_lock_database_is_service_unavailable_not_busy() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # An hour of lock timeout: a design that waited for it instead of failing would hang here
+    # (the wait_for guard turns that into a failure).
+    locks = PostgresSessionLocks(f"host=127.0.0.1 port={port} dbname=x user=x", timeout=3600)
+
+    async def hold() -> None:
+        async with locks.hold("s"):
+            pass
+
+    with pytest.raises(ServiceUnavailable):
+        await asyncio.wait_for(hold(), 30)
+    await locks.aclose()

@@ -23,17 +23,4 @@ class Migration(migrations.Migration):
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.RunPython(count_records, migrations.RunPython.noop),
-        migrations.CreateModel(
-            name="SessionLease",
-            fields=[
-                ("session_id", models.UUIDField(primary_key=True, serialize=False)),
-                ("holder", models.UUIDField()),
-                ("process", models.UUIDField()),
-                ("expires_at", models.DateTimeField()),
-            ],
-            options={
-                "db_table": "session_leases",
-                "indexes": [models.Index(fields=["process"], name="session_leases_process")],
-            },
-        ),
     ]
