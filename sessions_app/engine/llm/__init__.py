@@ -86,7 +86,18 @@ def build_llm(settings: LLMSettings) -> LLM:
     )
 
 
+MAX_CONNECTIONS = 4096  # concurrent requests to one provider, per process
+MAX_IDLE = 1024  # of which kept open between requests
 RETRY_BACKOFF_ALLOWANCE = 8.0  # seconds per retry: the SDKs' own back-off stays below this
+
+
+def connection_limits() -> Any:
+    """Connections to one provider (an `httpx2.Limits`, imported here: the SDKs load lazily).
+    The SDKs' default (1000, 100 kept alive) would queue the 1001st concurrent turn and reopen
+    most connections after every burst."""
+    import httpx2
+
+    return httpx2.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_IDLE)
 
 
 def call_deadline(timeout_seconds: float, max_retries: int) -> float:

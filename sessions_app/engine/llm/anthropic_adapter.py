@@ -22,6 +22,7 @@ from ..errors import LLMError
 from ..types import LLMResponse, Message, StreamDelta, ToolCall, ToolCallDelta, ToolSpec, Usage
 from . import (
     call_deadline,
+    connection_limits,
     deadline_error,
     error_message,
     is_transient_status,
@@ -63,7 +64,9 @@ class AnthropicLLM:
         if base_url:
             kwargs["base_url"] = base_url
         try:
-            self._client = anthropic.AsyncAnthropic(**kwargs)
+            self._client = anthropic.AsyncAnthropic(
+                **kwargs, http_client=anthropic.DefaultAsyncHttpxClient(limits=connection_limits())
+            )
         except (anthropic.AnthropicError, ValueError) as exc:
             raise LLMError(f"{NAME} client configuration error: {exc}") from exc
 

@@ -33,6 +33,7 @@ from ..types import (
 )
 from . import (
     call_deadline,
+    connection_limits,
     deadline_error,
     error_message,
     is_transient_status,
@@ -75,7 +76,9 @@ class OpenAICompatLLM:
         if base_url:
             kwargs["base_url"] = base_url
         try:
-            self._client = openai.AsyncOpenAI(**kwargs)
+            self._client = openai.AsyncOpenAI(
+                **kwargs, http_client=openai.DefaultAsyncHttpxClient(limits=connection_limits())
+            )
         except openai.OpenAIError as exc:
             raise LLMError(f"{NAME} client configuration error: {exc}") from exc
 
