@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Load benchmark of a running Stello for Django server. Prints one JSON document.
 
-It starts no server. It talks to one or more running daphne processes on loopback only (any host
-outside 127.0.0.0/8, `localhost` and `::1` is refused), runs each phase with N concurrent
+It starts no server. It talks to one or more running server processes on loopback only (any
+host outside 127.0.0.0/8, `localhost` and `::1` is refused), runs each phase with N concurrent
 clients for T seconds after a ~1 s warm-up that is not counted, and deletes every space it
-created. Phases (``--phases``, default all, in this order):
+created. Phases (``--phases``; default the first five, in this order):
 
   tree    GET  /spaces/{id}/sessions on a 9-session tree (main + 8 forks)        req/s
   spaces  POST /spaces (the spaces are deleted afterwards, outside the timed window) req/s
@@ -12,13 +12,24 @@ created. Phases (``--phases``, default all, in this order):
   ws      WebSocket session.stream: K connections x M turns, each on its own session:
           time to first stream.delta and streams/s
   forks   POST .../sessions/{id}/fork, one source session per client              forks/s
+  longsession  one session, sequential turns: median latency of --long-sample turns at each
+          of --long-turns turns of history (default 10,100,1000), and latency@last/@first
+  inflight  --inflight turns (default 1000) in flight at once, half REST, half WebSocket, each
+          on its own session, against our server on a slow LLM (bench/slow_llm.py); a second
+          tenant (--other-api-key) reads its own session tree meanwhile. Ours only.
 
 Latencies are exact percentiles (nearest rank) of every successful request. Every phase counts
 its errors: non-2xx answers, exceptions, WebSocket `error` frames, and requests still in flight
 when the phase's time limit (duration + grace) ends. The whole run has a hard timeout.
 
-With ``STELLO_SERVER_PIDS`` (comma-separated pids of the server processes) it samples
-/proc/<pid>/status (VmRSS, VmHWM) during the run and reports RSS at start, at end and at peak.
+``--repeat N`` runs every phase N times per server and reports the median of every figure (and
+the runs). ``--compare-base-url`` / ``--compare-api-key`` measure a second server (the Node
+original) in the same sitting, interleaved phase by phase (ours, theirs, ours, theirs...), and
+add ``ratios``: rates ours/theirs, latencies theirs/ours, so > 1.0 always means ours is better.
+
+With ``STELLO_SERVER_PIDS`` (comma-separated pids of the server processes; the compare
+server's: ``STELLO_COMPARE_SERVER_PIDS``) it samples /proc/<pid>/status (VmRSS, VmHWM) during
+the run and reports RSS at start, at end and at peak.
 
 Embedded default (SQLite, in-memory channel layer, one process, offline LLM)::
 
@@ -27,8 +38,8 @@ Embedded default (SQLite, in-memory channel layer, one process, offline LLM)::
     .venv/bin/daphne -b 127.0.0.1 -p 8000 stello_project.asgi:application &
     STELLO_SERVER_PIDS=$! .venv/bin/python bench/run.py --seconds 10 --clients 16
 
-Production shape (PostgreSQL + Redis + several daphne processes; there is no load balancer in
-the repository, so the benchmark spreads its clients round-robin over ``STELLO_BASE_URLS``)::
+Production shape (PostgreSQL + Redis + several processes; there is no load balancer in the
+repository, so the benchmark spreads its clients round-robin over ``STELLO_BASE_URLS``)::
 
     export DATABASE_URL=postgresql://user@127.0.0.1:5432/stello_bench REDIS_URL=redis://127.0.0.1:6379/0
     bench/serve.sh 4            # migrate once, daphne on 8001..8004; prints the two exports
@@ -39,24 +50,30 @@ the repository, so the benchmark spreads its clients round-robin over ``STELLO_B
     bench/serve.sh stop
 
 Flags default to environment variables: STELLO_BENCH_CLIENTS (16), STELLO_BENCH_SECONDS (10),
-STELLO_BENCH_WS_CONNECTIONS (16), STELLO_BENCH_WS_TURNS (50), STELLO_BENCH_PHASES (all),
-STELLO_BENCH_OUTPUT (none). Exit status: 0 clean run, 1 errors or a failed/aborted run, 2 usage.
-Ctrl-C / SIGTERM stop the phases, clean up and still print the JSON. See bench/README.md.
+STELLO_BENCH_WS_CONNECTIONS (16), STELLO_BENCH_WS_TURNS (50), STELLO_BENCH_PHASES,
+STELLO_BENCH_OUTPUT (none), STELLO_BENCH_REPEAT (1), STELLO_COMPARE_BASE_URL,
+STELLO_COMPARE_API_KEY, STELLO_BENCH_INFLIGHT (1000), STELLO_OTHER_API_KEY, STELLO_SLOW_LLM_URL,
+STELLO_BENCH_LONG_TURNS (10,100,1000). Exit status: 0 clean run, 1 errors (on either server) or
+a failed/aborted run, 2 usage. Ctrl-C / SIGTERM stop the phases, clean up and still print the
+JSON. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import math
 import os
+import resource
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,15 +88,21 @@ try:
 except ImportError:  # the openai SDK of this project ships it as `httpx2`
     import httpx2 as httpx
 
-ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks")
+ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight")
+DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the other two are opt-in
+OURS_ONLY_PHASES = {"inflight": "needs our server on the slow LLM (bench/slow_llm.py); the Node "
+                                "original has a fake LLM without delay, so it is not run there"}
 TREE_FORKS = 8
 # Every space of a run is labelled `stello-bench-<run>-...`, so the final cleanup finds them all.
 LABEL = f"stello-bench-{os.getpid():x}{int(time.time()) & 0xFFFF:04x}"
-SETUP_TIMEOUT = 60.0  # seconds for creating the fixtures
+SETUP_TIMEOUT = 60.0  # seconds for creating one set of fixtures
 CLEANUP_TIMEOUT = 30.0  # seconds for deleting spaces (after the spaces phase, and at the end)
 LIST_TIMEOUT = 10.0  # seconds for listing this run's spaces before the final cleanup
 RSS_INTERVAL = 0.1  # seconds between two RSS samples
 MAX_ERROR_SAMPLES = 5
+INFLIGHT_PER_SPACE = 100  # sessions forked from one main session for the inflight phase
+INFLIGHT_CONNECT_CONCURRENCY = 64  # WebSocket handshakes at a time while setting up
+LONG_MAX_CONSECUTIVE_ERRORS = 20  # the longsession phase gives up after this many in a row
 
 
 # --------------------------------------------------------------------------- configuration
@@ -99,6 +122,18 @@ class Config:
     output: str | None
     server_pids: tuple[int, ...]
     timeout: float
+    repeat: int = 1
+    compare_base_url: str | None = None
+    compare_api_key: str | None = None
+    compare_pids: tuple[int, ...] = ()
+    inflight: int = 1000
+    inflight_ws: str = "message"
+    inflight_timeout: float = 120.0
+    other_api_key: str | None = None
+    slow_llm_url: str | None = None
+    long_turns: tuple[int, ...] = (10, 100, 1000)
+    long_sample: int = 20
+    long_seconds: float = 600.0
 
 
 def env(name: str, default: str) -> str:
@@ -122,11 +157,37 @@ def parse_args(argv: list[str] | None = None) -> Config:
                         default=env("STELLO_BENCH_WS_CONNECTIONS", "16"))
     parser.add_argument("--ws-turns", type=int, default=env("STELLO_BENCH_WS_TURNS", "50"),
                         help="streamed turns per connection (at most, within --seconds)")
-    parser.add_argument("--phases", default=env("STELLO_BENCH_PHASES", ",".join(ALL_PHASES)))
+    parser.add_argument("--phases", default=env("STELLO_BENCH_PHASES", ",".join(DEFAULT_PHASES)),
+                        help=f"comma-separated, from {','.join(ALL_PHASES)}")
     parser.add_argument("--output", default=os.environ.get("STELLO_BENCH_OUTPUT") or None,
                         help="also write the JSON to this file")
     parser.add_argument("--timeout", type=float, default=None,
                         help="hard limit of the whole run in seconds (default: from the phases)")
+    parser.add_argument("--repeat", type=int, default=env("STELLO_BENCH_REPEAT", "1"),
+                        help="runs of every phase per server; the figures are their medians")
+    parser.add_argument("--compare-base-url", default=env("STELLO_COMPARE_BASE_URL", "") or None,
+                        help="a second server (the Node original) measured in the same sitting, "
+                             "phase by phase, alternating with ours (loopback only)")
+    parser.add_argument("--compare-api-key", default=env("STELLO_COMPARE_API_KEY", "") or None,
+                        help="API key for --compare-base-url (STELLO_COMPARE_API_KEY)")
+    parser.add_argument("--inflight", type=int, default=env("STELLO_BENCH_INFLIGHT", "1000"),
+                        help="inflight phase: turns held in flight at once (half REST, half WS)")
+    parser.add_argument("--inflight-ws", choices=("message", "stream"), default="message",
+                        help="inflight phase: session.message (turn.complete) or session.stream")
+    parser.add_argument("--inflight-timeout", type=float, default=120.0,
+                        help="inflight phase: seconds until a turn still in flight is an error")
+    parser.add_argument("--other-api-key", default=env("STELLO_OTHER_API_KEY", "") or None,
+                        help="inflight phase: a second tenant's key; it reads its own session "
+                             "tree during the phase (STELLO_OTHER_API_KEY)")
+    parser.add_argument("--slow-llm-url", default=env("STELLO_SLOW_LLM_URL", "") or None,
+                        help="inflight phase: bench/slow_llm.py's base URL, to report how many "
+                             "LLM calls the server held at once (STELLO_SLOW_LLM_URL)")
+    parser.add_argument("--long-turns", default=env("STELLO_BENCH_LONG_TURNS", "10,100,1000"),
+                        help="longsession phase: history sizes (turns) to measure at")
+    parser.add_argument("--long-sample", type=int, default=20,
+                        help="longsession phase: measured turns at each history size")
+    parser.add_argument("--long-seconds", type=float, default=600.0,
+                        help="longsession phase: time limit of one run")
     args = parser.parse_args(argv)
 
     api_key = os.environ.get("STELLO_API_KEY", "").strip()
@@ -135,20 +196,44 @@ def parse_args(argv: list[str] | None = None) -> Config:
     base_urls = tuple(u.strip().rstrip("/") for u in args.base_urls.split(",") if u.strip())
     if not base_urls:
         parser.error("no base URL (STELLO_BASE_URLS / STELLO_BASE_URL / --base-urls)")
-    for url in base_urls:
+    compare = args.compare_base_url.strip().rstrip("/") if args.compare_base_url else None
+    for url in base_urls + ((compare,) if compare else ()):
         problem = loopback_problem(url)
         if problem:
             parser.error(f"refusing {url!r}: {problem}")
+    if compare and not args.compare_api_key:
+        parser.error("--compare-base-url needs --compare-api-key (STELLO_COMPARE_API_KEY)")
+    if args.slow_llm_url and loopback_problem(args.slow_llm_url):
+        parser.error(f"refusing --slow-llm-url {args.slow_llm_url!r}: "
+                     f"{loopback_problem(args.slow_llm_url)}")
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = sorted(set(phases) - set(ALL_PHASES))
     if unknown or not phases:
         parser.error(f"--phases: unknown {unknown}; choose from {','.join(ALL_PHASES)}")
-    if min(args.clients, args.ws_connections, args.ws_turns) < 1 or args.seconds <= 0:
-        parser.error("--clients, --ws-connections, --ws-turns and --seconds must be positive")
+    if min(args.clients, args.ws_connections, args.ws_turns, args.repeat, args.inflight,
+           args.long_sample) < 1 or args.seconds <= 0:
+        parser.error("--clients, --ws-connections, --ws-turns, --repeat, --inflight, "
+                     "--long-sample and --seconds must be positive")
+    try:
+        long_turns = tuple(sorted({int(t) for t in args.long_turns.split(",") if t.strip()}))
+    except ValueError:
+        parser.error(f"--long-turns must be comma-separated integers, not {args.long_turns!r}")
+    if not long_turns or long_turns[0] < 0:
+        parser.error("--long-turns needs at least one history size >= 0")
     phases = tuple(p for p in ALL_PHASES if p in phases)
+    targets = 2 if compare else 1
+    runs = args.repeat * targets
     per_phase = args.warmup + args.seconds + 2 * args.grace + 5
-    budget = SETUP_TIMEOUT + 2 * CLEANUP_TIMEOUT + LIST_TIMEOUT + len(phases) * per_phase
-    timeout = args.timeout or budget + (CLEANUP_TIMEOUT if "spaces" in phases else 0)
+    budget = SETUP_TIMEOUT * runs + 2 * CLEANUP_TIMEOUT * targets + LIST_TIMEOUT * targets
+    for phase in phases:
+        if phase == "longsession":
+            budget += (args.long_seconds + 10) * runs
+        elif phase == "inflight":
+            budget += inflight_setup_timeout(args.inflight) + (
+                args.inflight_timeout + 30) * args.repeat + CLEANUP_TIMEOUT
+        else:
+            budget += per_phase * runs
+    timeout = args.timeout or budget + (CLEANUP_TIMEOUT * runs if "spaces" in phases else 0)
     if timeout <= 2 * CLEANUP_TIMEOUT + LIST_TIMEOUT + 15:
         parser.error(f"--timeout must be more than {2 * CLEANUP_TIMEOUT + LIST_TIMEOUT + 15:.0f} s")
     return Config(
@@ -156,8 +241,20 @@ def parse_args(argv: list[str] | None = None) -> Config:
         warmup=max(0.0, args.warmup), grace=max(0.5, args.grace),
         ws_connections=args.ws_connections, ws_turns=args.ws_turns, phases=phases,
         output=args.output, server_pids=parse_pids(os.environ.get("STELLO_SERVER_PIDS", "")),
-        timeout=timeout,
+        timeout=timeout, repeat=args.repeat, compare_base_url=compare,
+        compare_api_key=args.compare_api_key,
+        compare_pids=parse_pids(os.environ.get("STELLO_COMPARE_SERVER_PIDS", "")),
+        inflight=args.inflight, inflight_ws=args.inflight_ws,
+        inflight_timeout=max(1.0, args.inflight_timeout), other_api_key=args.other_api_key,
+        slow_llm_url=args.slow_llm_url.rstrip("/") if args.slow_llm_url else None,
+        long_turns=long_turns, long_sample=args.long_sample,
+        long_seconds=max(1.0, args.long_seconds),
     )
+
+
+def inflight_setup_timeout(count: int) -> float:
+    """Seconds allowed for forking the inflight phase's sessions and connecting its sockets."""
+    return SETUP_TIMEOUT + 0.2 * count
 
 
 def loopback_problem(url: str) -> str | None:
@@ -243,10 +340,10 @@ class Stats:
 class Api:
     """One keep-alive connection pool per base URL; client `i` uses URL `i % len(urls)`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, timeout_seconds: float | None = None) -> None:
         pool = max(config.clients, config.ws_connections)
         limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-        timeout = httpx.Timeout(config.seconds + config.grace, connect=5.0)
+        timeout = httpx.Timeout(timeout_seconds or config.seconds + config.grace, connect=5.0)
         headers = {"X-API-Key": config.api_key, "Content-Type": "application/json"}
         self.base_urls = config.base_urls
         self.clients = [
@@ -354,8 +451,30 @@ def request_loop(api: Api, method: str, path_of: Callable[[int], str],
 
 
 @dataclass
+class InflightFixtures:
+    """The inflight phase's sessions, (space, session) pairs, built once per sitting."""
+
+    rest: list[tuple[str, str]] = field(default_factory=list)
+    ws: list[tuple[str, str]] = field(default_factory=list)
+    other_space: str | None = None  # the second tenant's space (its session tree is read)
+    setup_seconds: float = 0.0
+
+
+@dataclass
+class Shared:
+    """What every run on one server shares: the spaces to delete (also the second tenant's)
+    and the inflight phase's sessions."""
+
+    space_ids: list[str] = field(default_factory=list)
+    other_space_ids: list[str] = field(default_factory=list)
+    other_api: Api | None = None
+    inflight: InflightFixtures | None = None
+
+
+@dataclass
 class Fixtures:
-    """Spaces and sessions the phases work on; `space_ids` is everything to delete."""
+    """Spaces and sessions the phases of one run work on; `space_ids` is everything to delete
+    (the list of `shared`, so every run of a server adds to the same list)."""
 
     space_ids: list[str] = field(default_factory=list)
     tree_space: str | None = None
@@ -363,6 +482,11 @@ class Fixtures:
     turn_sessions: list[str] = field(default_factory=list)
     ws_sessions: list[str] = field(default_factory=list)
     fork_sources: list[str] = field(default_factory=list)
+    shared: Shared = field(default_factory=Shared)
+
+    @classmethod
+    def of(cls, shared: Shared) -> Fixtures:
+        return cls(space_ids=shared.space_ids, shared=shared)
 
 
 async def create_space(api: Api, fixtures: Fixtures, label: str) -> tuple[str, str]:
@@ -413,7 +537,15 @@ async def final_cleanup(api: Api, config: Config, fixtures: Fixtures) -> dict[st
     left = await delete_spaces(api, known, config.clients)
     stray = [s for s in await labelled_spaces(api) if s not in set(known)]
     left += await delete_spaces(api, stray, config.clients)
-    return {"spacesDeleted": len(known) + len(stray) - len(left), "notDeleted": left}
+    result = {"spacesDeleted": len(known) + len(stray) - len(left), "notDeleted": left}
+    other = fixtures.shared.other_api
+    if other is not None:  # the second tenant's space (inflight phase)
+        own = list(dict.fromkeys(fixtures.shared.other_space_ids))
+        stray = [s for s in await labelled_spaces(other) if s not in set(own)]
+        other_left = await delete_spaces(other, own + stray, config.clients)
+        result["otherTenantSpacesDeleted"] = len(own) + len(stray) - len(other_left)
+        result["notDeleted"] = left + other_left
+    return result
 
 
 async def delete_spaces(api: Api, space_ids: list[str], concurrency: int) -> list[str]:
@@ -480,6 +612,84 @@ async def phase_forks(api: Api, config: Config, fixtures: Fixtures) -> dict[str,
                            {"sourceSessions": len(sources)})
 
 
+async def phase_longsession(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
+    """One session, sequential turns: the latency of `long_sample` turns once the session has
+    each of `long_turns` turns of history; the turns in between (driving the history up) are
+    not measured. Stops at `long_seconds` with what it has measured."""
+    space, main = await create_space(api, fixtures, f"{LABEL}-long")
+    session = (await fork_many(api, space, main, 1, "long"))[0]
+    path = f"/spaces/{space}/sessions/{session}/turn"
+    started = time.perf_counter()
+    deadline = started + config.long_seconds
+    driving, history, stopped = Stats(), 0, None
+    checkpoints: dict[str, Any] = {}
+    medians: dict[str, float] = {}
+    errors: Counter = Counter()
+    samples: list[str] = []
+
+    async def turn(stats: Stats) -> bool:
+        nonlocal history
+        before = sum(stats.errors.values())
+        await api.timed(stats, "POST", path, {"input": f"long session turn {history}"})
+        if sum(stats.errors.values()) > before:
+            return False
+        history += 1
+        return True
+
+    async def run_turns(stats: Stats, until: Callable[[], bool]) -> str | None:
+        failed_in_a_row = 0
+        while not until():
+            if time.perf_counter() >= deadline:
+                return f"--long-seconds ({config.long_seconds:g} s) ran out at {history} turns"
+            if await turn(stats):
+                failed_in_a_row = 0
+            else:
+                failed_in_a_row += 1
+                if failed_in_a_row >= LONG_MAX_CONSECUTIVE_ERRORS:
+                    return f"{failed_in_a_row} turns failed in a row at {history} turns"
+        return None
+
+    for size in config.long_turns:
+        stopped = await run_turns(driving, lambda size=size: history >= size)
+        if stopped:
+            break
+        measured = Stats()
+        start_history = history
+        stopped = await run_turns(
+            measured, lambda start=start_history: history - start >= config.long_sample)
+        errors.update(measured.errors)
+        samples.extend(s for s in measured.error_samples if s not in samples)
+        if measured.latencies_ms:
+            medians[str(size)] = round(statistics.median(measured.latencies_ms), 2)
+        checkpoints[str(size)] = {
+            "historyTurns": [start_history, history - 1], "turns": len(measured.latencies_ms),
+            "latencyMs": latency_summary(measured.latencies_ms),
+            "errors": sum(measured.errors.values()),
+        }
+        if stopped:
+            break
+    errors.update(driving.errors)
+    samples.extend(s for s in driving.error_samples if s not in samples)
+    first, last = str(config.long_turns[0]), str(config.long_turns[-1])
+    growth = (round(medians[last] / medians[first], 3)
+              if first in medians and last in medians and medians[first] > 0 else None)
+    return {
+        "historySizes": list(config.long_turns), "turnsPerSize": config.long_sample,
+        "medianMs": medians,
+        "growthRatio": growth,
+        "growthRatioOf": f"median latency at {last} / at {first} turns of history",
+        "target": "<= 1.3",
+        "targetMet": None if growth is None else growth <= 1.3,
+        "checkpoints": checkpoints,
+        "turnsDone": history,
+        "stopped": stopped,
+        "elapsedSeconds": round(time.perf_counter() - started, 3),
+        "errors": sum(errors.values()),
+        "errorKinds": dict(errors),
+        "errorSamples": samples[:MAX_ERROR_SAMPLES],
+    }
+
+
 # --------------------------------------------------------------------------- WebSocket phase
 
 
@@ -534,13 +744,13 @@ async def stream_turn(ws, text: str, deadline: float) -> tuple[float, float]:
             return (total if first is None else first), total
 
 
-def ws_error(stats: Stats, exc: BaseException) -> None:
+def ws_error(stats: Stats, exc: BaseException, prefix: str = "") -> None:
     if isinstance(exc, FrameError):
-        stats.error("error frame", str(exc))
+        stats.error(f"{prefix}error frame", str(exc))
     elif isinstance(exc, websockets.InvalidStatus):
-        stats.error(f"handshake HTTP {exc.response.status_code}", str(exc))
+        stats.error(f"{prefix}handshake HTTP {exc.response.status_code}", str(exc))
     else:
-        stats.error(type(exc).__name__, str(exc))
+        stats.error(f"{prefix}{type(exc).__name__}", str(exc))
 
 
 class StartLine:
@@ -649,6 +859,252 @@ async def phase_ws(api: Api, config: Config, fixtures: Fixtures) -> dict[str, An
     return result
 
 
+# --------------------------------------------------------------------------- inflight phase
+
+
+async def build_inflight(api: Api, config: Config, fixtures: Fixtures) -> InflightFixtures:
+    """`--inflight` sessions forked from the main sessions of a few spaces (INFLIGHT_PER_SPACE
+    each; forks of one source are serialised, the spaces go in parallel), alternately for REST
+    and WebSocket; and, with --other-api-key, the second tenant's space with a small tree."""
+    started = time.perf_counter()
+    count = config.inflight
+    spaces = math.ceil(count / INFLIGHT_PER_SPACE)
+
+    async def one_space(k: int) -> list[tuple[str, str]]:
+        space, main = await create_space(api, fixtures, f"{LABEL}-inflight-{k}")
+        children = await fork_many(api, space, main,
+                                   min(INFLIGHT_PER_SPACE, count - k * INFLIGHT_PER_SPACE),
+                                   "inflight")
+        return [(space, child) for child in children]
+
+    groups = await asyncio.gather(*(one_space(k) for k in range(spaces)))
+    pairs = [pair for group in groups for pair in group]
+    built = InflightFixtures(rest=pairs[0::2], ws=pairs[1::2])
+    if config.other_api_key:
+        shared = fixtures.shared
+        if shared.other_api is None:
+            shared.other_api = Api(replace(config, api_key=config.other_api_key),
+                                   timeout_seconds=config.inflight_timeout)
+        other = Fixtures(space_ids=shared.other_space_ids)
+        built.other_space, main = await create_space(shared.other_api, other,
+                                                     f"{LABEL}-other-tenant")
+        await fork_many(shared.other_api, built.other_space, main, TREE_FORKS, "branch")
+    built.setup_seconds = round(time.perf_counter() - started, 3)
+    return built
+
+
+async def slow_llm_stats(url: str | None, reset: bool = False) -> dict[str, Any] | None:
+    """bench/slow_llm.py's counters (POST .../stats/reset first resets its maximum)."""
+    if not url:
+        return None
+    root = url.removesuffix("/v1")
+    try:
+        async with httpx.AsyncClient(base_url=root, timeout=5.0, trust_env=False) as client:
+            response = await (client.post("/stats/reset") if reset else client.get("/stats"))
+        return orjson.loads(response.content) if response.is_success else None
+    except (httpx.HTTPError, orjson.JSONDecodeError):
+        return None
+
+
+class InFlight:
+    """Counts the turns sent and not answered yet, and the most at any one time."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.max = 0
+
+    def __enter__(self) -> InFlight:
+        self.now += 1
+        self.max = max(self.max, self.now)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.now -= 1
+
+
+async def inflight_ws_turn(ws, mode: str, text: str, deadline: float) -> None:
+    """One session.message (until turn.complete) or session.stream (until stream.end)."""
+    await ws.send(orjson.dumps({"type": f"session.{mode}", "input": text}).decode())
+    last = "turn.complete" if mode == "message" else "stream.end"
+    while (await next_frame(ws, deadline)).get("type") != last:
+        pass
+
+
+async def other_tenant_reads(config: Config, shared: Shared, space: str, done: asyncio.Event,
+                             stats: Stats) -> None:
+    """The second tenant: sequential reads of its own session tree until `done`."""
+    api = shared.other_api
+    assert api is not None
+    while not done.is_set():
+        await api.timed(stats, "GET", f"/spaces/{space}/sessions")
+
+
+async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
+    """`--inflight` turns in flight at once, each on its own session: half REST
+    POST .../turn, half WebSocket session.message / session.stream. Set-up (forks, WebSocket
+    connect + session.enter, one keep-alive HTTP connection per REST turn) is not counted;
+    then every turn is started at once and the phase waits for all (at most
+    --inflight-timeout). Meanwhile the second tenant reads its own session tree."""
+    shared = fixtures.shared
+    if shared.inflight is None:
+        shared.inflight = await asyncio.wait_for(build_inflight(api, config, fixtures),
+                                                 inflight_setup_timeout(config.inflight))
+    built = shared.inflight
+    headers = {"X-API-Key": config.api_key, "Content-Type": "application/json"}
+    pool = len(built.rest) + 8
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool,
+                          keepalive_expiry=config.inflight_timeout + 60)
+    timeout = httpx.Timeout(config.inflight_timeout)
+    clients = [httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout,
+                                 http1=True, http2=False, trust_env=False)
+               for url in config.base_urls]
+    stats, rest_ms, ws_ms = Stats(), [], []
+    sockets: list[Any] = []
+    tasks: list[asyncio.Task] = []
+    reader: asyncio.Task | None = None
+    done = asyncio.Event()
+    other = Stats()
+    gate = asyncio.Semaphore(INFLIGHT_CONNECT_CONCURRENCY)
+    setup_deadline = time.perf_counter() + inflight_setup_timeout(len(built.ws))
+    setup_errors = Stats()
+
+    async def connect(index: int, space: str, session: str) -> Any:
+        url = ws_url(config.base_urls[index % len(config.base_urls)], space)
+        async with gate:
+            try:
+                ws = await ws_connect(url, additional_headers={"X-API-Key": config.api_key},
+                                      open_timeout=30, close_timeout=2, max_size=2**24,
+                                      proxy=None, ping_interval=None)
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                ws_error(setup_errors, exc)
+                return None
+            try:
+                await enter(ws, session, setup_deadline)
+            except (OSError, TimeoutError, websockets.WebSocketException, FrameError) as exc:
+                ws_error(setup_errors, exc)
+                await ws.close()
+                return None
+            return ws
+
+    async def warm(index: int, space: str, session: str) -> None:
+        """Opens this REST turn's keep-alive connection (the requests run concurrently, so
+        each needs its own)."""
+        try:
+            response = await clients[index % len(clients)].get(
+                f"/spaces/{space}/sessions/{session}")
+            if response.status_code != 200:
+                setup_errors.error(f"warm-up HTTP {response.status_code}", response.text)
+        except httpx.HTTPError as exc:
+            setup_errors.error(f"warm-up {type(exc).__name__}", str(exc))
+
+    counter = InFlight()
+
+    async def rest_turn(index: int, space: str, session: str, deadline: float) -> None:
+        started = time.perf_counter()
+        with counter:
+            try:
+                response = await clients[index % len(clients)].post(
+                    f"/spaces/{space}/sessions/{session}/turn",
+                    content=orjson.dumps({"input": f"inflight REST turn {index}"}))
+            except httpx.HTTPError as exc:
+                stats.error(f"REST {type(exc).__name__}", str(exc) or repr(exc))
+                return
+        if response.status_code != 200:
+            stats.error(f"REST HTTP {response.status_code}", response.text)
+            return
+        stats.ok(started)
+        rest_ms.append(stats.latencies_ms[-1])
+
+    async def ws_turn(index: int, ws: Any, deadline: float) -> None:
+        started = time.perf_counter()
+        with counter:
+            try:
+                await inflight_ws_turn(ws, config.inflight_ws, f"inflight WS turn {index}",
+                                       deadline)
+            except (OSError, TimeoutError, websockets.WebSocketException, FrameError) as exc:
+                ws_error(stats, exc, "WS ")
+                return
+        stats.ok(started)
+        ws_ms.append(stats.latencies_ms[-1])
+
+    try:
+        connect_started = time.perf_counter()
+        sockets = await asyncio.gather(*(connect(i, space, session)
+                                         for i, (space, session) in enumerate(built.ws)))
+        connect_seconds = time.perf_counter() - connect_started
+        await asyncio.gather(*(warm(i, space, session)
+                               for i, (space, session) in enumerate(built.rest)))
+        llm_before = await slow_llm_stats(config.slow_llm_url, reset=True)
+        if built.other_space:
+            reader = asyncio.create_task(
+                other_tenant_reads(config, shared, built.other_space, done, other))
+        started = time.perf_counter()
+        deadline = started + config.inflight_timeout
+        tasks = [asyncio.create_task(rest_turn(i, space, session, deadline))
+                 for i, (space, session) in enumerate(built.rest)]
+        tasks += [asyncio.create_task(ws_turn(i, ws, deadline))
+                  for i, ws in enumerate(sockets) if ws is not None]
+        _, pending = await asyncio.wait(tasks, timeout=config.inflight_timeout + 1)
+        wall = time.perf_counter() - started
+        if pending:
+            stats.errors["cut off at --inflight-timeout"] += len(pending)
+        done.set()
+        other_seconds = time.perf_counter() - started
+        llm_after = await slow_llm_stats(config.slow_llm_url)
+    finally:
+        done.set()
+        await cancel_all(tasks + ([reader] if reader else []))
+        await asyncio.gather(*(ws.close() for ws in sockets if ws is not None),
+                             return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+    not_connected = sum(1 for ws in sockets if ws is None)
+    if not_connected:
+        stats.errors["WS not connected/entered in set-up"] += not_connected
+        for sample in setup_errors.error_samples:
+            stats.error("set-up", sample)
+    if other.latencies_ms or other.errors:
+        tenant: dict[str, Any] = {
+            "reads": len(other.latencies_ms),
+            "readsPerSec": round(len(other.latencies_ms) / other_seconds, 2),
+            "latencyMs": latency_summary(other.latencies_ms),
+            "errors": sum(other.errors.values()), "errorKinds": dict(other.errors),
+            "errorSamples": other.error_samples,
+        }
+    else:
+        tenant = {"skipped": "no --other-api-key (STELLO_OTHER_API_KEY)"
+                  if not built.other_space else "no read finished"}
+    return {
+        "inflight": len(built.rest) + len(built.ws),
+        "rest": len(built.rest), "ws": len(built.ws), "wsMode": f"session.{config.inflight_ws}",
+        "ok": len(stats.latencies_ms),
+        "errors": sum(stats.errors.values()),
+        "wallSeconds": round(wall, 3),
+        "maxInFlight": counter.max,
+        "latencyMs": latency_summary(stats.latencies_ms),
+        "restLatencyMs": latency_summary(rest_ms),
+        "wsLatencyMs": latency_summary(ws_ms),
+        "llm": slow_llm_report(llm_before, llm_after),
+        "otherTenant": tenant,
+        "setupSeconds": built.setup_seconds,
+        "wsConnectSeconds": round(connect_seconds, 3),
+        "setupErrors": sum(setup_errors.errors.values()),
+        "errorKinds": dict(stats.errors),
+        "errorSamples": stats.error_samples,
+    }
+
+
+def slow_llm_report(before: dict[str, Any] | None,
+                    after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the slow LLM saw during the phase: calls, and the most it held at once."""
+    if not before or not after:
+        return None
+    return {
+        "calls": after.get("requests", 0) - before.get("requests", 0),
+        "maxInFlight": after.get("maxInFlight"),
+        "delaySeconds": after.get("delaySeconds"),
+    }
+
+
 # --------------------------------------------------------------------------- RSS sampler
 
 
@@ -744,11 +1200,56 @@ PHASES = {
     "turns": ("turn", phase_turns),
     "ws": ("wsStream", phase_ws),
     "forks": ("fork", phase_forks),
+    "longsession": ("longSession", phase_longsession),
+    "inflight": ("inflight", phase_inflight),
+}
+# The figures compared with --compare-base-url: (rates: more is better, latencies: less is
+# better); dotted paths into a phase's result. For longSession every entry of `medianMs` too.
+FIGURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "sessionTree": (("reqPerSec",), ("latencyMs.p50", "latencyMs.p99")),
+    "createSpace": (("reqPerSec",), ("latencyMs.p50", "latencyMs.p99")),
+    "turn": (("turnsPerSec",), ("latencyMs.p50", "latencyMs.p99")),
+    "wsStream": (("streamsPerSec",),
+                 ("firstDeltaMs.p50", "firstDeltaMs.p99", "streamMs.p50", "streamMs.p99")),
+    "fork": (("forksPerSec",), ("latencyMs.p50", "latencyMs.p99")),
+    "longSession": ((), ("growthRatio",)),
 }
 
 
+@dataclass
+class Target:
+    """One server of the sitting: ours, or the compare server ("theirs")."""
+
+    name: str
+    config: Config
+    api: Api
+    sampler: RssSampler | None = None
+    shared: Shared = field(default_factory=Shared)
+    fixtures: list[Fixtures] = field(default_factory=list)  # one set per repeat
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    cleanup: dict[str, Any] | None = None
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+        if self.shared.other_api is not None:
+            await self.shared.other_api.aclose()
+
+
+def make_targets(config: Config) -> list[Target]:
+    targets = [Target("ours", config, Api(config))]
+    if config.compare_base_url:
+        theirs = replace(config, base_urls=(config.compare_base_url,),
+                         api_key=config.compare_api_key or "", server_pids=config.compare_pids,
+                         other_api_key=None, slow_llm_url=None)
+        targets.append(Target("theirs", theirs, Api(theirs)))
+    for target in targets:
+        target.fixtures = [Fixtures.of(target.shared) for _ in range(config.repeat)]
+    return targets
+
+
 async def check_servers(api: Api) -> None:
-    """Every base URL must answer /healthz and accept the key (within LIST_TIMEOUT)."""
+    """Every base URL must answer (/healthz, or GET /spaces where there is no /healthz, as on
+    the Node original) and accept the key (within LIST_TIMEOUT)."""
     try:
         await asyncio.wait_for(check_each_server(api), LIST_TIMEOUT)
     except TimeoutError:
@@ -762,30 +1263,41 @@ async def check_each_server(api: Api) -> None:
         except httpx.HTTPError as exc:
             raise SystemExit(f"{url} is not reachable ({type(exc).__name__}: {exc}); start the "
                              "server first (see bench/README.md)") from exc
-        if not response.is_success:
+        if not response.is_success and response.status_code != 404:
             raise SystemExit(f"{url}/healthz answered HTTP {response.status_code}")
         key_check = await api.client(i).get("/spaces")
         if key_check.status_code == 401:
-            raise SystemExit(f"{url} rejects STELLO_API_KEY: {key_check.text[:200]}")
+            raise SystemExit(f"{url} rejects its API key: {key_check.text[:200]}")
+        if not key_check.is_success:
+            raise SystemExit(f"{url}/spaces answered HTTP {key_check.status_code}")
 
 
-async def run_phases(api: Api, config: Config, fixtures: Fixtures, sampler: RssSampler,
-                     results: dict[str, Any]) -> None:
-    await asyncio.wait_for(build_fixtures(api, config, fixtures), SETUP_TIMEOUT)
+async def run_phases(targets: list[Target], config: Config) -> None:
+    """Fixtures first (one set per server and repeat), then phase by phase: run 1 on every
+    server, run 2 on every server... so that drift over the sitting hits all servers alike."""
+    for target in targets:
+        for fixtures in target.fixtures:
+            await asyncio.wait_for(build_fixtures(target.api, target.config, fixtures),
+                                   SETUP_TIMEOUT)
     for phase in config.phases:
         name, run = PHASES[phase]
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        results[name] = await run(api, config, fixtures)
-        sampler.mark(name)
+        for r in range(config.repeat):
+            for target in targets:
+                if target.name != "ours" and phase in OURS_ONLY_PHASES:
+                    continue
+                print(f"[bench] {name} on {target.name} (run {r + 1}/{config.repeat}) ...",
+                      file=sys.stderr, flush=True)
+                result = await run(target.api, target.config, target.fixtures[r])
+                target.runs.setdefault(name, []).append(result)
+                if target.sampler:
+                    target.sampler.mark(name if config.repeat == 1 else f"{name}#{r + 1}")
 
 
-async def measure(api: Api, config: Config, fixtures: Fixtures, sampler: RssSampler,
-                  results: dict[str, Any]) -> str | None:
+async def measure(targets: list[Target], config: Config) -> str | None:
     """Runs the phases within the overall time limit; Ctrl-C or SIGTERM stops them early
     (the cleanup still runs). Returns why the run failed, or None."""
-    budget = config.timeout - 2 * CLEANUP_TIMEOUT - LIST_TIMEOUT - 10
-    task = asyncio.ensure_future(
-        asyncio.wait_for(run_phases(api, config, fixtures, sampler, results), budget))
+    budget = config.timeout - (2 * CLEANUP_TIMEOUT + LIST_TIMEOUT) * len(targets) - 10
+    task = asyncio.ensure_future(asyncio.wait_for(run_phases(targets, config), budget))
     loop = asyncio.get_running_loop()
     interrupted = []
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -798,7 +1310,7 @@ async def measure(api: Api, config: Config, fixtures: Fixtures, sampler: RssSamp
         return f"interrupted by {signal.Signals(interrupted[0]).name}"
     except TimeoutError:
         return f"overall timeout of {config.timeout:.0f} s reached"
-    except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
+    except (RuntimeError, httpx.HTTPError, KeyError, ValueError, IndexError) as exc:
         return f"{type(exc).__name__}: {exc}"
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -806,39 +1318,177 @@ async def measure(api: Api, config: Config, fixtures: Fixtures, sampler: RssSamp
     return None
 
 
+# --------------------------------------------------------------------------- medians, ratios
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def median_of(values: list[Any]) -> Any:
+    """The median of the numbers, recursively through dicts of the same shape; `any` of
+    booleans; otherwise the first value that is not None."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if all(isinstance(v, dict) for v in present):
+        keys = list(dict.fromkeys(k for v in present for k in v))
+        return {k: median_of([v.get(k) for v in present]) for k in keys}
+    if all(is_number(v) for v in present):
+        middle = statistics.median(present)
+        if all(isinstance(v, int) for v in present) and middle == int(middle):
+            return int(middle)  # counts stay integers
+        return round(middle, 3)
+    if all(isinstance(v, bool) for v in present):
+        return any(present)
+    return present[0]
+
+
+def combine_runs(runs: list[dict[str, Any]], repeat: int) -> dict[str, Any]:
+    """Without --repeat: the run itself. With it: the median of every figure over the runs
+    done, the errors of all runs (`errorsAllRuns`, `errorKinds` summed, `errorSamples` merged)
+    and the runs themselves."""
+    if repeat == 1:
+        return runs[0]
+    figures = {k: v for k, v in median_of(runs).items()
+               if k not in ("errorKinds", "errorSamples")}
+    kinds: Counter = Counter()
+    samples: list[str] = []
+    for run in runs:
+        kinds.update(run.get("errorKinds") or {})
+        samples.extend(x for x in run.get("errorSamples") or () if x not in samples)
+    if "growthRatio" in figures:  # the target check follows the median, not the runs
+        growth = figures["growthRatio"]
+        figures["targetMet"] = None if growth is None else growth <= 1.3
+    return {
+        "medianOf": len(runs), **figures,
+        "errorsAllRuns": sum(run.get("errors", 0) for run in runs),
+        "errorKinds": dict(kinds), "errorSamples": samples[:MAX_ERROR_SAMPLES],
+        "runs": runs,
+    }
+
+
+def phase_results(target: Target, config: Config) -> dict[str, Any]:
+    results = {name: combine_runs(runs, config.repeat)
+               for name, runs in target.runs.items() if runs}
+    if target.name != "ours":
+        for phase, why in OURS_ONLY_PHASES.items():
+            if phase in config.phases:
+                results[PHASES[phase][0]] = {"skipped": why}
+    return results
+
+
+def figure(result: dict[str, Any], path: str) -> float | None:
+    value: Any = result
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if is_number(value) else None
+
+
+def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """Per figure: rates ours/theirs, latencies theirs/ours, so > 1.0 means ours is better;
+    the target is >= 1.0 for every figure."""
+    out: dict[str, Any] = {}
+    met, missed, unknown = 0, [], []
+    for name, (rates, latencies) in FIGURES.items():
+        a, b = ours.get(name), theirs.get(name)
+        if not isinstance(a, dict) or not isinstance(b, dict) or "skipped" in b:
+            continue
+        paths = [(p, True) for p in rates] + [(p, False) for p in latencies]
+        if name == "longSession":
+            sizes = sorted(set(a.get("medianMs") or {}) & set(b.get("medianMs") or {}), key=int)
+            paths = [(f"medianMs.{size}", False) for size in sizes] + paths
+        entries = {}
+        for path, is_rate in paths:
+            mine, other = figure(a, path), figure(b, path)
+            num, den = (mine, other) if is_rate else (other, mine)
+            ratio = round(num / den, 3) if num is not None and den else None
+            entries[path] = {"ours": mine, "theirs": other, "ratio": ratio,
+                             "ratioOf": "ours/theirs" if is_rate else "theirs/ours",
+                             "target": ">= 1.0", "met": None if ratio is None else ratio >= 1.0}
+            if ratio is None:
+                unknown.append(f"{name}.{path}")
+            elif ratio >= 1.0:
+                met += 1
+            else:
+                missed.append(f"{name}.{path}")
+        out[name] = entries
+    out["summary"] = {"figures": met + len(missed) + len(unknown), "met": met,
+                      "notMet": missed, "unknown": unknown}
+    return out
+
+
+# --------------------------------------------------------------------------- the sitting
+
+
+def config_report(config: Config) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "baseUrls": list(config.base_urls), "clients": config.clients,
+        "secondsPerPhase": config.seconds, "warmupSeconds": config.warmup,
+        "graceSeconds": config.grace, "wsConnections": config.ws_connections,
+        "wsTurns": config.ws_turns, "phases": list(config.phases),
+        "serverPids": list(config.server_pids), "repeat": config.repeat,
+        "compareBaseUrl": config.compare_base_url,
+    }
+    if "inflight" in config.phases:
+        report["inflight"] = {"turns": config.inflight, "wsMode": config.inflight_ws,
+                              "timeoutSeconds": config.inflight_timeout,
+                              "otherTenant": bool(config.other_api_key),
+                              "slowLlmUrl": config.slow_llm_url}
+    if "longsession" in config.phases:
+        report["longSession"] = {"historySizes": list(config.long_turns),
+                                 "turnsPerSize": config.long_sample,
+                                 "secondsLimit": config.long_seconds}
+    return report
+
+
+def count_errors(results: dict[str, Any]) -> int:
+    return sum(r.get("errorsAllRuns", r.get("errors", 0)) for r in results.values())
+
+
 async def benchmark(config: Config) -> dict[str, Any]:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
-    results: dict[str, Any] = {}
-    fixtures = Fixtures()
-    api = Api(config)
+    targets = make_targets(config)
+    failure = None
     try:
-        await check_servers(api)
-        with RssSampler(config.server_pids) as sampler:
+        for target in targets:
+            await check_servers(target.api)
+        with contextlib.ExitStack() as stack:
+            for target in targets:
+                target.sampler = stack.enter_context(RssSampler(target.config.server_pids))
             try:
-                failure = await measure(api, config, fixtures, sampler, results)
+                failure = await measure(targets, config)
             finally:
-                cleanup = await final_cleanup(api, config, fixtures)
-            rss = sampler.report()
+                for target in targets:
+                    target.cleanup = await final_cleanup(target.api, target.config,
+                                                         Fixtures.of(target.shared))
+            reports = [t.sampler.report() if t.sampler else None for t in targets]
     finally:
-        await api.aclose()
-    total_errors = sum(p.get("errors", 0) for p in results.values())
-    return {
+        await asyncio.gather(*(t.aclose() for t in targets), return_exceptions=True)
+    ours = phase_results(targets[0], config)
+    report: dict[str, Any] = {
         "startedAt": started_at,
-        "config": {
-            "baseUrls": list(config.base_urls), "clients": config.clients,
-            "secondsPerPhase": config.seconds, "warmupSeconds": config.warmup,
-            "graceSeconds": config.grace, "wsConnections": config.ws_connections,
-            "wsTurns": config.ws_turns, "phases": list(config.phases),
-            "serverPids": list(config.server_pids),
-        },
-        "phases": results,
-        "errors": total_errors,
+        "config": config_report(config),
+        "phases": ours,
+        "errors": count_errors(ours),
         "failure": failure,
-        "cleanup": cleanup,
-        "rss": rss,
-        "elapsedSeconds": round(time.perf_counter() - started, 2),
+        "cleanup": targets[0].cleanup,
+        "rss": reports[0],
     }
+    if len(targets) > 1:
+        theirs = phase_results(targets[1], config)
+        report["compare"] = {
+            "baseUrl": config.compare_base_url, "phases": theirs,
+            "errors": count_errors(theirs), "cleanup": targets[1].cleanup, "rss": reports[1],
+        }
+        report["ratios"] = ratios(ours, theirs)
+        report["errors"] += report["compare"]["errors"]
+    else:
+        report["compare"] = None
+        report["ratios"] = None
+    report["elapsedSeconds"] = round(time.perf_counter() - started, 2)
+    return report
 
 
 def emit(report: dict[str, Any], output: str | None) -> None:
@@ -860,8 +1510,17 @@ def arm_watchdog(seconds: float) -> None:
     signal.alarm(math.ceil(seconds))
 
 
+def raise_nofile_limit() -> None:
+    """Thousands of sockets (the inflight phase) need the soft descriptor limit at the hard."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard or hard == resource.RLIM_INFINITY:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    raise_nofile_limit()
     arm_watchdog(config.timeout + 5)
     report = asyncio.run(benchmark(config))
     emit(report, config.output)
