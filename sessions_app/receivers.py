@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.db import transaction
 from django.dispatch import receiver
 
-from spaces.signals import space_created, space_deleted, space_updated
+from spaces.signals import space_created, space_deleted, space_inserted, space_updated
 
 from .models import Session, SessionData, TopologyNode
+from .store.postgres import insert_root_session
 
 
 @receiver(space_created)
@@ -43,3 +44,9 @@ def _evict_after_commit(space_id: str) -> None:
     from .runtime.pool import runtimes
 
     transaction.on_commit(lambda: runtimes.evict_everywhere(space_id))
+
+
+@receiver(space_inserted)
+async def insert_root_session_on_postgres(sender, space, connection, **kwargs) -> None:
+    """The async twin of `create_root_session`, inside `aspace_create`'s pipelined transaction."""
+    await insert_root_session(connection, space=space)

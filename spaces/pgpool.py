@@ -38,10 +38,26 @@ class RoundTripCounter:
 round_trips = RoundTripCounter()
 
 
+# Inside a pipeline, entering it and queueing statements send without waiting for the server;
+# these are the steps that wait for its answers.
+_PIPELINE_WAITS = frozenset({"_sync_gen", "_exit_gen", "_fetch_gen"})
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
 class CountingConnection(psycopg.AsyncConnection):
-    async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:  # every server wait
-        round_trips.count += 1
+    """A psycopg connection that counts its round trips to the server (`round_trips`)."""
+
+    async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._pipeline is None or getattr(gen, "__name__", "") in _PIPELINE_WAITS:
+            round_trips.count += 1
         return await super().wait(gen, *args, **kwargs)
+
+    async def commit(self) -> None:
+        # The pool "commits" every connection it takes back; an idle autocommit connection
+        # sends nothing then, so neither wait nor count.
+        if self.autocommit and self.info.transaction_status == _IDLE:
+            return
+        await super().commit()
 
 
 class DatabaseUnavailable(Exception):

@@ -98,7 +98,10 @@ async def aspace_create(
                   consolidate_prompt=consolidate_prompt, integrate_prompt=integrate_prompt,
                   config=config or {}, created_at=now, updated_at=now)
     space.clean_fields(exclude=["owner", "id"])
-    async with pgpool.connection() as conn, conn.pipeline(), conn.transaction():
+    # One pipeline, one round trip: the statements up to the pipeline's one Sync run as a
+    # single implicit transaction (PostgreSQL's extended-protocol rule), so the space and its
+    # root session are committed together or not at all.
+    async with pgpool.connection() as conn, conn.pipeline():
         await conn.execute(_INSERT_SPACE, (
             space.id, owner_id, space.label, space.system_prompt, space.consolidate_prompt,
             space.integrate_prompt, Jsonb(space.config), now, now,

@@ -1,39 +1,51 @@
-"""The Django implementation of the engine's `SpaceStore` port.
+"""The Django ORM implementation of the engine's `SpaceStore` port (SQLite, cold paths).
 
 Each public coroutine is ONE unit of work: a sync function that runs in a worker thread through
-`unit_of_work` and, when it writes, in one
-transaction. Every query is filtered on the store's space: a session of another space is
-indistinguishable from a missing one.
+`unit_of_work` and, when it writes, in one transaction. Every query is filtered on the store's
+space: a session of another space is indistinguishable from a missing one.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asgiref.sync import SyncToAsync
 from django.db import connections, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone
 
 from spaces.models import Space
 
-from .engine.errors import SessionNotFound, SpaceNotFound
-from .engine.types import (
+from ..engine.errors import SessionNotFound, SpaceNotFound
+from ..engine.types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
     Insight,
     Message,
     NewChild,
+    SaveResult,
     SessionMeta,
     SpacePrompts,
-    ToolCall,
     TurnContext,
 )
-from .models import CoreData, Record, Session, SessionData, TopologyNode
+from ..models import CoreData, Record, Session, SessionData, TopologyNode
+from .common import (
+    TurnListener,
+    compression_of,
+    compression_text,
+    message_from_row,
+    message_json,
+    parse_uuid,
+    session_config_text,
+    session_tree_from_rows,
+    skills_of,
+    source_id,
+    storable,
+    stored_tool_calls,
+)
 
 Key = SessionData.Key
 
@@ -56,9 +68,6 @@ class unit_of_work(SyncToAsync):  # lower case: used as a decorator, like channe
             _release_stale_connections()
 
 
-TurnListener = Callable[[str, str, int], None]  # (space_id, session_id, turn_count), after commit
-
-
 def session_meta(session: Session, node: TopologyNode | None) -> SessionMeta:
     return SessionMeta(
         id=str(session.id),
@@ -74,41 +83,14 @@ def session_meta(session: Session, node: TopologyNode | None) -> SessionMeta:
         updated_at=session.updated_at,
         last_active_at=session.last_active_at,
         parent_id=str(node.parent_id) if node and node.parent_id else None,
-        source_session_id=_source_id(session, node),
+        source_session_id=source_id(node.source_session_id if node else None, session.metadata),
         depth=node.depth if node else 0,
         index=node.index if node else 0,
     )
 
 
-def _source_id(session: Session, node: TopologyNode | None) -> str | None:
-    if node is not None and node.source_session_id:
-        return str(node.source_session_id)
-    legacy = (session.metadata or {}).get("sourceSessionId")
-    return legacy if isinstance(legacy, str) else None
-
-
 def record_message(record: Record) -> Message:
-    return Message(
-        role=record.role,
-        content=record.content,
-        tool_calls=tuple(
-            ToolCall(id=c["id"], name=c["name"], input=c.get("input") or {})
-            for c in record.tool_calls or ()
-        ),
-        tool_call_id=record.tool_call_id or None,
-    )
-
-
-def storable(value: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold NUL: what the LLM or a tool produced keeps
-    everything else, with each NUL replaced by U+FFFD, on every database alike."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {storable(k): storable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [storable(v) for v in value]
-    return value
+    return message_from_row(record.role, record.content, record.tool_calls, record.tool_call_id)
 
 
 def _record(session_id: Any, message: Message, now) -> Record:
@@ -116,17 +98,18 @@ def _record(session_id: Any, message: Message, now) -> Record:
         session_id=session_id,
         role=message.role,
         content=storable(message.content),
-        tool_calls=storable([c.to_json() for c in message.tool_calls]) or None,
+        tool_calls=stored_tool_calls(message),
         tool_call_id=storable(message.tool_call_id),
         timestamp=now,
     )
 
 
-def _uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None
+_newest_record = Record.objects.filter(session_id=OuterRef("pk")).order_by("-id")
+
+
+def _last_record_id(session_pk) -> int:
+    last = Record.objects.filter(session_id=session_pk).order_by("-id").values_list("id")
+    return next(iter(last), (0,))[0]
 
 
 class DjangoSpaceStore:
@@ -141,14 +124,14 @@ class DjangoSpaceStore:
         return Session.objects.filter(space_id=self.space_id)
 
     def _session(self, session_id: str) -> Session:
-        pk = _uuid(session_id)
+        pk = parse_uuid(session_id)
         session = self._sessions().select_related("node").filter(pk=pk).first() if pk else None
         if session is None:
             raise SessionNotFound()
         return session
 
     def _session_pk(self, session_id: str) -> uuid.UUID:
-        pk = _uuid(session_id)
+        pk = parse_uuid(session_id)
         if pk is None or not self._sessions().filter(pk=pk).exists():
             raise SessionNotFound()
         return pk
@@ -164,58 +147,87 @@ class DjangoSpaceStore:
         return session_meta(session, session.node)
 
     @unit_of_work
-    def load_turn_context(self, session_id: str) -> TurnContext:
-        session = self._session(session_id)
+    def load_turn_context(
+        self, session_id: str, *, history_after: int | None = 0
+    ) -> TurnContext:
+        # No transaction for reads: on SQLite (IMMEDIATE) one would take the write lock.
+        pk = parse_uuid(session_id)
+        session = self._sessions().select_related("node").filter(pk=pk).annotate(
+            last_record_id=Subquery(_newest_record.values("id")[:1])
+        ).first() if pk else None
+        if session is None:
+            raise SessionNotFound()
         is_main = session.role == Session.Role.MAIN
         slots = self._slots(session.pk, [
             Key.SYSTEM_PROMPT, Key.MEMORY if is_main else Key.INSIGHT,
             Key.SESSION_CONFIG, Key.COMPRESSION,
         ])
-        history = tuple(record_message(r) for r in Record.objects.filter(session_id=session.pk))
-        config = _json_object(slots.get(Key.SESSION_CONFIG))
-        skills = config.get("skills")
-        cache = _json_object(slots.get(Key.COMPRESSION))
+        records: list[Record] = []
+        if history_after is not None:
+            rows = Record.objects.filter(session_id=session.pk)
+            records = list(rows.filter(id__gt=history_after) if history_after > 0 else rows)
         return TurnContext(
             session=session_meta(session, session.node),
             system_prompt=slots.get(Key.SYSTEM_PROMPT),
             insight=None if is_main else slots.get(Key.INSIGHT),
             synthesis=slots.get(Key.MEMORY) if is_main else None,
-            history=history,
-            skills=tuple(skills) if isinstance(skills, list) else None,
-            compression=CompressionCache(**cache) if cache else None,
+            history=tuple(record_message(r) for r in records),
+            skills=skills_of(slots.get(Key.SESSION_CONFIG)),
+            compression=compression_of(slots.get(Key.COMPRESSION)),
+            history_after=history_after,
+            record_count=session.record_count,
+            last_record_id=max(session.last_record_id or 0, records[-1].pk if records else 0),
         )
 
-    @unit_of_work
-    def save_call(
+    async def save_call(
         self,
         session_id: str,
         messages: Sequence[Message],
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
-    ) -> int:
-        pk = _uuid(session_id)
+    ) -> SaveResult:
+        result = await self._save_call(session_id, messages, consumed_insight, end_turn)
+        if end_turn and self._on_turn is not None:  # committed: the unit of work has returned
+            self._on_turn(self.space_id, str(parse_uuid(session_id)), result.turn_count)
+        return result
+
+    @unit_of_work
+    def _save_call(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        consumed_insight: str | None,
+        end_turn: bool,
+    ) -> SaveResult:
+        pk = parse_uuid(session_id)
         now = timezone.now()
         with transaction.atomic():
-            session = self._sessions().filter(pk=pk).values("turn_count").first() if pk else None
-            if session is None:
+            # Locked (on PostgreSQL) until commit, so the counts computed below are exact.
+            counts = self._sessions().select_for_update().filter(pk=pk).values_list(
+                "turn_count", "record_count"
+            ).first() if pk else None
+            if counts is None:
                 raise SessionNotFound()
-            Record.objects.bulk_create([_record(pk, m, now) for m in messages])
+            created = Record.objects.bulk_create([_record(pk, m, now) for m in messages])
             if consumed_insight is not None:
                 # Only the insight this call used: a newer one from integration survives.
                 SessionData.objects.filter(
                     session_id=pk, key=Key.INSIGHT, content=consumed_insight
                 ).delete()
-            turn_count = session["turn_count"]
+            changes: dict[str, Any] = {}
+            if messages:
+                changes["record_count"] = F("record_count") + len(messages)
             if end_turn:
-                Session.objects.filter(pk=pk).update(
-                    turn_count=F("turn_count") + 1, last_active_at=now, updated_at=now
-                )
-                turn_count += 1  # exact: the session lock serialises turns on this session
-                if self._on_turn is not None:
-                    listener, space_id, count = self._on_turn, self.space_id, turn_count
-                    transaction.on_commit(lambda: listener(space_id, str(pk), count))
-        return turn_count
+                changes.update(turn_count=F("turn_count") + 1, last_active_at=now, updated_at=now)
+            if changes:
+                Session.objects.filter(pk=pk).update(**changes)
+            last = max((r.pk for r in created if r.pk is not None), default=None)
+            return SaveResult(
+                turn_count=counts[0] + (1 if end_turn else 0),
+                record_count=counts[1] + len(messages),
+                last_record_id=last if last is not None else _last_record_id(pk),
+            )
 
     @unit_of_work
     def create_child(self, child: NewChild) -> SessionMeta:
@@ -236,6 +248,7 @@ class DjangoSpaceStore:
                 role=Session.Role.STANDARD,
                 scope=scope,
                 metadata={"sourceSessionId": str(source.pk)},
+                record_count=len(child.records),
             )
             node = TopologyNode.objects.create(
                 session=session, space_id=self.space_id, parent=parent, source_session=source,
@@ -243,7 +256,7 @@ class DjangoSpaceStore:
             )
             slots = {Key.SYSTEM_PROMPT: storable(child.system_prompt), Key.SCOPE: scope}
             if child.session_config:
-                slots[Key.SESSION_CONFIG] = json.dumps(storable(dict(child.session_config)))
+                slots[Key.SESSION_CONFIG] = session_config_text(child.session_config)
             SessionData.objects.bulk_create([
                 SessionData(session=session, key=k, content=v)
                 for k, v in slots.items() if v is not None
@@ -262,7 +275,7 @@ class DjangoSpaceStore:
 
     @unit_of_work
     def read_slot(self, session_id: str, key: str) -> str | None:
-        pk = _uuid(session_id)
+        pk = parse_uuid(session_id)
         rows = SessionData.objects.filter(
             session_id=pk, session__space_id=self.space_id, key=key
         ).values_list("content", flat=True) if pk else []
@@ -278,17 +291,15 @@ class DjangoSpaceStore:
 
     @unit_of_work
     def save_compression(self, session_id: str, cache: CompressionCache) -> None:
-        payload = json.dumps(
-            {"covered": cache.covered, "digest": cache.digest, "summary": cache.summary}
-        )
         with transaction.atomic():
-            _write_slot(self._session_pk(session_id), Key.COMPRESSION, payload)
+            _write_slot(self._session_pk(session_id), Key.COMPRESSION, compression_text(cache))
 
     @unit_of_work
     def space_prompts(self) -> SpacePrompts:
-        row = Space.objects.filter(pk=self.space_id).values_list(
+        pk = parse_uuid(self.space_id)
+        row = Space.objects.filter(pk=pk).values_list(
             "system_prompt", "consolidate_prompt", "integrate_prompt"
-        ).first()
+        ).first() if pk else None
         if row is None:
             raise SpaceNotFound()
         return SpacePrompts(*row)
@@ -321,7 +332,9 @@ class DjangoSpaceStore:
     ) -> None:
         with transaction.atomic():
             _write_slot(self._session_pk(main_session_id), Key.MEMORY, synthesis)
-            wanted = {i.session_id: i.content for i in insights if _uuid(i.session_id)}
+            wanted = {
+                str(pk): i.content for i in insights if (pk := parse_uuid(i.session_id))
+            }
             mine = self._sessions().filter(pk__in=list(wanted)).values_list("pk", flat=True)
             for pk in mine:
                 _write_slot(pk, Key.INSIGHT, wanted[str(pk)])
@@ -342,8 +355,9 @@ class DjangoSpaceStore:
             .exclude(content="").values_list("session_id", "content")
         )
         own = self._slots(session.pk, [Key.MEMORY, Key.SCOPE])
+        core = self._core()
         return Bootstrap(
-            core=self._core(),
+            core=core,
             memories=tuple(memories[a] for a in ancestors if a in memories),
             current_memory=own.get(Key.MEMORY),
             scope=own.get(Key.SCOPE),
@@ -357,6 +371,34 @@ class DjangoSpaceStore:
     def _core(self) -> dict[str, Any]:
         return dict(CoreData.objects.filter(space_id=self.space_id).values_list("path", "value"))
 
+    # -- REST reads (not part of the engine port) ------------------------------------------
+    @unit_of_work
+    def session_tree(self) -> dict[str, Any]:
+        """The space's sessions as one recursive tree from the main session."""
+        rows = (
+            TopologyNode.objects.filter(space_id=self.space_id)
+            .order_by("depth", "index")
+            .values_list("session_id", "parent_id", "source_session_id", "session__label",
+                         "session__status", "session__turn_count", "session__metadata")
+        )
+        return session_tree_from_rows(rows)
+
+    @unit_of_work
+    def session_messages(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's records as the REST API lists them; SessionNotFound unless the
+        session is in this space."""
+        pk = parse_uuid(session_id)
+        records = list(
+            Record.objects.filter(session_id=pk, session__space_id=self.space_id)
+        ) if pk else []
+        if not records:
+            self._session_pk(session_id)  # 404 unless it exists here
+        return [
+            message_json(r.role, r.content, r.timestamp, r.metadata, r.tool_calls,
+                         r.tool_call_id)
+            for r in records
+        ]
+
 
 def _write_slot(session_pk, key: str, content: str | None) -> None:
     if content is None:
@@ -365,13 +407,3 @@ def _write_slot(session_pk, key: str, content: str | None) -> None:
         SessionData.objects.update_or_create(
             session_id=session_pk, key=key, defaults={"content": storable(content)}
         )
-
-
-def _json_object(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -33,6 +33,7 @@ from sessions_app.engine.types import (
     LLMResponse,
     Message,
     NewChild,
+    SaveResult,
     SessionMeta,
     SpacePrompts,
     StreamDelta,
@@ -51,7 +52,7 @@ class StoredSession:
     meta: SessionMeta
     slots: dict[str, str] = field(default_factory=dict)
     records: list[Message] = field(default_factory=list)
-    compression: CompressionCache | None = None
+    record_ids: list[int] = field(default_factory=list)  # parallel to `records`
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,44 @@ class SavedCall:
     messages: tuple[Message, ...]
     consumed_insight: str | None
     end_turn: bool
+
+
+def _storable(value: Any) -> Any:
+    """What a database store keeps of a value: NUL becomes U+FFFD (as `store.storable`)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _stored_message(message: Message) -> Message:
+    calls = json.dumps([c.to_json() for c in message.tool_calls])  # NUL is written \u0000
+    if "\x00" not in message.content + (message.tool_call_id or "") and "\\u0000" not in calls:
+        return message
+    return Message(
+        role=message.role,
+        content=_storable(message.content),
+        tool_calls=tuple(
+            ToolCall(_storable(c.id), _storable(c.name), _storable(dict(c.input)))
+            for c in message.tool_calls
+        ),
+        tool_call_id=_storable(message.tool_call_id) or None,
+    )
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# (space_id, session_id, turn_count), called after a save_call that ended a turn
+TurnListener = Callable[[str, str, int], None]
 
 
 class InMemoryStore:
@@ -76,13 +115,16 @@ class InMemoryStore:
         integrate_prompt: str | None = None,
         core: Mapping[str, Any] | None = None,
         root_label: str = "Main",
+        on_turn: TurnListener | None = None,
     ) -> None:
         self.space_id = space_id
         self.prompts = SpacePrompts(system_prompt, consolidate_prompt, integrate_prompt)
         self.core: dict[str, Any] = dict(core or {})
         self.sessions: dict[str, StoredSession] = {}
         self.saved_calls: list[SavedCall] = []
+        self.on_turn = on_turn
         self._ids = itertools.count(1)
+        self._record_ids = itertools.count(1)  # one sequence for the store, like a table's
         now = _now()
         self.root_id = self._new_id()
         root = SessionMeta(
@@ -128,17 +170,28 @@ class InMemoryStore:
         if content is None:
             slots.pop(key, None)
         else:
-            slots[key] = content
+            slots[key] = _storable(content)
 
     def add_records(self, session_id: str, *messages: Message) -> None:
-        self._get(session_id).records.extend(messages)
+        stored = self._get(session_id)
+        for message in messages:
+            stored.records.append(_stored_message(message))
+            stored.record_ids.append(next(self._record_ids))
+
+    def replace_records(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Rewrite a session's history behind the store's back (new records, new ids)."""
+        stored = self._get(session_id)
+        stored.records.clear()
+        stored.record_ids.clear()
+        self.add_records(session_id, *messages)
 
     def children_of(self, session_id: str) -> list[SessionMeta]:
         kids = [s.meta for s in self.sessions.values() if s.meta.parent_id == session_id]
         return sorted(kids, key=lambda m: m.index)
 
     def compression_of(self, session_id: str) -> CompressionCache | None:
-        return self._get(session_id).compression
+        cache = _json_object(self._get(session_id).slots.get("compression"))
+        return CompressionCache(**cache) if cache else None
 
     def _update(self, session_id: str, **changes: Any) -> SessionMeta:
         stored = self._get(session_id)
@@ -150,19 +203,30 @@ class InMemoryStore:
     async def get_session(self, session_id: str) -> SessionMeta:
         return self.meta(session_id)
 
-    async def load_turn_context(self, session_id: str) -> TurnContext:
+    async def load_turn_context(
+        self, session_id: str, *, history_after: int | None = 0
+    ) -> TurnContext:
         stored = self._get(session_id)
         is_main = stored.meta.role == "main"
-        config = json.loads(stored.slots.get("session_config", "{}"))
-        skills = config.get("skills")
+        skills = _json_object(stored.slots.get("session_config")).get("skills")
+        if history_after is None:
+            history: tuple[Message, ...] = ()
+        else:
+            history = tuple(
+                m for i, m in zip(stored.record_ids, stored.records, strict=True)
+                if i > history_after
+            )
         return TurnContext(
             session=stored.meta,
             system_prompt=stored.slots.get("system_prompt"),
             insight=None if is_main else stored.slots.get("insight"),
             synthesis=stored.slots.get("memory") if is_main else None,
-            history=tuple(stored.records),
-            skills=tuple(skills) if skills is not None else None,
-            compression=stored.compression,
+            history=history,
+            skills=tuple(skills) if isinstance(skills, list) else None,
+            compression=self.compression_of(session_id),
+            history_after=history_after,
+            record_count=len(stored.records),
+            last_record_id=stored.record_ids[-1] if stored.record_ids else 0,
         )
 
     async def save_call(
@@ -172,10 +236,10 @@ class InMemoryStore:
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
-    ) -> int:
+    ) -> SaveResult:
         stored = self._get(session_id)
         self.saved_calls.append(SavedCall(session_id, tuple(messages), consumed_insight, end_turn))
-        stored.records.extend(messages)
+        self.add_records(session_id, *messages)
         if consumed_insight is not None and stored.slots.get("insight") == consumed_insight:
             del stored.slots["insight"]
         if end_turn:
@@ -186,19 +250,27 @@ class InMemoryStore:
                 last_active_at=now,
                 updated_at=now,
             )
-        return stored.meta.turn_count
+        result = SaveResult(
+            turn_count=stored.meta.turn_count,
+            record_count=len(stored.records),
+            last_record_id=stored.record_ids[-1] if stored.record_ids else 0,
+        )
+        if end_turn and self.on_turn is not None:
+            self.on_turn(self.space_id, session_id, result.turn_count)
+        return result
 
     async def create_child(self, child: NewChild) -> SessionMeta:
         source = self.meta(child.source_id)
         parent = self.meta(self.root_id) if child.placement == "flat" else source
         now = _now()
+        label, scope = _storable(child.label), _storable(child.scope)
         meta = SessionMeta(
             id=self._new_id(),
             space_id=self.space_id,
-            label=child.label,
+            label=label,
             role="standard",
             status="active",
-            scope=child.scope,
+            scope=scope,
             tags=(),
             metadata={"sourceSessionId": source.id},
             turn_count=0,
@@ -210,17 +282,20 @@ class InMemoryStore:
             depth=parent.depth + 1,
             index=len(self.children_of(parent.id)),
         )
-        stored = StoredSession(meta, records=list(child.records))
-        if child.system_prompt is not None:
-            stored.slots["system_prompt"] = child.system_prompt
-        if child.scope is not None:
-            stored.slots["scope"] = child.scope
-        if child.session_config:
-            stored.slots["session_config"] = json.dumps(child.session_config)
+        stored = StoredSession(meta)
         self.sessions[meta.id] = stored
+        self.add_records(meta.id, *child.records)
+        if child.system_prompt is not None:
+            stored.slots["system_prompt"] = _storable(child.system_prompt)
+        if scope is not None:
+            stored.slots["scope"] = scope
+        if child.session_config:
+            stored.slots["session_config"] = json.dumps(_storable(dict(child.session_config)))
         return meta
 
     async def archive(self, session_id: str) -> SessionMeta:
+        if self.meta(session_id).status == "archived":
+            return self.meta(session_id)  # idempotent: nothing changes
         return self._update(session_id, status="archived", updated_at=_now())
 
     async def read_slot(self, session_id: str, key: str) -> str | None:
@@ -230,7 +305,8 @@ class InMemoryStore:
         self.set_slot(session_id, key, content)
 
     async def save_compression(self, session_id: str, cache: CompressionCache) -> None:
-        self._get(session_id).compression = cache
+        payload = {"covered": cache.covered, "digest": cache.digest, "summary": cache.summary}
+        self.set_slot(session_id, "compression", json.dumps(payload))
 
     async def space_prompts(self) -> SpacePrompts:
         return self.prompts
@@ -248,11 +324,10 @@ class InMemoryStore:
     async def save_integration(
         self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
     ) -> None:
-        for insight in insights:
-            self._get(insight.session_id)  # all or nothing: check before writing
         self.set_slot(main_session_id, "memory", synthesis)
         for insight in insights:
-            self.set_slot(insight.session_id, "insight", insight.content)
+            if insight.session_id in self.sessions:  # like the stores: unknown ids are skipped
+                self.set_slot(insight.session_id, "insight", insight.content)
 
     async def load_bootstrap(self, session_id: str) -> Bootstrap:
         stored = self._get(session_id)

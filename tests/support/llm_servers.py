@@ -119,6 +119,10 @@ class _ClientGone(Exception):
     """The client closed the connection; nothing more to send."""
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of turns may connect at once (capacity tests)
+
+
 class LoopbackLLMServer:
     """Base class: the HTTP plumbing, the action queue and the request log."""
 
@@ -138,7 +142,7 @@ class LoopbackLLMServer:
 
     def start(self) -> Self:
         handler = type("Handler", (_Handler,), {"owner": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd = _HTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
         httpd.block_on_close = False
         self._httpd = httpd

@@ -1,4 +1,5 @@
-"""Real daphne processes on the pytest test database, for the soak and restart tests.
+"""Real server processes (daphne, or uvicorn with STELLO_TEST_SERVER=uvicorn) on the pytest test
+database, for the multi-process, soak, restart and capacity tests.
 
 The processes serve the test database (`settings.DATABASES["default"]["NAME"]` once
 pytest-django has created it); with `django_db(transaction=True)` the rows a test creates are
@@ -6,7 +7,7 @@ committed, so the servers see them. The environment of a server is built from sc
 `server_env` (no STELLO_*, DATABASE_URL or REDIS_URL leaks in from the test run), so a test
 states every setting it relies on.
 
-    with daphne_processes([env_a, env_b], tmp_path) as (a, b):
+    with server_processes([env_a, env_b], tmp_path) as (a, b):
         ...                      # a.http("/spaces"), a.ws(space_id), a.kill(), restart(a)
 
 Every process started here is stopped (SIGTERM, then SIGKILL) when the block ends, whatever
@@ -115,15 +116,27 @@ def server_env(**overrides: str | None) -> dict[str, str]:
     return env
 
 
-def start_server(env: Mapping[str, str], logs: Path, name: str = "daphne") -> Server:
+# Which ASGI server the multi-process tests start: daphne (the development server, default) or
+# uvicorn (with uvloop and httptools, the production recommendation). CI runs them under both.
+ASGI_SERVER = os.environ.get("STELLO_TEST_SERVER", "daphne")
+if ASGI_SERVER not in ("daphne", "uvicorn"):
+    raise RuntimeError(f"STELLO_TEST_SERVER must be daphne or uvicorn, not {ASGI_SERVER!r}")
+
+
+def server_command(port: int) -> list[str]:
+    app = "stello_project.asgi:application"
+    if ASGI_SERVER == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+                "--loop", "uvloop", "--http", "httptools", "--no-access-log", app]
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+
+
+def start_server(env: Mapping[str, str], logs: Path, name: str = "server") -> Server:
     port = free_port()
     log = logs / f"{name}-{port}.log"
-    daphne = Path(sys.executable).with_name("daphne")
-    command = [str(daphne)] if daphne.exists() else [sys.executable, "-m", "daphne"]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*command, "-b", "127.0.0.1", "-p", str(port), "stello_project.asgi:application"],
-            cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+            server_command(port), cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
         )
     return Server(port, process, log, dict(env))
 
@@ -132,7 +145,7 @@ def wait_until_answering(server: Server, timeout: float = START_TIMEOUT) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.running:
-            raise RuntimeError(f"daphne exited with {server.process.returncode}:\n"
+            raise RuntimeError(f"{ASGI_SERVER} exited with {server.process.returncode}:\n"
                                f"{server.output()}")
         try:
             NO_PROXY.open(server.http("/healthz"), timeout=2).close()
@@ -141,17 +154,17 @@ def wait_until_answering(server: Server, timeout: float = START_TIMEOUT) -> None
             return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"daphne did not answer within {timeout:g}s:\n{server.output()}")
+    raise RuntimeError(f"{ASGI_SERVER} did not answer within {timeout:g}s:\n{server.output()}")
 
 
 @contextmanager
-def daphne_processes(envs: list[dict[str, str]], logs: Path) -> Iterator[list[Server]]:
-    """Start one daphne per environment, wait until all answer, stop all on the way out.
+def server_processes(envs: list[dict[str, str]], logs: Path) -> Iterator[list[Server]]:
+    """Start one server process (`ASGI_SERVER`) per environment, wait until all answer, stop all on the way out.
     Servers a test adds to the yielded list (`restart`) are stopped too."""
     started: list[Server] = []
     try:
         for n, env in enumerate(envs):
-            started.append(start_server(env, logs, name=f"daphne{n}"))
+            started.append(start_server(env, logs, name=f"{ASGI_SERVER}{n}"))
         for server in started:
             wait_until_answering(server)
         yield started
@@ -159,12 +172,12 @@ def daphne_processes(envs: list[dict[str, str]], logs: Path) -> Iterator[list[Se
         for server in started:
             server.stop()
         left = [s.process.pid for s in started if s.running]
-        assert not left, f"daphne processes still running: {left}"
+        assert not left, f"server processes still running: {left}"
 
 
 def restart(server: Server, servers: list[Server] | None = None) -> Server:
     """A new process with the same environment (on a new port); added to `servers` so that
-    `daphne_processes` stops it too."""
+    `server_processes` stops it too."""
     assert not server.running, "stop or kill the old process first"
     fresh = start_server(server.env, server.log.parent, name="restarted")
     if servers is not None:
@@ -201,3 +214,6 @@ def committed_tenant(username: str, label: str, **space_fields: Any) -> dict[str
     space = space_create(owner=user, label=label, **space_fields)
     root = Session.objects.get(space=space, role=Session.Role.MAIN)
     return {"key": key, "space_id": str(space.pk), "root_id": str(root.pk)}
+
+
+daphne_processes = server_processes  # the name the older tests use

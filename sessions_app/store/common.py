@@ -1,0 +1,149 @@
+"""What both stores share: values stored alike on every database, and the JSON shapes they build
+from rows (the REST tree and message list), so the ORM and the SQL paths cannot drift apart."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from spaces.wire import iso_ms
+
+from ..engine.errors import SessionNotFound
+from ..engine.types import CompressionCache, Message, ToolCall
+
+TurnListener = Callable[[str, str, int], None]  # (space_id, session_id, turn_count), after commit
+
+# Slot keys (the values of models.SessionData.Key, spelled out so the SQL store needs no model).
+SYSTEM_PROMPT = "system_prompt"
+MEMORY = "memory"
+INSIGHT = "insight"
+SCOPE = "scope"
+SESSION_CONFIG = "session_config"
+COMPRESSION = "compression"
+
+
+def storable(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL: what the LLM or a tool produced keeps
+    everything else, with each NUL replaced by U+FFFD, on every database alike."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
+
+
+def parse_uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def stored_tool_calls(message: Message) -> list[dict[str, Any]] | None:
+    """The `records.tool_calls` value of a message (None when it calls no tool)."""
+    return storable([c.to_json() for c in message.tool_calls]) or None
+
+
+def message_from_row(
+    role: str, content: str, tool_calls: list[dict[str, Any]] | None, tool_call_id: str | None
+) -> Message:
+    return Message(
+        role=role,  # type: ignore[arg-type]
+        content=content,
+        tool_calls=tuple(
+            ToolCall(id=c["id"], name=c["name"], input=c.get("input") or {})
+            for c in tool_calls or ()
+        ),
+        tool_call_id=tool_call_id or None,
+    )
+
+
+def json_object(text: str | None) -> dict[str, Any]:
+    """A slot's JSON object; {} when it is missing, malformed or not an object."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def skills_of(config_text: str | None) -> tuple[str, ...] | None:
+    skills = json_object(config_text).get("skills")
+    return tuple(skills) if isinstance(skills, list) else None
+
+
+def compression_of(text: str | None) -> CompressionCache | None:
+    cache = json_object(text)
+    return CompressionCache(**cache) if cache else None
+
+
+def compression_text(cache: CompressionCache) -> str:
+    return json.dumps({"covered": cache.covered, "digest": cache.digest, "summary": cache.summary})
+
+
+def session_config_text(config: Mapping[str, Any]) -> str:
+    return json.dumps(storable(dict(config)))
+
+
+def source_id(node_source: Any, metadata: Mapping[str, Any] | None) -> str | None:
+    """The fork source: the topology's, else the legacy `metadata.sourceSessionId`."""
+    if node_source:
+        return str(node_source)
+    legacy = (metadata or {}).get("sourceSessionId")
+    return legacy if isinstance(legacy, str) else None
+
+
+# -- REST shapes ----------------------------------------------------------------------------
+
+TreeRow = tuple[Any, Any, Any, str, str, int, Mapping[str, Any] | None]
+
+
+def session_tree_from_rows(rows: Iterable[TreeRow]) -> dict[str, Any]:
+    """The space's sessions as one recursive tree from the main session, siblings by index.
+    `rows`: (session_id, parent_id, source_session_id, label, status, turn_count, metadata),
+    ordered by depth, then index."""
+    nodes: dict[str, dict[str, Any]] = {}
+    root = None
+    for sid, parent, source, label, status, turns, metadata in rows:
+        node: dict[str, Any] = {"id": str(sid), "label": label, "status": status,
+                                "turnCount": turns, "children": []}
+        source_session = source_id(source, metadata)
+        if source_session is not None:
+            node["sourceSessionId"] = source_session
+        nodes[str(sid)] = node
+        if parent is None:
+            root = node
+        elif str(parent) in nodes:
+            nodes[str(parent)]["children"].append(node)
+    if root is None:
+        raise SessionNotFound("Main session not found")
+    return root
+
+
+def message_json(
+    role: str,
+    content: str,
+    timestamp: datetime,
+    metadata: Any,
+    tool_calls: Any,
+    tool_call_id: str | None,
+) -> dict[str, Any]:
+    """One record as the REST message list shows it."""
+    message: dict[str, Any] = {
+        "role": role,
+        "content": content,
+        "timestamp": iso_ms(timestamp),
+        "metadata": metadata,
+    }
+    if tool_calls:
+        message["toolCalls"] = tool_calls
+    if tool_call_id:
+        message["toolCallId"] = tool_call_id
+    return message

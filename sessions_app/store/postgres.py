@@ -1,0 +1,554 @@
+"""The PostgreSQL implementation of the engine's `SpaceStore` port: hand-written SQL on the async
+psycopg pool (`spaces.pgpool`), on the event loop, with no thread hand-off.
+
+Every method is one unit of work that holds a pooled autocommit connection only for its one
+statement, so one round trip: a single statement is atomic in autocommit, so writes that touch
+several tables use data-modifying CTEs, and reads gather slots, history and ancestors with JSON
+aggregates and subqueries. The schema is the Django models'; the tables and columns named here
+are checked against the models' `_meta` by the store tests.
+
+Aliases used throughout (the schema test relies on them): s = sessions, n and t =
+topology_nodes, r = records, d = session_data, c = core_data, sp = spaces.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from django.utils import timezone
+from psycopg.types.json import Jsonb
+
+from spaces import pgpool
+
+from ..engine.errors import ServiceUnavailable, SessionNotFound, SpaceNotFound
+from ..engine.types import (
+    Bootstrap,
+    ChildMemory,
+    CompressionCache,
+    Insight,
+    Message,
+    NewChild,
+    SaveResult,
+    SessionMeta,
+    SpacePrompts,
+    TurnContext,
+)
+from .common import (
+    COMPRESSION,
+    INSIGHT,
+    MEMORY,
+    SCOPE,
+    SESSION_CONFIG,
+    SYSTEM_PROMPT,
+    TurnListener,
+    compression_of,
+    compression_text,
+    message_from_row,
+    message_json,
+    parse_uuid,
+    session_config_text,
+    session_tree_from_rows,
+    skills_of,
+    source_id,
+    storable,
+    stored_tool_calls,
+)
+
+# -- SQL ------------------------------------------------------------------------------------
+
+_META_COLUMNS = (
+    "s.id", "s.space_id", "s.label", "s.role", "s.status", "s.scope", "s.tags", "s.metadata",
+    "s.turn_count", "s.created_at", "s.updated_at", "s.last_active_at",
+    "n.parent_id", "n.source_session_id", "n.depth", 'n."index"',
+)
+_META = ", ".join(_META_COLUMNS)
+_META_WIDTH = len(_META_COLUMNS)
+_SESSION_FROM = "sessions s LEFT JOIN topology_nodes n ON n.session_id = s.id"
+_THIS_SESSION = "s.id = %(sid)s AND s.space_id = %(space)s"
+
+SQL_GET_SESSION = f"SELECT {_META} FROM {_SESSION_FROM} WHERE {_THIS_SESSION}"
+
+_TURN_SLOTS = ", ".join(
+    f"'{k}'" for k in (SYSTEM_PROMPT, MEMORY, INSIGHT, SESSION_CONFIG, COMPRESSION)
+)
+_TURN_CONTEXT = f"""
+SELECT {_META}, s.record_count,
+  (SELECT json_object_agg(d.key, d.content) FROM session_data d
+    WHERE d.session_id = s.id AND d.key IN ({_TURN_SLOTS})) AS slots,
+  (SELECT r.id FROM records r WHERE r.session_id = s.id ORDER BY r.id DESC LIMIT 1) AS last_id,
+  {{history}} AS history
+FROM {_SESSION_FROM} WHERE {_THIS_SESSION}
+"""
+SQL_TURN_CONTEXT = _TURN_CONTEXT.format(history="""(
+    SELECT json_agg(json_build_array(r.role, r.content, r.tool_calls, r.tool_call_id)
+                    ORDER BY r.id)
+    FROM records r WHERE r.session_id = s.id AND r.id > %(after)s)""")
+SQL_TURN_CONTEXT_NO_HISTORY = _TURN_CONTEXT.format(history="NULL::json")
+
+# Records from parallel arrays, in order (the ids follow the order: it is the history's order).
+_RECORD_ROWS = """unnest(%(roles)s::text[], %(contents)s::text[], %(calls)s::text[],
+         %(call_ids)s::text[]) WITH ORDINALITY AS m(role, content, calls, call_id, ord)"""
+_INSERT_RECORDS = (
+    'INSERT INTO records AS r (session_id, role, content, tool_calls, tool_call_id, "timestamp")'
+)
+
+SQL_SAVE_CALL = f"""
+WITH src AS (
+  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+), ins AS (
+  {_INSERT_RECORDS}
+  SELECT src.id, m.role, m.content, m.calls::jsonb, m.call_id, %(now)s
+  FROM src CROSS JOIN {_RECORD_ROWS}
+  ORDER BY m.ord
+  RETURNING r.id
+), consumed AS (
+  DELETE FROM session_data d USING src
+  WHERE d.session_id = src.id AND d.key = '{INSIGHT}' AND d.content = %(consumed)s
+), upd AS (
+  UPDATE sessions AS s SET
+    record_count = s.record_count + %(added)s,
+    turn_count = s.turn_count + CASE WHEN %(end_turn)s THEN 1 ELSE 0 END,
+    last_active_at = CASE WHEN %(end_turn)s THEN %(now)s ELSE s.last_active_at END,
+    updated_at = CASE WHEN %(end_turn)s THEN %(now)s ELSE s.updated_at END
+  FROM src WHERE s.id = src.id
+  RETURNING s.turn_count, s.record_count
+)
+SELECT upd.turn_count, upd.record_count, coalesce(
+  (SELECT max(ins.id) FROM ins),
+  (SELECT r.id FROM records r, src WHERE r.session_id = src.id ORDER BY r.id DESC LIMIT 1),
+  0)
+FROM upd
+"""
+
+_SOURCE_EXISTS = (
+    "EXISTS (SELECT 1 FROM sessions s WHERE s.id = %(source)s AND s.space_id = %(space)s)"
+)
+_PARENT_WHERE = {
+    "flat": f"n.space_id = %(space)s AND n.parent_id IS NULL AND {_SOURCE_EXISTS}",
+    "tree": f"n.session_id = %(source)s AND {_SOURCE_EXISTS}",
+}
+# A fork is ONE statement (atomic in autocommit). Two concurrent forks under one parent may
+# compute the same next index: the second then fails on the unique sibling index (after the
+# first commits) and is retried, so indexes stay distinct without holding a lock.
+SQL_INSERT_CHILD = {
+    placement: f"""
+WITH par AS (
+  SELECT n.session_id AS id, n.depth AS depth FROM topology_nodes n WHERE {where}
+), new_session AS (
+  INSERT INTO sessions AS s (id, space_id, label, role, status, scope, tags, metadata,
+                             turn_count, record_count, created_at, updated_at, last_active_at)
+  SELECT %(id)s, %(space)s, %(label)s, 'standard', 'active', %(scope)s, '[]'::jsonb,
+         %(metadata)s, 0, %(added)s, %(now)s, %(now)s, %(now)s
+  FROM par
+  RETURNING s.id
+), new_node AS (
+  INSERT INTO topology_nodes AS t (session_id, space_id, parent_id, source_session_id, depth,
+                                   "index", label)
+  SELECT new_session.id, %(space)s, par.id, %(source)s, par.depth + 1,
+         (SELECT coalesce(max(n."index") + 1, 0) FROM topology_nodes n
+          WHERE n.parent_id = par.id),
+         %(label)s
+  FROM new_session CROSS JOIN par
+  RETURNING t.parent_id, t.depth, t."index"
+), new_slots AS (
+  INSERT INTO session_data AS d (session_id, key, content, updated_at)
+  SELECT new_session.id, x.key, x.content, %(now)s
+  FROM new_session CROSS JOIN unnest(%(keys)s::text[], %(values)s::text[]) AS x(key, content)
+), new_records AS (
+  {_INSERT_RECORDS}
+  SELECT new_session.id, m.role, m.content, m.calls::jsonb, m.call_id, %(now)s
+  FROM new_session CROSS JOIN {_RECORD_ROWS}
+  ORDER BY m.ord
+)
+SELECT new_node.parent_id, new_node.depth, new_node."index" FROM new_node
+"""
+    for placement, where in _PARENT_WHERE.items()
+}
+
+SQL_ARCHIVE = f"""
+WITH upd AS (
+  UPDATE sessions AS s SET status = 'archived', updated_at = %(now)s
+  WHERE {_THIS_SESSION} AND s.status <> 'archived'
+  RETURNING s.id, s.status, s.updated_at
+)
+SELECT {_META.replace("s.status", "coalesce(upd.status, s.status)")
+              .replace("s.updated_at", "coalesce(upd.updated_at, s.updated_at)")}
+FROM {_SESSION_FROM} LEFT JOIN upd ON upd.id = s.id
+WHERE {_THIS_SESSION}
+"""
+
+SQL_READ_SLOT = f"""
+SELECT d.content FROM sessions s
+LEFT JOIN session_data d ON d.session_id = s.id AND d.key = %(key)s
+WHERE {_THIS_SESSION}
+"""
+_UPSERT_SLOTS = """INSERT INTO session_data AS d (session_id, key, content, updated_at)
+  {rows}
+  ON CONFLICT (session_id, key)
+  DO UPDATE SET content = EXCLUDED.content, updated_at = EXCLUDED.updated_at"""
+SQL_WRITE_SLOT = f"""
+WITH src AS (
+  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+), up AS (
+  {_UPSERT_SLOTS.format(rows="SELECT src.id, %(key)s, %(content)s, %(now)s FROM src")}
+)
+SELECT count(*) FROM src
+"""
+SQL_DELETE_SLOT = f"""
+WITH src AS (
+  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+), del AS (
+  DELETE FROM session_data d USING src WHERE d.session_id = src.id AND d.key = %(key)s
+)
+SELECT count(*) FROM src
+"""
+
+SQL_SPACE_PROMPTS = """
+SELECT sp.system_prompt, sp.consolidate_prompt, sp.integrate_prompt
+FROM spaces sp WHERE sp.id = %(space)s
+"""
+SQL_MAIN_SESSION = (
+    "SELECT s.id FROM sessions s WHERE s.space_id = %(space)s AND s.role = 'main' "
+    "ORDER BY s.created_at, s.id LIMIT 1"
+)
+SQL_COLLECT_MEMORIES = f"""
+SELECT s.id, s.label, d.content FROM session_data d JOIN sessions s ON s.id = d.session_id
+WHERE s.space_id = %(space)s AND s.role = 'standard' AND s.status = 'active'
+  AND d.key = '{MEMORY}' AND d.content <> ''
+ORDER BY s.created_at, s.id
+"""
+SQL_SAVE_INTEGRATION = f"""
+WITH main AS (
+  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+), slots AS (
+  SELECT main.id AS session_id, '{MEMORY}'::text AS key, %(synthesis)s::text AS content
+  FROM main
+  UNION ALL
+  SELECT s.id, '{INSIGHT}'::text, x.content
+  FROM unnest(%(ids)s::uuid[], %(contents)s::text[]) AS x(id, content)
+  JOIN sessions s ON s.id = x.id AND s.space_id = %(space)s
+  WHERE EXISTS (SELECT 1 FROM main)
+), up AS (
+  {_UPSERT_SLOTS.format(rows="SELECT slots.session_id, slots.key, slots.content, %(now)s "
+                                 "FROM slots")}
+)
+SELECT count(*) FROM main
+"""
+SQL_BOOTSTRAP = f"""
+WITH RECURSIVE anc (id, hops) AS (
+  SELECT t.parent_id, 1 FROM topology_nodes t
+  WHERE t.session_id = %(sid)s AND t.space_id = %(space)s AND t.parent_id IS NOT NULL
+  UNION ALL
+  SELECT t.parent_id, anc.hops + 1 FROM anc
+  JOIN topology_nodes t ON t.session_id = anc.id AND t.space_id = %(space)s
+  WHERE t.parent_id IS NOT NULL
+) CYCLE id SET is_cycle USING path
+SELECT {_META},
+  (SELECT json_agg(d.content ORDER BY anc.hops) FROM anc
+   JOIN session_data d ON d.session_id = anc.id
+   WHERE NOT anc.is_cycle AND d.key = '{MEMORY}' AND d.content <> '') AS memories,
+  (SELECT json_object_agg(d.key, d.content) FROM session_data d
+   WHERE d.session_id = s.id AND d.key IN ('{MEMORY}', '{SCOPE}')) AS own,
+  (SELECT json_object_agg(c.path, c.value) FROM core_data c WHERE c.space_id = %(space)s) AS core
+FROM {_SESSION_FROM} WHERE {_THIS_SESSION}
+"""
+SQL_CORE_DATA = "SELECT c.path, c.value FROM core_data c WHERE c.space_id = %(space)s"
+
+SQL_SESSION_TREE = """
+SELECT n.session_id, n.parent_id, n.source_session_id, s.label, s.status, s.turn_count,
+       s.metadata
+FROM topology_nodes n JOIN sessions s ON s.id = n.session_id
+WHERE n.space_id = %(space)s
+ORDER BY n.depth, n."index"
+"""
+SQL_SESSION_MESSAGES = f"""
+SELECT r.role, r.content, r."timestamp", r.metadata, r.tool_calls, r.tool_call_id
+FROM sessions s LEFT JOIN records r ON r.session_id = s.id
+WHERE {_THIS_SESSION}
+ORDER BY r.id
+"""
+
+SQL_INSERT_ROOT_SESSION = f"""
+WITH root AS (
+  INSERT INTO sessions AS s (id, space_id, label, role, status, scope, tags, metadata,
+                             turn_count, record_count, created_at, updated_at, last_active_at)
+  VALUES (%(id)s, %(space)s, %(label)s, 'main', 'active', NULL, '[]'::jsonb, '{{}}'::jsonb,
+          0, 0, %(now)s, %(now)s, %(now)s)
+), node AS (
+  INSERT INTO topology_nodes AS t (session_id, space_id, parent_id, source_session_id, depth,
+                                   "index", label)
+  VALUES (%(id)s, %(space)s, NULL, NULL, 0, 0, %(label)s)
+)
+INSERT INTO session_data AS d (session_id, key, content, updated_at)
+SELECT %(id)s, '{SYSTEM_PROMPT}', %(prompt)s, %(now)s WHERE %(prompt)s::text IS NOT NULL
+"""
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+@asynccontextmanager
+async def _connection() -> AsyncIterator[psycopg.AsyncConnection]:
+    """A pooled connection for one unit of work; no database is ServiceUnavailable (503)."""
+    try:
+        async with pgpool.connection() as conn:
+            yield conn
+    except pgpool.DatabaseUnavailable as exc:
+        raise ServiceUnavailable() from exc
+
+
+def _meta(row: Sequence[Any]) -> SessionMeta:
+    (sid, space_id, label, role, status, scope, tags, metadata, turn_count, created_at,
+     updated_at, last_active_at, parent_id, node_source, depth, index) = row[:_META_WIDTH]
+    return SessionMeta(
+        id=str(sid),
+        space_id=str(space_id),
+        label=label,
+        role=role,
+        status=status,
+        scope=scope,
+        tags=tuple(tags or ()),
+        metadata=metadata or {},
+        turn_count=turn_count,
+        created_at=created_at,
+        updated_at=updated_at,
+        last_active_at=last_active_at,
+        parent_id=str(parent_id) if parent_id else None,
+        source_session_id=source_id(node_source, metadata),
+        depth=depth or 0,
+        index=index or 0,
+    )
+
+
+def _record_arrays(messages: Sequence[Message]) -> dict[str, list[Any]]:
+    calls = [stored_tool_calls(m) for m in messages]
+    return {
+        "roles": [m.role for m in messages],
+        "contents": [storable(m.content) for m in messages],
+        "calls": [None if c is None else json.dumps(c) for c in calls],
+        "call_ids": [storable(m.tool_call_id) for m in messages],
+    }
+
+
+async def insert_root_session(conn: psycopg.AsyncConnection, *, space: Any) -> None:
+    """Add a new space's main session, its topology node and (if the space has one) its
+    system_prompt slot, like `receivers.create_root_session` does with the ORM. It only sends
+    (never fetches), so it stays inside the caller's pipelined transaction."""
+    label = space.label
+    await conn.execute(SQL_INSERT_ROOT_SESSION, {
+        "id": uuid.uuid4(), "space": space.id, "label": label, "now": timezone.now(),
+        "prompt": space.system_prompt or None,
+    })
+
+
+_FORK_ATTEMPTS = 50  # concurrent forks under one parent, each retry wins one index
+
+# -- the store --------------------------------------------------------------------------------
+
+class PgSpaceStore:
+    """Storage for one space on PostgreSQL (see `engine.ports.SpaceStore` for the guarantees)."""
+
+    def __init__(self, space_id: str, *, on_turn: TurnListener | None = None) -> None:
+        self.space_id = str(space_id)
+        self._space = parse_uuid(space_id)
+        self._on_turn = on_turn
+
+    def _params(self, session_id: str | None = None, **more: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"space": self._space, **more}
+        if session_id is not None:
+            sid = parse_uuid(session_id)
+            if sid is None or self._space is None:
+                raise SessionNotFound()
+            params["sid"] = sid
+        return params
+
+    async def _one(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        async with _connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async with _connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    # -- SpaceStore ----------------------------------------------------------------------------
+    async def get_session(self, session_id: str) -> SessionMeta:
+        row = await self._one(SQL_GET_SESSION, self._params(session_id))
+        if row is None:
+            raise SessionNotFound()
+        return _meta(row)
+
+    async def load_turn_context(
+        self, session_id: str, *, history_after: int | None = 0
+    ) -> TurnContext:
+        params = self._params(session_id, after=history_after or 0)
+        sql = SQL_TURN_CONTEXT_NO_HISTORY if history_after is None else SQL_TURN_CONTEXT
+        row = await self._one(sql, params)
+        if row is None:
+            raise SessionNotFound()
+        meta = _meta(row)
+        record_count, slots, last_id, history = row[_META_WIDTH:]
+        slots = slots or {}
+        is_main = meta.role == "main"
+        return TurnContext(
+            session=meta,
+            system_prompt=slots.get(SYSTEM_PROMPT),
+            insight=None if is_main else slots.get(INSIGHT),
+            synthesis=slots.get(MEMORY) if is_main else None,
+            history=tuple(message_from_row(*r) for r in history or ()),
+            skills=skills_of(slots.get(SESSION_CONFIG)),
+            compression=compression_of(slots.get(COMPRESSION)),
+            history_after=history_after,
+            record_count=record_count,
+            last_record_id=last_id or 0,
+        )
+
+    async def save_call(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        consumed_insight: str | None = None,
+        end_turn: bool = False,
+    ) -> SaveResult:
+        params = self._params(
+            session_id, now=timezone.now(), consumed=consumed_insight, added=len(messages),
+            end_turn=end_turn, **_record_arrays(messages),
+        )
+        row = await self._one(SQL_SAVE_CALL, params)
+        if row is None:
+            raise SessionNotFound()
+        result = SaveResult(turn_count=row[0], record_count=row[1], last_record_id=row[2])
+        if end_turn and self._on_turn is not None:  # autocommit: the statement has committed
+            self._on_turn(self.space_id, str(params["sid"]), result.turn_count)
+        return result
+
+    async def create_child(self, child: NewChild) -> SessionMeta:
+        params = self._params(child.source_id)
+        source = params.pop("sid")
+        now = timezone.now()
+        label, scope = storable(child.label), storable(child.scope)
+        metadata = {"sourceSessionId": str(source)}
+        slots = {SYSTEM_PROMPT: storable(child.system_prompt), SCOPE: scope}
+        if child.session_config:
+            slots[SESSION_CONFIG] = session_config_text(child.session_config)
+        slots = {k: v for k, v in slots.items() if v is not None}
+        new_id = uuid.uuid4()
+        params.update(
+            source=source, id=new_id, label=label, scope=scope, metadata=Jsonb(metadata),
+            added=len(child.records), now=now, keys=list(slots), values=list(slots.values()),
+            **_record_arrays(child.records),
+        )
+        sql = SQL_INSERT_CHILD[child.placement]
+        for attempt in range(_FORK_ATTEMPTS):
+            try:
+                row = await self._one(sql, params)
+                break
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != "unique_sibling_index" or (
+                    attempt == _FORK_ATTEMPTS - 1
+                ):
+                    raise
+        if row is None:
+            raise SessionNotFound()
+        parent_id, depth, index = row
+        return SessionMeta(
+            id=str(new_id), space_id=self.space_id, label=label, role="standard",
+            status="active", scope=scope, tags=(), metadata=metadata, turn_count=0,
+            created_at=now, updated_at=now, last_active_at=now, parent_id=str(parent_id),
+            source_session_id=str(source), depth=depth, index=index,
+        )
+
+    async def archive(self, session_id: str) -> SessionMeta:
+        row = await self._one(SQL_ARCHIVE, self._params(session_id, now=timezone.now()))
+        if row is None:
+            raise SessionNotFound()
+        return _meta(row)
+
+    async def read_slot(self, session_id: str, key: str) -> str | None:
+        row = await self._one(SQL_READ_SLOT, self._params(session_id, key=key))
+        if row is None:
+            raise SessionNotFound()
+        return row[0]
+
+    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+        if content is None:
+            params = self._params(session_id, key=key)
+            row = await self._one(SQL_DELETE_SLOT, params)
+        else:
+            params = self._params(session_id, key=key, content=storable(content),
+                                  now=timezone.now())
+            row = await self._one(SQL_WRITE_SLOT, params)
+        if not row or not row[0]:
+            raise SessionNotFound()
+
+    async def save_compression(self, session_id: str, cache: CompressionCache) -> None:
+        await self.write_slot(session_id, COMPRESSION, compression_text(cache))
+
+    async def space_prompts(self) -> SpacePrompts:
+        row = await self._one(SQL_SPACE_PROMPTS, self._params()) if self._space else None
+        if row is None:
+            raise SpaceNotFound()
+        return SpacePrompts(*row)
+
+    async def main_session_id(self) -> str:
+        row = await self._one(SQL_MAIN_SESSION, self._params()) if self._space else None
+        if row is None:
+            raise SpaceNotFound()
+        return str(row[0])
+
+    async def collect_memories(self) -> list[ChildMemory]:
+        if self._space is None:
+            return []
+        rows = await self._all(SQL_COLLECT_MEMORIES, self._params())
+        return [ChildMemory(str(sid), label, memory) for sid, label, memory in rows]
+
+    async def save_integration(
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+    ) -> None:
+        wanted = {pk: i.content for i in insights if (pk := parse_uuid(i.session_id))}
+        params = self._params(
+            main_session_id, synthesis=storable(synthesis), now=timezone.now(),
+            ids=list(wanted), contents=[storable(c) for c in wanted.values()],
+        )
+        row = await self._one(SQL_SAVE_INTEGRATION, params)
+        if not row or not row[0]:
+            raise SessionNotFound()
+
+    async def load_bootstrap(self, session_id: str) -> Bootstrap:
+        row = await self._one(SQL_BOOTSTRAP, self._params(session_id))
+        if row is None:
+            raise SessionNotFound()
+        memories, own, core = row[_META_WIDTH:]
+        own = own or {}
+        return Bootstrap(
+            core=core or {},
+            memories=tuple(memories or ()),
+            current_memory=own.get(MEMORY),
+            scope=own.get(SCOPE),
+            session=_meta(row),
+        )
+
+    async def core_data(self) -> Mapping[str, Any]:
+        if self._space is None:
+            return {}
+        return dict(await self._all(SQL_CORE_DATA, self._params()))
+
+    # -- REST reads (not part of the engine port) ----------------------------------------------
+    async def session_tree(self) -> dict[str, Any]:
+        """The space's sessions as one recursive tree from the main session."""
+        rows = await self._all(SQL_SESSION_TREE, self._params()) if self._space else []
+        return session_tree_from_rows(rows)
+
+    async def session_messages(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's records as the REST API lists them; SessionNotFound unless the
+        session is in this space."""
+        rows = await self._all(SQL_SESSION_MESSAGES, self._params(session_id))
+        if not rows:
+            raise SessionNotFound()
+        return [message_json(*r) for r in rows if r[0] is not None]
