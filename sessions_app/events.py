@@ -1,16 +1,32 @@
 """Announcements to WebSocket listeners, through the channel layer (Redis across processes).
 
-Sent after commit only, so a rolled-back turn never reaches a client.
+`announce_turn` is called by the store after a turn has committed, so a rolled-back turn never
+reaches a client. It is called from async code on the event loop: it schedules the
+`group_send` as a task of that loop and returns at once; the turn never waits for the channel
+layer, and a failure to announce is logged, never raised into the turn. The tasks are kept in
+`pending` (strong references) until they finish; `drain()` waits for them.
+
+`origin` names the WebSocket connection whose frame is being handled (the consumer sets it
+around each engine call; REST and background work leave it unset). The announcement carries
+it, so that connection is not told about its own turn (its answer already says so).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from asgiref.sync import SyncToAsync
+from channels.layers import BaseChannelLayer, get_channel_layer
 
 logger = logging.getLogger("stello.events")
+
+origin: contextvars.ContextVar[str | None] = contextvars.ContextVar("stello_event_origin",
+                                                                   default=None)
+
+pending: set[asyncio.Task[None]] = set()
 
 
 def session_group(session_id: str) -> str:
@@ -18,12 +34,51 @@ def session_group(session_id: str) -> str:
 
 
 def announce_turn(space_id: str, session_id: str, turn_count: int) -> None:
-    """Tell every connection watching `session_id` (in any process) that a turn completed."""
+    """Tell every connection watching `session_id` (in any process) that a turn committed,
+    except the connection that made it (`origin`)."""
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": "session.updated", "sessionId": session_id, "turnCount": turn_count}
+    message: dict[str, Any] = {"type": "session.updated", "sessionId": session_id,
+                               "turnCount": turn_count}
+    if (made_by := origin.get()) is not None:
+        message["origin"] = made_by
     try:
-        async_to_sync(layer.group_send)(session_group(session_id), message)
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = _loop_of_this_worker_thread()
+        if loop is None:
+            logger.warning("turn %s of session %s (space %s) not announced: no event loop",
+                           turn_count, session_id, space_id)
+            return
+        # A store that still commits in a worker thread: hand the send to its loop.
+        loop.call_soon_threadsafe(_schedule, layer, space_id, message)
+        return
+    _schedule(layer, space_id, message)
+
+
+def _schedule(layer: BaseChannelLayer, space_id: str, message: dict[str, Any]) -> None:
+    task = asyncio.get_running_loop().create_task(_send(layer, space_id, message))
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
+async def _send(layer: BaseChannelLayer, space_id: str, message: dict[str, Any]) -> None:
+    session_id = message["sessionId"]
+    try:
+        await layer.group_send(session_group(session_id), message)
     except Exception:  # a notification must never fail the turn that is already committed
         logger.exception("could not announce turn of session %s (space %s)", session_id, space_id)
+
+
+def _loop_of_this_worker_thread() -> asyncio.AbstractEventLoop | None:
+    """The running loop that handed work to this thread through `sync_to_async`, if any."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return loop if loop is not None and loop.is_running() else None
+
+
+async def drain() -> None:
+    """Wait until the announcements of the running loop have been sent (tests, shutdown)."""
+    loop = asyncio.get_running_loop()
+    while waiting := [t for t in pending if t.get_loop() is loop]:
+        await asyncio.wait(waiting)

@@ -1,5 +1,5 @@
 """The WebSocket endpoint `/spaces/<spaceId>/ws`: an authorising wrapper, then a consumer that
-only dispatches.
+reads frames into a queue and handles them with one worker task.
 
 Connect (`Authenticated`, before any consumer exists): the API key comes from the `X-API-Key`
 header of the upgrade or, for browsers that cannot set headers, from a `Sec-WebSocket-Protocol`
@@ -10,32 +10,44 @@ upgrade: with the ASGI WebSocket Denial Response extension
 401 / 404 / 403 and the JSON error body of the REST API; without it (daphne) the socket is
 closed before accept, which the server answers with 403. A refused client never gets a
 consumer, a channel-layer channel or a registry entry. No greeting follows a successful upgrade.
+The decision stays on the event loop: a cached key costs nothing, and the space is read with
+`aspace_for_user` (one round trip on PostgreSQL).
 
-Frames: each text frame is parsed by `protocol.parse_client_frame` and sent to the handler of
-its type (`HANDLERS`); every handler calls the engine through the per-process runtime. Frames
-of one connection are handled one at a time, in order (Channels dispatches a consumer's
-messages sequentially and each handler is awaited). Every failure becomes an `error` frame and
-the connection stays open.
+Frames: the consumer's reader (Channels' dispatch loop) only files each incoming frame in the
+connection's queue and goes back to reading, so the socket is read while a turn or a stream
+runs. ONE worker task per connection takes the frames off the queue in order and handles each
+to the end before the next: `protocol.parse_client_frame`, then the handler of its type
+(`HANDLERS`), which calls the engine through the per-process runtime. Answers therefore come in
+the order of the frames. A binary or oversized frame is refused through the queue too (its
+error is queued in its place, without its text), so its answer keeps its place in that order.
+Every failure becomes an `error` frame and the connection stays open. Nothing here hops to a
+thread: the engine's store is async, and Channels' per-message `aclose_old_connections()`
+(a thread hop per frame) is skipped because the paths that still use Django's connections
+(`database_sync_to_async`, the ORM store's units of work) recycle them around each unit.
 
-Each frame is handled in its own task (`operations`), under its own
-`asgiref.sync.ThreadSensitiveContext`: Channels gives consumers no per-request context, and
-without one the store's thread-sensitive ORM calls of every connection would queue on one
-thread. The database connections that thread opened are closed when the frame is done. The
-consumer awaits the task through `asyncio.shield`: when the client goes away and the server
-cancels the consumer, the turn or stream still runs to completion and is persisted (its frames
-are dropped), and the connection's bookkeeping is released after it. Sending to a closed socket
-never raises. Channels' `AsyncConsumer.dispatch` already runs
-`channels.db.aclose_old_connections()` before every message, and the store recycles stale
-connections around each unit of work, so a connection that sat idle does not reuse a dead
-database connection.
+The queue is bounded: at most `MAX_PENDING_FRAMES` frames wait behind the one being handled. A
+frame that finds the queue full is not queued: it is answered at once with `error`
+HANDLER_ERROR `too many pending frames` (this refusal is sent right away, so it may come before
+the answers of the frames still waiting), and the connection stays open. We refuse instead of
+applying backpressure (not reading) so that the reader always sees the client's frames, and
+because not reading bounds nothing under servers that buffer without limit (daphne).
 
-Live updates (our addition to the protocol): a connection that entered session S joins the
-channel-layer group `session.<S>` (left on leave and on disconnect). After every committed turn
-on S, through REST or any WebSocket connection in any process, the store announces it to the
-group, and each member gets `{"type": "session.updated", "sessionId", "turnCount"}`. That
-includes the connection that made the turn: events are delivered between frames, so it gets
-the update after its own `turn.complete` / `stream.end`. This keeps the rule simple (every
-watcher of S hears every turn of S); clients that do not care ignore the frame.
+Disconnect: when the client goes away, the consumer returns at once; the frame being handled
+runs to completion (a turn or a stream is completed and persisted; its frames are dropped),
+frames still waiting in the queue are dropped unhandled, and the worker then releases the
+connection's registry entry and group membership. Sending to a closed socket never raises.
+The worker is kept in `operations` (strong references), so it outlives its consumer;
+`operations.shutdown()` stops every connection that way and waits for the workers.
+
+Live updates (our addition to the protocol, opt-in): a connection that entered session S with
+`"watch": true` gets a channel-layer channel (only then) and joins the group `session.<S>`
+(left on leave and on release); other connections never touch the channel layer. After every
+committed turn on S, through REST or any WebSocket connection in any process, the store
+announces it to the group (`events.announce_turn`), and each member gets
+`{"type": "session.updated", "sessionId", "turnCount"}`, except the connection that made the
+turn: the worker sets `events.origin` to the connection's id around each handler, and the
+announcement carries it. Updates are sent as they arrive, also while a frame is being handled;
+turns on one session are serialised, so in practice they arrive between the watcher's answers.
 """
 
 from __future__ import annotations
@@ -44,20 +56,22 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import aclosing
 from typing import Any, TypeVar
 
-from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections
 from rest_framework.exceptions import APIException
 
 from spaces.apikeys import looks_like_key
 from spaces.auth import HEADER, ApiKeyError, aauthenticate_key
-from spaces.selectors import parse_uuid, space_for_user
+from spaces.selectors import aspace_for_user, parse_uuid
 
+from .. import events
 from ..api.errors import CODE_BY_DRF_CLASS, error_body
 from ..engine.agent import SpaceAgent
 from ..engine.errors import SessionNotFound, StelloError
@@ -79,24 +93,28 @@ DENIAL_EXTENSION = "websocket.http.response"
 INTERNAL_ERROR = "Internal server error"
 
 
-# -- frame tasks --------------------------------------------------------------------------------
+# -- tasks ----------------------------------------------------------------------------------------
 
 
 class Operations:
-    """Strong references to the tasks that handle frames and release connections, so they
-    finish even after their consumer is gone (RUF006). `drain()` waits for them (tests)."""
+    """The connections' worker tasks, with strong references so they finish even after their
+    consumer is gone (RUF006). Each worker comes with an `idle` event (set while it has no
+    frame to handle) and a `stop` callback (the socket is gone: finish the current frame, drop
+    the rest, release). `drain()` waits until every worker is idle or done (tests);
+    `shutdown()` stops them all, then drains (server shutdown, test teardown)."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[asyncio.Task[Any], tuple[asyncio.Event, Callable[[], None]]] = {}
 
-    def start(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        task = asyncio.get_running_loop().create_task(_in_own_thread_context(work))
-        self._tasks.add(task)
+    def start(self, work: Coroutine[Any, Any, T], *, idle: asyncio.Event,
+              stop: Callable[[], None]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks[task] = (idle, stop)
         task.add_done_callback(self._finished)
         return task
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             logger.error("WebSocket operation failed", exc_info=task.exception())
 
@@ -104,32 +122,29 @@ class Operations:
     def size(self) -> int:
         return len(self._tasks)
 
-    async def drain(self) -> None:
-        """Wait until no task of the running loop is left (new ones may start meanwhile)."""
+    def _of_this_loop(self) -> list[tuple[asyncio.Task[Any], asyncio.Event, Callable[[], None]]]:
         loop = asyncio.get_running_loop()
-        while pending := [t for t in self._tasks if t.get_loop() is loop]:
-            await asyncio.wait(pending)
+        return [(t, idle, stop) for t, (idle, stop) in self._tasks.items() if t.get_loop() is loop]
+
+    async def drain(self) -> None:
+        """Wait until every worker of the running loop is idle or done (frames may arrive
+        meanwhile), then until the announcements made meanwhile have been sent."""
+        while busy := [idle for task, idle, _ in self._of_this_loop()
+                       if not idle.is_set() and not task.done()]:
+            await asyncio.wait([asyncio.ensure_future(idle.wait()) for idle in busy])
+        await events.drain()
+
+    async def shutdown(self) -> None:
+        """Stop every connection of the running loop, let the frames being handled finish,
+        and wait for the workers to end."""
+        for _, _, stop in self._of_this_loop():
+            stop()
+        while tasks := [task for task, _, _ in self._of_this_loop()]:
+            await asyncio.wait(tasks)
+        await events.drain()
 
 
 operations = Operations()
-
-
-@asynccontextmanager
-async def own_sync_thread() -> AsyncIterator[None]:
-    """Thread-sensitive sync calls inside run on a thread of their own (not the process-wide
-    one). On the way out, the database connections left open on that thread are closed: the
-    thread ends with the block, and a pooled connection must go back to the pool."""
-    async with ThreadSensitiveContext() as context:
-        try:
-            yield
-        finally:
-            if context in SyncToAsync.context_to_thread_executor:  # the thread was used
-                await sync_to_async(close_old_connections)()
-
-
-async def _in_own_thread_context(work: Coroutine[Any, Any, T]) -> T:
-    async with own_sync_thread():
-        return await work
 
 
 # -- the upgrade ---------------------------------------------------------------------------------
@@ -164,11 +179,9 @@ async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
     user's space."""
     key, subprotocol = credentials(scope)
     try:
-        async with own_sync_thread():
-            user = await aauthenticate_key(key)  # a cached key costs no query
-            space = await sync_to_async(space_for_user)(
-                user_id=user.pk, space_id=scope["url_route"]["kwargs"]["space_id"]
-            )
+        user = await aauthenticate_key(key)  # a cached key costs no query
+        space = await aspace_for_user(user_id=user.pk,
+                                      space_id=scope["url_route"]["kwargs"]["space_id"])
     except ApiKeyError as exc:
         raise Refused(401, exc.message, "UNAUTHENTICATED") from None
     except APIException as exc:  # NotFound / PermissionDenied
@@ -235,66 +248,131 @@ def _too_large(text: str, limit: int) -> bool:
 
 # -- the consumer -------------------------------------------------------------------------------
 
+TOO_MANY_PENDING = "too many pending frames"
+STOP = None  # queued to tell the worker that the socket is gone
+
+QueueItem = str | p.ErrorMessage | None  # a text frame to handle, a refusal to send, or STOP
+
 
 class SessionConsumer(AsyncWebsocketConsumer):
+    MAX_PENDING_FRAMES = 16  # frames waiting behind the one being handled (see the docstring)
+
     connection_id: str | None = None
     space_id: str = ""
+    channel_name: str | None = None  # set only once the connection watches a session
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._closed = False  # the socket is gone: frames are dropped
+        self._stopped = False  # no frame is queued any more (`_stop`)
         self._released = False  # registry entry and group membership are gone
-        self._frame: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[QueueItem] = asyncio.Queue(self.MAX_PENDING_FRAMES)
+        self._worker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # the worker has nothing to do (`operations.drain`)
+        self._idle.set()
+        self._watched: str | None = None  # the session whose group this connection is in
+        self._listener: asyncio.Task[None] | None = None  # reads the channel layer once watching
+
+    # -- the reader --------------------------------------------------------------------------------
 
     async def __call__(self, scope, receive, send) -> None:
+        """Channels' consumer loop, reading the client's messages only: the channel layer is
+        listened to once the connection watches a session (`_watch`), never before."""
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
         finally:
-            # Normally `disconnect` has released everything. If the server cancelled us (the
-            # client left while a frame was being handled), release after that frame's task.
-            self._closed = True
-            if self.connection_id is not None and not self._released:
-                operations.start(self._release_after(self._frame))
+            self._stop()
 
-    # -- connect / disconnect ------------------------------------------------------------------
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch without its `aclose_old_connections()` (a thread hop per message;
+        see the module docstring)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
-        """The upgrade was authorised by `Authenticated`: register and accept."""
+        """The upgrade was authorised by `Authenticated`: register, start the worker, accept."""
         stello = self.scope["stello"]
         self.space_id = stello["space_id"]
         self.connection_id = str(uuid.uuid4())
         connections.bind(self.connection_id, stello["user_id"], self.space_id)
+        self._worker = operations.start(self._work(), idle=self._idle, stop=self._stop)
         await self.accept(stello["subprotocol"])
 
-    async def disconnect(self, code: int) -> None:
-        await self._release()
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        raise StopConsumer()  # `__call__` stops the worker, which releases the connection
 
-    async def _release_after(self, frame: asyncio.Task[None] | None) -> None:
-        if frame is not None:
-            await asyncio.wait([frame])
-        await self._release()
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """File the frame for the worker (refusals too, so they keep their place in the order).
+        A later message that must act on the frame being handled (e.g. a cancel) is the one
+        thing to look at here, before queueing."""
+        if text_data is None:
+            await self._enqueue(p.error(p.PARSE_ERROR, "Binary frames are not supported"))
+            return
+        limit = settings.STELLO["WS_MAX_FRAME_BYTES"]
+        if _too_large(text_data, limit):
+            await self._enqueue(p.error(p.HANDLER_ERROR,
+                                        f"frame too large: at most {limit} bytes"))
+            return
+        await self._enqueue(text_data)
+
+    async def _enqueue(self, item: QueueItem) -> None:
+        if self._stopped:
+            return
+        try:
+            self._queue.put_nowait(item)
+            self._idle.clear()
+        except asyncio.QueueFull:
+            await self.reply(p.error(p.HANDLER_ERROR, TOO_MANY_PENDING))
+
+    def _stop(self) -> None:
+        """The socket is gone (or the server cancelled us, or shuts down): drop the frames
+        still waiting; the worker finishes the one it is handling, then releases the
+        connection."""
+        if self._stopped:
+            return
+        self._stopped = self._closed = True
+        if self._worker is None:  # never accepted: nothing was registered
+            return
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(STOP)
+
+    # -- the worker --------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        try:
+            while (item := await self._queue.get()) is not STOP:
+                try:
+                    if isinstance(item, str):
+                        await self.handle_frame(item)
+                    else:
+                        await self.reply(item)
+                except Exception:  # pragma: no cover - handle_frame answers every failure
+                    logger.exception("WebSocket frame failed (space %s)", self.space_id)
+                if self._queue.empty():
+                    self._idle.set()
+        finally:
+            await self._release()
+            self._idle.set()
 
     async def _release(self) -> None:
         if self._released:
             return
         self._released = self._closed = True
-        state = connections.unbind(self.connection_id) if self.connection_id else None
-        if state is not None and state.session_id is not None:
-            await self._leave_group(state.session_id)
-
-    # -- frames --------------------------------------------------------------------------------
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None:
-            await self.reply(p.error(p.PARSE_ERROR, "Binary frames are not supported"))
-            return
-        limit = settings.STELLO["WS_MAX_FRAME_BYTES"]
-        if _too_large(text_data, limit):
-            await self.reply(p.error(p.HANDLER_ERROR,
-                                     f"frame too large: at most {limit} bytes"))
-            return
-        self._frame = operations.start(self.handle_frame(text_data))
-        await asyncio.shield(self._frame)
+        if self.connection_id is not None:
+            connections.unbind(self.connection_id)
+        await self._unwatch()
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait([self._listener])
 
     async def handle_frame(self, text: str) -> None:
         try:
@@ -309,6 +387,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if refusal is not None:
             await self.reply(refusal)
             return
+        made_by = events.origin.set(self.connection_id)  # so we are not told of our own turns
         try:
             await HANDLERS[message["type"]](self, message)
         except StelloError as exc:
@@ -317,6 +396,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.exception("WebSocket handler %s failed (space %s)", message["type"],
                              self.space_id)
             await self.reply(p.error(p.HANDLER_ERROR, INTERNAL_ERROR))
+        finally:
+            events.origin.reset(made_by)
 
     def state_refusal(self, message_type: str) -> p.ErrorMessage | None:
         entered = self.session_id is not None
@@ -346,17 +427,49 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def agent(self) -> SpaceAgent:
         return await runtimes.current().agent(self.space_id)
 
-    async def _join_group(self, session_id: str) -> None:
-        if self.channel_layer is not None:
-            await self.channel_layer.group_add(session_group(session_id), self.channel_name)
+    # -- live updates (opt-in) -------------------------------------------------------------------
 
-    async def _leave_group(self, session_id: str) -> None:
-        if self.channel_layer is None:
+    async def _watch(self, session_id: str) -> None:
+        """Join the group of `session_id`; the first time, get a channel and listen to it."""
+        layer = self.channel_layer
+        if layer is None:  # no channel layer configured: there is nothing to hear
+            return
+        if self.channel_name is None:
+            self.channel_name = await layer.new_channel()
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        await layer.group_add(session_group(session_id), self.channel_name)
+        self._watched = session_id
+
+    async def _unwatch(self) -> None:
+        session_id, self._watched = self._watched, None
+        if session_id is None or self.channel_layer is None or self.channel_name is None:
             return
         try:
             await self.channel_layer.group_discard(session_group(session_id), self.channel_name)
         except Exception:  # membership expires with the layer's group_expiry anyway
             logger.warning("could not leave group of session %s", session_id, exc_info=True)
+
+    async def _listen(self) -> None:
+        """Dispatch the channel layer's events for this connection until it is released."""
+        assert self.channel_layer is not None and self.channel_name is not None
+        while not self._released:
+            try:
+                await self.dispatch(await self.channel_layer.receive(self.channel_name))
+            except Exception:
+                # redis-py may turn our cancellation (at release) into a TimeoutError.
+                if self._released:
+                    return
+                logger.warning("WebSocket event failed (space %s)", self.space_id, exc_info=True)
+                await asyncio.sleep(1)  # e.g. Redis is away: try again, not in a busy loop
+
+    async def session_updated(self, event: dict[str, Any]) -> None:
+        """`events.announce_turn`: forward it while the connection watches that session, unless
+        the turn was this connection's own."""
+        session_id = event.get("sessionId")
+        if event.get("origin") == self.connection_id:
+            return
+        if session_id == self._watched and session_id == self.session_id:
+            await self.reply(p.session_updated(session_id, event["turnCount"]))
 
     # -- handlers (one per client message type) ------------------------------------------------
 
@@ -365,12 +478,13 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if parsed is None:
             raise SessionNotFound()
         session_id = str(parsed)
-        # Join first, read second: a turn that commits after the bootstrap was read is heard.
-        await self._join_group(session_id)
+        if message["watch"]:
+            # Join first, read second: a turn that commits after the bootstrap was read is heard.
+            await self._watch(session_id)
         try:
             bootstrap = await (await self.agent()).bootstrap(session_id)  # this space only
         except BaseException:
-            await self._leave_group(session_id)
+            await self._unwatch()
             raise
         # Even if the client left meanwhile, `_release` runs only after this frame and undoes it.
         connections.attach_session(self.connection_id, session_id)
@@ -379,7 +493,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     async def on_leave(self, message: p.SessionLeave) -> None:
         session_id = connections.detach_session(self.connection_id)
         assert session_id is not None  # state_refusal checked it
-        await self._leave_group(session_id)
+        await self._unwatch()
         try:
             await (await self.agent()).leave(session_id)  # may schedule consolidation
         except StelloError as exc:  # e.g. the session was deleted: leaving still succeeds
@@ -412,13 +526,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
         session_id = self.session_id
         assert session_id is not None  # state_refusal checked it
         return session_id
-
-    # -- channel-layer events --------------------------------------------------------------------
-
-    async def session_updated(self, event: dict[str, Any]) -> None:
-        """`events.announce_turn`: forward it while the connection is in that session."""
-        if self.session_id == event.get("sessionId"):
-            await self.reply(p.session_updated(event["sessionId"], event["turnCount"]))
 
 
 Handler = Callable[[SessionConsumer, Any], Awaitable[None]]

@@ -2,7 +2,7 @@
 
 Client -> server (JSON text frames; spec 6.2):
 
-    session.enter   {sessionId}          session.message {input}      session.fork {options}
+    session.enter   {sessionId, watch?}  session.message {input}      session.fork {options}
     session.leave   {}                   session.stream  {input}
 
 Server -> client (spec 6.3), plus one addition of ours:
@@ -10,8 +10,14 @@ Server -> client (spec 6.3), plus one addition of ours:
     session.entered {sessionId, bootstrap}   stream.delta {chunk}     error {message, code}
     session.left    {sessionId}              stream.end   {result}
     turn.complete   {result}                 session.forked {child}
-    session.updated {sessionId, turnCount}   (ours: a turn on the entered session completed,
-                                              through any connection, REST or any process)
+    session.updated {sessionId, turnCount}   (ours, opt-in: see below)
+
+Our addition is opt-in, so a client that knows only the API page never sees a frame the page
+does not list. `session.enter` may carry `"watch": true` (an added optional field; when present
+it must be a boolean, else HANDLER_ERROR `watch must be a boolean`, like every other payload
+error). Only a connection that entered with it receives `session.updated`: after each committed
+turn on the entered session, made through REST or another WebSocket connection, in any server
+process. A connection never hears of its own turns (their answer already says so).
 
 `parse_client_frame` is the one entry point for incoming text: it returns a validated
 `ClientMessage` or raises `ProtocolError` with one of the five codes of the contract.
@@ -49,8 +55,11 @@ ClientType = Literal["session.enter", "session.leave", "session.message", "sessi
 
 
 class SessionEnter(TypedDict):
+    """`watch` is ours: on the wire optional (false when absent), always set once parsed."""
+
     type: Literal["session.enter"]
     sessionId: str
+    watch: bool
 
 
 class SessionLeave(TypedDict):
@@ -135,7 +144,11 @@ def _required_text(data: dict[str, Any], key: str) -> str:
 
 
 def _enter(data: dict[str, Any]) -> SessionEnter:
-    return {"type": "session.enter", "sessionId": _required_text(data, "sessionId")}
+    session_id = _required_text(data, "sessionId")
+    watch = data.get("watch", False)
+    if not isinstance(watch, bool):
+        raise InvalidInput("watch must be a boolean")
+    return {"type": "session.enter", "sessionId": session_id, "watch": watch}
 
 
 def _leave(data: dict[str, Any]) -> SessionLeave:
@@ -201,7 +214,8 @@ class SessionForked(TypedDict):
 
 
 class SessionUpdated(TypedDict):
-    """Ours: a turn on the entered session completed (any connection, REST, any process)."""
+    """Ours, only to connections that entered with `watch`: a turn on the entered session
+    committed (through REST or another connection, in any process)."""
 
     type: Literal["session.updated"]
     sessionId: str

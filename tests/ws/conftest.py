@@ -15,9 +15,9 @@ SPACE_LABEL = "WS Test"
 
 
 async def finish_ws_work() -> None:
-    """After a test: every frame task and background job has finished, the runtime is closed,
-    and the in-memory channel layer forgets its groups."""
-    await operations.drain()
+    """After a test: every connection left open is stopped, every frame and background job
+    has finished, the runtime is closed, and the in-memory channel layer forgets its groups."""
+    await operations.shutdown()
     await runtimes.aclose_current()
     layer = get_channel_layer()
     if isinstance(layer, InMemoryChannelLayer):

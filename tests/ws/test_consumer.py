@@ -12,26 +12,25 @@ its own timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from sessions_app.engine.errors import LLMError
 from sessions_app.engine.llm.offline import OfflineLLM
 from sessions_app.engine.types import LLMResponse, Message, StreamDelta, ToolCall, ToolSpec
+from sessions_app.events import session_group
 from sessions_app.models import CoreData, Record, Session, SessionData, TopologyNode
 from sessions_app.runtime.pool import Runtime, runtimes
-from sessions_app.store import DjangoSpaceStore
 from sessions_app.ws.connections import connections
-from sessions_app.ws.consumer import operations
+from sessions_app.ws.consumer import SessionConsumer, operations
 from spaces.services import space_create
 from stello_project.asgi import application
 from tests.ws.conftest import finish_ws_work
@@ -159,6 +158,23 @@ async def enter(communicator: WebsocketCommunicator, session_id: str) -> dict[st
     reply = await ask(communicator, {"type": "session.enter", "sessionId": session_id})
     assert reply["type"] == "session.entered", reply
     return reply
+
+
+async def watch(communicator: WebsocketCommunicator, session_id: str) -> dict[str, Any]:
+    reply = await ask(communicator, {"type": "session.enter", "sessionId": session_id,
+                                     "watch": True})
+    assert reply["type"] == "session.entered", reply
+    return reply
+
+
+async def group_members(session_id: str) -> list[str]:
+    """The channels in the group of `session_id` (in-memory or Redis channel layer)."""
+    layer = get_channel_layer()
+    group = session_group(session_id)
+    if isinstance(layer, InMemoryChannelLayer):
+        return sorted(layer.groups.get(group, {}))
+    connection = layer.connection(layer.consistent_hash(group))
+    return sorted(m.decode() for m in await connection.zrange(layer._group_key(group), 0, -1))
 
 
 async def nothing_more(communicator: WebsocketCommunicator) -> None:
@@ -485,8 +501,7 @@ async def test_stream_sends_deltas_then_the_result(space_id, root_id, alice_key)
     assert frame["type"] == "stream.end"
     assert chunks == ["echo:", " hello", " big", " world"]
     assert frame["result"]["turn"]["finalContent"] == "".join(chunks)
-    assert await recv(communicator) == {"type": "session.updated", "sessionId": root_id,
-                                        "turnCount": 1}
+    await nothing_more(communicator)  # exactly the page's frames: no session.updated
     assert await turn_count_of(root_id) == 1
     await communicator.disconnect()
 
@@ -582,21 +597,14 @@ async def test_frames_of_one_connection_are_answered_in_order(space_id, root_id,
     ]
     for frame in frames:  # all sent before the first answer is read
         await communicator.send_json_to(frame)
-    received: list[dict[str, Any]] = []
-    while sum(m["type"] != "session.updated" for m in received) < 10:
-        received.append(await recv(communicator))
+    answers = [await recv(communicator) for _ in range(10)]
     await nothing_more(communicator)
-    answers = [m for m in received if m["type"] != "session.updated"]
     assert [m["type"] if m["type"] != "error" else m["code"] for m in answers] == [
         "session.entered", "turn.complete", "stream.delta", "stream.delta", "stream.end",
         "session.forked", "turn.complete", "ALREADY_ENTERED", "session.left", "NOT_ENTERED",
     ]
     assert [a["result"]["turn"]["finalContent"] for a in answers if "result" in a] == [
         "echo: one", "echo: two", "echo: three"]
-    # Updates arrive between frames, in order, while the connection is in the session (one
-    # that comes after the leave is not forwarded).
-    updates = [m["turnCount"] for m in received if m["type"] == "session.updated"]
-    assert updates == sorted(set(updates)) and set(updates) <= {1, 2, 3}
     assert await records_of(root_id) == [
         ("user", "one"), ("assistant", "echo: one"), ("user", "two"), ("assistant", "echo: two"),
         ("user", "three"), ("assistant", "echo: three"),
@@ -621,8 +629,8 @@ async def test_a_turn_waits_for_a_stream_on_the_same_session(space_id, root_id, 
     assert [(await recv(streamer))["type"] for _ in range(3)] == [
         "stream.delta", "stream.delta", "stream.end"]
     assert (await recv(talker))["result"]["turn"]["finalContent"] == "echo: quick question"
-    # Events reach a connection between its frames: both turns' updates follow the answer.
-    assert [(await recv(talker))["turnCount"] for _ in range(2)] == [1, 2]
+    await nothing_more(talker)  # neither watches: no session.updated, for either turn
+    await nothing_more(streamer)
     assert await records_of(root_id) == [
         ("user", "long story"), ("assistant", "echo: long story"),
         ("user", "quick question"), ("assistant", "echo: quick question"),
@@ -630,30 +638,6 @@ async def test_a_turn_waits_for_a_stream_on_the_same_session(space_id, root_id, 
     assert await turn_count_of(root_id) == 2
     await streamer.disconnect()
     await talker.disconnect()
-
-
-@bounded()
-async def test_frames_of_different_connections_use_their_own_threads(
-    space_id, root_id, alice_key, monkeypatch
-) -> None:
-    threads: list[threading.Thread] = []
-    original = DjangoSpaceStore._core
-
-    def recording_core(self):
-        threads.append(threading.current_thread())
-        return original(self)
-
-    monkeypatch.setattr(DjangoSpaceStore, "_core", recording_core)
-    first = await open_ws(space_id, alice_key)
-    second = await open_ws(space_id, alice_key)
-    await enter(first, root_id)
-    await enter(second, root_id)
-    shared = await sync_to_async(threading.current_thread)()  # the one thread without a context
-    assert len(threads) == 2
-    assert threads[0] is not threads[1]
-    assert shared not in threads
-    await first.disconnect()
-    await second.disconnect()
 
 
 # -- disconnects -----------------------------------------------------------------------------
@@ -671,14 +655,33 @@ async def test_a_turn_in_flight_is_persisted_when_the_client_leaves(
     if kind == "session.stream":
         assert (await recv(communicator))["chunk"] == "echo:"
     await gated.waiting.wait()
-    with contextlib.suppress(TimeoutError):  # the server gives up on the busy consumer
-        await communicator.disconnect(timeout=QUIET)
+    await communicator.disconnect(timeout=WAIT)  # the consumer returns at once
     assert connections.size == 1  # released only once the turn is done
     gated.gate.set()
     await operations.drain()
     assert await records_of(root_id) == [("user", "do not lose me"),
                                          ("assistant", "echo: do not lose me")]
     assert await turn_count_of(root_id) == 1
+    assert connections.size == 0
+
+
+@bounded()
+async def test_a_turn_in_flight_survives_the_server_cancelling_the_consumer(
+    space_id, root_id, alice_key, gated: GatedLLM
+) -> None:
+    communicator = await open_ws(space_id, alice_key)
+    await enter(communicator, root_id)
+    gated.close_gate()
+    await communicator.send_json_to({"type": "session.stream", "input": "cancelled under me"})
+    assert (await recv(communicator))["chunk"] == "echo:"
+    await gated.waiting.wait()
+    communicator.future.cancel()  # what a server does to an application that does not exit
+    await asyncio.wait([communicator.future])
+    assert connections.size == 1
+    gated.gate.set()
+    await operations.drain()
+    assert await records_of(root_id) == [("user", "cancelled under me"),
+                                         ("assistant", "echo: cancelled under me")]
     assert connections.size == 0
 
 
@@ -713,36 +716,206 @@ async def test_sending_to_a_socket_that_is_gone_does_not_raise(space_id, root_id
 
 
 @bounded()
-async def test_every_connection_in_a_session_hears_about_its_turns(
+async def test_only_watching_connections_hear_of_turns_and_never_of_their_own(
     space_id, root_id, alice_key, alice_client, runtime
 ) -> None:
     child = await (await runtime.agent(space_id)).fork(root_id, _options("Elsewhere"))
     first = await open_ws(space_id, alice_key)
     second = await open_ws(space_id, alice_key)
+    plain = await open_ws(space_id, alice_key)
     elsewhere = await open_ws(space_id, alice_key)
-    await enter(first, root_id)
-    await enter(second, root_id)
-    await enter(elsewhere, child.id)
+    await watch(first, root_id)
+    await watch(second, root_id)
+    await enter(plain, root_id)  # no watch: a client of the API page
+    await watch(elsewhere, child.id)
 
-    await ask(first, {"type": "session.message", "input": "hi"})
+    assert (await ask(first, {"type": "session.message", "input": "hi"}))["type"] == (
+        "turn.complete")
     update = {"type": "session.updated", "sessionId": root_id, "turnCount": 1}
-    assert await recv(first) == update  # the one that made the turn hears it too
     assert await recv(second) == update
+    await nothing_more(first)  # its own turn: the answer said it all
 
     response = await sync_to_async(alice_client.post)(
         f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "from rest"}, format="json")
     assert response.status_code == 200
-    update = {**update, "turnCount": 2}
-    assert await recv(first) == update
-    assert await recv(second) == update
-    await nothing_more(elsewhere)
+    assert await recv(first) == {**update, "turnCount": 2}
+    assert await recv(second) == {**update, "turnCount": 2}
+
+    assert (await ask(plain, {"type": "session.message", "input": "plain"}))["type"] == (
+        "turn.complete")
+    assert await recv(first) == {**update, "turnCount": 3}
+    assert await recv(second) == {**update, "turnCount": 3}
 
     await ask(second, {"type": "session.leave"})
+    await enter(second, root_id)  # entered again, without watch
     await ask(first, {"type": "session.message", "input": "after leave"})
-    assert await recv(first) == {**update, "turnCount": 3}
-    await nothing_more(second)  # left: no more updates
-    for communicator in (first, second, elsewhere):
+    for communicator in (first, second, plain, elsewhere):
+        await nothing_more(communicator)  # plain and elsewhere never heard anything
+    for communicator in (first, second, plain, elsewhere):
         await communicator.disconnect()
+
+
+@bounded()
+async def test_watch_must_be_a_boolean(space_id, root_id, alice_key) -> None:
+    communicator = await open_ws(space_id, alice_key)
+    for watch_value in ["yes", 1, None, {}]:
+        assert await ask(communicator, {"type": "session.enter", "sessionId": root_id,
+                                        "watch": watch_value}) == error(
+            "HANDLER_ERROR", "watch must be a boolean")
+    reply = await ask(communicator, {"type": "session.enter", "sessionId": root_id,
+                                     "watch": False})
+    assert reply["type"] == "session.entered"
+    assert await ask(communicator, {"type": "session.enter", "sessionId": root_id,
+                                    "watch": "x"}) == error(
+        "ALREADY_ENTERED", "Already in a session, leave first")  # the state rule first
+    await communicator.disconnect()
+
+
+@bounded()
+async def test_a_strict_client_sees_exactly_the_pages_frames_while_another_streams(
+    space_id, root_id, alice_key, alice_client, gated: GatedLLM
+) -> None:
+    strict = await open_ws(space_id, alice_key)
+    other = await open_ws(space_id, alice_key)
+    await enter(strict, root_id)
+    await watch(other, root_id)
+    gated.close_gate()
+    await other.send_json_to({"type": "session.stream", "input": "long story"})
+    assert await recv(other) == {"type": "stream.delta", "chunk": "echo:"}
+    await gated.waiting.wait()
+    await strict.send_json_to({"type": "session.message", "input": "meanwhile"})
+    gated.gate.set()
+    assert [(await recv(other))["type"] for _ in range(3)] == [
+        "stream.delta", "stream.delta", "stream.end"]
+    assert (await recv(strict))["type"] == "turn.complete"
+    assert await recv(other) == {"type": "session.updated", "sessionId": root_id,
+                                 "turnCount": 2}  # the strict client's turn
+    await strict.send_json_to({"type": "session.stream", "input": "my own"})
+    types = []
+    while (frame := await recv(strict))["type"] == "stream.delta":
+        types.append(frame["type"])
+    assert (types, frame["type"]) == (["stream.delta"] * 3, "stream.end")
+    assert (await recv(other))["turnCount"] == 3
+    response = await sync_to_async(alice_client.post)(
+        f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "rest"}, format="json")
+    assert response.status_code == 200
+    assert (await recv(other))["turnCount"] == 4
+    await nothing_more(strict)  # no frame the page does not list, ever
+    await nothing_more(other)
+    await strict.disconnect()
+    await other.disconnect()
+
+
+@bounded()
+async def test_only_a_watching_connection_uses_the_channel_layer(
+    space_id, root_id, alice_key, monkeypatch
+) -> None:
+    calls: list[str] = []
+    layer = get_channel_layer()
+    for name in ("new_channel", "group_add", "group_discard", "receive"):
+        original = getattr(layer, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(layer, name, counted)
+    plain = await open_ws(space_id, alice_key)
+    await enter(plain, root_id)
+    await ask(plain, {"type": "session.message", "input": "hi"})
+    await ask(plain, {"type": "session.leave"})
+    await plain.disconnect()
+    await operations.drain()
+    assert calls == []  # no channel, no group, no round trip to Redis
+
+    watching = await open_ws(space_id, alice_key)
+    await watch(watching, root_id)
+    await ask(watching, {"type": "session.leave"})
+    await watch(watching, root_id)
+    await watching.disconnect()
+    await operations.drain()
+    assert [c for c in calls if c != "receive"] == [
+        "new_channel", "group_add", "group_discard", "group_add", "group_discard"]
+    assert await group_members(root_id) == []
+
+
+# -- the queue and the worker ----------------------------------------------------------------
+
+
+@bounded()
+async def test_frames_sent_during_a_stream_are_answered_after_it_in_order(
+    space_id, root_id, alice_key, gated: GatedLLM, settings
+) -> None:
+    settings.STELLO = {**settings.STELLO, "WS_MAX_FRAME_BYTES": 2048}
+    communicator = await open_ws(space_id, alice_key)
+    await enter(communicator, root_id)
+    gated.close_gate()
+    await communicator.send_json_to({"type": "session.stream", "input": "first"})
+    assert (await recv(communicator))["chunk"] == "echo:"
+    await gated.waiting.wait()
+    await communicator.send_to(text_data=json.dumps({"type": "session.message",
+                                                     "input": "x" * 2100}))
+    await communicator.send_to(bytes_data=b"binary")
+    await communicator.send_json_to({"type": "session.message", "input": "second"})
+    await communicator.send_json_to({"type": "nope"})
+    await nothing_more(communicator)  # all wait behind the stream, even the refusals
+    gated.gate.set()
+    frames = [await recv(communicator) for _ in range(6)]
+    assert [f["type"] for f in frames[:2]] == ["stream.delta", "stream.end"]
+    assert frames[2:4] == [error("HANDLER_ERROR", "frame too large: at most 2048 bytes"),
+                           error("PARSE_ERROR", "Binary frames are not supported")]
+    assert frames[4]["result"]["turn"]["finalContent"] == "echo: second"
+    assert frames[5] == error("UNKNOWN_TYPE", "Unknown message type: nope")
+    await nothing_more(communicator)
+    await communicator.disconnect()
+
+
+@bounded()
+async def test_the_queue_is_bounded_and_the_socket_is_read_while_a_stream_runs(
+    space_id, root_id, alice_key, gated: GatedLLM, monkeypatch
+) -> None:
+    monkeypatch.setattr(SessionConsumer, "MAX_PENDING_FRAMES", 2)
+    communicator = await open_ws(space_id, alice_key)
+    await enter(communicator, root_id)
+    gated.close_gate()
+    await communicator.send_json_to({"type": "session.stream", "input": "hold"})
+    assert (await recv(communicator))["chunk"] == "echo:"
+    await gated.waiting.wait()
+    for n in range(4):
+        await communicator.send_json_to({"type": "session.message", "input": f"q{n}"})
+    # Read while the stream is still held: the two frames over the bound are refused at once.
+    too_many = error("HANDLER_ERROR", "too many pending frames")
+    assert [await recv(communicator), await recv(communicator)] == [too_many, too_many]
+    await nothing_more(communicator)
+    gated.gate.set()
+    frames = [await recv(communicator) for _ in range(4)]
+    assert [f["type"] for f in frames] == ["stream.delta", "stream.end", "turn.complete",
+                                           "turn.complete"]
+    assert [f["result"]["turn"]["finalContent"] for f in frames[2:]] == ["echo: q0", "echo: q1"]
+    await nothing_more(communicator)
+    assert (await ask(communicator, {"type": "session.leave"}))["type"] == "session.left"
+    await communicator.disconnect()
+    assert await turn_count_of(root_id) == 3
+
+
+@bounded()
+async def test_a_watcher_that_leaves_mid_stream_is_released_after_the_turn_is_saved(
+    space_id, root_id, alice_key, gated: GatedLLM
+) -> None:
+    communicator = await open_ws(space_id, alice_key)
+    await watch(communicator, root_id)
+    gated.close_gate()
+    await communicator.send_json_to({"type": "session.stream", "input": "keep me"})
+    assert (await recv(communicator))["chunk"] == "echo:"
+    await gated.waiting.wait()
+    await communicator.send_json_to({"type": "session.message", "input": "dropped"})
+    await communicator.disconnect(timeout=WAIT)
+    assert connections.size == 1 and len(await group_members(root_id)) == 1
+    gated.gate.set()
+    await operations.drain()
+    assert await records_of(root_id) == [("user", "keep me"), ("assistant", "echo: keep me")]
+    assert await turn_count_of(root_id) == 1  # the frame still queued was not handled
+    assert connections.size == 0 and await group_members(root_id) == []
 
 
 # -- the registry ----------------------------------------------------------------------------
@@ -788,8 +961,8 @@ def pooled_connections_in_use() -> int:
 async def test_connections_and_frames_give_their_database_connections_back(
     space_id, root_id, alice_key, bob_key
 ) -> None:
-    """Each connect and each frame runs on a thread of its own that ends with it: what it
-    opened must go back to the pool (Django's pool holds at most 20 by default)."""
+    """Connects (a key looked up in the database) and frames must not keep pooled database
+    connections (Django's pool holds at most 20 by default)."""
     await sync_to_async(pooled_connections_in_use)()  # the test's own thread holds one
     before = await sync_to_async(pooled_connections_in_use)()
     for _ in range(6):  # a leak of two per round fails the count, under the pool size
@@ -805,3 +978,53 @@ async def test_connections_and_frames_give_their_database_connections_back(
         await communicator.disconnect()
     await operations.drain()
     assert await sync_to_async(pooled_connections_in_use)() <= before
+
+
+# -- thread hops -----------------------------------------------------------------------------
+
+
+class ThreadHops:
+    """Counts every crossing between the event loop and a thread through asgiref (ours,
+    Channels' and Django's alike), by the name of what crossed."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.counting = False
+        self.crossed: list[str] = []
+        for cls in (SyncToAsync, AsyncToSync):
+            original = cls.__call__
+
+            def counted(bridge, *args: Any, _original: Any = original, **kwargs: Any):
+                if self.counting:
+                    func = getattr(bridge, "func", None) or getattr(bridge, "awaitable", None)
+                    self.crossed.append(
+                        f"{type(bridge).__name__}({getattr(func, '__qualname__', func)})")
+                return _original(bridge, *args, **kwargs)
+
+            monkeypatch.setattr(cls, "__call__", counted)
+
+
+async def hot_path_cycle(space_id: str, root_id: str, key: str) -> None:
+    """Connect, enter, stream, message, fork, disconnect: what a WebSocket client does most."""
+    communicator = await open_ws(space_id, key)
+    await enter(communicator, root_id)
+    await communicator.send_json_to({"type": "session.stream", "input": "stream"})
+    while (await recv(communicator))["type"] == "stream.delta":
+        pass
+    assert (await ask(communicator, {"type": "session.message", "input": "message"}))[
+        "type"] == "turn.complete"
+    assert (await ask(communicator, {"type": "session.fork", "options": {"label": "Kid"}}))[
+        "type"] == "session.forked"
+    await communicator.disconnect()
+    await operations.drain()
+
+
+@pytest.mark.postgres
+@bounded(60)
+async def test_the_websocket_hot_paths_make_no_thread_hop(space_id, root_id, alice_key,
+                                                          monkeypatch) -> None:
+    hops = ThreadHops(monkeypatch)
+    await hot_path_cycle(space_id, root_id, alice_key)  # caches the key, builds the agent
+    hops.counting = True
+    await hot_path_cycle(space_id, root_id, alice_key)
+    hops.counting = False
+    assert hops.crossed == []

@@ -17,8 +17,9 @@ After every frame:
   nothing is logged at ERROR by the `stello` loggers.
 
 Frames are followed by a sentinel frame of an unknown type, whose error marks the end of the
-frame's answers (frames of one connection are answered in order); `session.updated` notices,
-which arrive between frames after a turn, are checked and set aside.
+frame's answers (frames of one connection are answered in order). No `session.updated` may
+ever arrive: the probe makes every turn on its session itself, and a connection is never told
+of its own turns (even when a fuzzed enter asked to watch).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -105,7 +106,7 @@ options = (json_values
 known_type_frames = st.fixed_dictionaries(
     {"type": st.sampled_from(CLIENT_TYPES)},
     optional={"sessionId": session_ids, "input": inputs, "options": options,
-              "extra": json_values},
+              "watch": st.booleans() | json_values, "extra": json_values},
 )
 
 
@@ -146,6 +147,8 @@ def expected_answer(text: str, *, entered: bool, root_id: str,
             same = uuid.UUID(session_id) == uuid.UUID(root_id)
         except ValueError:
             same = False
+        if not isinstance(data.get("watch", False), bool):
+            return "HANDLER_ERROR", "watch must be a boolean"
         return ("session.entered", None) if same else ("HANDLER_ERROR", "Session not found")
     if not entered:
         return "NOT_ENTERED", "Not in a session"
@@ -212,7 +215,6 @@ class Probe:
     errors: ErrorLog
     entered: bool = False
     sent: int = 0
-    notices: list[dict[str, Any]] = field(default_factory=list)
 
     async def next_frame(self) -> dict[str, Any]:
         output = await self.communicator.receive_output(WAIT)  # re-raises an app exception
@@ -232,7 +234,7 @@ class Probe:
 
     async def answers(self, *, text: str | None = None, data: bytes | None = None
                       ) -> list[dict[str, Any]]:
-        """Send one frame; its answers (session.updated notices set aside)."""
+        """Send one frame; its answers."""
         if text is not None:
             await self.send_text(text)
         else:
@@ -243,10 +245,8 @@ class Probe:
         answers = []
         while True:
             frame = await self.next_frame()
-            if frame["type"] == "session.updated":
-                assert frame["sessionId"] == self.root_id, frame
-                self.notices.append(frame)
-            elif frame.get("message") == f"Unknown message type: {sentinel}":
+            assert frame["type"] != "session.updated", frame  # never of its own turns
+            if frame.get("message") == f"Unknown message type: {sentinel}":
                 break
             else:
                 answers.append(frame)

@@ -61,14 +61,22 @@ async def recv(ws: ClientConnection) -> dict[str, Any]:
 
 
 async def answer(ws: ClientConnection) -> dict[str, Any]:
-    """The next frame that is not a `session.updated` notice."""
-    while (frame := await recv(ws))["type"] == "session.updated":
-        pass
-    return frame
+    """The next frame: a connection that does not watch gets only the answers of the page."""
+    return await recv(ws)
 
 
-async def enter(ws: ClientConnection, session_id: str) -> None:
-    await send(ws, {"type": "session.enter", "sessionId": session_id})
+async def nothing_more(ws: ClientConnection, quiet: float = 0.5) -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(quiet):
+            frame = await ws.recv()
+            pytest.fail(f"unexpected frame {frame}")
+
+
+async def enter(ws: ClientConnection, session_id: str, *, watch: bool = False) -> None:
+    frame: dict[str, Any] = {"type": "session.enter", "sessionId": session_id}
+    if watch:
+        frame["watch"] = True
+    await send(ws, frame)
     assert (await answer(ws))["type"] == "session.entered"
 
 
@@ -102,26 +110,40 @@ async def test_daphne_accepts_a_browser_key_sent_as_a_subprotocol(servers, space
                                   "message": "Not in a session"}
 
 
-async def test_a_client_of_one_process_hears_turns_made_through_the_other(
+async def test_a_watching_client_of_one_process_hears_turns_made_through_the_other(
     servers, space_id, root_id, alice_key
 ) -> None:
     a, b = servers
+    update = {"type": "session.updated", "sessionId": root_id}
     async with asyncio.timeout(60), open_ws(a, space_id, alice_key) as listener:
-        await enter(listener, root_id)
+        await enter(listener, root_id, watch=True)
 
         url = b.http(f"/spaces/{space_id}/sessions/{root_id}/turn")
         status, _ = await asyncio.to_thread(http_json, "POST", url, alice_key,
                                             {"input": "via rest"}, timeout=WAIT)
         assert status == 200
-        assert await recv(listener) == {"type": "session.updated", "sessionId": root_id,
-                                        "turnCount": 1}
+        assert await recv(listener) == {**update, "turnCount": 1}
 
         async with open_ws(b, space_id, alice_key) as talker:
-            await enter(talker, root_id)
+            await enter(talker, root_id)  # a strict client: it does not watch
             await send(talker, {"type": "session.message", "input": "via ws"})
             assert (await answer(talker))["type"] == "turn.complete"
-        assert await recv(listener) == {"type": "session.updated", "sessionId": root_id,
-                                        "turnCount": 2}
+            assert await recv(listener) == {**update, "turnCount": 2}
+
+            # The listener's own turn: the talker does not watch, the listener is not told.
+            await send(listener, {"type": "session.message", "input": "from a"})
+            assert (await answer(listener))["type"] == "turn.complete"
+            await nothing_more(talker)
+            await nothing_more(listener)
+
+        async with open_ws(b, space_id, alice_key) as watcher:
+            await enter(watcher, root_id, watch=True)
+            await send(watcher, {"type": "session.stream", "input": "from b"})
+            while (frame := await answer(watcher))["type"] == "stream.delta":
+                pass
+            assert frame["type"] == "stream.end"
+            assert await recv(listener) == {**update, "turnCount": 4}
+            await nothing_more(watcher)  # watching, but this turn was its own
 
 
 async def test_streams_through_both_processes_never_interleave(

@@ -19,10 +19,17 @@ def parse_error(text: str) -> p.ProtocolError:
 # -- valid frames -------------------------------------------------------------------------------
 
 
-def test_enter_carries_the_session_id() -> None:
+def test_enter_carries_the_session_id_and_does_not_watch_by_default() -> None:
     assert p.parse_client_frame('{"type":"session.enter","sessionId":"s1"}') == {
-        "type": "session.enter", "sessionId": "s1",
+        "type": "session.enter", "sessionId": "s1", "watch": False,
     }
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_enter_may_ask_to_watch(watch: bool) -> None:
+    frame = json.dumps({"type": "session.enter", "sessionId": "s1", "watch": watch})
+    assert p.parse_client_frame(frame) == {"type": "session.enter", "sessionId": "s1",
+                                           "watch": watch}
 
 
 def test_leave_ignores_extra_keys() -> None:
@@ -88,6 +95,11 @@ def test_a_long_unknown_type_is_clipped_in_the_message() -> None:
         ({"type": "session.enter"}, "sessionId is required"),
         ({"type": "session.enter", "sessionId": ""}, "sessionId is required"),
         ({"type": "session.enter", "sessionId": 42}, "sessionId is required"),
+        ({"type": "session.enter", "sessionId": 42, "watch": 1}, "sessionId is required"),
+        ({"type": "session.enter", "sessionId": "s1", "watch": 1}, "watch must be a boolean"),
+        ({"type": "session.enter", "sessionId": "s1", "watch": "true"},
+         "watch must be a boolean"),
+        ({"type": "session.enter", "sessionId": "s1", "watch": None}, "watch must be a boolean"),
         ({"type": "session.message"}, "input is required"),
         ({"type": "session.message", "input": ""}, "input is required"),
         ({"type": "session.stream", "input": ["hi"]}, "input is required"),

@@ -5,8 +5,9 @@ The runtime is pointed at a loopback OpenAI (or Anthropic) server that misbehave
 mid-way, the deltas already sent stay sent, an `error` follows, and no `stream.end` comes.
 Beyond it, these tests hold the server to what the REST fault tests hold the turn to: the
 failed call persists nothing (records and turnCount unchanged; in a later tool round, only the
-calls that completed, committed together), no `session.updated` is announced, the session's
-lock is released, and the next `session.stream` on the same connection works.
+calls that completed, committed together), no `session.updated` is announced (a second
+connection watches the session to hear it), the session's lock is released, and the next
+`session.stream` on the same connection works.
 """
 
 from __future__ import annotations
@@ -57,12 +58,23 @@ async def use_llm(settings) -> AsyncIterator[UseLLM]:
 
 @pytest.fixture
 async def ws(space_id, root_id, alice_key) -> AsyncIterator[WebsocketCommunicator]:
-    """A connection inside the root session."""
+    """A connection inside the root session; `ws.watcher` is a second one that watches it."""
     communicator = await open_ws(space_id, alice_key)
     await enter(communicator, root_id)
+    watcher = await open_ws(space_id, alice_key)
+    await watcher.send_json_to({"type": "session.enter", "sessionId": root_id, "watch": True})
+    assert (await recv(watcher))["type"] == "session.entered"
+    communicator.watcher = watcher
     yield communicator
     assert not communicator.future.done(), "the application stopped"
     await communicator.disconnect()
+    await watcher.disconnect()
+
+
+async def nothing_announced(communicator: WebsocketCommunicator) -> None:
+    """Nothing more on the connection, and no `session.updated` on its watcher."""
+    await nothing_more(communicator)
+    await nothing_more(communicator.watcher)
 
 
 async def stream(communicator: WebsocketCommunicator, text: str) -> list[dict[str, Any]]:
@@ -76,16 +88,17 @@ async def stream(communicator: WebsocketCommunicator, text: str) -> list[dict[st
 
 async def streamed_ok(communicator: WebsocketCommunicator, text: str, session_id: str,
                       turn_count: int) -> str:
-    """A successful stream: deltas that make up `finalContent`, `stream.end`, then the
-    `session.updated` of that turn. Returns the final content."""
+    """A successful stream: deltas that make up `finalContent`, `stream.end`; the watcher hears
+    the `session.updated` of that turn (the streaming connection does not: its own turn).
+    Returns the final content."""
     frames = await stream(communicator, text)
     *deltas, end = frames
     assert end["type"] == "stream.end", frames
     assert deltas and all(d["type"] == "stream.delta" and d["chunk"] for d in deltas), frames
     final = end["result"]["turn"]["finalContent"]
     assert "".join(d["chunk"] for d in deltas) == final
-    assert await recv(communicator) == {"type": "session.updated", "sessionId": session_id,
-                                        "turnCount": turn_count}
+    assert await recv(communicator.watcher) == {"type": "session.updated",
+                                                "sessionId": session_id, "turnCount": turn_count}
     return final
 
 
@@ -140,7 +153,7 @@ async def test_a_stream_cut_midway_keeps_its_deltas_then_errors_and_saves_nothin
     message = error_frame(frames[-1])
     name = PROVIDER if provider == "openai_server" else "Anthropic API"
     assert message.startswith(f"{name} connection error:"), message  # says who and what
-    await nothing_more(ws)  # no stream.end, no session.updated
+    await nothing_announced(ws)  # no stream.end, no session.updated
     assert await rows_of(root_id) == before == [("user", "one", False),
                                                 ("assistant", "first answer", False)]
     assert await turn_count_of(root_id) == 1
@@ -160,7 +173,7 @@ async def test_an_in_band_stream_error_is_an_error_frame(use_llm: UseLLM, openai
     frames = await stream(ws, "hello")
     assert all(f["type"] == "stream.delta" for f in frames[:-1])
     assert "model overloaded" in error_frame(frames[-1])
-    await nothing_more(ws)
+    await nothing_announced(ws)
     assert (await rows_of(root_id), await turn_count_of(root_id)) == ([], 0)
     openai_server.reply("fine")
     assert await streamed_ok(ws, "again", root_id, 1) == "fine"
@@ -180,7 +193,7 @@ async def test_tool_call_arguments_that_are_not_json_in_the_first_round_save_not
     assert [f.get("chunk") for f in frames[:-1]] == ["let", " me", " fork"]
     message = error_frame(frames[-1])
     assert "not valid JSON" in message and "stello_create_session" in message, message
-    await nothing_more(ws)
+    await nothing_announced(ws)
     assert (await rows_of(root_id), await turn_count_of(root_id)) == ([], 0)
     assert await sessions_in(space_id) == [SPACE_LABEL]  # the tool never ran: no child
 
@@ -203,7 +216,7 @@ async def test_tool_call_arguments_that_are_not_json_in_a_later_round_keep_compl
     frames = await stream(ws, "two children")
     assert [f.get("chunk") for f in frames[:-1]] == ["forking", "and", " again"]
     assert "not valid JSON" in error_frame(frames[-1])
-    await nothing_more(ws)  # no stream.end, no session.updated
+    await nothing_announced(ws)  # no stream.end, no session.updated
     # The contract of a failed later round (as over REST): the first call is committed as one
     # unit (user input + the assistant's tool call), its tool ran, nothing of the failed call
     # is saved, and the turn does not count.
@@ -239,7 +252,7 @@ async def test_transient_errors_before_the_stream_are_retried_then_it_streams(
     message = error_frame(frames[0])
     assert "HTTP 502" in message and "still down" in message, message
     assert len(openai_server.requests) == 6  # bounded: the client is told after the retries
-    await nothing_more(ws)
+    await nothing_announced(ws)
     assert (await turn_count_of(root_id), len(await rows_of(root_id))) == (1, 2)
 
 
@@ -267,7 +280,7 @@ async def test_a_timeout_is_an_error_frame_and_the_session_recovers(
     frames = await stream(ws, "hello")
     assert len(frames) == 1
     assert "timed out" in error_frame(frames[0])
-    await nothing_more(ws)
+    await nothing_announced(ws)
     assert (await rows_of(root_id), await turn_count_of(root_id)) == ([], 0)
     openai_server.reply("on time")
     assert await streamed_ok(ws, "again", root_id, 1) == "on time"
