@@ -100,7 +100,9 @@ async def ws_client(server: Server, key: str, space_id: str, session_id: str, ta
     outcome.updates[tag] = (session_id, updates)
     async with connect(server.ws(space_id), additional_headers={"X-API-Key": key},
                        open_timeout=OP_TIMEOUT, proxy=None) as ws:
-        await ws.send(json.dumps({"type": "session.enter", "sessionId": session_id}))
+        # Watching: the other clients' turns on this session arrive as `session.updated`.
+        await ws.send(json.dumps({"type": "session.enter", "sessionId": session_id,
+                                  "watch": True}))
         entered = await next_answer(ws, updates)
         if entered["type"] != "session.entered":
             outcome.failures.append(f"{tag} enter: {entered}")
