@@ -1,66 +1,126 @@
-"""The Space REST API: translate the request, call a service or selector, render the result."""
+"""The Space REST API: validate the body, call a service or selector, render with `space_json`.
+
+Creating and reading a space are hot paths: `aspace_create` and `aspace_for_user` stay on the
+event loop on PostgreSQL. Listing, changing and deleting a space are cold paths that use the
+ORM; each crosses to a worker thread ONCE, for its whole unit of work.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import status, viewsets
-from rest_framework.exceptions import ValidationError
+from asgiref.sync import sync_to_async
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import status
 from rest_framework.response import Response
 
-from .selectors import space_for_user, spaces_of_user
-from .services import space_create, space_delete, space_update
+from .schema import JSON, NUL_HELP, RESPONSE_HEADERS, SPACE_ID, error_responses
+from .selectors import aspace_for_user, space_for_user, spaces_of_user
+from .serializers import (
+    SPACE_CREATE,
+    SPACE_UPDATE,
+    SpaceCreateSerializer,
+    SpaceSerializer,
+    SpaceUpdateSerializer,
+)
+from .services import aspace_create, space_delete, space_update
+from .viewsets import AsyncViewSet
 from .wire import space_json
 
-PROMPT_KEYS = {
-    "systemPrompt": "system_prompt",
-    "consolidatePrompt": "consolidate_prompt",
-    "integratePrompt": "integrate_prompt",
-}
+SPACE_EXAMPLE = OpenApiExample(
+    "A research space",
+    value={"label": "Research", "systemPrompt": "You are a careful researcher.",
+           "config": {"team": "blue"}},
+    request_only=True,
+)
 
 
-def parse_space_body(data: Any, *, partial: bool) -> dict[str, Any]:
-    """Validate a POST (partial=False) or PATCH body into model field changes."""
-    if not isinstance(data, dict):
-        raise ValidationError("Request body must be a JSON object")
-    changes: dict[str, Any] = {}
-    if not partial or "label" in data:
-        label = data.get("label")
-        if not isinstance(label, str) or not label:
-            raise ValidationError("label is required")
-        changes["label"] = label
-    for key, field in PROMPT_KEYS.items():
-        if key in data:
-            value = data[key]
-            if value is not None and not isinstance(value, str):
-                raise ValidationError(f"{key} must be a string or null")
-            changes[field] = value
-    if "config" in data:
-        if not isinstance(data["config"], dict):
-            raise ValidationError("config must be an object")
-        changes["config"] = data["config"]
-    return changes
+# Cold paths: the ORM, one thread hop per request for the whole unit of work.
+
+def _spaces_json(*, user_id: int) -> list[dict[str, Any]]:
+    return [space_json(s) for s in spaces_of_user(user_id=user_id)]
 
 
-class SpaceViewSet(viewsets.ViewSet):
+def _update_space(*, user_id: int, space_id: str, data: Any) -> dict[str, Any]:
+    space = space_for_user(user_id=user_id, space_id=space_id)  # 404/403 before the body's 400
+    changes = SPACE_UPDATE.run_validation(data)
+    return space_json(space_update(space=space, changes=changes))
+
+
+def _delete_space(*, user_id: int, space_id: str) -> None:
+    space_delete(space=space_for_user(user_id=user_id, space_id=space_id))
+
+
+class SpaceViewSet(AsyncViewSet):
     lookup_url_kwarg = "space_id"
 
-    def list(self, request):
-        return Response([space_json(s) for s in spaces_of_user(user_id=request.user.id)])
+    @extend_schema(
+        operation_id="listSpaces",
+        summary="List your spaces",
+        description="The caller's spaces, oldest first.",
+        tags=["spaces"],
+        responses={200: OpenApiResponse(SpaceSerializer(many=True), "Your spaces."),
+                   **error_responses()},
+        parameters=RESPONSE_HEADERS,
+    )
+    async def list(self, request) -> Response:
+        return Response(await sync_to_async(_spaces_json)(user_id=request.user.id))
 
-    def create(self, request):
-        changes = parse_space_body(request.data, partial=False)
-        space = space_create(owner=request.user, **changes)
+    @extend_schema(
+        operation_id="createSpace",
+        summary="Create a space",
+        description="Creates the space and its main session (which receives the system prompt). "
+                    + NUL_HELP,
+        tags=["spaces"],
+        request={JSON: SpaceCreateSerializer},
+        responses={201: OpenApiResponse(SpaceSerializer, "The new space."),
+                   **error_responses(400, 413)},
+        parameters=RESPONSE_HEADERS,
+        examples=[SPACE_EXAMPLE],
+    )
+    async def create(self, request) -> Response:
+        fields = SPACE_CREATE.run_validation(request.data)
+        space = await aspace_create(owner_id=request.user.id, **fields)
         return Response(space_json(space), status=status.HTTP_201_CREATED)
 
-    def retrieve(self, request, space_id=None):
-        return Response(space_json(space_for_user(user_id=request.user.id, space_id=space_id)))
+    @extend_schema(
+        operation_id="getSpace",
+        summary="Get a space",
+        tags=["spaces"],
+        responses={200: OpenApiResponse(SpaceSerializer, "The space."),
+                   **error_responses(403, 404)},
+        parameters=[SPACE_ID, *RESPONSE_HEADERS],
+    )
+    async def retrieve(self, request, space_id: str) -> Response:
+        return Response(space_json(await aspace_for_user(user_id=request.user.id,
+                                                         space_id=space_id)))
 
-    def partial_update(self, request, space_id=None):
-        space = space_for_user(user_id=request.user.id, space_id=space_id)
-        changes = parse_space_body(request.data, partial=True)
-        return Response(space_json(space_update(space=space, changes=changes)))
+    @extend_schema(
+        operation_id="updateSpace",
+        summary="Update a space",
+        description="Changes only the given keys; a system prompt change is synced to the main "
+                    "session. The space is checked (404/403) before the body (400). " + NUL_HELP,
+        tags=["spaces"],
+        request={JSON: SpaceUpdateSerializer},
+        responses={200: OpenApiResponse(SpaceSerializer, "The updated space."),
+                   **error_responses(400, 403, 404, 413)},
+        parameters=[SPACE_ID, *RESPONSE_HEADERS],
+        examples=[OpenApiExample("Clear the system prompt", value={"systemPrompt": None},
+                                 request_only=True)],
+    )
+    async def partial_update(self, request, space_id: str) -> Response:
+        return Response(await sync_to_async(_update_space)(
+            user_id=request.user.id, space_id=space_id, data=request.data))
 
-    def destroy(self, request, space_id=None):
-        space_delete(space=space_for_user(user_id=request.user.id, space_id=space_id))
+    @extend_schema(
+        operation_id="deleteSpace",
+        summary="Delete a space",
+        description="Deletes the space with its sessions, records and data.",
+        tags=["spaces"],
+        responses={204: OpenApiResponse(description="Deleted; no body."),
+                   **error_responses(403, 404)},
+        parameters=[SPACE_ID, *RESPONSE_HEADERS],
+    )
+    async def destroy(self, request, space_id: str) -> Response:
+        await sync_to_async(_delete_space)(user_id=request.user.id, space_id=space_id)
         return Response(status=status.HTTP_204_NO_CONTENT)

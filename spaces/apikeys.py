@@ -118,10 +118,20 @@ def apikey_touch(*, apikey: ApiKey, now: datetime | None = None) -> bool:
 
 async def apikey_atouch(*, apikey: ApiKey, now: datetime | None = None) -> bool:
     """Async twin of `apikey_touch`: no thread hop at all unless the UPDATE is due."""
+    from . import pgpool
+
     now = now or timezone.now()
     if not _touch_due(apikey, now):
         return False
-    await _touch_queryset(apikey, now).aupdate(last_used_at=now)
+    if pgpool.conninfo() is None:
+        await _touch_queryset(apikey, now).aupdate(last_used_at=now)  # one hop (SQLite)
+    else:
+        async with pgpool.connection() as conn:
+            await conn.execute(
+                f"UPDATE {ApiKey._meta.db_table} SET last_used_at = %(now)s WHERE id = %(id)s "
+                "AND (last_used_at IS NULL OR last_used_at <= %(stale)s)",
+                {"now": now, "id": apikey.pk, "stale": now - LAST_USED_RESOLUTION},
+            )
     apikey.last_used_at = now
     return True
 

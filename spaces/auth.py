@@ -8,13 +8,13 @@ process; every other server process stops accepting the key within that TTL.
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
 from .apikeys import (
     Credentials,
+    apikey_aauthenticate,
     apikey_atouch,
     apikey_authenticate,
     apikey_touch,
@@ -72,10 +72,13 @@ async def aauthenticate_credentials(raw: str | None) -> Credentials:
     hop unless the once-a-minute last-used UPDATE is due); a miss crosses to the ORM once."""
     key, key_hash, credentials = _from_cache(raw)
     if credentials is None:
-        # One hop for the whole lookup: select + last-used update + cache fill.
-        # database_sync_to_async recycles the worker thread's connection: no request cycle
-        # closes it outside HTTP (the WebSocket consumer calls this).
-        return await database_sync_to_async(_lookup)(key, key_hash)
+        # One statement on PostgreSQL (lookup + the due last-used update), on the loop; one
+        # hop to the ORM on the embedded SQLite default.
+        credentials = await apikey_aauthenticate(key)
+        if credentials is None:
+            raise ApiKeyError(INVALID)
+        auth_cache.put(key_hash, credentials)
+        return credentials
     await apikey_atouch(apikey=credentials[1])
     return credentials
 
@@ -92,11 +95,20 @@ async def aauthenticate_key(raw: str | None) -> AbstractBaseUser:
 
 class ApiKeyAuthentication(BaseAuthentication):
     """DRF authentication by the `X-API-Key` header: `request.user` is the key's owner and
-    `request.auth` the ApiKey row. A missing/empty header and a bad key both answer 401."""
+    `request.auth` the ApiKey row. A missing/empty header and a bad key both answer 401.
+    Async views await `aauthenticate`; sync DRF views (if any) call `authenticate`."""
 
     def authenticate(self, request) -> Credentials:
         try:
             return authenticate_credentials(request.META.get(META_KEY))
+        except ApiKeyError as exc:
+            raise AuthenticationFailed(exc.message) from None
+
+    async def aauthenticate(self, request) -> Credentials:
+        """Async twin of `authenticate`, used by the async viewsets (`spaces.viewsets`): a cached
+        key is checked on the event loop with no I/O (see `aauthenticate_credentials`)."""
+        try:
+            return await aauthenticate_credentials(request.META.get(META_KEY))
         except ApiKeyError as exc:
             raise AuthenticationFailed(exc.message) from None
 

@@ -2,13 +2,22 @@
 
 from django.urls import re_path
 from rest_framework.exceptions import NotFound
-from rest_framework.views import APIView
+
+from .viewsets import AsyncViewSet
 
 
-class UnknownSpacesRoute(APIView):
-    def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)
+class UnknownSpacesRoute(AsyncViewSet):
+    schema = None  # not an operation: left out of the OpenAPI schema
+
+    async def ainitial(self, request, *args, **kwargs) -> None:
+        await super().ainitial(request, *args, **kwargs)
+        raise NotFound("Not Found")
+
+    async def not_found(self, request, *args, **kwargs) -> None:  # never reached: see ainitial
         raise NotFound("Not Found")
 
 
-urlpatterns = [re_path(r"^spaces(/.*)?$", UnknownSpacesRoute.as_view())]
+unknown_route = UnknownSpacesRoute.as_view(
+    {method: "not_found" for method in UnknownSpacesRoute.http_method_names})
+
+urlpatterns = [re_path(r"^spaces(/.*)?$", unknown_route)]

@@ -1,15 +1,9 @@
-from django.urls import path
+"""The Space routes, each answering with and without a trailing slash."""
 
 from .api import SpaceViewSet
+from .viewsets import OptionalSlashRouter
 
-space_list = SpaceViewSet.as_view({"get": "list", "post": "create"})
-space_detail = SpaceViewSet.as_view(
-    {"get": "retrieve", "patch": "partial_update", "delete": "destroy"}
-)
+router = OptionalSlashRouter()
+router.register("spaces", SpaceViewSet, basename="space")
 
-urlpatterns = [
-    path("spaces", space_list, name="space-list"),
-    path("spaces/", space_list),
-    path("spaces/<str:space_id>", space_detail, name="space-detail"),
-    path("spaces/<str:space_id>/", space_detail),
-]
+urlpatterns = router.urls

@@ -5,8 +5,6 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-import sessions_app.api.schema  # noqa: F401  (documents the session views)
-import spaces.schema  # noqa: F401  (documents the space views)
 from sessions_app.health import healthz, readyz
 
 urlpatterns = [

@@ -3,7 +3,8 @@
 Personas: `alice` and `bob` are ordinary API users; each owns only what a test gives them.
 `alice_client` / `bob_client` are DRF clients authenticated with that user's API key.
 
-Markers: `postgres` / `redis` tests need the real services. Where DATABASE_URL / REDIS_URL are
+Markers: `postgres` / `redis` tests need the real services; `sqlite` tests are about the
+embedded default and run only without DATABASE_URL. Where DATABASE_URL / REDIS_URL are
 not set they are deselected (the newcomer's `make test`); with STELLO_REQUIRE_SERVICES=1 (CI)
 they must run, and a missing service fails the run instead of skipping anything.
 """
@@ -22,10 +23,19 @@ HAS_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "po
 HAS_REDIS = bool(os.environ.get("REDIS_URL"))
 REQUIRE_SERVICES = os.environ.get("STELLO_REQUIRE_SERVICES") == "1"
 
+# On PostgreSQL the hot paths (space checks, the store, API-key lookups) use their own pooled
+# connections on the event loop, which cannot see a test's uncommitted transaction: there, tests
+# that go through them commit what they create (transactional tests, flushed afterwards).
+HOT_PATH_DB = pytest.mark.django_db(transaction=HAS_POSTGRES)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs PostgreSQL (DATABASE_URL)")
     config.addinivalue_line("markers", "redis: needs Redis (REDIS_URL)")
+    config.addinivalue_line("markers", "sqlite: about the embedded SQLite default (deselected "
+                                       "when the run uses PostgreSQL)")
+    config.addinivalue_line("markers", "servers: starts real server processes "
+                                       "(daphne, or uvicorn with STELLO_TEST_SERVER=uvicorn)")
     if REQUIRE_SERVICES and not (HAS_POSTGRES and HAS_REDIS):
         raise pytest.UsageError(
             "STELLO_REQUIRE_SERVICES=1 but DATABASE_URL (postgresql://) or REDIS_URL is missing"
@@ -33,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    missing = {"postgres": not HAS_POSTGRES, "redis": not HAS_REDIS}
+    missing = {"postgres": not HAS_POSTGRES, "redis": not HAS_REDIS, "sqlite": HAS_POSTGRES}
     keep, drop = [], []
     for item in items:
         needs = [m for m, absent in missing.items() if absent and item.get_closest_marker(m)]

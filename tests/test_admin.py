@@ -20,7 +20,9 @@ from sessions_app.models import Record, Session, SessionData
 from spaces.apikeys import apikey_create, apikey_revoke, auth_cache, hash_key
 from spaces.models import ApiKey, Space
 from spaces.services import space_create
-from tests.conftest import client_for
+from tests.conftest import HOT_PATH_DB, client_for
+
+pytestmark = HOT_PATH_DB
 
 SPACE_ADD = "/admin/spaces/space/add/"
 APIKEY_ADD = "/admin/spaces/apikey/add/"

@@ -10,17 +10,19 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from spaces import auth
+from spaces import pgpool
 from spaces.apikeys import apikey_create, apikey_revoke, auth_cache, hash_key
 from spaces.auth import ApiKeyError, aauthenticate_key, authenticate_credentials, authenticate_key
 from spaces.models import ApiKey
-from tests.conftest import client_for, make_user
+from tests.conftest import HAS_POSTGRES, HOT_PATH_DB, client_for, make_user
+
+pytestmark = HOT_PATH_DB
 
 UNAUTHENTICATED_MISSING = {"error": "Missing API key", "code": "UNAUTHENTICATED"}
 UNAUTHENTICATED_INVALID = {"error": "Invalid API key", "code": "UNAUTHENTICATED"}
@@ -106,17 +108,27 @@ def test_an_unknown_path_under_spaces_with_a_key_is_a_json_404(alice_client: API
     assert response.json() == {"error": "Not Found", "code": "NOT_FOUND"}
 
 
+def auth_cost(client: APIClient) -> tuple[list[str], int]:
+    """What authenticating one `GET /spaces` costs the database: the ORM statements on the keys
+    table (the embedded SQLite default) and the async pool's round trips (PostgreSQL, where the
+    listing itself is a cold path on the ORM, so the pool serves only the key lookup)."""
+    pgpool.round_trips.reset()
+    with CaptureQueriesContext(connection) as orm:
+        response = client.get("/spaces")
+    assert response.status_code == 200
+    return [sql.split()[0].upper() for sql in api_key_queries(orm)], pgpool.round_trips.count
+
+
 def test_a_second_request_within_the_cache_ttl_makes_no_auth_query(
     alice_client: APIClient,
 ) -> None:
-    with CaptureQueriesContext(connection) as first:
-        alice_client.get("/spaces")
-    with CaptureQueriesContext(connection) as second:
-        response = alice_client.get("/spaces")
+    first, second = auth_cost(alice_client), auth_cost(alice_client)
 
-    assert response.status_code == 200
-    assert len(api_key_queries(first)) == 2  # lookup + last-used UPDATE
-    assert api_key_queries(second) == []
+    if HAS_POSTGRES:  # one statement: the lookup and the last-used UPDATE
+        assert first == ([], 1)
+    else:
+        assert first == (["SELECT", "UPDATE"], 0)
+    assert second == ([], 0)
 
 
 def test_last_used_is_recorded_once_then_not_again_within_a_minute(
@@ -127,12 +139,11 @@ def test_last_used_is_recorded_once_then_not_again_within_a_minute(
     alice_client.get("/spaces")
     first_use = ApiKey.objects.get().last_used_at
     auth_cache.clear()  # force a database lookup: it must still not write
-    with CaptureQueriesContext(connection) as later:
-        alice_client.get("/spaces")
+    later = auth_cost(alice_client)
 
     assert first_use is not None
     assert ApiKey.objects.get().last_used_at == first_use
-    assert [sql.split()[0].upper() for sql in api_key_queries(later)] == ["SELECT"]
+    assert later == (([], 1) if HAS_POSTGRES else (["SELECT"], 0))
 
 
 # --- The plain functions (shared with the WebSocket consumer) -----------------------------------
@@ -229,18 +240,21 @@ async def close_worker_connections() -> AsyncIterator[None]:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("close_worker_connections")
-async def test_aauthenticate_key_hops_to_a_thread_only_on_a_cache_miss() -> None:
+async def test_aauthenticate_key_stays_on_the_loop_but_for_a_cache_miss_on_sqlite() -> None:
     alice = await sync_to_async(make_user)("alice")
     _, raw_key = await sync_to_async(apikey_create)(user=alice)
 
-    with mock.patch.object(
-        auth, "database_sync_to_async", wraps=auth.database_sync_to_async
-    ) as hop:
+    with mock.patch.object(SyncToAsync, "__call__", autospec=True,
+                           side_effect=SyncToAsync.__call__) as hop:
         first = await aauthenticate_key(raw_key)
+        misses = hop.call_count
         second = await aauthenticate_key(raw_key)
 
     assert first.pk == second.pk == alice.pk
-    assert hop.call_count == 1
+    # A miss: one statement on the loop (PostgreSQL), one hop to the ORM (SQLite); a hit: none.
+    assert misses == (0 if HAS_POSTGRES else 1)
+    assert hop.call_count == misses
+    await pgpool.pools.aclose_current()
 
 
 async def test_aauthenticate_key_without_a_key_raises_missing() -> None:

@@ -20,9 +20,9 @@ from websockets.asyncio.client import connect
 
 from sessions_app.models import Record, Session
 from tests.support.llm_servers import OpenAIServer
-from tests.support.servers import committed_tenant, server_processes, server_env
+from tests.support.servers import committed_tenant, server_env, server_processes
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.servers, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 TURNS = 240  # half REST, half WebSocket
 LLM_DELAY = 1.5  # seconds per LLM answer
@@ -81,7 +81,9 @@ def test_hundreds_of_in_flight_turns_with_a_three_connection_pool(tmp_path) -> N
                           for s in sessions[half:]),
                     ]
                     running = asyncio.gather(*turns, return_exceptions=True)
-                    while len(llm.requests) < TURNS // 2:  # until many turns wait on the LLM
+                    for _ in range(1200):  # until many turns wait on the LLM (at most 60 s)
+                        if len(llm.requests) >= TURNS // 2:
+                            break
                         await asyncio.sleep(0.05)
                     # Another tenant is served while they wait.
                     read = await other.get(f"/spaces/{bob['space_id']}/sessions")

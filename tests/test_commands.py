@@ -11,7 +11,11 @@ from django.core.management import CommandError, call_command
 
 from spaces.apikeys import apikey_create, auth_cache
 from spaces.models import ApiKey
-from tests.conftest import client_for
+from tests.conftest import HOT_PATH_DB, client_for
+
+# The commands' keys authenticate REST requests, whose key lookup reads committed rows on
+# PostgreSQL.
+pytestmark = HOT_PATH_DB
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +36,7 @@ def create_key(*args: str) -> str:
     return run("createapikey", *args).splitlines()[-1]
 
 
-def test_the_last_line_of_createapikey_works_as_the_x_api_key_header(db) -> None:
+def test_the_last_line_of_createapikey_works_as_the_x_api_key_header() -> None:
     key = create_key("carol")
 
     response = client_for(key).get("/spaces")
@@ -40,7 +44,7 @@ def test_the_last_line_of_createapikey_works_as_the_x_api_key_header(db) -> None
     assert response.status_code == 200
 
 
-def test_createapikey_prints_the_key_alone_on_its_last_line_after_a_human_line(db) -> None:
+def test_createapikey_prints_the_key_alone_on_its_last_line_after_a_human_line() -> None:
     lines = run("createapikey", "carol", "--name", "ci").splitlines()
     prefix = ApiKey.objects.get().prefix
 
@@ -50,7 +54,7 @@ def test_createapikey_prints_the_key_alone_on_its_last_line_after_a_human_line(d
     assert prefix in lines[-2] and "ci" in lines[-2]
 
 
-def test_createapikey_creates_a_passwordless_user_when_needed(db) -> None:
+def test_createapikey_creates_a_passwordless_user_when_needed() -> None:
     output = run("createapikey", "carol", "--name", "ci")
 
     carol = get_user_model().objects.get(username="carol")
@@ -69,7 +73,7 @@ def test_createapikey_reuses_an_existing_user(alice) -> None:
     assert first != output.splitlines()[-1]
 
 
-def test_revokeapikey_revokes_the_key_so_it_no_longer_authenticates(db) -> None:
+def test_revokeapikey_revokes_the_key_so_it_no_longer_authenticates() -> None:
     key = create_key("carol")
     assert client_for(key).get("/spaces").status_code == 200
     prefix = ApiKey.objects.get().prefix
@@ -90,7 +94,7 @@ def test_revokeapikey_says_so_when_the_key_was_already_revoked(alice) -> None:
     assert "already revoked" in run("revokeapikey", apikey.prefix)
 
 
-def test_revokeapikey_with_an_unknown_prefix_is_a_command_error(db) -> None:
+def test_revokeapikey_with_an_unknown_prefix_is_a_command_error() -> None:
     with pytest.raises(CommandError, match="No API key with prefix 'nosuchpf'"):
         run("revokeapikey", "nosuchpf")
 
@@ -134,10 +138,10 @@ def test_listapikeys_with_a_username_shows_only_that_users_keys(alice, bob) -> N
     assert alice_key.prefix not in output
 
 
-def test_listapikeys_without_keys_says_so(db) -> None:
+def test_listapikeys_without_keys_says_so() -> None:
     assert run("listapikeys") == "No API keys.\n"
 
 
-def test_listapikeys_for_an_unknown_user_is_a_command_error(db) -> None:
+def test_listapikeys_for_an_unknown_user_is_a_command_error() -> None:
     with pytest.raises(CommandError, match="No user named 'nobody'"):
         run("listapikeys", "nobody")

@@ -40,10 +40,11 @@ from schemathesis.generation.meta import TestPhase
 
 from sessions_app.models import Record, Session, SessionData
 from spaces.models import Space
+from tests.conftest import HOT_PATH_DB
 
 from .conftest import client_for
 
-pytestmark = pytest.mark.django_db
+pytestmark = HOT_PATH_DB
 
 MAX_EXAMPLES = 30
 SEGMENT = re.compile(r"^[^/]+$")  # the schema's pattern for path parameters

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from django.test import AsyncClient
 
+from tests.conftest import HOT_PATH_DB
+
 
 @pytest.mark.django_db(transaction=True)
 async def test_healthz_answers_without_a_key() -> None:
@@ -36,7 +38,7 @@ async def test_readyz_is_503_when_the_llm_endpoint_is_unreachable(settings) -> N
     assert body["checks"]["database"] == "ok"
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 def test_a_body_over_the_limit_is_413_and_creates_nothing(alice_client, settings) -> None:
     from spaces.models import Space
 
@@ -48,7 +50,7 @@ def test_a_body_over_the_limit_is_413_and_creates_nothing(alice_client, settings
     assert alice_client.post("/spaces", {"label": "ok"}, format="json").status_code == 201
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 def test_rate_limiting_is_per_key_with_retry_after(alice_client, bob_client, settings) -> None:
     from django.core.cache import cache
 
@@ -62,6 +64,6 @@ def test_rate_limiting_is_per_key_with_retry_after(alice_client, bob_client, set
     assert bob_client.get("/spaces").status_code == 200  # another key has its own budget
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 def test_without_a_rate_limit_nothing_is_throttled(alice_client) -> None:
     assert {alice_client.get("/spaces").status_code for _ in range(20)} == {200}

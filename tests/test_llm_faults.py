@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from sessions_app.models import Record, Session
+from tests.conftest import HOT_PATH_DB
 from tests.support.llm_servers import tool_call
 
 pytest_plugins = ["tests.support.llm_fixtures"]
@@ -45,7 +46,7 @@ def assert_untouched_and_usable(client, session, server) -> None:
     assert Session.objects.get(pk=session[1]).turn_count == 1
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestOpenAICompatibleFaults:
     @pytest.mark.parametrize(("status", "message"), [(429, "slow down"), (500, "exploded"),
                                                      (503, "overloaded"), (400, "bad request")])
@@ -117,7 +118,7 @@ class TestOpenAICompatibleFaults:
         assert Session.objects.get(pk=session[1]).turn_count == 1
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestAnthropicFaults:
     def test_an_overloaded_error_is_a_502_and_the_session_recovers(
         self, alice_client, session, settings, anthropic_server

@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from sessions_app.models import Session, SessionData
+from tests.conftest import HOT_PATH_DB
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def failing_memory_llm(settings):
     }, "BACKGROUND_RETRIES": 0}
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestTriggers:
     def test_every_third_turn_consolidates_the_child_and_integrates_the_space(
         self, alice_client, space
@@ -113,7 +114,7 @@ class TestTriggers:
         assert Session.objects.get(pk=child).turn_count == 3
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestManualEndpoints:
     def test_consolidate_returns_and_stores_the_memory(self, alice_client, space) -> None:
         child = fork(alice_client, space, "Manual")
@@ -182,7 +183,7 @@ class TestManualEndpoints:
         assert slot(alice_client, space, child, "memory") is None
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 def test_compression_summarises_old_history_and_caches_the_summary_in_the_database(
     alice_client, space, settings
 ) -> None:

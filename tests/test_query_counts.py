@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import HOT_PATH_DB
+
 
 @pytest.fixture
 def warm(alice_client):
@@ -30,7 +32,7 @@ def child(warm, space) -> str:
                      format="json").json()["id"]
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestSpaceEndpoints:
     def test_create(self, warm, django_assert_max_num_queries) -> None:
         with django_assert_max_num_queries(6):
@@ -53,7 +55,7 @@ class TestSpaceEndpoints:
             assert warm.delete(f"/spaces/{space['id']}").status_code == 204
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestEngineEndpoints:
     def test_turn(self, warm, space, child, django_assert_max_num_queries) -> None:
         for session_id in (space["root"], child, space["root"]):

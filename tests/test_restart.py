@@ -31,13 +31,13 @@ from tests.support.llm_servers import OpenAIServer
 from tests.support.servers import (
     Server,
     committed_tenant,
-    daphne_processes,
     http_json,
     restart,
     server_env,
+    server_processes,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.servers, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 BOUND = 20.0  # seconds: the most any wait below may take (the lock timeout is 120 s)
 HANG = 30.0  # seconds the loopback LLM holds a delayed call
@@ -132,7 +132,7 @@ def test_a_process_killed_mid_turn_leaves_no_half_turn_and_frees_the_session(
 ) -> None:
     env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="0")
     env_b = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0")
-    with daphne_processes([env_a, env_b], tmp_path) as (a, b):
+    with server_processes([env_a, env_b], tmp_path) as (a, b):
         s, s2 = fork(b, tenant, "S"), fork(b, tenant, "S2")
         for text in ("before one", "before two"):  # committed before the kill
             assert turn(b, tenant, s, text)[0] == 200
@@ -214,7 +214,7 @@ def test_a_memory_job_cut_by_a_kill_leaves_memory_intact_and_a_restart_consolida
     env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="1",
                   STELLO_INTEGRATE_AFTER_CONSOLIDATE="false")
     env_b = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0")
-    with daphne_processes([env_a, env_b], tmp_path) as servers:
+    with server_processes([env_a, env_b], tmp_path) as servers:
         a, b = servers
         s = fork(b, tenant, "S")
         SessionData.objects.create(session_id=s, key="memory", content="memory before the kill")

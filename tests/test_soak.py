@@ -36,12 +36,13 @@ from sessions_app.models import Record, Session, SessionData
 from tests.support.servers import (
     Server,
     committed_tenant,
-    daphne_processes,
     http_json,
     server_env,
+    server_processes,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.servers, pytest.mark.postgres, pytest.mark.redis,
+              pytest.mark.django_db(transaction=True)]
 
 SESSIONS = 6  # the main session and five children
 REST_CLIENTS = 3  # per session
@@ -140,7 +141,7 @@ def two_servers(soak_space, tmp_path: Path):
         STELLO_REDIS_PREFIX=f"stello-soak-{uuid.uuid4().hex[:12]}",
         STELLO_CONSOLIDATE_EVERY_N_TURNS="3",  # memory jobs run during the soak
     )
-    with daphne_processes([env, env], tmp_path) as servers:
+    with server_processes([env, env], tmp_path) as servers:
         yield servers
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from sessions_app.models import CoreData, Record, Session, SessionData, TopologyNode
 from spaces.models import Space
+from tests.conftest import HOT_PATH_DB
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SPACE_KEYS = ["id", "userId", "label", "systemPrompt", "consolidatePrompt", "integratePrompt",
@@ -25,7 +26,7 @@ def root_of(space_id: str) -> Session:
     return Session.objects.get(space_id=space_id, role="main")
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestCreate:
     def test_creating_a_space_returns_the_space_json(self, alice, alice_client) -> None:
         body = create_space(alice_client, label="Test Space", systemPrompt="Be helpful",
@@ -101,7 +102,7 @@ class TestCreate:
         assert alice_client.get("/spaces/").status_code == 200
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestReadAndList:
     def test_list_returns_own_spaces_in_creation_order(self, alice_client) -> None:
         create_space(alice_client, label="Space 1")
@@ -138,7 +139,7 @@ class TestReadAndList:
         assert SessionData.objects.get(session=root_of(space["id"])).content == "secret"
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestPatch:
     def test_patch_updates_label_and_bumps_updated_at(self, alice_client) -> None:
         space = create_space(alice_client, label="Old")
@@ -203,7 +204,7 @@ class TestPatch:
         assert response.status_code == 400 and response.json()["error"] == "Invalid JSON body"
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestDelete:
     def test_delete_is_204_then_the_space_is_gone(self, alice_client) -> None:
         space = create_space(alice_client, label="Delete Me")
@@ -227,7 +228,7 @@ class TestDelete:
         assert Session.objects.filter(space_id=other["id"]).count() == 1
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 class TestRoutingAndAuth:
     def test_missing_or_empty_key_is_401(self, anonymous_client) -> None:
         assert anonymous_client.get("/spaces").json()["error"] == "Missing API key"
@@ -249,7 +250,7 @@ class TestRoutingAndAuth:
         assert alice_client.put("/spaces", {}, format="json").status_code == 405
 
 
-@pytest.mark.django_db
+@HOT_PATH_DB
 def test_database_constraints_allow_one_main_session_per_space(alice_client) -> None:
     from django.db import IntegrityError, transaction
 

@@ -9,16 +9,21 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from spaces.pgpool import DatabaseUnavailable
+
 from ..engine import errors
 
 logger = logging.getLogger("stello.api")
 
+# The HTTP status of each engine error code. An error class may also carry its own `http_status`,
+# which wins, so a new error needs no entry here.
 STATUS_BY_CODE = {
     errors.InvalidInput.code: status.HTTP_400_BAD_REQUEST,
     errors.SpaceNotFound.code: status.HTTP_404_NOT_FOUND,
     errors.SessionNotFound.code: status.HTTP_404_NOT_FOUND,
     errors.SessionArchived.code: status.HTTP_409_CONFLICT,
     errors.SessionBusy.code: status.HTTP_409_CONFLICT,
+    errors.ServiceUnavailable.code: status.HTTP_503_SERVICE_UNAVAILABLE,
     errors.LLMError.code: status.HTTP_502_BAD_GATEWAY,
     errors.ToolLoopLimit.code: status.HTTP_502_BAD_GATEWAY,
 }
@@ -49,9 +54,12 @@ def _drf_message(detail) -> str:
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, DatabaseUnavailable):
+        # The hot-path pool had no connection in time, or PostgreSQL is down: nothing was done.
+        exc = errors.ServiceUnavailable()
     if isinstance(exc, errors.StelloError):
         code = exc.code
-        http_status = STATUS_BY_CODE.get(code)
+        http_status = getattr(exc, "http_status", None) or STATUS_BY_CODE.get(code)
         if http_status is None:
             logger.error("unmapped engine error %s: %s", code, exc.message)
             http_status = status.HTTP_500_INTERNAL_SERVER_ERROR

@@ -1,133 +1,232 @@
-"""The session REST API. Views translate HTTP to a selector, a service or the engine.
+"""The session REST API: async viewsets that translate HTTP to the store or the engine.
 
-Operations that run the engine (turn, fork, archive, consolidate, integrate) wait on the LLM
-and the session lock; they reach the async engine through `run_with_runtime`. Every route
-checks the space first (404 / 403) and then that the session belongs to that space (404).
+Every route checks the space first (404 `Space not found` / 403 `Forbidden`, through
+`aspace_for_user`), then validates the body, then lets the store or the engine check that the
+session belongs to that space (404). Reads go to the space's store (`space_store`); operations
+that wait on the LLM or the session lock (turn, fork, archive, consolidate, integrate) go to the
+space's agent in this process's runtime. Nothing here leaves the event loop: on PostgreSQL the
+store and the space check talk to the database on the loop; on SQLite the ORM store crosses to
+a worker thread once per unit of work.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.decorators import action
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from spaces.selectors import space_for_user
+from spaces.schema import JSON, NUL_HELP, error_responses
+from spaces.selectors import aspace_for_user
+from spaces.viewsets import AsyncViewSet
 
-from .. import selectors
-from ..engine.errors import InvalidInput
-from ..engine.fork import parse_fork_options
-from ..runtime.bridge import run_with_runtime
-from ..services import session_slot_put
+from ..engine.agent import SpaceAgent
+from ..models import SessionData
+from ..runtime.pool import runtimes
+from ..store import space_store
 from ..wire import archive_json, fork_child_json, session_meta_json
+from .schema import SESSION_PARAMETERS, SPACE_PARAMETERS, SessionSchema, SlotDoc, slot_schema
+from .serializers import (
+    FORK_OPTIONS,
+    SLOT_PUT,
+    TURN_INPUT,
+    ArchivedSessionSerializer,
+    ConsolidateResponseSerializer,
+    ForkChildSerializer,
+    ForkOptionsSerializer,
+    IntegrationResultSerializer,
+    MessageSerializer,
+    SessionMetaSerializer,
+    SessionTreeNodeSerializer,
+    TurnInputSerializer,
+    TurnResponseSerializer,
+)
+
+Key = SessionData.Key
+
+LOCKED = ("Runs under the session's lock, one operation at a time across every server process; "
+          "409 `SESSION_BUSY` when it cannot be had in time.")
 
 
-def body_object(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise InvalidInput("Request body must be a JSON object")
-    return data
+class SpaceScopedViewSet(AsyncViewSet):
+    """Routes under `/spaces/{space_id}`: the caller must own that space. The check runs with
+    authentication, before the method is looked at, so another user's space answers 403 even
+    for a method the route does not serve."""
+
+    space_id: str
+
+    async def ainitial(self, request, *args, **kwargs) -> None:
+        await super().ainitial(request, *args, **kwargs)
+        space = await aspace_for_user(user_id=request.user.id, space_id=kwargs["space_id"])
+        self.space_id = str(space.id)
+
+    def store(self):
+        return space_store(self.space_id)
+
+    async def aagent(self) -> SpaceAgent:
+        return await runtimes.current().agent(self.space_id)
+
+    async def aclose_call_loop(self) -> None:
+        # The runtime of a one-call loop finishes its background work (memory jobs) first.
+        await runtimes.aclose_current()
+        await super().aclose_call_loop()
 
 
-def required_text(data: dict[str, Any], key: str, *, allow_empty: bool = False) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or (not value and not allow_empty):
-        raise InvalidInput(f"{key} is required")
-    return value
+def slot_action(key: str, url_path: str, *, writable: bool):
+    """The `{"content": string|null}` view of one data slot: GET, plus PUT when `writable`."""
+
+    async def slot(self, request, space_id: str, session_id: str) -> Response:
+        if request.method == "PUT":
+            content = SLOT_PUT.run_validation(request.data)["content"]
+            await self.store().write_slot(session_id, key, content)
+            return Response({"content": content})
+        return Response({"content": await self.store().read_slot(session_id, key)})
+
+    slot.__name__ = slot.__qualname__ = url_path.replace("-", "_")
+    methods = ["get", "put"] if writable else ["get"]
+    return slot_schema(SlotDoc(key, writable))(
+        action(detail=True, methods=methods, url_path=url_path)(slot))
 
 
-class SpaceScopedView(APIView):
-    """Resolves the space of the URL for its owner (404 `Space not found`, 403 `Forbidden`)."""
+class SessionViewSet(SpaceScopedViewSet):
+    """`/spaces/{space_id}/sessions[/{session_id}[/...]]`."""
 
-    def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)
-        self.space = space_for_user(user_id=request.user.id, space_id=kwargs["space_id"])
-        self.space_id = str(self.space.id)
+    lookup_url_kwarg = "session_id"
+    schema = SessionSchema()
+
+    @extend_schema(
+        operation_id="getSessionTree",
+        summary="The session tree",
+        description="The space's sessions as one recursive tree from the main session.",
+        tags=["sessions"],
+        responses={200: OpenApiResponse(SessionTreeNodeSerializer, "The main session, with its "
+                                                                 "descendants in `children`."),
+                   **error_responses(403, 404)},
+        parameters=SPACE_PARAMETERS,
+    )
+    async def list(self, request, space_id: str) -> Response:
+        return Response(await self.store().session_tree())
+
+    @extend_schema(
+        operation_id="getSession",
+        summary="A session's SessionMeta",
+        tags=["sessions"],
+        responses={200: OpenApiResponse(SessionMetaSerializer, "The session."),
+                   **error_responses(403, 404)},
+        parameters=SESSION_PARAMETERS,
+    )
+    async def retrieve(self, request, space_id: str, session_id: str) -> Response:
+        return Response(session_meta_json(await self.store().get_session(session_id)))
+
+    @extend_schema(
+        operation_id="listMessages",
+        summary="A session's messages",
+        description="The session's raw history (L3 records), oldest first.",
+        tags=["sessions"],
+        responses={200: OpenApiResponse(MessageSerializer(many=True),
+                                        "The records, oldest first."),
+                   **error_responses(403, 404)},
+        parameters=SESSION_PARAMETERS,
+    )
+    @action(detail=True, methods=["get"])
+    async def messages(self, request, space_id: str, session_id: str) -> Response:
+        return Response(await self.store().session_messages(session_id))
+
+    @extend_schema(
+        operation_id="runTurn",
+        summary="Run a turn",
+        description="Sends `input` to the session and runs the tool loop to the final answer. "
+                    f"{LOCKED} An archived session answers 409 `SESSION_ARCHIVED`. {NUL_HELP}",
+        tags=["sessions"],
+        request={JSON: TurnInputSerializer},
+        responses={200: OpenApiResponse(TurnResponseSerializer, "The EngineTurnResult."),
+                   **error_responses(400, 403, 404, 409, 413, 502)},
+        parameters=SESSION_PARAMETERS,
+        examples=[OpenApiExample("A question", value={"input": "What did we find?"},
+                                 request_only=True)],
+    )
+    @action(detail=True, methods=["post"])
+    async def turn(self, request, space_id: str, session_id: str) -> Response:
+        text = TURN_INPUT.run_validation(request.data)["input"]
+        result = await (await self.aagent()).turn(session_id, text)
+        return Response(result.to_json())
+
+    @extend_schema(
+        operation_id="forkSession",
+        summary="Fork a child session",
+        description="Creates a child of the session (an archived source is allowed). The "
+                    f"source is locked while it is read. {NUL_HELP}",
+        tags=["sessions"],
+        request={JSON: ForkOptionsSerializer},
+        responses={201: OpenApiResponse(ForkChildSerializer, "The new child."),
+                   **error_responses(400, 403, 404, 409, 413)},
+        parameters=SESSION_PARAMETERS,
+        examples=[OpenApiExample("A focused child",
+                                 value={"label": "Sources", "scope": "bibliography",
+                                        "context": "inherit"},
+                                 request_only=True)],
+    )
+    @action(detail=True, methods=["post"])
+    async def fork(self, request, space_id: str, session_id: str) -> Response:
+        options = FORK_OPTIONS.run_validation(request.data)
+        child = await (await self.aagent()).fork(session_id, options)
+        return Response(fork_child_json(child), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="archiveSession",
+        summary="Archive a session",
+        description="Marks the session archived (again is harmless); a child's memory is then "
+                    f"consolidated in the background. No request body. {LOCKED}",
+        tags=["sessions"],
+        request=None,
+        responses={200: OpenApiResponse(ArchivedSessionSerializer, "The archived session."),
+                   **error_responses(403, 404, 409)},
+        parameters=SESSION_PARAMETERS,
+    )
+    @action(detail=True, methods=["post"])
+    async def archive(self, request, space_id: str, session_id: str) -> Response:
+        return Response(archive_json(await (await self.aagent()).archive(session_id)))
+
+    @extend_schema(
+        operation_id="consolidateSession",
+        summary="Consolidate a child's memory now",
+        description="L3 -> L2 for a child (standard) session: the LLM distils the history into "
+                    "the session's memory. The main session answers 400 (it integrates), an "
+                    f"archived session 409 `SESSION_ARCHIVED`. No request body. {LOCKED}",
+        tags=["memory"],
+        request=None,
+        responses={200: OpenApiResponse(ConsolidateResponseSerializer, "The new memory."),
+                   **error_responses(400, 403, 404, 409, 502)},
+        parameters=SESSION_PARAMETERS,
+    )
+    @action(detail=True, methods=["post"])
+    async def consolidate(self, request, space_id: str, session_id: str) -> Response:
+        return Response({"memory": await (await self.aagent()).consolidate(session_id)})
+
+    system_prompt = slot_action(Key.SYSTEM_PROMPT, "system-prompt", writable=True)
+    consolidate_prompt = slot_action(Key.CONSOLIDATE_PROMPT, "consolidate-prompt", writable=True)
+    integrate_prompt = slot_action(Key.INTEGRATE_PROMPT, "integrate-prompt", writable=True)
+    memory = slot_action(Key.MEMORY, "memory", writable=False)
+    insight = slot_action(Key.INSIGHT, "insight", writable=False)
 
 
-class SessionTreeView(SpaceScopedView):
-    def get(self, request, space_id):
-        return Response(selectors.session_tree(space_id=self.space_id))
+class SpaceMemoryViewSet(SpaceScopedViewSet):
+    """`/spaces/{space_id}/integrate`: the space-wide memory operation."""
 
+    @extend_schema(
+        operation_id="integrateSpace",
+        summary="Integrate the space now",
+        description="All active children's memories -> the main session's synthesis plus one "
+                    "insight per child. An archived main session answers 409 "
+                    f"`SESSION_ARCHIVED`. No request body. {LOCKED}",
+        tags=["memory"],
+        request=None,
+        responses={200: OpenApiResponse(IntegrationResultSerializer,
+                                        "The synthesis and insights."),
+                   **error_responses(403, 404, 409, 502)},
+        parameters=SPACE_PARAMETERS,
+    )
+    @action(detail=False, methods=["post"])
+    async def integrate(self, request, space_id: str) -> Response:
+        return Response((await (await self.aagent()).integrate()).to_json())
 
-class SessionDetailView(SpaceScopedView):
-    def get(self, request, space_id, session_id):
-        meta = selectors.session_detail(space_id=self.space_id, session_id=session_id)
-        return Response(session_meta_json(meta))
-
-
-class SessionMessagesView(SpaceScopedView):
-    def get(self, request, space_id, session_id):
-        return Response(selectors.session_messages(space_id=self.space_id, session_id=session_id))
-
-
-class TurnView(SpaceScopedView):
-    def post(self, request, space_id, session_id):
-        text = required_text(body_object(request.data), "input")
-
-        async def turn(runtime):
-            return await (await runtime.agent(self.space_id)).turn(session_id, text)
-
-        return Response(run_with_runtime(turn).to_json())
-
-
-class ForkView(SpaceScopedView):
-    def post(self, request, space_id, session_id):
-        options = parse_fork_options(body_object(request.data))
-
-        async def fork(runtime):
-            return await (await runtime.agent(self.space_id)).fork(session_id, options)
-
-        meta = run_with_runtime(fork)
-        return Response(fork_child_json(meta), status=status.HTTP_201_CREATED)
-
-
-class ArchiveView(SpaceScopedView):
-    def post(self, request, space_id, session_id):
-        async def archive(runtime):
-            return await (await runtime.agent(self.space_id)).archive(session_id)
-
-        return Response(archive_json(run_with_runtime(archive)))
-
-
-class ConsolidateView(SpaceScopedView):
-    def post(self, request, space_id, session_id):
-        async def consolidate(runtime):
-            return await (await runtime.agent(self.space_id)).consolidate(session_id)
-
-        return Response({"memory": run_with_runtime(consolidate)})
-
-
-class IntegrateView(SpaceScopedView):
-    def post(self, request, space_id):
-        async def integrate(runtime):
-            return await (await runtime.agent(self.space_id)).integrate()
-
-        return Response(run_with_runtime(integrate).to_json())
-
-
-class SlotView(SpaceScopedView):
-    """`{"content": string|null}` views of one data slot; PUT only where `writable`."""
-
-    key: str = ""
-
-    def get(self, request, space_id, session_id):
-        content = selectors.session_slot(space_id=self.space_id, session_id=session_id,
-                                         key=self.key)
-        return Response({"content": content})
-
-    def put(self, request, space_id, session_id):
-        data = body_object(request.data)
-        if "content" not in data:
-            raise InvalidInput("content is required")
-        if not isinstance(data["content"], str):
-            raise InvalidInput("content must be a string")
-        content = session_slot_put(space_id=self.space_id, session_id=session_id, key=self.key,
-                                   content=data["content"])
-        return Response({"content": content})
-
-
-def slot_view(key: str, *, writable: bool):
-    methods = ["get", "put", "head", "options"] if writable else ["get", "head", "options"]
-    return type(f"{key.title().replace('_', '')}View", (SlotView,),
-                {"key": key, "http_method_names": methods}).as_view()

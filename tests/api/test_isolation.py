@@ -14,6 +14,7 @@ import pytest
 from sessions_app.models import Record, Session, SessionData, TopologyNode
 
 from .conftest import (
+    HOT_PATH_DB,
     READ_ONLY_SLOTS,
     SLOTS,
     WRITABLE_SLOTS,
@@ -22,7 +23,7 @@ from .conftest import (
     root_of,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = HOT_PATH_DB
 
 # (method, route suffix, JSON body): every session-scoped route that must be refused.
 SESSION_ROUTES: list[tuple[str, str, Any]] = [

@@ -18,12 +18,12 @@ from sessions_app.models import Record, Session
 from tests.support.servers import (
     Server,
     committed_tenant,
-    daphne_processes,
     http_json,
     server_env,
+    server_processes,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.servers, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 TURNS_PER_PROCESS = 15
 REQUEST_TIMEOUT_SECONDS = 120.0
@@ -39,7 +39,7 @@ def alice_in_committed_data(transactional_db) -> dict[str, str]:
 def two_servers(alice_in_committed_data, tmp_path) -> Iterator[list[Server]]:
     """Two daphne processes on the test database; stopped (and waited for) afterwards."""
     env = server_env(STELLO_LOG_LEVEL="WARNING")
-    with daphne_processes([env, env], tmp_path) as servers:
+    with server_processes([env, env], tmp_path) as servers:
         yield servers
 
 

@@ -11,6 +11,7 @@ from sessions_app.models import SessionData
 from spaces.models import Space
 
 from .conftest import (
+    HOT_PATH_DB,
     READ_ONLY_SLOTS,
     SLOTS,
     SPACE_PROMPT,
@@ -20,7 +21,7 @@ from .conftest import (
     root_of,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = HOT_PATH_DB
 
 UNKNOWN_IDS = [str(uuid.UUID(int=0)), "not-a-uuid"]
 

@@ -15,6 +15,7 @@ from sessions_app.runtime.pool import runtimes
 from tests.support.llm_servers import OpenAIServer
 
 from .conftest import (
+    HOT_PATH_DB,
     SESSION_META_KEYS,
     SPACE_PROMPT,
     TIMESTAMP,
@@ -27,7 +28,7 @@ from .conftest import (
     tool_call,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = HOT_PATH_DB
 
 UNKNOWN_IDS = [str(uuid.UUID(int=0)), "not-a-uuid", "123"]
 

@@ -7,10 +7,9 @@ import asyncio
 
 import pytest
 
-from spaces import pgpool
-
 from sessions_app.engine.errors import ServiceUnavailable, SessionBusy
 from sessions_app.runtime.locks import LocalSessionLocks, PostgresSessionLocks
+from spaces import pgpool
 
 
 async def test_one_session_runs_one_operation_at_a_time() -> None:

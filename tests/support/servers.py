@@ -159,8 +159,8 @@ def wait_until_answering(server: Server, timeout: float = START_TIMEOUT) -> None
 
 @contextmanager
 def server_processes(envs: list[dict[str, str]], logs: Path) -> Iterator[list[Server]]:
-    """Start one server process (`ASGI_SERVER`) per environment, wait until all answer, stop all on the way out.
-    Servers a test adds to the yielded list (`restart`) are stopped too."""
+    """Start one server process (`ASGI_SERVER`) per environment, wait until all answer, stop
+    all on the way out. Servers a test adds to the yielded list (`restart`) are stopped too."""
     started: list[Server] = []
     try:
         for n, env in enumerate(envs):
