@@ -21,6 +21,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from sessions_app.models import Session
+from tests.conftest import HOT_PATH_DB as HOT_PATH_DB  # re-exported to the API tests
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SPACE_PROMPT = "You are a careful researcher."
