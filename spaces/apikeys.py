@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeAlias
+from typing import Generic, TypeAlias, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -40,6 +40,7 @@ AUTH_CACHE_MAX_ENTRIES = 1024
 _ALPHANUMERICS = string.ascii_letters + string.digits
 
 Credentials: TypeAlias = tuple[AbstractBaseUser, ApiKey]
+V = TypeVar("V")
 
 
 def _random_alphanumerics(length: int) -> str:
@@ -218,8 +219,9 @@ async def apikey_aauthenticate(raw_key: str) -> Credentials | None:
 # --- This process's auth cache ------------------------------------------------------------------
 
 
-class AuthCache:
+class LookupCache(Generic[V]):
     """Successful lookups, keyed by key hash, for STELLO["AUTH_CACHE_SECONDS"] (0 disables).
+    (Also the cache of space owners, `spaces.selectors.space_owners`, under the same rules.)
 
     Per process and bounded (AUTH_CACHE_MAX_ENTRIES; expired entries go first, then the oldest).
     `apikey_revoke` drops the revoked key here; other processes keep accepting it until their
@@ -233,14 +235,14 @@ class AuthCache:
     ) -> None:
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: dict[str, tuple[float, Credentials]] = {}
+        self._entries: dict[str, tuple[float, V]] = {}
         self._lock = threading.Lock()  # held only for dict operations, never around I/O
 
     @staticmethod
     def ttl() -> float:
         return float(settings.STELLO.get("AUTH_CACHE_SECONDS", 5.0))
 
-    def get(self, key_hash: str) -> Credentials | None:
+    def get(self, key_hash: str) -> V | None:
         entry = self._entries.get(key_hash)
         if entry is None:
             return None
@@ -250,7 +252,7 @@ class AuthCache:
             return None
         return credentials
 
-    def put(self, key_hash: str, credentials: Credentials) -> None:
+    def put(self, key_hash: str, credentials: V) -> None:
         ttl = self.ttl()
         if ttl <= 0:
             return
@@ -276,4 +278,5 @@ class AuthCache:
         return len(self._entries)
 
 
-auth_cache = AuthCache()
+AuthCache = LookupCache  # the name the key cache was born with
+auth_cache: LookupCache[Credentials] = LookupCache()

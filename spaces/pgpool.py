@@ -15,6 +15,7 @@ hold each hot path at its minimum.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,18 +66,21 @@ class DatabaseUnavailable(Exception):
 
 
 def conninfo() -> str | None:
-    """The libpq connection string of the default database, or None when it is not PostgreSQL."""
+    """The libpq connection string of the default database, or None when it is not PostgreSQL.
+    (Asked on every hot-path request: the string is built once per set of settings.)"""
     db = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
         return None
     # Under pytest-django, NAME already names the test database.
-    parts = {
-        "dbname": db["NAME"],
-        "host": db.get("HOST") or None,
-        "port": str(db["PORT"]) if db.get("PORT") else None,
-        "user": db.get("USER") or None,
-        "password": db.get("PASSWORD") or None,
-    }
+    return _conninfo(db["NAME"], db.get("HOST") or None,
+                     str(db["PORT"]) if db.get("PORT") else None,
+                     db.get("USER") or None, db.get("PASSWORD") or None)
+
+
+@functools.lru_cache(maxsize=8)
+def _conninfo(dbname: str, host: str | None, port: str | None, user: str | None,
+              password: str | None) -> str:
+    parts = {"dbname": dbname, "host": host, "port": port, "user": user, "password": password}
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in parts.items() if v})
 
 

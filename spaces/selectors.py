@@ -7,6 +7,7 @@ import uuid
 from rest_framework.exceptions import NotFound, PermissionDenied
 
 from . import pgpool
+from .apikeys import LookupCache
 from .models import Space
 
 
@@ -64,3 +65,26 @@ async def aspace_for_user(*, user_id: int, space_id: object) -> Space:
     if space.owner_id != user_id:
         raise PermissionDenied("Forbidden")
     return space
+
+
+# The owner of each space this process has checked recently (space id -> owner id), for as long
+# as API keys are cached: an owner never changes through the API, and a deleted space is dropped
+# here at once by its own process (`space_deleted`), within the TTL by the others (their
+# session routes then find no session: 404 all the same).
+space_owners: LookupCache[int] = LookupCache()
+
+
+async def aspace_id_for_user(*, user_id: int, space_id: object) -> str:
+    """The id of a space `user_id` owns, with the rules of `aspace_for_user` (404 / 403), for
+    the routes under a space that need only to know it is the caller's: a cache hit costs no
+    round trip."""
+    parsed = parse_uuid(space_id)
+    key = str(parsed) if parsed else ""
+    owner = space_owners.get(key) if parsed else None
+    if owner is None:
+        space = await aspace_for_user(user_id=user_id, space_id=space_id)
+        space_owners.put(key, space.owner_id)
+        owner = space.owner_id
+    if owner != user_id:
+        raise PermissionDenied("Forbidden")
+    return key

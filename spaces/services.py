@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from . import pgpool
 from .models import Space
-from .selectors import SPACE_COLUMNS, space_from_row
+from .selectors import SPACE_COLUMNS, space_from_row, space_owners
 from .signals import space_created, space_deleted, space_inserted, space_updated
 
 EDITABLE_FIELDS = ("label", "system_prompt", "consolidate_prompt", "integrate_prompt", "config")
@@ -64,6 +64,7 @@ def space_delete(*, space: Space) -> None:
     space_id = str(space.id)
     space.delete()
     space_deleted.send(sender=Space, space_id=space_id)
+    transaction.on_commit(lambda: space_owners.discard(space_id))
 
 
 _INSERT_SPACE = (

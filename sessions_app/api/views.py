@@ -17,7 +17,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from spaces.schema import JSON, NUL_HELP, error_responses
-from spaces.selectors import aspace_for_user
+from spaces.selectors import aspace_id_for_user
 from spaces.viewsets import AsyncViewSet
 
 from ..engine.agent import SpaceAgent
@@ -57,8 +57,8 @@ class SpaceScopedViewSet(AsyncViewSet):
 
     async def ainitial(self, request, *args, **kwargs) -> None:
         await super().ainitial(request, *args, **kwargs)
-        space = await aspace_for_user(user_id=request.user.id, space_id=kwargs["space_id"])
-        self.space_id = str(space.id)
+        self.space_id = await aspace_id_for_user(user_id=request.user.id,
+                                                 space_id=kwargs["space_id"])
 
     def store(self):
         return space_store(self.space_id)

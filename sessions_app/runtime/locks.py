@@ -5,13 +5,15 @@ single-process mode. `PostgresSessionLocks` adds a PostgreSQL session-level advi
 operations on one session run one at a time across every server process sharing the database.
 
 Advisory locks belong to a connection, not to a transaction, and one connection can hold many:
-each process keeps ONE lock connection and takes the lock of every session it works on through
-it, with `pg_try_advisory_lock` (one round trip). No connection is held per operation, so the
-number of operations in flight is not bound by connections, and no transaction stays open
-during an LLM call. A lock held by another process is retried with a short backoff until the
-lock timeout (then SessionBusy). When a process dies, PostgreSQL closes its connection and
-drops its locks at once.
+each process keeps a few lock connections (a session always maps to the same one) and takes the
+lock of every session it works on through them, with `pg_try_advisory_lock` (one round trip).
+The unlock is sent without making the operation's answer wait for it. No connection is held per
+operation, so the number of operations in flight is not bound by connections, and no transaction
+stays open during an LLM call. A lock held by another process is retried with a short backoff
+until the lock timeout (then SessionBusy). When a process dies, PostgreSQL closes its connection
+and drops its locks at once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,6 +34,7 @@ logger = logging.getLogger("stello.locks")
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
 _FIRST_RETRY, _MAX_RETRY = 0.002, 0.1  # seconds between tries while another process holds it
+LOCK_CONNECTIONS = 4  # per process
 
 
 class LocalSessionLocks:
@@ -64,23 +67,27 @@ class LocalSessionLocks:
 
 class PostgresSessionLocks:
     """The local lock first (waiters of one process queue in memory and cost no round trip),
-    then the session's advisory lock on this process's lock connection."""
+    then the session's advisory lock on one of this process's lock connections."""
 
-    def __init__(self, conninfo: str, timeout: float, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, conninfo: str, timeout: float, *, connections: int = LOCK_CONNECTIONS,
+                 connect_timeout: float = 5.0) -> None:
         self.timeout = timeout
         self._local = LocalSessionLocks(timeout)
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout
-        self._conn: psycopg.AsyncConnection | None = None
+        # A session always maps to the same connection (an advisory lock is released on the
+        # connection that took it); several connections spread the round trips.
+        self._conns: list[psycopg.AsyncConnection | None] = [None] * connections
         self._connecting: asyncio.Lock | None = None
         self._cleanups: set[asyncio.Task[Any]] = set()
 
     @asynccontextmanager
     async def hold(self, session_id: str) -> AsyncIterator[None]:
         started = time.monotonic()
+        slot = hash(session_id) % len(self._conns)
         async with self._local.hold(session_id):
             delay = _FIRST_RETRY
-            while not await self._shielded(self._try_lock(session_id), session_id):
+            while not await self._shielded(self._try_lock(slot, session_id), slot, session_id):
                 left = self.timeout - (time.monotonic() - started)
                 if left <= 0:
                     raise SessionBusy()
@@ -89,12 +96,12 @@ class PostgresSessionLocks:
             try:
                 yield
             finally:
-                # Shielded: a cancelled operation must still give its lock back.
-                unlock = asyncio.ensure_future(self._unlock(session_id))
-                self._keep(unlock)
-                await asyncio.shield(unlock)
+                # Not awaited: the operation's answer need not wait for the unlock. The next
+                # holder in this process takes the lock through the same connection, after
+                # the unlock or (re-entrant) before it: either way it ends up holding it.
+                self._keep(asyncio.ensure_future(self._unlock(slot, session_id)))
 
-    async def _shielded(self, attempt: Any, session_id: str) -> bool:
+    async def _shielded(self, attempt: Any, slot: int, session_id: str) -> bool:
         """Run one try to completion even if the caller is cancelled meanwhile (a cancelled
         query could leave the lock taken, or the shared connection in an unknown state); a lock
         it took for a cancelled caller is given back."""
@@ -104,7 +111,7 @@ class PostgresSessionLocks:
         except asyncio.CancelledError:
             def give_back(done: asyncio.Task[bool]) -> None:
                 if not done.cancelled() and done.exception() is None and done.result():
-                    self._keep(asyncio.ensure_future(self._unlock(session_id)))
+                    self._keep(asyncio.ensure_future(self._unlock(slot, session_id)))
 
             task.add_done_callback(give_back)
             raise
@@ -113,33 +120,39 @@ class PostgresSessionLocks:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
-    async def _connection(self) -> psycopg.AsyncConnection:
-        conn = self._conn
+    async def settled(self) -> None:
+        """Wait until every pending unlock has been sent and answered (tests, shutdown)."""
+        while self._cleanups:
+            await asyncio.gather(*list(self._cleanups), return_exceptions=True)
+
+    async def _connection(self, slot: int) -> psycopg.AsyncConnection:
+        conn = self._conns[slot]
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                if self._conn is not None:
+            conn = self._conns[slot]
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
                     logger.warning("session-lock connection lost: reconnecting (locks it held "
                                    "are gone)")
-                self._conn = await CountingConnection.connect(
+                conn = self._conns[slot] = await CountingConnection.connect(
                     self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
                 )
-            return self._conn
+            return conn
 
-    async def _try_lock(self, session_id: str) -> bool:
+    async def _try_lock(self, slot: int, session_id: str) -> bool:
         try:
-            conn = await self._connection()
+            conn = await self._connection(slot)
             row = await (await conn.execute(_TRY_LOCK, (session_id,))).fetchone()
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable("the session-lock database connection is unavailable") \
                 from exc
         return bool(row and row[0])
 
-    async def _unlock(self, session_id: str) -> None:
-        conn = self._conn
+    async def _unlock(self, slot: int, session_id: str) -> None:
+        conn = self._conns[slot]
         if conn is None or conn.closed or conn.broken:
             return  # that connection is gone, and its locks with it
         try:
@@ -151,8 +164,8 @@ class PostgresSessionLocks:
             logger.warning("the lock of session %s was not held at release", session_id)
 
     async def aclose(self) -> None:
-        if self._cleanups:
-            await asyncio.gather(*list(self._cleanups), return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self.settled()
+        for slot, conn in enumerate(self._conns):
+            if conn is not None:
+                await conn.close()
+                self._conns[slot] = None

@@ -11,7 +11,8 @@ upgrade: with the ASGI WebSocket Denial Response extension
 closed before accept, which the server answers with 403. A refused client never gets a
 consumer, a channel-layer channel or a registry entry. No greeting follows a successful upgrade.
 The decision stays on the event loop: a cached key costs nothing, and the space is read with
-`aspace_for_user` (one round trip on PostgreSQL).
+`aspace_id_for_user` (one round trip on PostgreSQL unless this process checked that space
+recently).
 
 Frames: the consumer's reader (Channels' dispatch loop) only files each incoming frame in the
 connection's queue and goes back to reading, so the socket is read while a turn or a stream
@@ -69,7 +70,7 @@ from rest_framework.exceptions import APIException
 
 from spaces.apikeys import looks_like_key
 from spaces.auth import HEADER, ApiKeyError, aauthenticate_key
-from spaces.selectors import aspace_for_user, parse_uuid
+from spaces.selectors import aspace_id_for_user, parse_uuid
 
 from .. import events
 from ..api.errors import CODE_BY_DRF_CLASS, error_body
@@ -180,14 +181,14 @@ async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
     key, subprotocol = credentials(scope)
     try:
         user = await aauthenticate_key(key)  # a cached key costs no query
-        space = await aspace_for_user(user_id=user.pk,
-                                      space_id=scope["url_route"]["kwargs"]["space_id"])
+        space_id = await aspace_id_for_user(user_id=user.pk,
+                                            space_id=scope["url_route"]["kwargs"]["space_id"])
     except ApiKeyError as exc:
         raise Refused(401, exc.message, "UNAUTHENTICATED") from None
     except APIException as exc:  # NotFound / PermissionDenied
         code = next((c for cls, c in CODE_BY_DRF_CLASS.items() if isinstance(exc, cls)), "ERROR")
         raise Refused(exc.status_code, str(exc.detail), code) from None
-    return {"user_id": str(user.pk), "space_id": str(space.pk), "subprotocol": subprotocol}
+    return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol}
 
 
 async def refuse(scope: dict[str, Any], send: Send, refusal: Refused) -> None:

@@ -121,8 +121,9 @@ async def test_a_waiter_of_another_process_gets_the_lock_when_it_is_released(
 
 
 @pytest.mark.postgres
-async def test_one_connection_holds_the_locks_of_hundreds_of_sessions(conninfo: str) -> None:
-    """No connection per operation: 300 sessions locked at once by one process."""
+async def test_a_few_connections_hold_the_locks_of_hundreds_of_sessions(conninfo: str) -> None:
+    """No connection per operation: 300 sessions locked at once by one process, through its
+    few lock connections."""
     locks = PostgresSessionLocks(conninfo, timeout=5)
     everyone_in, counted = asyncio.Event(), asyncio.Event()
     inside = 0
@@ -142,6 +143,7 @@ async def test_one_connection_holds_the_locks_of_hundreds_of_sessions(conninfo: 
         assert await held_advisory_locks(conninfo) == before + 300
         counted.set()
         await task
+        await locks.settled()
         assert await held_advisory_locks(conninfo) == before
     finally:
         await locks.aclose()
@@ -153,9 +155,11 @@ async def test_a_hold_costs_two_round_trips(conninfo: str) -> None:
     try:
         async with locks.hold("warm-up"):
             pass
+        await locks.settled()
         pgpool.round_trips.reset()
         async with locks.hold("s"):
             pass
+        await locks.settled()
         assert pgpool.round_trips.count == 2  # pg_try_advisory_lock, pg_advisory_unlock
     finally:
         await locks.aclose()
