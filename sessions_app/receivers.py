@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import transaction
 from django.dispatch import receiver
 
-from spaces.signals import space_created, space_deleted, space_inserted, space_updated
+from spaces.signals import space_created, space_deleted, space_rows, space_updated
 
 from .models import Session, SessionData, TopologyNode
-from .store.postgres import insert_root_session
+from .store.postgres import root_session_statements
 
 
 @receiver(space_created)
@@ -46,7 +48,7 @@ def _evict_after_commit(space_id: str) -> None:
     transaction.on_commit(lambda: runtimes.evict_everywhere(space_id))
 
 
-@receiver(space_inserted)
-async def insert_root_session_on_postgres(sender, space, connection, **kwargs) -> None:
-    """The async twin of `create_root_session`, inside `aspace_create`'s pipelined transaction."""
-    await insert_root_session(connection, space=space)
+@receiver(space_rows)
+def root_session_rows(sender, space, **kwargs) -> list[tuple[str, list[Any]]]:
+    """The twin of `create_root_session` for `aspace_create`'s one statement (PostgreSQL)."""
+    return root_session_statements(space)

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from . import pgpool
 from .models import Space
 from .selectors import SPACE_COLUMNS, space_from_row, space_owners
-from .signals import space_created, space_deleted, space_inserted, space_updated
+from .signals import space_created, space_deleted, space_rows, space_updated
 
 EDITABLE_FIELDS = ("label", "system_prompt", "consolidate_prompt", "integrate_prompt", "config")
 
@@ -82,9 +82,9 @@ async def aspace_create(
     integrate_prompt: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> Space:
-    """Async twin of `space_create`. On PostgreSQL: one pipelined transaction on the event loop
-    (the space, then what `space_inserted` receivers add: the root session); on the embedded
-    SQLite default: `space_create` in one thread hop."""
+    """Async twin of `space_create`. On PostgreSQL: ONE statement on the event loop (the space
+    and, through `space_rows`, its root session, as data-modifying CTEs: one round trip, and
+    all or nothing); on the embedded SQLite default: `space_create` in one thread hop."""
     if pgpool.conninfo() is None:
         from django.contrib.auth import get_user_model
 
@@ -99,14 +99,15 @@ async def aspace_create(
                   consolidate_prompt=consolidate_prompt, integrate_prompt=integrate_prompt,
                   config=config or {}, created_at=now, updated_at=now)
     space.clean_fields(exclude=["owner", "id"])
-    # One pipeline, one round trip: the statements up to the pipeline's one Sync run as a
-    # single implicit transaction (PostgreSQL's extended-protocol rule), so the space and its
-    # root session are committed together or not at all.
-    async with pgpool.connection() as conn, conn.pipeline():
-        await conn.execute(_INSERT_SPACE, (
-            space.id, owner_id, space.label, space.system_prompt, space.consolidate_prompt,
-            space.integrate_prompt, Jsonb(space.config), now, now,
-        ))
-        await space_inserted.asend(sender=Space, space=space, connection=conn)
+    statements: list[tuple[str, list[Any]]] = [(_INSERT_SPACE, [
+        space.id, owner_id, space.label, space.system_prompt, space.consolidate_prompt,
+        space.integrate_prompt, Jsonb(space.config), now, now,
+    ])]
+    for _, rows in space_rows.send(sender=Space, space=space):
+        statements.extend(rows)
+    parts = ", ".join(f"part{n} AS ({sql})" for n, (sql, _) in enumerate(statements))
+    async with pgpool.connection() as conn:
+        await conn.execute(f"WITH {parts} SELECT 1",
+                           [value for _, params in statements for value in params])
     return space_from_row([getattr(space, "owner_id" if c == "user_id" else c)
                            for c in SPACE_COLUMNS])

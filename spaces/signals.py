@@ -10,7 +10,8 @@ space_created = Signal()  # kwargs: space
 space_updated = Signal()  # kwargs: space, changed (set of field names)
 space_deleted = Signal()  # kwargs: space_id (str)
 
-# The async twin of `space_created` for the PostgreSQL hot path: sent with `asend` inside the
-# space's transaction, with the psycopg connection (kwargs: space, connection); async receivers
-# add their statements to that transaction.
-space_inserted = Signal()
+# The twin of `space_created` for the PostgreSQL hot path, where `aspace_create` writes a space
+# and everything that comes with it in ONE statement: sent (synchronously, no I/O) while that
+# statement is composed; each receiver returns a list of `(sql, params)`, plain data-modifying
+# statements with positional `%s` parameters, which run as parts of it (kwargs: space).
+space_rows = Signal()

@@ -273,20 +273,15 @@ WHERE {_THIS_SESSION}
 ORDER BY r.id
 """
 
-SQL_INSERT_ROOT_SESSION = f"""
-WITH root AS (
-  INSERT INTO sessions AS s (id, space_id, label, role, status, scope, tags, metadata,
-                             turn_count, record_count, created_at, updated_at, last_active_at)
-  VALUES (%(id)s, %(space)s, %(label)s, 'main', 'active', NULL, '[]'::jsonb, '{{}}'::jsonb,
-          0, 0, %(now)s, %(now)s, %(now)s)
-), node AS (
-  INSERT INTO topology_nodes AS t (session_id, space_id, parent_id, source_session_id, depth,
-                                   "index", label)
-  VALUES (%(id)s, %(space)s, NULL, NULL, 0, 0, %(label)s)
+SQL_ROOT_SESSION = (
+    "INSERT INTO sessions (id, space_id, label, role, status, scope, tags, metadata, turn_count, "
+    "record_count, created_at, updated_at, last_active_at) VALUES (%s, %s, %s, 'main', 'active', "
+    "NULL, '[]'::jsonb, '{}'::jsonb, 0, 0, %s, %s, %s)",
+    "INSERT INTO topology_nodes (session_id, space_id, parent_id, source_session_id, depth, "
+    '"index", label) VALUES (%s, %s, NULL, NULL, 0, 0, %s)',
+    f"INSERT INTO session_data (session_id, key, content, updated_at) VALUES "
+    f"(%s, '{SYSTEM_PROMPT}', %s, %s)",
 )
-INSERT INTO session_data AS d (session_id, key, content, updated_at)
-SELECT %(id)s, '{SYSTEM_PROMPT}', %(prompt)s, %(now)s WHERE %(prompt)s::text IS NOT NULL
-"""
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -334,15 +329,19 @@ def _record_arrays(messages: Sequence[Message]) -> dict[str, list[Any]]:
     }
 
 
-async def insert_root_session(conn: psycopg.AsyncConnection, *, space: Any) -> None:
-    """Add a new space's main session, its topology node and (if the space has one) its
-    system_prompt slot, like `receivers.create_root_session` does with the ORM. It only sends
-    (never fetches), so it stays inside the caller's pipelined transaction."""
-    label = space.label
-    await conn.execute(SQL_INSERT_ROOT_SESSION, {
-        "id": uuid.uuid4(), "space": space.id, "label": label, "now": timezone.now(),
-        "prompt": space.system_prompt or None,
-    })
+def root_session_statements(space: Any) -> list[tuple[str, list[Any]]]:
+    """A new space's main session, its topology node and (if the space has one) its
+    system_prompt slot, like `receivers.create_root_session` does with the ORM: statements that
+    `spaces.services.aspace_create` runs as parts of the space's own INSERT."""
+    session_id, now = uuid.uuid4(), timezone.now()
+    session, node, prompt = SQL_ROOT_SESSION
+    statements = [
+        (session, [session_id, space.id, space.label, now, now, now]),
+        (node, [session_id, space.id, space.label]),
+    ]
+    if space.system_prompt:
+        statements.append((prompt, [session_id, space.system_prompt, now]))
+    return statements
 
 
 _FORK_ATTEMPTS = 50  # concurrent forks under one parent, each retry wins one index

@@ -204,23 +204,23 @@ async def test_aspace_create_creates_what_space_create_creates(
     from django.contrib.auth import get_user_model
 
     from sessions_app.models import Session
-    from sessions_app.receivers import insert_root_session_on_postgres
+    from sessions_app.receivers import root_session_rows
     from spaces.models import Space
     from spaces.services import aspace_create, space_create
-    from spaces.signals import space_inserted
+    from spaces.signals import space_rows
 
     user = await sync_to_async(get_user_model().objects.create_user)(username="owner")
     fields = {"label": "A space", "system_prompt": system_prompt}
     expected = await sync_to_async(space_create)(owner=user, **fields)
     count = await server_round_trips(aspace_create(owner_id=user.pk, **fields), monkeypatch)
-    # The root session rides in the space's pipeline: it adds no round trip of its own.
-    space_inserted.disconnect(insert_root_session_on_postgres)
+    # The root session rides in the space's statement: it adds no round trip of its own.
+    space_rows.disconnect(root_session_rows)
     try:
         bare = await server_round_trips(aspace_create(owner_id=user.pk, label="Bare"),
                                         monkeypatch)
     finally:
-        space_inserted.connect(insert_root_session_on_postgres)
-    assert count == bare == 1  # one pipeline: the statements and their one Sync
+        space_rows.connect(root_session_rows)
+    assert count == bare == 1  # one statement: the space and its root session
     space = await Space.objects.exclude(pk=expected.pk).aget(label="A space")
     created = await sync_to_async(_space_rows)(str(space.id))
     assert created == await sync_to_async(_space_rows)(str(expected.id))

@@ -26,6 +26,8 @@ def statements() -> dict[str, str]:
             continue
         if isinstance(value, dict):
             found.update({f"{name}[{key}]": sql for key, sql in value.items()})
+        elif isinstance(value, tuple):
+            found.update({f"{name}[{n}]": sql for n, sql in enumerate(value)})
         else:
             found[name] = value
     return found
@@ -76,7 +78,7 @@ def test_every_table_and_column_the_sql_names_exists(name: str) -> None:
 
 
 def test_the_check_sees_what_it_should() -> None:
-    assert len(statements()) >= 19
+    assert len(statements()) >= 21
     assert unknown_names("SELECT s.nope FROM sessions s") == ["sessions.nope"]
     assert unknown_names("SELECT x.id FROM session s") == ["table session"]
     assert unknown_names("SELECT 1 FROM records d") == ["alias d for records"]
