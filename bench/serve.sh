@@ -7,7 +7,7 @@
 #
 # Environment:
 #   STELLO_BENCH_SERVER=daphne|uvicorn   the ASGI server (default daphne); uvicorn runs as
-#       uvicorn --loop uvloop --http httptools --no-access-log --lifespan auto
+#       uvicorn --loop uvloop --http httptools --no-access-log --ws-per-message-deflate false --lifespan auto
 #   STELLO_BENCH_SLOW_LLM=SECONDS        also start bench/slow_llm.py (answers after SECONDS) on
 #       127.0.0.1:${STELLO_BENCH_SLOW_LLM_PORT:-8400} and point the servers at it
 #       (STELLO_LLM_PROVIDER=openai, STELLO_LLM_BASE_URL, STELLO_LLM_API_KEY=x,
@@ -146,7 +146,7 @@ for ((i = 0; i < N; i++)); do
   port=$((FIRST_PORT + i))
   if [ "$SERVER" = uvicorn ]; then
     .venv/bin/uvicorn --host 127.0.0.1 --port "$port" --loop uvloop --http httptools \
-      --no-access-log --lifespan auto stello_project.asgi:application \
+      --no-access-log --ws-per-message-deflate false --lifespan auto stello_project.asgi:application \
       >".stello/bench-serve-$port.log" 2>&1 &
   else
     .venv/bin/daphne -b 127.0.0.1 -p "$port" stello_project.asgi:application \

@@ -65,10 +65,24 @@ def _schedule(layer: BaseChannelLayer, space_id: str, message: dict[str, Any]) -
 
 async def _send(layer: BaseChannelLayer, space_id: str, message: dict[str, Any]) -> None:
     session_id = message["sessionId"]
+    group = session_group(session_id)
     try:
-        await layer.group_send(session_group(session_id), message)
+        if await _anyone_watches(layer, group):
+            await layer.group_send(group, message)
     except Exception:  # a notification must never fail the turn that is already committed
         logger.exception("could not announce turn of session %s (space %s)", session_id, space_id)
+
+
+async def _anyone_watches(layer: BaseChannelLayer, group: str) -> bool:
+    """Whether the group has members, as cheaply as the layer allows. Watching is opt-in and
+    rare, so most turns are heard by nobody: on Redis one EXISTS on the group's key (where the
+    layer keeps its members) instead of `group_send`'s two commands, and the in-memory layer
+    answers without I/O either way."""
+    group_key = getattr(layer, "_group_key", None)  # channels_redis' RedisChannelLayer
+    if group_key is None:
+        return True
+    connection = layer.connection(layer.consistent_hash(group))
+    return bool(await connection.exists(group_key(group)))
 
 
 def _loop_of_this_worker_thread() -> asyncio.AbstractEventLoop | None:

@@ -127,7 +127,8 @@ def server_command(port: int) -> list[str]:
     app = "stello_project.asgi:application"
     if ASGI_SERVER == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-                "--loop", "uvloop", "--http", "httptools", "--no-access-log", app]
+                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--ws-per-message-deflate", "false", app]
     return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
 
 

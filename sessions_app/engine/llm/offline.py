@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -120,7 +121,7 @@ class OfflineLLM:
     def _with_usage(response: LLMResponse, messages: Sequence[Message]) -> LLMResponse:
         if response.usage is not None:
             return response
-        prompt_chars = sum(len(m.content) for m in messages)
+        prompt_chars = sum(map(len, map(_content, messages)))  # C loops: long histories
         completion_chars = len(response.content or "") + sum(
             len(dumps_compact(call.to_json())) for call in response.tool_calls
         )
@@ -129,6 +130,9 @@ class OfflineLLM:
             completion_tokens=math.ceil(completion_chars / 4),
         )
         return LLMResponse(content=response.content, tool_calls=response.tool_calls, usage=usage)
+
+
+_content = operator.attrgetter("content")
 
 
 def split_words(text: str) -> list[str]:
