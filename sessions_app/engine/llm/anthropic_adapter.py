@@ -21,6 +21,7 @@ import httpx2
 from ..errors import LLMError
 from ..types import LLMResponse, Message, StreamDelta, ToolCall, ToolCallDelta, ToolSpec, Usage
 from . import (
+    ClientShards,
     call_deadline,
     connection_limits,
     deadline_error,
@@ -64,9 +65,9 @@ class AnthropicLLM:
         if base_url:
             kwargs["base_url"] = base_url
         try:
-            self._client = anthropic.AsyncAnthropic(
+            self._clients = ClientShards(lambda: anthropic.AsyncAnthropic(
                 **kwargs, http_client=anthropic.DefaultAsyncHttpxClient(limits=connection_limits())
-            )
+            ))
         except (anthropic.AnthropicError, ValueError) as exc:
             raise LLMError(f"{NAME} client configuration error: {exc}") from exc
 
@@ -77,7 +78,8 @@ class AnthropicLLM:
     ) -> LLMResponse:
         try:
             async with asyncio.timeout(self._deadline):
-                message = await self._client.messages.create(**self._request(messages, tools))
+                client = self._clients.next()
+                message = await client.messages.create(**self._request(messages, tools))
             return _to_response(message)
         except LLMError:
             raise
@@ -91,7 +93,7 @@ class AnthropicLLM:
     ) -> AsyncIterator[StreamDelta]:
         try:
             async with asyncio.timeout(self._deadline):
-                events = await self._client.messages.create(
+                events = await self._clients.next().messages.create(
                     **self._request(messages, tools), stream=True
                 )
         except TimeoutError as exc:
@@ -119,7 +121,7 @@ class AnthropicLLM:
         state.check_tool_arguments()
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._clients.aclose()
 
     # --- request ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from ..types import (
     dumps_compact,
 )
 from . import (
+    ClientShards,
     call_deadline,
     connection_limits,
     deadline_error,
@@ -76,9 +77,9 @@ class OpenAICompatLLM:
         if base_url:
             kwargs["base_url"] = base_url
         try:
-            self._client = openai.AsyncOpenAI(
+            self._clients = ClientShards(lambda: openai.AsyncOpenAI(
                 **kwargs, http_client=openai.DefaultAsyncHttpxClient(limits=connection_limits())
-            )
+            ))
         except openai.OpenAIError as exc:
             raise LLMError(f"{NAME} client configuration error: {exc}") from exc
 
@@ -89,7 +90,7 @@ class OpenAICompatLLM:
     ) -> LLMResponse:
         try:
             async with asyncio.timeout(self._deadline):
-                completion = await self._client.chat.completions.create(
+                completion = await self._clients.next().chat.completions.create(
                     **self._request(messages, tools)
                 )
             return _to_response(completion)
@@ -108,7 +109,7 @@ class OpenAICompatLLM:
         request["stream_options"] = {"include_usage": True}
         try:
             async with asyncio.timeout(self._deadline):
-                chunks = await self._client.chat.completions.create(**request)
+                chunks = await self._clients.next().chat.completions.create(**request)
         except TimeoutError as exc:
             raise deadline_error(NAME, self._deadline) from exc
         except Exception as exc:
@@ -139,7 +140,7 @@ class OpenAICompatLLM:
             parse_tool_arguments("".join(parts), names.get(index, f"tool_{index}"))
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._clients.aclose()
 
     # --- request ---------------------------------------------------------------------------
 
