@@ -1,4 +1,6 @@
-"""Read paths for the session REST API (sync ORM, a query or two each)."""
+"""The REST read shapes built with the sync ORM, a query or two each: the reference that the
+stores' async reads (`session_tree`, `session_messages`) are checked against in the tests, and
+a plain way to read a space from a shell."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ from spaces.selectors import parse_uuid
 from spaces.wire import iso_ms
 
 from .engine.errors import SessionNotFound
-from .models import Record, Session, SessionData, TopologyNode
-from .store import session_meta
+from .models import Record, Session, TopologyNode
 
 
 def session_in_space(*, space_id, session_id) -> Session:
@@ -21,11 +22,6 @@ def session_in_space(*, space_id, session_id) -> Session:
     if session is None:
         raise SessionNotFound()
     return session
-
-
-def session_detail(*, space_id, session_id):
-    session = session_in_space(space_id=space_id, session_id=session_id)
-    return session_meta(session, session.node)
 
 
 def session_tree(*, space_id) -> dict[str, Any]:
@@ -76,13 +72,3 @@ def session_messages(*, space_id, session_id) -> list[dict[str, Any]]:
     return [message_json(r) for r in records]
 
 
-def session_slot(*, space_id, session_id, key: str) -> str | None:
-    pk = parse_uuid(session_id)
-    content = (
-        SessionData.objects.filter(session_id=pk, session__space_id=space_id, key=key)
-        .values_list("content", flat=True).first()
-        if pk else None
-    )
-    if content is None:
-        session_in_space(space_id=space_id, session_id=session_id)
-    return content
