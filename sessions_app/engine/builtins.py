@@ -1,4 +1,4 @@
-"""The built-in tools (spec 8.7): `stello_create_session` (always) and `activate_skill` (only
+"""The built-in tools: `stello_create_session` (always) and `activate_skill` (only
 when the session can see at least one skill). They come before user tools; a user tool with a
 built-in's name is dropped."""
 

@@ -1,4 +1,4 @@
-"""Context compression (spec 8.8): fit a long history into the token budget, pure.
+"""Context compression: fit a long history into the token budget, pure.
 
 Nothing is ever deleted: compression only shapes the prompt of one LLM call. Older history is
 replaced by one `system` summary message; the recent window and the current turn stay whole.

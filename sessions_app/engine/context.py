@@ -1,4 +1,4 @@
-"""Prompt assembly for one LLM call (spec 8.2, with the [REC] fixes).
+"""Prompt assembly for one LLM call.
 
 prefix (system prompt, then the insight for a standard session or the synthesis for the main
 session), the stored history without incomplete tool groups, then the turn's own messages (the

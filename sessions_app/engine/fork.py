@@ -1,4 +1,4 @@
-"""Fork rules shared by REST, WebSocket and the built-in tool (spec 8.9).
+"""Fork rules shared by REST, WebSocket and the built-in tool.
 
 `parse_fork_options` validates the caller's raw options; `plan_child` decides what the child
 gets from its source. The store places the child (flat or tree) and writes it in one go.

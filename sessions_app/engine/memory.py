@@ -1,4 +1,4 @@
-"""Consolidation (L3 -> L2) and integration (all L2 -> synthesis + insights), spec 8.5.
+"""Consolidation (L3 -> L2) and integration (all L2 -> synthesis + insights).
 
 Pure functions: message building, answer parsing and prompt resolution; `consolidate` and
 `integrate` add the one LLM call (never with tools). The Chinese headings in the user texts
@@ -20,7 +20,7 @@ _THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 
 def default_consolidate_prompt(language: str = "English") -> str:
-    """The built-in consolidation prompt (our wording of spec 8.5), answering in `language`."""
+    """The built-in consolidation prompt (our wording), answering in `language`."""
     return (
         "You are an assistant that summarises conversations.\n"
         "Condense the conversation below into one short summary of about 100 to 150 words.\n"
@@ -34,7 +34,7 @@ def default_consolidate_prompt(language: str = "English") -> str:
 
 
 def default_integrate_prompt(language: str = "English") -> str:
-    """The built-in integration prompt (our wording of spec 8.5), answering in `language`."""
+    """The built-in integration prompt (our wording), answering in `language`."""
     return (
         "You are an analyst who looks across several sessions at once.\n"
         "You receive the summaries of every child session. Produce an overall synthesis and a "
@@ -50,7 +50,7 @@ def default_integrate_prompt(language: str = "English") -> str:
 
 
 def default_compress_prompt(language: str = "English") -> str:
-    """The built-in context-compression prompt (our wording of spec 8.5), in `language`."""
+    """The built-in context-compression prompt (our wording), in `language`."""
     return (
         "You are an assistant that compresses conversation history.\n"
         "Reduce the history below to one short summary that preserves the context needed to "

@@ -1,4 +1,4 @@
-"""Skills: named instruction sets loaded from `SKILL.md` folders (spec 8.7).
+"""Skills: named instruction sets loaded from `SKILL.md` folders.
 
 A skill folder holds a `SKILL.md` that starts with YAML front matter between two `---` lines
 (`name`, `description`); the rest of the file is the skill's content, given to the LLM when it

@@ -1,5 +1,5 @@
 """Tools the LLM may call: the Tool value, the `@tool` decorator, loading by dotted path and
-the runner of one round of tool calls (spec 8.3, with the [REC] error isolation).
+the runner of one round of tool calls (a failing tool is isolated: its error goes back to the LLM).
 
 A tool function is called as `fn(args, context)`: `args` is the parsed JSON arguments (a dict),
 `context` a `ToolContext`. It may be sync (run in a thread) or async, and returns any JSON-able
@@ -80,7 +80,7 @@ class ToolResult:
     error: str | None = None
 
     def content(self) -> str:
-        """The tool message text (spec 8.2)."""
+        """The tool message text."""
         if not self.success:
             return self.error or ""
         if self.data is None:

@@ -1,4 +1,4 @@
-"""One user turn: the LLM / tool loop (spec 8.3) and its streamed form (spec 8.4).
+"""One user turn: the LLM / tool loop and its streamed form.
 
 Every successful LLM call is persisted at once with ONE `store.save_call`: the first call saves
 the user message and the assistant reply, a continuation call the tool results and the reply.

@@ -1,4 +1,4 @@
-"""The in-process registry of open WebSocket connections (spec 7.1, the original ConnectionManager).
+"""The in-process registry of open WebSocket connections.
 
 One entry per accepted connection of THIS process: `{connectionId, userId, spaceId, sessionId}`.
 It is introspection and bookkeeping only; nothing here is persisted or shared between

@@ -1,11 +1,11 @@
 """The WebSocket wire protocol: one TypedDict per message, the parser and the server builders.
 
-Client -> server (JSON text frames; spec 6.2):
+Client -> server (JSON text frames):
 
     session.enter   {sessionId, watch?}  session.message {input}      session.fork {options}
     session.leave   {}                   session.stream  {input}
 
-Server -> client (spec 6.3), plus one addition of ours:
+Server -> client, plus one addition of ours:
 
     session.entered {sessionId, bootstrap}   stream.delta {chunk}     error {message, code}
     session.left    {sessionId}              stream.end   {result}

@@ -1,4 +1,4 @@
-"""`AnthropicLLM`: the Anthropic Messages API, or any compatible vendor (spec 9.2).
+"""`AnthropicLLM`: the Anthropic Messages API, or any compatible vendor.
 
 Built on the official ``anthropic`` SDK (``AsyncAnthropic``). The SDK's bounded retry
 (``max_retries``) covers connection errors, timeouts and 408/409/429/5xx answers before the

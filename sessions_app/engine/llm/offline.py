@@ -34,7 +34,7 @@ class OfflineLLM:
 
     1. **Memory calls.** The memory pipeline calls the LLM with no tools. When there are no
        tools, the last user message is sniffed for the headings of the default consolidate,
-       integrate and compress prompts (spec 8.5 / 8.8):
+       integrate and compress prompts:
 
        - ``子 Session 摘要:`` (integration): the answer is the JSON text
          ``{"synthesis": "...", "insights": [{"sessionId": "<id>", "content": "..."}]}`` with

@@ -1,4 +1,4 @@
-"""`OpenAICompatLLM`: any OpenAI-compatible Chat Completions endpoint (spec 9.1).
+"""`OpenAICompatLLM`: any OpenAI-compatible Chat Completions endpoint.
 
 Built on the official ``openai`` SDK (``AsyncOpenAI``). The SDK's bounded retry
 (``max_retries``, exponential backoff honouring ``retry-after``) covers connection errors,
