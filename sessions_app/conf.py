@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from spaces.pgpool import conninfo as postgres_conninfo  # noqa: F401  (one place for it)
-
 from .engine.llm import LLMSettings
 from .engine.types import EngineSettings
 

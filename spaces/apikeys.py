@@ -12,6 +12,7 @@ of secrets to time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import string
@@ -170,6 +171,7 @@ _KEY_COLUMNS = ("id", "name", "prefix", "key_hash", "created_at", "last_used_at"
 _USER_COLUMNS = ("id", "username", "is_active", "is_staff", "is_superuser")
 
 
+@functools.cache
 def _lookup_sql() -> str:
     user_table = get_user_model()._meta.db_table
     keys = ", ".join(f"k.{c} AS k_{c}" for c in _KEY_COLUMNS)

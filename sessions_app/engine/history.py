@@ -134,9 +134,6 @@ class HistoryCache:
         kept.history.extend(messages)
         kept.record_count, kept.last_record_id = result.record_count, result.last_record_id
 
-    def forget(self, session_id: str) -> None:
-        self._kept.pop(session_id, None)
-
 
 def _has_nul(messages: Sequence[Message]) -> bool:
     return any(_nul_in((m.content, m.tool_call_id, [c.to_json() for c in m.tool_calls]))

@@ -105,7 +105,7 @@ class Runtime:
         self.llm = build_llm(conf.llm_settings())
         memory = conf.memory_llm_settings()
         self.memory_llm = build_llm(memory) if memory else self.llm
-        conninfo = conf.postgres_conninfo()
+        conninfo = pgpool.conninfo()
         timeout = stello["SESSION_LOCK_TIMEOUT_SECONDS"]
         self.locks = (PostgresSessionLocks(conninfo, timeout) if conninfo
                       else LocalSessionLocks(timeout))

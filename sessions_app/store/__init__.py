@@ -1,7 +1,7 @@
 """The engine's storage port, implemented twice over one schema (the Django models):
 
 - `postgres.PgSpaceStore`: hand-written SQL on the async psycopg pool, on the event loop; each
-  method is one statement or one pipelined transaction (the hot path on PostgreSQL).
+  method is one statement, one round trip (the hot path on PostgreSQL).
 - `orm.DjangoSpaceStore`: the ORM in one worker-thread hop per unit of work (SQLite).
 
 `space_store()` picks the one that fits the configured database. Both pass the same contract
