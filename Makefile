@@ -17,10 +17,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed-runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
+# Development: DEBUG=1 (unless set), which also allows the embedded SECRET_KEY.
+run: export DEBUG ?= 1
 run: $(VENV)/.installed-runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py ensure_dev_key
-	DEBUG=$${DEBUG:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) stello_project.asgi:application
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) stello_project.asgi:application
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

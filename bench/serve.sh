@@ -117,6 +117,8 @@ for port in "${ports[@]}"; do
 done
 
 mkdir -p .stello
+# Without DEBUG the server refuses the embedded development key: a throwaway one for the bench.
+export SECRET_KEY="${SECRET_KEY:-stello-bench-$(date +%s%N)}"
 "$PY" manage.py migrate --noinput >/dev/null
 
 trap stop_own EXIT

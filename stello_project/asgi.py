@@ -33,8 +33,11 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
 
+from stello_project.env import configuration_errors_in_one_line
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stello_project.settings")
-django.setup(set_prefix=False)  # before the consumers and views are imported
+with configuration_errors_in_one_line():
+    django.setup(set_prefix=False)  # before the consumers and views are imported
 
 
 def ran_sync_code() -> bool:
@@ -122,6 +125,7 @@ application = ProtocolTypeRouter(
     }
 )
 
-log_startup(logging.getLogger("stello"))
+with configuration_errors_in_one_line():
+    log_startup(logging.getLogger("stello"))
 
 __all__ = ["StelloASGIHandler", "application", "django_asgi_app"]

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
+
+
+@contextmanager
+def configuration_errors_in_one_line() -> Iterator[None]:
+    """For the entry points (manage.py, the ASGI app): a bad setting ends the process with one
+    line naming the variable, instead of a long traceback through Django's start-up."""
+    try:
+        yield
+    except ImproperlyConfigured as exc:
+        raise SystemExit(f"Configuration error: {exc}") from None
+
+
 _FALSE = {"0", "false", "no", "off", ""}
 
 

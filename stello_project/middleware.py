@@ -1,58 +1,57 @@
 """Two middleware paths: the API straight to its async views, the admin through Django's chain.
 
-`settings.MIDDLEWARE` holds one middleware, `RequestPathMiddleware` (async under ASGI). For the
-admin (and the static files it serves in development) it runs Django's stock chain (security,
-sessions, common, CSRF, auth, messages, clickjacking), built once around the same
-`get_response`. Those middlewares are sync code, so the whole chain crosses to a worker thread
-ONCE per admin request (marked sync-only, Django would otherwise hop for each of their hooks).
-The admin's views are CSRF-protected by the admin site itself (`csrf_protect` on each view),
-so the chain needs no `process_view` hook from the handler.
+`settings.MIDDLEWARE` lists Django's stock middleware (security, sessions, common, auth,
+messages, clickjacking), so `manage.py check --deploy` sees and checks them, between two of ours:
+`RequestPathMiddleware` before them and `ViewHandlerMiddleware`, last, after them.
 
-Every other request (the REST API, the schema and docs, the health checks) goes straight to its
-view on the event loop, with what the stock chain did for it: a disallowed `Host` answers 400
-(`request.get_host()` raises, as in CommonMiddleware), `Content-Length` is set (CommonMiddleware),
-and the static headers of the security and clickjacking middlewares are added
-(`X-Content-Type-Options`, `Referrer-Policy`, `Cross-Origin-Opener-Policy`, `X-Frame-Options`,
-from the same settings). No session, CSRF or auth middleware runs: the API authenticates with
-`X-API-Key` in DRF and keeps no cookies.
+Those stock middlewares are sync code: under ASGI, Django runs each of their hooks in a worker
+thread, about ten thread hand-offs per request. The admin (and the static files it serves) goes
+through them as Django built them; it is a cold path. Every other request (the REST API, the
+schema and docs, the health checks) skips them: `RequestPathMiddleware` sends it straight to the
+view handler that `ViewHandlerMiddleware` wraps, on the event loop, and applies on the way what
+the stock chain would have done for it:
+
+- a disallowed `Host` answers 400 (`request.get_host()` raises, as in CommonMiddleware);
+- SecurityMiddleware's own hooks, called directly (they do no I/O, so they need no thread): the
+  HTTPS redirect (`SECURE_SSL_REDIRECT`), HSTS, `X-Content-Type-Options`, `Referrer-Policy`,
+  `Cross-Origin-Opener-Policy`;
+- XFrameOptionsMiddleware's `X-Frame-Options`, and `Content-Length` (as CommonMiddleware).
+
+No session, CSRF or auth middleware runs for them: the API authenticates with an API key in DRF
+and keeps no cookies.
 """
 
 from __future__ import annotations
 
-from asgiref.sync import (
-    async_to_sync,
-    iscoroutinefunction,
-    markcoroutinefunction,
-    sync_to_async,
-)
+import threading
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.contrib.auth import middleware as auth
-from django.contrib.messages import middleware as messages
-from django.contrib.sessions import middleware as sessions
-from django.core.handlers.exception import convert_exception_to_response
-from django.middleware import clickjacking, common, csrf, security
+from django.core.exceptions import ImproperlyConfigured
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
 
-# Django's stock chain, outermost first, as `MIDDLEWARE` would list it.
-ADMIN_MIDDLEWARE = (
-    security.SecurityMiddleware,
-    sessions.SessionMiddleware,
-    common.CommonMiddleware,
-    csrf.CsrfViewMiddleware,
-    auth.AuthenticationMiddleware,
-    messages.MessageMiddleware,
-    clickjacking.XFrameOptionsMiddleware,
-)
+# Django builds the chain from the last middleware to the first, in one call: the view handler
+# that `ViewHandlerMiddleware` wraps is handed to the `RequestPathMiddleware` built next in the
+# same thread.
+_built = threading.local()
 
 
-def admin_chain(get_response, *, is_async: bool):
-    """Django's stock chain around `get_response`. Its middlewares are sync code: around an
-    async `get_response` the whole chain is one coroutine function (one hop into the chain, one
-    back to the loop for the view: Django's own adaptation, done once instead of per hook)."""
-    inner = async_to_sync(get_response) if is_async else get_response
-    handler = convert_exception_to_response(inner)
-    for cls in reversed(ADMIN_MIDDLEWARE):
-        handler = convert_exception_to_response(cls(handler))
-    return sync_to_async(handler, thread_sensitive=True) if is_async else handler
+class ViewHandlerMiddleware:
+    """The last entry of MIDDLEWARE: passes every request on to the view handler it wraps (so
+    the admin's requests reach their views) and hands that handler to RequestPathMiddleware."""
+
+    async_capable = True
+    sync_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+        _built.view_handler = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)  # a coroutine in async mode, awaited by Django
 
 
 class RequestPathMiddleware:
@@ -63,49 +62,42 @@ class RequestPathMiddleware:
     sync_capable = True
 
     def __init__(self, get_response) -> None:
-        self.get_response = get_response
+        view_handler = getattr(_built, "view_handler", None)
+        if view_handler is None:
+            raise ImproperlyConfigured(
+                "stello_project.middleware.ViewHandlerMiddleware must be the last MIDDLEWARE")
+        del _built.view_handler
+        self.get_response = get_response  # the stock chain, then the view handler
+        self.view_handler = view_handler
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)  # Django then awaits it (and converts its exceptions)
-        self.admin_chain = admin_chain(get_response, is_async=self.is_async)
         self.admin_prefixes = ("/admin/", "/" + settings.STATIC_URL.lstrip("/"))
-        self.static_headers = static_headers()
+        # Instances only for their hooks; their own get_response is never called.
+        self.security = SecurityMiddleware(view_handler)
+        self.frame_options = XFrameOptionsMiddleware(view_handler)
 
     def __call__(self, request):
         if self.is_async:
             return self.__acall__(request)
         if request.path_info.startswith(self.admin_prefixes):
-            return self.admin_chain(request)
-        request.get_host()  # DisallowedHost -> 400, as CommonMiddleware does
-        return self.finish(self.get_response(request))
+            return self.get_response(request)
+        response = self.start(request) or self.view_handler(request)
+        return self.finish(request, response)
 
     async def __acall__(self, request):
         if request.path_info.startswith(self.admin_prefixes):
-            return await self.admin_chain(request)
+            return await self.get_response(request)
+        response = self.start(request) or await self.view_handler(request)
+        return self.finish(request, response)
+
+    def start(self, request):
         request.get_host()  # DisallowedHost -> 400, as CommonMiddleware does
-        return self.finish(await self.get_response(request))
+        return self.security.process_request(request)  # the HTTPS redirect, or None
 
-    def finish(self, response):
-        headers = response.headers
-        for name, value in self.static_headers:
-            headers.setdefault(name, value)
-        if not response.streaming and "Content-Length" not in headers:
-            headers["Content-Length"] = str(len(response.content))
+    def finish(self, request, response):
+        response = self.security.process_response(request, response)
+        response = self.frame_options.process_response(request, response)
+        if not response.streaming and "Content-Length" not in response.headers:
+            response.headers["Content-Length"] = str(len(response.content))
         return response
-
-
-def static_headers() -> tuple[tuple[str, str], ...]:
-    """The response headers SecurityMiddleware and XFrameOptionsMiddleware add to every
-    response, from the same settings."""
-    headers = []
-    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
-        headers.append(("X-Content-Type-Options", "nosniff"))
-    if settings.SECURE_REFERRER_POLICY:
-        policy = settings.SECURE_REFERRER_POLICY
-        if not isinstance(policy, str):
-            policy = ",".join(policy)
-        headers.append(("Referrer-Policy", policy))
-    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
-        headers.append(("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY))
-    headers.append(("X-Frame-Options", getattr(settings, "X_FRAME_OPTIONS", "DENY").upper()))
-    return tuple(headers)

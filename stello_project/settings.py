@@ -26,10 +26,42 @@ from stello_project.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-# The embedded default key is fine for local use only; production must set SECRET_KEY.
-SECRET_KEY = env_str("SECRET_KEY", "stello-embedded-insecure-key-set-SECRET_KEY-in-production")
+# The embedded default key is for development only (`make run` sets DEBUG=1): without DEBUG the
+# server refuses to start on it, since it signs the admin's sessions and CSRF tokens.
+EMBEDDED_SECRET_KEY = "stello-embedded-insecure-key-set-SECRET_KEY-in-production"
+SECRET_KEY = env_str("SECRET_KEY", EMBEDDED_SECRET_KEY)
+if SECRET_KEY == EMBEDDED_SECRET_KEY and not DEBUG:
+    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (the embedded default "
+                               "key is for development only)")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- HTTPS (`manage.py check --deploy` checks these; see the README's Production section) -------
+# Behind a TLS-terminating proxy, SECURE_PROXY_SSL_HEADER tells Django which requests came in
+# over HTTPS, e.g. `X-Forwarded-Proto: https` (set it only if the proxy always sets that header).
+_PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER")
+if _PROXY_SSL_HEADER:
+    _header, _, _value = _PROXY_SSL_HEADER.partition(":")
+    if not _header.strip() or not _value.strip():
+        raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must look like "
+                                   f"'X-Forwarded-Proto: https', got {_PROXY_SSL_HEADER!r}")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _header.strip().upper().replace("-", "_"),
+                               _value.strip())
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# The admin's cookies; the API itself sets none.
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+
+# --- CORS, for browser clients on other origins (django-cors-headers) ---------------------------
+# Only the API and its schema answer CORS; the admin never does. X-API-Key and Authorization
+# may be sent; no cookies are (the API does not use them).
+CORS_ALLOWED_ORIGINS = env_list("STELLO_CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/(spaces|api/schema/|healthz$|readyz$)"
+CORS_ALLOW_HEADERS = ("accept", "authorization", "content-type", "x-api-key")
+CORS_EXPOSE_HEADERS = ("Retry-After", "WWW-Authenticate")
 
 INSTALLED_APPS = [
     "daphne",
@@ -39,21 +71,33 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served by us: /api/docs/ needs no internet
     "channels",
     "spaces",
     "sessions_app",
 ]
 
 MIDDLEWARE = [
-    # One async middleware: the API goes straight to its async views on the event loop; the
-    # admin goes through Django's stock chain (sessions, CSRF, auth, messages...). See the module.
+    "corsheaders.middleware.CorsMiddleware",  # async-capable: no thread hop
+    # Everything but the admin (and its static files) skips the sync middleware below and goes
+    # straight to its async view, with the hooks of SecurityMiddleware and XFrameOptionsMiddleware
+    # applied on the event loop. See the module.
     "stello_project.middleware.RequestPathMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "stello_project.middleware.ViewHandlerMiddleware",  # marks where the views start
 ]
-# The admin's checks look for the session, auth and messages middleware in MIDDLEWARE; they run,
-# for /admin/ only, inside RequestPathMiddleware.
-SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]
+# No CsrfViewMiddleware: under ASGI Django would run its view hook in a worker thread for every
+# request. The API uses no cookies (it authenticates with an API key), and the admin protects its
+# own views (the admin site wraps each one in `csrf_protect`).
+SILENCED_SYSTEM_CHECKS = ["security.W003"]
 
 ROOT_URLCONF = "stello_project.urls"
 APPEND_SLASH = False
@@ -151,6 +195,9 @@ SPECTACULAR_SETTINGS = {
     ),
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from drf-spectacular-sidecar (served by stello_project/urls.py), not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "APPEND_COMPONENTS": {
         "securitySchemes": {
             "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -198,8 +245,16 @@ def _llm_settings(prefix: str, fallback: dict | None) -> dict | None:
         "timeout_seconds": env_float(f"{prefix}_TIMEOUT_SECONDS",
                                      base.get("timeout_seconds", 60.0), minimum=0.01),
         "max_retries": env_int(f"{prefix}_MAX_RETRIES", base.get("max_retries", 2), minimum=0),
-        "script_path": env_str(f"{prefix}_SCRIPT", base.get("script_path")),
+        "script_path": _script_path(f"{prefix}_SCRIPT", base.get("script_path")),
     }
+
+
+def _script_path(name: str, default: str | None) -> str | None:
+    """The offline LLM's script file; its content is checked at start-up (runtime/startup.py)."""
+    path = env_str(name, default)
+    if path is not None and not os.path.isfile(path):
+        raise ImproperlyConfigured(f"{name}: no such file {path!r}")
+    return path
 
 
 def _rate_limit(name: str) -> str | None:
@@ -235,6 +290,7 @@ STELLO = {
     "AUTH_CACHE_SECONDS": env_float("STELLO_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
     "WS_MAX_FRAME_BYTES": env_int("STELLO_WS_MAX_FRAME_BYTES", 1_048_576, minimum=1024),
     "RATE_LIMIT": _rate_limit("STELLO_RATE_LIMIT"),
+    "REDIS_URL": _REDIS_URL,  # checked at start-up (runtime/startup.py)
     # The async pool of the hot paths (PostgreSQL only). A connection is held for one short
     # unit of work, never while a request waits on an LLM or a lock, so a few serve thousands
     # of in-flight turns. Past the timeout, or with too many waiters, the answer is 503.
@@ -245,13 +301,14 @@ STELLO = {
     "ASYNC_POOL_MAX_WAITING": env_int("STELLO_ASYNC_POOL_MAX_WAITING", 5000, minimum=0),
 }
 
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "stello": {"handlers": ["console"], "level": env_str("STELLO_LOG_LEVEL", "INFO"),
-                   "propagate": False},
+        "stello": {"handlers": ["console"], "propagate": False,
+                   "level": env_choice("STELLO_LOG_LEVEL", "info", _LOG_LEVELS).upper()},
     },
 }

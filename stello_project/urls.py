@@ -1,13 +1,25 @@
+from pathlib import Path
+
+import drf_spectacular_sidecar
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.http import JsonResponse
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from sessions_app.health import healthz, readyz
 
+# Swagger UI's files for /api/docs/, served by the app itself whatever DEBUG says, so the docs
+# work with no internet and no static-file server (a few files, cached by the browser).
+SWAGGER_UI_PREFIX = settings.STATIC_URL.lstrip("/") + "drf_spectacular_sidecar/"
+SWAGGER_UI_ROOT = Path(drf_spectacular_sidecar.__file__).parent / "static" / "drf_spectacular_sidecar"
+
 urlpatterns = [
+    re_path(rf"^{SWAGGER_UI_PREFIX}(?P<path>swagger-ui-dist/.+)$", serve,
+            {"document_root": SWAGGER_UI_ROOT}),
     *staticfiles_urlpatterns(),  # the admin's CSS/JS under `make run` (DEBUG only; empty otherwise)
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),

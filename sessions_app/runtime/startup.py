@@ -1,11 +1,19 @@
-"""What the server says about itself when it starts."""
+"""What the server checks and says about itself when it starts.
+
+A setting that cannot work stops start-up with an ImproperlyConfigured naming the variable
+(the entry points print it as one line): a bad tool path or skills folder, an unreadable
+offline-LLM script, an unreachable Redis.
+"""
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+REDIS_CHECK_TIMEOUT = 5.0  # seconds to connect to Redis and get its PONG
 
 
 def load_extensions() -> None:
@@ -19,6 +27,40 @@ def load_extensions() -> None:
             raise ImproperlyConfigured(f"{variable}: {exc}") from exc
 
 
+def check_llm_scripts() -> None:
+    """Read the offline LLM's scripts now: a bad file would otherwise fail every turn."""
+    from ..engine.llm import load_script
+
+    for prefix, llm in (("STELLO_LLM", settings.STELLO["LLM"]),
+                        ("STELLO_MEMORY_LLM", settings.STELLO["MEMORY_LLM"])):
+        if llm and llm["provider"] == "offline" and llm.get("script_path"):
+            try:
+                load_script(llm["script_path"])
+            except ValueError as exc:
+                raise ImproperlyConfigured(f"{prefix}_SCRIPT: {exc}") from None
+
+
+def check_redis() -> None:
+    """Ping REDIS_URL: without Redis, live updates between processes would be lost silently
+    while turns go on working."""
+    import redis
+
+    url = settings.STELLO.get("REDIS_URL")
+    if not url:
+        return
+    parts = urlsplit(url)
+    shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"  # never the password
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=REDIS_CHECK_TIMEOUT,
+                                      socket_timeout=REDIS_CHECK_TIMEOUT)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError, OSError) as exc:
+        raise ImproperlyConfigured(f"REDIS_URL: cannot use Redis at {shown}: {exc}") from None
+
+
 def log_startup(logger: logging.Logger) -> None:
     from ..engine.llm import LLMSettings, describe
 
@@ -26,6 +68,8 @@ def log_startup(logger: logging.Logger) -> None:
     db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
     load_extensions()
+    check_llm_scripts()
+    check_redis()
     logger.info("Stello starting: database=%s channel_layer=%s", db, layer)
     logger.info("Chat %s", describe(LLMSettings(**stello["LLM"])))
     if stello["MEMORY_LLM"]:

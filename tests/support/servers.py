@@ -107,6 +107,8 @@ def server_env(**overrides: str | None) -> dict[str, str]:
         "DATABASE_URL": database_url(),
         "STELLO_LLM_PROVIDER": "offline",
         "PYTHONUNBUFFERED": "1",
+        # Servers run without DEBUG, where the embedded development key is refused.
+        "SECRET_KEY": "stello-test-servers-not-a-secret",
     })
     for key, value in overrides.items():
         if value is None:
