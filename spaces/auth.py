@@ -1,4 +1,8 @@
-"""X-API-Key authentication, for DRF views and (through the plain functions) the WebSocket consumer.
+"""API-key authentication, for DRF views and (through the plain functions) the WebSocket consumer.
+
+The key comes in the `X-API-Key` header or, as many HTTP clients and gateways prefer, as
+`Authorization: Bearer <key>`; when both are sent, `X-API-Key` wins. Nothing reads a key from
+the query string (so none ends up in an access log).
 
 A successful lookup is cached in this process for STELLO["AUTH_CACHE_SECONDS"] (default 5 s,
 0 disables; see `spaces.apikeys.AuthCache`), so most requests cost no auth query at all.
@@ -25,6 +29,7 @@ from .apikeys import (
 
 HEADER = "X-API-Key"
 META_KEY = "HTTP_X_API_KEY"
+BEARER = "bearer"
 MISSING = "Missing API key"
 INVALID = "Invalid API key"
 
@@ -35,6 +40,19 @@ class ApiKeyError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def key_from_headers(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The raw key of a request: the `X-API-Key` header, else an `Authorization: Bearer` one
+    (the scheme is case-insensitive). Any other `Authorization` is no key at all."""
+    if x_api_key is not None:
+        return x_api_key
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    return credentials if scheme.lower() == BEARER else None
+
+
+def request_key(request) -> str | None:
+    return key_from_headers(request.META.get(META_KEY), request.META.get("HTTP_AUTHORIZATION"))
 
 
 def _from_cache(raw: str | None) -> tuple[str, str, Credentials | None]:
@@ -94,13 +112,14 @@ async def aauthenticate_key(raw: str | None) -> AbstractBaseUser:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """DRF authentication by the `X-API-Key` header: `request.user` is the key's owner and
-    `request.auth` the ApiKey row. A missing/empty header and a bad key both answer 401.
-    Async views await `aauthenticate`; sync DRF views (if any) call `authenticate`."""
+    """DRF authentication by the `X-API-Key` header (or `Authorization: Bearer`): `request.user`
+    is the key's owner and `request.auth` the ApiKey row. A missing/empty header and a bad key
+    both answer 401. Async views await `aauthenticate`; sync DRF views (if any) call
+    `authenticate`."""
 
     def authenticate(self, request) -> Credentials:
         try:
-            return authenticate_credentials(request.META.get(META_KEY))
+            return authenticate_credentials(request_key(request))
         except ApiKeyError as exc:
             raise AuthenticationFailed(exc.message) from None
 
@@ -108,7 +127,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         """Async twin of `authenticate`, used by the async viewsets (`spaces.viewsets`): a cached
         key is checked on the event loop with no I/O (see `aauthenticate_credentials`)."""
         try:
-            return await aauthenticate_credentials(request.META.get(META_KEY))
+            return await aauthenticate_credentials(request_key(request))
         except ApiKeyError as exc:
             raise AuthenticationFailed(exc.message) from None
 

@@ -17,6 +17,7 @@ from .auth import HEADER
 from .serializers import TIMESTAMP_HELP
 
 SECURITY_SCHEME = "ApiKeyAuth"
+BEARER_SCHEME = "BearerAuth"
 # Bodies are parsed as JSON whatever the Content-Type says; JSON is what clients should send.
 JSON = "application/json"
 NUL_HELP = (
@@ -26,13 +27,20 @@ NUL_HELP = (
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    """`spaces.auth.ApiKeyAuthentication` is the `X-API-Key` header scheme."""
+    """`spaces.auth.ApiKeyAuthentication`: the `X-API-Key` header, or the same key as
+    `Authorization: Bearer <key>` (either one)."""
 
     target_class = "spaces.auth.ApiKeyAuthentication"
-    name = SECURITY_SCHEME
+    name = [SECURITY_SCHEME, BEARER_SCHEME]
+
+    def get_security_requirement(self, auto_schema):
+        return [{SECURITY_SCHEME: []}, {BEARER_SCHEME: []}]  # one or the other
 
     def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "header", "name": HEADER}
+        return [{"type": "apiKey", "in": "header", "name": HEADER},
+                {"type": "http", "scheme": "bearer",
+                 "description": f"The API key as `Authorization: Bearer <key>`, instead of "
+                                f"`{HEADER}`."}]
 
 
 # --- Errors: always {"error": message, "code": CODE}; one component per status ----------------
@@ -42,7 +50,8 @@ ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
           "Invalid JSON (`INVALID_JSON`, also for NUL characters) or invalid fields "
           "(`INVALID_INPUT`)."),
     401: ("UnauthorizedError", ("UNAUTHENTICATED",),
-          'Missing (`"Missing API key"`) or unknown/revoked (`"Invalid API key"`) `X-API-Key`.'),
+          'Missing (`"Missing API key"`) or unknown/revoked (`"Invalid API key"`) key, in '
+          '`X-API-Key` or `Authorization: Bearer`.'),
     403: ("ForbiddenError", ("FORBIDDEN",), "The space belongs to another user."),
     404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND"),
           "Unknown space (`NOT_FOUND`, `\"Space not found\"`) or a session that is not in this "

@@ -188,7 +188,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "DESCRIPTION": (
         "Multi-tenant agent-session server: spaces, session trees, turns, forks and layered "
-        "memory. Every path under `/spaces` needs the `X-API-Key` header. Bodies are JSON, keys "
+        "memory. Every path under `/spaces` needs the API key, in the `X-API-Key` header or as "
+        "`Authorization: Bearer <key>`. Bodies are JSON, keys "
         "are camelCase, timestamps look like `2026-11-23T11:24:14.471Z`, and every error is "
         '`{"error": "<message>", "code": "<CODE>"}`; a method a path does not list answers 405 '
         "`METHOD_NOT_ALLOWED` with an `Allow` header."

@@ -14,8 +14,9 @@ from sessions_app.health import healthz, readyz
 
 # Swagger UI's files for /api/docs/, served by the app itself whatever DEBUG says, so the docs
 # work with no internet and no static-file server (a few files, cached by the browser).
-SWAGGER_UI_PREFIX = settings.STATIC_URL.lstrip("/") + "drf_spectacular_sidecar/"
-SWAGGER_UI_ROOT = Path(drf_spectacular_sidecar.__file__).parent / "static" / "drf_spectacular_sidecar"
+SWAGGER_UI_APP = "drf_spectacular_sidecar"
+SWAGGER_UI_PREFIX = f"{settings.STATIC_URL.lstrip('/')}{SWAGGER_UI_APP}/"
+SWAGGER_UI_ROOT = Path(drf_spectacular_sidecar.__file__).parent / "static" / SWAGGER_UI_APP
 
 urlpatterns = [
     re_path(rf"^{SWAGGER_UI_PREFIX}(?P<path>swagger-ui-dist/.+)$", serve,

@@ -57,6 +57,36 @@ def test_a_request_without_a_key_is_401_missing_api_key(anonymous_client: APICli
     assert response["WWW-Authenticate"] == "X-API-Key"
 
 
+def test_the_key_may_come_as_an_authorization_bearer_header(alice, alice_key) -> None:
+    for scheme in ("Bearer", "bearer"):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"{scheme} {alice_key}")
+        response = client.get("/spaces")
+        assert response.status_code == 200, (scheme, response.content)
+
+
+def test_x_api_key_wins_over_authorization_and_other_schemes_carry_no_key(
+        alice_key, bob_key) -> None:
+    both = APIClient()
+    both.credentials(HTTP_X_API_KEY="stello_not_a_real_key",
+                     HTTP_AUTHORIZATION=f"Bearer {alice_key}")
+    assert both.get("/spaces").json() == UNAUTHENTICATED_INVALID
+
+    basic = APIClient()
+    basic.credentials(HTTP_AUTHORIZATION=f"Basic {alice_key}")
+    assert basic.get("/spaces").json() == UNAUTHENTICATED_MISSING
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Bearer stello_not_a_real_key")
+    assert bad.get("/spaces").status_code == 401
+
+
+def test_a_key_in_the_query_string_is_never_read(alice_key) -> None:
+    """No key is taken from the URL (where access logs would print it)."""
+    for name in ("api_key", "apiKey", "key", "x-api-key", "token", "access_token"):
+        response = APIClient().get(f"/spaces?{name}={alice_key}")
+        assert response.json() == UNAUTHENTICATED_MISSING, name
+
+
 @pytest.mark.parametrize("header", ["", "   "], ids=["empty", "blank"])
 def test_an_empty_key_header_is_401_missing_api_key(db, header: str) -> None:
     response = client_for(header).get("/spaces")

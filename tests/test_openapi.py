@@ -89,14 +89,16 @@ def test_paths_are_canonical_and_ids_are_documented_strings() -> None:
 
 def test_every_space_operation_needs_the_key_and_documents_its_errors() -> None:
     schema = fetch_schema()
-    assert schema["components"]["securitySchemes"]["ApiKeyAuth"] == {
-        "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["ApiKeyAuth"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert {k: v for k, v in schemes["BearerAuth"].items() if k != "description"} == {
+        "type": "http", "scheme": "bearer"}
     for (method, path), operation in operations(schema).items():
         statuses = set(operation["responses"])
         if not path.startswith("/spaces"):
             assert operation["security"] == [], path
             continue
-        assert operation["security"] == [{"ApiKeyAuth": []}], path
+        assert operation["security"] == [{"ApiKeyAuth": []}, {"BearerAuth": []}], path
         assert {"401", "429"} <= statuses, path
         if "{space_id}" in path:
             assert {"403", "404"} <= statuses, path

@@ -2,10 +2,10 @@
 reads frames into a queue and handles them with one worker task.
 
 Connect (`Authenticated`, before any consumer exists): the API key comes from the `X-API-Key`
-header of the upgrade or, for browsers that cannot set headers, from a `Sec-WebSocket-Protocol`
-value that looks like a key (the connection is then accepted with that subprotocol, as
-browsers require). A missing or bad key, an unknown space and another user's space refuse the
-upgrade: with the ASGI WebSocket Denial Response extension
+(or `Authorization: Bearer`) header of the upgrade or, for browsers that cannot set headers,
+from a `Sec-WebSocket-Protocol` value that looks like a key (the connection is then accepted
+with that subprotocol, as browsers require). A missing or bad key, an unknown space and
+another user's space refuse the upgrade: with the ASGI WebSocket Denial Response extension
 (`scope["extensions"]["websocket.http.response"]`, e.g. uvicorn, hypercorn) the client gets
 401 / 404 / 403 and the JSON error body of the REST API; without it (daphne) the socket is
 closed before accept, which the server answers with 403. A refused client never gets a
@@ -69,7 +69,7 @@ from django.conf import settings
 from rest_framework.exceptions import APIException
 
 from spaces.apikeys import looks_like_key
-from spaces.auth import HEADER, ApiKeyError, aauthenticate_key
+from spaces.auth import HEADER, ApiKeyError, aauthenticate_key, key_from_headers
 from spaces.selectors import aspace_id_for_user, parse_uuid
 
 from .. import events
@@ -159,9 +159,11 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 
 
 def credentials(scope: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(raw key, subprotocol to accept with). The header wins; a key offered as a subprotocol
-    is used (and echoed, as browsers require) only when there is no header."""
-    header = _header(scope, HEADER.lower().encode())
+    """(raw key, subprotocol to accept with). A header wins (`X-API-Key`, else `Authorization:
+    Bearer`); a key offered as a subprotocol is used (and echoed, as browsers require) only when
+    there is no header."""
+    header = key_from_headers(_header(scope, HEADER.lower().encode()),
+                              _header(scope, b"authorization"))
     if header is not None:
         return header, None
     offered = next((s for s in scope.get("subprotocols", ()) if looks_like_key(s)), None)

@@ -253,6 +253,22 @@ async def test_the_header_wins_over_a_subprotocol(space_id, alice_key, bob_key) 
     await communicator.disconnect()
 
 
+@bounded()
+async def test_the_key_may_come_as_an_authorization_bearer_header(space_id, alice_key) -> None:
+    bearer = [(b"authorization", f"Bearer {alice_key}".encode())]
+    communicator = WebsocketCommunicator(application, ws_path(space_id), headers=bearer)
+    connected, _ = await communicator.connect(timeout=WAIT)
+    assert connected
+    await communicator.disconnect()
+
+
+@bounded()
+async def test_a_key_in_the_query_string_of_the_upgrade_is_never_read(space_id, alice_key) -> None:
+    communicator = WebsocketCommunicator(application, f"{ws_path(space_id)}?api_key={alice_key}")
+    connected, _ = await communicator.connect(timeout=WAIT)
+    assert not connected
+
+
 REFUSALS = {
     # case: (key, space id, status, body)
     "no key": (None, "own", 401, "Missing API key", "UNAUTHENTICATED"),
