@@ -222,13 +222,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("STELLO_MAX_BODY_BYTES", 1_048_576, minimu
 
 # --- Stello ------------------------------------------------------------------------------------
 _PROVIDERS = ("offline", "openai", "anthropic")
+_LLM_VARIABLES = ("PROVIDER", "MODEL", "BASE_URL", "API_KEY", "MAX_CONTEXT_TOKENS",
+                  "MAX_OUTPUT_TOKENS", "TIMEOUT_SECONDS", "MAX_RETRIES", "SCRIPT")
 
 
 def _llm_settings(prefix: str, fallback: dict | None) -> dict | None:
     """STELLO_LLM_* (or the STELLO_MEMORY_LLM_* twins, which default to the main ones)."""
     base = fallback or {}
     provider_var = f"{prefix}_PROVIDER"
-    if fallback is not None and not env_str(provider_var) and not env_str(f"{prefix}_MODEL"):
+    if fallback is not None and not any(env_str(f"{prefix}_{name}") for name in _LLM_VARIABLES):
         return None  # no memory-specific LLM: the main one serves memory calls too
     provider = env_choice(provider_var, base.get("provider", "offline"), _PROVIDERS)
     default_model = {"offline": "offline-echo", "openai": "gpt-4o-mini",
@@ -309,6 +311,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
+        # Django's own messages (e.g. "Unauthorized: /spaces") once, in our format: by default
+        # they go both to Django's DEBUG-only console and, through the root logger, to the
+        # server's handler (daphne configures one), so `make run` printed each twice.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "stello": {"handlers": ["console"], "propagate": False,
                    "level": env_choice("STELLO_LOG_LEVEL", "info", _LOG_LEVELS).upper()},
     },
