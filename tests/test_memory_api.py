@@ -125,6 +125,15 @@ class TestManualEndpoints:
         assert "remember this" in memory
         assert slot(alice_client, space, child, "memory") == memory
 
+    def test_consolidating_a_session_with_no_history_answers_a_null_memory_as_documented(
+            self, alice_client, space) -> None:
+        child = fork(alice_client, space, "Empty")
+        response = alice_client.post(f"/spaces/{space['id']}/sessions/{child}/consolidate")
+        assert (response.status_code, response.json()) == (200, {"memory": None})
+        schema = alice_client.get("/api/schema/?format=json").json()
+        memory = schema["components"]["schemas"]["ConsolidateResponse"]["properties"]["memory"]
+        assert memory.get("nullable") is True
+
     def test_consolidation_prompt_resolves_session_slot_then_space_then_default(
         self, alice_client, space
     ) -> None:

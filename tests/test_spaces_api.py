@@ -257,3 +257,17 @@ def test_database_constraints_allow_one_main_session_per_space(alice_client) -> 
     space = create_space(alice_client, label="S")
     with pytest.raises(IntegrityError), transaction.atomic():
         Session.objects.create(space_id=space["id"], label="second root", role="main")
+
+
+@HOT_PATH_DB
+def test_big_numbers_in_a_config_are_stored_and_read_back(alice_client) -> None:
+    """JSON numbers beyond 64-bit integers (orjson reads them as floats; PostgreSQL's jsonb
+    gives them back as integers) never make a read fail."""
+    config = {"big": 1e20, "huge": 1.5e300, "nested": [{"n": -1e19}]}
+    space = create_space(alice_client, label="numbers", config=config)
+    for response in (alice_client.get(f"/spaces/{space['id']}"), alice_client.get("/spaces"),
+                     alice_client.patch(f"/spaces/{space['id']}", {"label": "renamed"},
+                                        format="json")):
+        assert response.status_code == 200, response.content
+    read = alice_client.get(f"/spaces/{space['id']}").json()["config"]
+    assert read == config  # the same numbers (1e20 == 100000000000000000000)

@@ -155,7 +155,10 @@ class ForkOptionsSerializer(BodySerializer):
 
 
 class ConsolidateResponseSerializer(serializers.Serializer):
-    memory = serializers.CharField(allow_blank=True, help_text="The session's new L2 memory.")
+    memory = serializers.CharField(
+        allow_blank=True, allow_null=True,
+        help_text="The session's new L2 memory; `null` when the session has no history yet "
+                  "and was never consolidated (nothing to distil, no LLM call).")
 
 
 class InsightSerializer(serializers.Serializer):
