@@ -199,3 +199,24 @@ def test_the_api_docs_load_swagger_ui_from_this_server(settings) -> None:
     outside = Client(raise_request_exception=False).get(
         "/static/drf_spectacular_sidecar/swagger-ui-dist/../../../settings.py")
     assert outside.status_code == 400  # SuspiciousFileOperation: nothing outside is served
+
+
+# --- The admin keeps its CSRF protection (no CsrfViewMiddleware: see settings.MIDDLEWARE) -------
+
+
+@pytest.mark.django_db
+def test_the_admin_login_needs_its_csrf_token(django_user_model) -> None:
+    django_user_model.objects.create_superuser("root", password="s3cret-pass")
+    client = Client(enforce_csrf_checks=True)
+    form = client.get("/admin/login/")
+    assert form.status_code == 200
+    token = client.cookies["csrftoken"].value
+    credentials = {"username": "root", "password": "s3cret-pass"}
+    assert client.post("/admin/login/", credentials).status_code == 403
+    login = client.post("/admin/login/?next=/admin/",
+                        {**credentials, "csrfmiddlewaretoken": token, "next": "/admin/"})
+    assert (login.status_code, login["Location"]) == (302, "/admin/")
+    assert client.get("/admin/").status_code == 200
+    # A logged-in POST without the token is refused too (logout is a POST).
+    assert client.post("/admin/logout/").status_code == 403
+    assert client.get("/admin/").status_code == 200
