@@ -7,6 +7,7 @@ STELLO_TEST_SERVER=uvicorn) for what is checked when the application starts.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import socket
@@ -16,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from django.core.exceptions import ImproperlyConfigured
+from websockets.exceptions import InvalidStatus
 
 from sessions_app.runtime import pool
 from sessions_app.runtime.startup import load_extensions
 from tests.support.servers import (
     Server,
+    committed_tenant,
     free_port,
     http_json,
     server_command,
+    server_env,
     wait_until_answering,
 )
 
@@ -191,3 +196,39 @@ def test_make_run_logs_each_line_once(tmp_path) -> None:
     assert output.count("Stello starting") == 1, output
     assert output.count("Unauthorized: /spaces") == 1, output
     assert output.count('"GET /spaces"') == 1, output  # daphne's access log
+
+
+@pytest.mark.servers
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres  # the server shares the test database
+def test_uvicorn_logs_never_print_a_key_sent_in_the_query_string(tmp_path) -> None:
+    """No key is read from a query string, but a client may send one there: uvicorn's access
+    log (HTTP) and error log (WebSocket) print the path with its query string, redacted."""
+    tenant = committed_tenant("alice", "Alice's space")
+    key = tenant["key"]
+    secret = key.rsplit("_", 1)[1]
+    port = free_port()
+    log = tmp_path / "uvicorn.log"
+    command = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+               "stello_project.asgi:application"]  # with its access log
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=server_env(), stdout=out,
+                                   stderr=subprocess.STDOUT)
+    server = Server(port, process, log, {})
+    try:
+        wait_until_answering(server)
+        status, _ = http_json("GET", server.http(f"/spaces?api_key={key}"), key="")
+        assert status == 401  # never read from there
+        with pytest.raises(InvalidStatus) as refused:
+            asyncio.run(_connect(server.ws(tenant["space_id"]) + f"?api_key={key}"))
+        assert refused.value.response.status_code == 401
+    finally:
+        server.stop()
+    output = log.read_text()
+    assert output.count("[redacted]") >= 2, output
+    assert secret not in output, output
+
+
+async def _connect(url: str) -> None:
+    async with websockets.connect(url, open_timeout=10):
+        pass

@@ -8,12 +8,26 @@ offline-LLM script, an unreachable Redis.
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 REDIS_CHECK_TIMEOUT = 5.0  # seconds to connect to Redis and get its PONG
+# An API key (`stello_<public prefix>_<secret>`) anywhere in a log line: the secret part.
+KEY_SECRET = re.compile(r"(stello_[A-Za-z0-9]{8}_)[A-Za-z0-9]+")
+
+
+class RedactApiKeys(logging.Filter):
+    """Keeps the secret part of API keys out of log lines. No key is ever read from a query
+    string, but a client may still send one there, and access logs print the whole path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(KEY_SECRET.sub(r"\1[redacted]", arg) if isinstance(arg, str)
+                                else arg for arg in record.args)
+        return True
 
 
 def load_extensions() -> None:
@@ -61,6 +75,15 @@ def check_redis() -> None:
         raise ImproperlyConfigured(f"REDIS_URL: cannot use Redis at {shown}: {exc}") from None
 
 
+def redact_api_keys_in_server_logs() -> None:
+    """uvicorn's access log (HTTP) and error log (WebSocket upgrades) print paths with their
+    query strings. daphne's access log writes to its stream directly, past any filter."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactApiKeys) for f in logger.filters):
+            logger.addFilter(RedactApiKeys())
+
+
 def log_startup(logger: logging.Logger) -> None:
     from ..engine.llm import LLMSettings, describe
 
@@ -70,6 +93,7 @@ def log_startup(logger: logging.Logger) -> None:
     load_extensions()
     check_llm_scripts()
     check_redis()
+    redact_api_keys_in_server_logs()
     logger.info("Stello starting: database=%s channel_layer=%s", db, layer)
     logger.info("Chat %s", describe(LLMSettings(**stello["LLM"])))
     if stello["MEMORY_LLM"]:
