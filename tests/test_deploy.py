@@ -220,3 +220,12 @@ def test_the_admin_login_needs_its_csrf_token(django_user_model) -> None:
     # A logged-in POST without the token is refused too (logout is a POST).
     assert client.post("/admin/logout/").status_code == 403
     assert client.get("/admin/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_admin_goes_through_the_stock_middleware_under_asgi() -> None:
+    app = StelloASGIHandler()
+    status, headers = await asgi_get(app, "/admin/login/")
+    assert status == 200
+    assert headers["set-cookie"].startswith("csrftoken=")  # the login form's CSRF cookie
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
