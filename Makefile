@@ -5,17 +5,30 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean constraints
 
-$(VENV)/.installed-runtime: requirements.txt
+# Every install goes through constraints.txt, which pins every transitive dependency too.
+$(VENV)/.installed-runtime: requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed-runtime requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed-runtime requirements-dev.txt constraints.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	@touch $@
+
+# Re-lock after changing requirements*.txt: resolve them afresh in a throw-away virtualenv and
+# write what it installed, pinned, to constraints.txt (keeping its header).
+constraints:
+	rm -rf .stello/lock-venv
+	$(PYTHON) -m venv .stello/lock-venv || python3 -m venv .stello/lock-venv
+	.stello/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.stello/lock-venv/bin/python -m pip install --quiet -r requirements-dev.txt
+	{ grep '^#' constraints.txt; .stello/lock-venv/bin/python -m pip freeze --exclude-editable \
+	    | sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .stello/lock-venv
 
 # Development: DEBUG=1 (unless set), which also allows the embedded SECRET_KEY.
 run: export DEBUG ?= 1

@@ -1,10 +1,15 @@
 """Announcements to WebSocket listeners, through the channel layer (Redis across processes).
 
 `announce_turn` is called by the store after a turn has committed, so a rolled-back turn never
-reaches a client. It is called from async code on the event loop: it schedules the
-`group_send` as a task of that loop and returns at once; the turn never waits for the channel
-layer, and a failure to announce is logged, never raised into the turn. The tasks are kept in
-`pending` (strong references) until they finish; `drain()` waits for them.
+reaches a client. It is called from async code on the event loop (both stores call it there):
+it schedules the `group_send` as a task of that loop and returns at once; the turn never waits
+for the channel layer, and a failure to announce is logged, never raised into the turn. The
+tasks are kept in `pending` (strong references) until they finish; `drain()` waits for them.
+
+Watching is opt-in and rare, so most announcements are heard by nobody. That costs one Redis
+command anyway: on the pub/sub layer `group_send` is a single `PUBLISH`, which Redis drops
+when no process subscribes to the group, so there is nothing cheaper to ask first. The
+in-memory layer answers without I/O either way.
 
 `origin` names the WebSocket connection whose frame is being handled (the consumer sets it
 around each engine call; REST and background work leave it unset). The announcement carries
@@ -18,8 +23,7 @@ import contextvars
 import logging
 from typing import Any
 
-from asgiref.sync import SyncToAsync
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 
 logger = logging.getLogger("stello.events")
 
@@ -45,50 +49,22 @@ def announce_turn(space_id: str, session_id: str, turn_count: int) -> None:
         message["origin"] = made_by
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = _loop_of_this_worker_thread()
-        if loop is None:
-            logger.warning("turn %s of session %s (space %s) not announced: no event loop",
-                           turn_count, session_id, space_id)
-            return
-        # A store that still commits in a worker thread: hand the send to its loop.
-        loop.call_soon_threadsafe(_schedule, layer, space_id, message)
+    except RuntimeError:  # a programming error, but the turn has committed: never fail it
+        logger.error("turn %s of session %s (space %s) not announced: no running event loop",
+                     turn_count, session_id, space_id)
         return
-    _schedule(layer, space_id, message)
-
-
-def _schedule(layer: BaseChannelLayer, space_id: str, message: dict[str, Any]) -> None:
-    task = asyncio.get_running_loop().create_task(_send(layer, space_id, message))
+    task = loop.create_task(_send(layer, space_id, message))
     pending.add(task)
     task.add_done_callback(pending.discard)
 
 
-async def _send(layer: BaseChannelLayer, space_id: str, message: dict[str, Any]) -> None:
+async def _send(layer: Any, space_id: str, message: dict[str, Any]) -> None:
     session_id = message["sessionId"]
     group = session_group(session_id)
     try:
-        if await _anyone_watches(layer, group):
-            await layer.group_send(group, message)
+        await layer.group_send(group, message)
     except Exception:  # a notification must never fail the turn that is already committed
         logger.exception("could not announce turn of session %s (space %s)", session_id, space_id)
-
-
-async def _anyone_watches(layer: BaseChannelLayer, group: str) -> bool:
-    """Whether the group has members, as cheaply as the layer allows. Watching is opt-in and
-    rare, so most turns are heard by nobody: on Redis one EXISTS on the group's key (where the
-    layer keeps its members) instead of `group_send`'s two commands, and the in-memory layer
-    answers without I/O either way."""
-    group_key = getattr(layer, "_group_key", None)  # channels_redis' RedisChannelLayer
-    if group_key is None:
-        return True
-    connection = layer.connection(layer.consistent_hash(group))
-    return bool(await connection.exists(group_key(group)))
-
-
-def _loop_of_this_worker_thread() -> asyncio.AbstractEventLoop | None:
-    """The running loop that handed work to this thread through `sync_to_async`, if any."""
-    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
-    return loop if loop is not None and loop.is_running() else None
 
 
 async def drain() -> None:

@@ -139,12 +139,22 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer: in-memory (one process) unless REDIS_URL is set. ----------------------------
+# On Redis, the pub/sub layer: each process holds ONE subscriber connection (plus one to
+# publish), however many WebSocket connections watch sessions, and it never blocks on a Redis
+# command, so redis-py's socket timeout cannot fire while it waits (the list-based
+# `RedisChannelLayer` blocks 5 s per receive, as long as redis-py's default socket timeout).
+# Live updates need no delivery guarantee beyond "while you are subscribed": `turnCount` lets a
+# client notice a gap. Health checks find a dead connection within 30 s; keepalive helps too.
 _REDIS_URL = env_str("REDIS_URL")
 if _REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [_REDIS_URL], "prefix": env_str("STELLO_REDIS_PREFIX", "stello")},
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": _REDIS_URL, "socket_connect_timeout": 5,
+                           "socket_keepalive": True, "health_check_interval": 30}],
+                "prefix": env_str("STELLO_REDIS_PREFIX", "stello"),
+            },
         }
     }
 else:

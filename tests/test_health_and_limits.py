@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from django.test import AsyncClient
 
+from sessions_app.health import readiness
 from tests.conftest import HOT_PATH_DB
 
 
@@ -20,6 +23,30 @@ async def test_readyz_checks_database_channel_layer_and_llm() -> None:
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "checks": {
         "database": "ok", "channelLayer": "ok", "llm": "ok"}}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_concurrent_readyz_callers_share_one_check_and_reuse_its_verdict() -> None:
+    """A flood of anonymous callers costs one round of checks, not one per caller."""
+    readiness.forget()
+    before = readiness.checks_run
+    responses = await asyncio.gather(*(AsyncClient().get("/readyz") for _ in range(200)))
+    assert [r.status_code for r in responses] == [200] * 200
+    assert readiness.checks_run == before + 1
+    assert (await AsyncClient().get("/readyz")).status_code == 200  # within the second: cached
+    assert readiness.checks_run == before + 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_readyz_caller_that_goes_away_does_not_cancel_the_shared_check() -> None:
+    readiness.forget()
+    before = readiness.checks_run
+    first = asyncio.ensure_future(readiness.verdict())
+    second = asyncio.ensure_future(readiness.verdict())
+    await asyncio.sleep(0)
+    first.cancel()
+    assert (await second)["status"] == "ready"
+    assert first.cancelled() and readiness.checks_run == before + 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -173,8 +173,9 @@ async def group_members(session_id: str) -> list[str]:
     group = session_group(session_id)
     if isinstance(layer, InMemoryChannelLayer):
         return sorted(layer.groups.get(group, {}))
-    connection = layer.connection(layer.consistent_hash(group))
-    return sorted(m.decode() for m in await connection.zrange(layer._group_key(group), 0, -1))
+    # channels_redis' pub/sub layer keeps a group's members in the process that subscribed
+    loop_layer = layer._get_layer()
+    return sorted(loop_layer.groups.get(loop_layer._get_group_channel_name(group), ()))
 
 
 async def nothing_more(communicator: WebsocketCommunicator) -> None:
