@@ -97,7 +97,11 @@ def conninfo() -> str | None:
     connection option of DATABASE_URL, such as sslmode or connect_timeout), so the hot-path
     pool and the session-lock connections connect exactly like the ORM. Asked on every hot-path
     request: the string is built once per set of settings."""
-    db = settings.DATABASES["default"]
+    return conninfo_of(settings.DATABASES["default"])
+
+
+def conninfo_of(db: dict[str, Any]) -> str | None:
+    """The libpq connection string of a Django DATABASES entry (None unless PostgreSQL)."""
     if db["ENGINE"] != POSTGRESQL:
         return None
     options = tuple(sorted((k, str(v)) for k, v in (db.get("OPTIONS") or {}).items()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -189,3 +190,16 @@ async def test_requests_survive_postgresql_restarts_and_get_503_while_it_is_down
     assert inputs == ["before", "again", "again", "after restart 0", "again",
                       "after restart 1", "again", "back", "new socket"]
     assert "Traceback" not in server.output(tail=200_000), server.output()
+
+
+def test_an_unreachable_database_stops_start_up_in_one_line_naming_database_url() -> None:
+    with socket.socket() as probe:  # a loopback port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = server_env(DATABASE_URL=f"postgresql://root@127.0.0.1:{port}/stello")
+    started = subprocess.run([sys.executable, "-c", "import stello_project.asgi"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode != 0
+    last = started.stderr.strip().splitlines()[-1]
+    assert "DATABASE_URL: cannot connect to PostgreSQL" in last and str(port) in last, last
+    assert "error connecting" not in started.stderr  # no pool retrying in the background
