@@ -14,13 +14,14 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from spaces import pgpool
 from tests.support.pgcluster import Cluster, pg_cluster
 from tests.support.servers import ROOT, Server, http_json, server_env, server_processes
 
@@ -203,3 +204,37 @@ def test_an_unreachable_database_stops_start_up_in_one_line_naming_database_url(
     last = started.stderr.strip().splitlines()[-1]
     assert "DATABASE_URL: cannot connect to PostgreSQL" in last and str(port) in last, last
     assert "error connecting" not in started.stderr  # no pool retrying in the background
+
+
+# A statement that ends its own connection the first time it runs (the sequence counts the runs;
+# nextval is not rolled back), like a server restarting under a statement in flight.
+DIES_ONCE = ("SELECT CASE WHEN nextval('stello_test_dies_once') = 1 "
+             "THEN pg_terminate_backend(pg_backend_pid()) ELSE true END")
+
+
+@pytest.fixture
+async def dies_once(transactional_db) -> AsyncIterator[None]:
+    async with pgpool.connection() as conn:
+        await conn.execute("DROP SEQUENCE IF EXISTS stello_test_dies_once")
+        await conn.execute("CREATE SEQUENCE stello_test_dies_once")
+    yield
+    async with pgpool.connection() as conn:
+        await conn.execute("DROP SEQUENCE stello_test_dies_once")
+    await pgpool.pools.aclose_current()
+
+
+async def runs() -> int:
+    row = await pgpool.fetchone("SELECT last_value FROM stello_test_dies_once")
+    return row[0]
+
+
+async def test_a_read_whose_connection_dies_under_it_is_retried_once(dies_once) -> None:
+    assert await pgpool.fetchone(DIES_ONCE) == (True,)
+    assert await runs() == 2
+
+
+async def test_a_write_whose_connection_dies_under_it_is_not_retried(dies_once) -> None:
+    with pytest.raises(pgpool.ConnectionLost):
+        async with pgpool.connection() as conn:
+            await conn.execute(DIES_ONCE)
+    assert await runs() == 1
