@@ -10,6 +10,11 @@ The pool is loop-bound, so the registry keeps one per event loop, created inside
 loop on first use (a server has one loop; tests may have several). `round_trips` counts every
 wait on the server (one per statement outside a pipeline, one per pipeline sync), so tests can
 hold each hot path at its minimum.
+
+A PostgreSQL restart closes every pooled connection. A connection is checked before it is lent
+(`is_lost`, without a round trip) and dead ones are replaced, and reads (`fetchone`,
+`fetchall`) are retried once if their connection breaks while they run, so a restart fails no
+request; while the server is down, `DatabaseUnavailable` becomes a 503.
 """
 
 from __future__ import annotations
@@ -258,8 +263,8 @@ async def connection() -> AsyncIterator[psycopg.AsyncConnection]:
 
 
 async def fetchone(sql: str, params: Any = None) -> tuple[Any, ...] | None:
-    """The first row of a read-only statement; retried once on a lost connection (a read
-    cannot be done twice), so a restarted server costs no failed request."""
+    """The first row of a read-only statement, retried once on a lost connection (running a
+    read again does no harm), so a server restarting under it fails no request."""
     try:
         return await _fetch(sql, params, all_rows=False)
     except ConnectionLost:

@@ -11,7 +11,8 @@ The unlock is sent without making the operation's answer wait for it. No connect
 operation, so the number of operations in flight is not bound by connections, and no transaction
 stays open during an LLM call. A lock held by another process is retried with a short backoff
 until the lock timeout (then SessionBusy). When a process dies, PostgreSQL closes its connection
-and drops its locks at once.
+and drops its locks at once. A lock connection that PostgreSQL has closed (a restart) is
+replaced before its next use, or on the spot if it breaks under a try; its locks are gone.
 """
 
 from __future__ import annotations
