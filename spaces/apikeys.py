@@ -125,7 +125,7 @@ async def apikey_atouch(*, apikey: ApiKey, now: datetime | None = None) -> bool:
     now = now or timezone.now()
     if not _touch_due(apikey, now):
         return False
-    if pgpool.conninfo() is None:
+    if not pgpool.enabled():
         await _touch_queryset(apikey, now).aupdate(last_used_at=now)  # one hop (SQLite)
     else:
         async with pgpool.connection() as conn:
@@ -196,14 +196,14 @@ async def apikey_aauthenticate(raw_key: str) -> Credentials | None:
 
     if not looks_like_key(raw_key):
         return None
-    if pgpool.conninfo() is None:
+    if not pgpool.enabled():
         from asgiref.sync import sync_to_async
 
         return await sync_to_async(apikey_authenticate)(raw_key)
     now = timezone.now()
     params = {"hash": hash_key(raw_key), "now": now, "stale": now - LAST_USED_RESOLUTION}
-    async with pgpool.connection() as conn:
-        row = await (await conn.execute(_lookup_sql(), params)).fetchone()
+    # Retried once on a lost connection: its last-used update is idempotent.
+    row = await pgpool.fetchone(_lookup_sql(), params)
     if row is None:
         return None
     key_values = dict(zip(_KEY_COLUMNS, row[: len(_KEY_COLUMNS)], strict=True))

@@ -10,12 +10,19 @@ The pool is loop-bound, so the registry keeps one per event loop, created inside
 loop on first use (a server has one loop; tests may have several). `round_trips` counts every
 wait on the server (one per statement outside a pipeline, one per pipeline sync), so tests can
 hold each hot path at its minimum.
+
+A PostgreSQL restart closes every pooled connection. A connection is checked before it is lent
+(`is_lost`, without a round trip) and dead ones are replaced, and reads (`fetchone`,
+`fetchall`) are retried once if their connection breaks while they run, so a restart fails no
+request; while the server is down, `DatabaseUnavailable` becomes a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import select
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +33,8 @@ import psycopg
 import psycopg.types.json
 from django.conf import settings
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+
+logger = logging.getLogger("stello.pgpool")
 
 
 class RoundTripCounter:
@@ -70,23 +79,92 @@ class DatabaseUnavailable(Exception):
     """No connection could be had (pool exhausted, server down): the caller answers 503."""
 
 
+class ConnectionLost(DatabaseUnavailable):
+    """The connection broke while a statement ran (e.g. PostgreSQL restarted): a read may be
+    retried once on another connection; a write's outcome is unknown."""
+
+
+POSTGRESQL = "django.db.backends.postgresql"
+# Keys of a Django OPTIONS dict that Django consumes itself; the others are connection
+# parameters, as in `DatabaseWrapper.get_connection_params`.
+_DJANGO_OPTIONS = frozenset({"pool", "assume_role", "isolation_level", "server_side_binding"})
+
+
+def enabled() -> bool:
+    """Whether the default database is PostgreSQL, so the hot paths use this pool (else they
+    use the ORM on the embedded SQLite default)."""
+    return conninfo() is not None
+
+
 def conninfo() -> str | None:
-    """The libpq connection string of the default database, or None when it is not PostgreSQL.
-    (Asked on every hot-path request: the string is built once per set of settings.)"""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
+    """The libpq connection string of the default database, or None when it is not PostgreSQL:
+    the same parameters as Django's own connections (name, user, password, host, port and every
+    connection option of DATABASE_URL, such as sslmode or connect_timeout), so the hot-path
+    pool and the session-lock connections connect exactly like the ORM. Asked on every hot-path
+    request: the string is built once per set of settings."""
+    return conninfo_of(settings.DATABASES["default"])
+
+
+def conninfo_of(db: dict[str, Any]) -> str | None:
+    """The libpq connection string of a Django DATABASES entry (None unless PostgreSQL)."""
+    if db["ENGINE"] != POSTGRESQL:
         return None
+    options = tuple(sorted((k, str(v)) for k, v in (db.get("OPTIONS") or {}).items()
+                           if k not in _DJANGO_OPTIONS))
     # Under pytest-django, NAME already names the test database.
     return _conninfo(db["NAME"], db.get("HOST") or None,
                      str(db["PORT"]) if db.get("PORT") else None,
-                     db.get("USER") or None, db.get("PASSWORD") or None)
+                     db.get("USER") or None, db.get("PASSWORD") or None, options)
 
 
 @functools.lru_cache(maxsize=8)
 def _conninfo(dbname: str, host: str | None, port: str | None, user: str | None,
-              password: str | None) -> str:
+              password: str | None, options: tuple[tuple[str, str], ...] = ()) -> str:
     parts = {"dbname": dbname, "host": host, "port": port, "user": user, "password": password}
-    return psycopg.conninfo.make_conninfo(**{k: v for k, v in parts.items() if v})
+    return psycopg.conninfo.make_conninfo(
+        **dict(options), **{k: v for k, v in parts.items() if v}
+    )
+
+
+def is_lost(conn: psycopg.AsyncConnection | psycopg.Connection) -> bool:
+    """Whether an idle connection is unusable, without a round trip. An idle connection must
+    have nothing to read: a server that restarts or ends the connection sends a FATAL message
+    and closes it, which makes the socket readable while the connection waits in a pool.
+    (psycopg_pool's own `check_connection` costs a round trip per checkout.)"""
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()  # poll, not select: a process may hold thousands of sockets
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class OrmPoolCheck:
+    """Has Django's own pool test its idle connections (`ConnectionPool.check`, in a worker
+    thread) once this pool has found connections closed by the server: they died with the same
+    restart. Django's pool tests a connection before lending it too (CONN_HEALTH_CHECKS), but
+    each dead one it meets there costs the request a growing back-off delay (1 s, 2 s, ...)."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future | None = None
+
+    def start(self) -> None:
+        if self._running is not None and not self._running.done():
+            return
+        from django.db import connections
+
+        pool = connections["default"].pool
+        if pool is not None and not pool.closed:
+            self._running = asyncio.get_running_loop().run_in_executor(None, self._check, pool)
+
+    @staticmethod
+    def _check(pool: Any) -> None:
+        try:
+            pool.check()
+        except Exception:  # the database may be down again: the pool recovers by itself
+            logger.warning("could not check the ORM's pooled connections", exc_info=True)
+
+
+orm_pool_check = OrmPoolCheck()
 
 
 class PoolRegistry:
@@ -150,15 +228,58 @@ async def _open_pool() -> AsyncConnectionPool:
 pools = PoolRegistry()
 
 
+async def _checkout(pool: AsyncConnectionPool) -> psycopg.AsyncConnection:
+    """A live connection from the pool. Connections the server has closed meanwhile (all of
+    them after a PostgreSQL restart) are discarded at once, and the pool opens new ones."""
+    for _ in range(pool.max_size + 1):
+        conn = await pool.getconn()
+        if not is_lost(conn):
+            return conn
+        await conn.close()
+        await pool.putconn(conn)  # a closed connection is dropped and replaced by the pool
+        orm_pool_check.start()
+    raise DatabaseUnavailable("every pooled connection was closed by the server")
+
+
 @asynccontextmanager
 async def connection() -> AsyncIterator[psycopg.AsyncConnection]:
     """A pooled autocommit connection for one unit of work. Pool exhaustion and an unreachable
-    server raise `DatabaseUnavailable` (503), never a 500 or a long hang."""
+    server raise `DatabaseUnavailable` (503), a connection that breaks meanwhile
+    `ConnectionLost`: never a 500 or a long hang."""
     pool = await pools.get()
     try:
-        async with pool.connection() as conn:
+        conn = await _checkout(pool)
+    except (PoolTimeout, TooManyRequests, psycopg.OperationalError) as exc:
+        raise DatabaseUnavailable(str(exc)) from exc
+    try:
+        async with conn:  # as the pool's own `connection()` does
             yield conn
-    except (PoolTimeout, TooManyRequests) as exc:
-        raise DatabaseUnavailable(str(exc)) from exc
     except psycopg.OperationalError as exc:
+        if conn.broken or conn.closed:
+            raise ConnectionLost(str(exc)) from exc
         raise DatabaseUnavailable(str(exc)) from exc
+    finally:
+        await pool.putconn(conn)
+
+
+async def fetchone(sql: str, params: Any = None) -> tuple[Any, ...] | None:
+    """The first row of a read-only statement, retried once on a lost connection (running a
+    read again does no harm), so a server restarting under it fails no request."""
+    try:
+        return await _fetch(sql, params, all_rows=False)
+    except ConnectionLost:
+        return await _fetch(sql, params, all_rows=False)
+
+
+async def fetchall(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Every row of a read-only statement; retried once on a lost connection."""
+    try:
+        return await _fetch(sql, params, all_rows=True)
+    except ConnectionLost:
+        return await _fetch(sql, params, all_rows=True)
+
+
+async def _fetch(sql: str, params: Any, *, all_rows: bool) -> Any:
+    async with connection() as conn:
+        cursor = await conn.execute(sql, params)
+        return await (cursor.fetchall() if all_rows else cursor.fetchone())

@@ -54,11 +54,10 @@ async def aspace_for_user(*, user_id: int, space_id: object) -> Space:
     parsed = parse_uuid(space_id)
     if parsed is None:
         raise NotFound("Space not found")
-    if pgpool.conninfo() is None:
+    if not pgpool.enabled():
         space = await Space.objects.filter(pk=parsed).afirst()
     else:
-        async with pgpool.connection() as conn:
-            row = await (await conn.execute(_SELECT_SPACE, (parsed,))).fetchone()
+        row = await pgpool.fetchone(_SELECT_SPACE, (parsed,))
         space = space_from_row(row) if row else None
     if space is None:
         raise NotFound("Space not found")

@@ -85,7 +85,7 @@ async def aspace_create(
     """Async twin of `space_create`. On PostgreSQL: ONE statement on the event loop (the space
     and, through `space_rows`, its root session, as data-modifying CTEs: one round trip, and
     all or nothing); on the embedded SQLite default: `space_create` in one thread hop."""
-    if pgpool.conninfo() is None:
+    if not pgpool.enabled():
         from django.contrib.auth import get_user_model
 
         owner = get_user_model()(pk=owner_id)

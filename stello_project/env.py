@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -89,28 +90,31 @@ def env_list(name: str, default: Sequence[str] = (), *, separator: str = ",",
     return [item.strip() for item in raw.split(separator) if item.strip()]
 
 
-def database_from_url(name: str, url: str, *, pool_min: int, pool_max: int) -> dict:
-    """A Django DATABASES entry from a postgres:// (psycopg 3 pool) or sqlite:// URL."""
-    parts = urlsplit(url)
-    if parts.scheme in ("postgres", "postgresql"):
-        db_name = unquote(parts.path.lstrip("/"))
-        if not db_name:
-            raise ImproperlyConfigured(f"{name} must name a database, e.g. postgresql://host/db")
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": db_name,
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
-            # Django's psycopg pool; CONN_MAX_AGE must stay 0 with it (and in async code).
-            "CONN_MAX_AGE": 0,
-            "OPTIONS": {"pool": {"min_size": pool_min, "max_size": pool_max, "timeout": 30}},
-        }
-    if parts.scheme == "sqlite":
-        path = unquote(parts.path)
+def database_from_url(name: str, url: str, *, pool_min: int, pool_max: int,
+                      pool_timeout: float = 30.0) -> dict:
+    """A Django DATABASES entry from a postgres:// (psycopg 3 pool) or sqlite:// URL. The query
+    string of a PostgreSQL URL (`sslmode`, `connect_timeout`, `options`, ...) becomes libpq
+    connection parameters, which every connection of the process uses (see `spaces.pgpool`)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = unquote(urlsplit(url).path)
         return sqlite_database(path[1:] if path.startswith("//") else path or "db.sqlite3")
-    raise ImproperlyConfigured(f"{name} must be a postgresql:// or sqlite:// URL, got {url!r}")
+    if scheme not in ("postgres", "postgresql"):
+        raise ImproperlyConfigured(f"{name} must be a postgresql:// or sqlite:// URL, got {url!r}")
+    try:
+        db = dj_database_url.parse(url, conn_max_age=0, conn_health_checks=True)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not a valid URL: {exc}") from None
+    if not db["NAME"]:
+        raise ImproperlyConfigured(f"{name} must name a database, e.g. postgresql://host/db")
+    db["PORT"] = str(db["PORT"] or "")
+    # Django's psycopg pool; CONN_MAX_AGE must stay 0 with it (and in async code).
+    # CONN_HEALTH_CHECKS makes the pool test a connection before lending it, so connections
+    # left dead by a PostgreSQL restart are replaced instead of failing one request each.
+    db["OPTIONS"] = {**db.get("OPTIONS", {}),
+                     "pool": {"min_size": pool_min, "max_size": pool_max,
+                              "timeout": pool_timeout}}
+    return db
 
 
 def sqlite_database(path: str) -> dict:

@@ -131,6 +131,7 @@ if _DATABASE_URL:
             _DATABASE_URL,
             pool_min=env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
             pool_max=env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
+            pool_timeout=env_float("DATABASE_POOL_TIMEOUT_SECONDS", 30.0, minimum=0.1),
         )
     }
 else:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -66,6 +67,29 @@ def test_database_urls() -> None:
     assert sqlite["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
     with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
         database_from_url("DATABASE_URL", "mysql://x/y", pool_min=1, pool_max=1)
+
+
+def test_a_postgresql_url_keeps_its_query_options_for_every_connection() -> None:
+    from spaces import pgpool
+
+    url = ("postgresql://u:p%40ss@db.example:6543/stello?sslmode=require&connect_timeout=4"
+           "&options=-c%20statement_timeout%3D5000&application_name=stello")
+    db = database_from_url("DATABASE_URL", url, pool_min=1, pool_max=4, pool_timeout=3)
+    assert {k: db["OPTIONS"][k] for k in ("sslmode", "connect_timeout", "options")} == {
+        "sslmode": "require", "connect_timeout": 4, "options": "-c statement_timeout=5000"}
+    assert db["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 4, "timeout": 3}
+    assert db["CONN_HEALTH_CHECKS"] is True  # Django's pool tests a connection before use
+    # The hot-path pool and the session-lock connections connect with the same parameters.
+    info = psycopg.conninfo.conninfo_to_dict(pgpool.conninfo_of(db))
+    assert info == {"dbname": "stello", "user": "u", "password": "p@ss", "host": "db.example",
+                    "port": "6543", "sslmode": "require", "connect_timeout": "4",
+                    "options": "-c statement_timeout=5000", "application_name": "stello"}
+
+
+def test_a_bad_database_url_names_the_variable() -> None:
+    for url in ("postgresql://host:notaport/db", "postgresql://host/"):
+        with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
+            database_from_url("DATABASE_URL", url, pool_min=1, pool_max=1)
 
 
 def _check(**env: str) -> subprocess.CompletedProcess:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError as DjangoInterfaceError
+from django.db import OperationalError as DjangoOperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -54,8 +56,10 @@ def _drf_message(detail) -> str:
 
 
 def exception_handler(exc, context):
-    if isinstance(exc, DatabaseUnavailable):
-        # The hot-path pool had no connection in time, or PostgreSQL is down: nothing was done.
+    if isinstance(exc, DatabaseUnavailable | DjangoOperationalError | DjangoInterfaceError):
+        # No connection in time, PostgreSQL is down or the connection broke (the hot-path pool
+        # or the ORM's): a 503 the client may retry, not a 500.
+        logger.warning("database unavailable: %s", exc)
         exc = errors.ServiceUnavailable()
     if isinstance(exc, errors.StelloError):
         code = exc.code

@@ -11,7 +11,8 @@ The unlock is sent without making the operation's answer wait for it. No connect
 operation, so the number of operations in flight is not bound by connections, and no transaction
 stays open during an LLM call. A lock held by another process is retried with a short backoff
 until the lock timeout (then SessionBusy). When a process dies, PostgreSQL closes its connection
-and drops its locks at once.
+and drops its locks at once. A lock connection that PostgreSQL has closed (a restart) is
+replaced before its next use, or on the spot if it breaks under a try; its locks are gone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from spaces.pgpool import CountingConnection
+from spaces.pgpool import CountingConnection, is_lost
 
 from ..engine.errors import ServiceUnavailable, SessionBusy
 
@@ -74,7 +75,10 @@ class PostgresSessionLocks:
         self.timeout = timeout
         self._local = LocalSessionLocks(timeout)
         self._conninfo = conninfo
-        self._connect_timeout = connect_timeout
+        # A connect_timeout of DATABASE_URL wins over the default.
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+        self._connect_options = {} if "connect_timeout" in given else {
+            "connect_timeout": connect_timeout}
         # A session always maps to the same connection (an advisory lock is released on the
         # connection that took it); several connections spread the round trips.
         self._conns: list[psycopg.AsyncConnection | None] = [None] * connections
@@ -125,31 +129,52 @@ class PostgresSessionLocks:
         while self._cleanups:
             await asyncio.gather(*list(self._cleanups), return_exceptions=True)
 
+    @staticmethod
+    def _usable(conn: psycopg.AsyncConnection | None) -> bool:
+        """False for a connection the server has closed (e.g. after a PostgreSQL restart). The
+        check needs an idle connection: one busy with another operation's query is checked
+        by that query."""
+        if conn is None or conn.closed or conn.broken:
+            return False
+        return conn.lock.locked() or not is_lost(conn)
+
     async def _connection(self, slot: int) -> psycopg.AsyncConnection:
         conn = self._conns[slot]
-        if conn is not None and not conn.closed and not conn.broken:
+        if self._usable(conn):
             return conn
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             conn = self._conns[slot]
-            if conn is None or conn.closed or conn.broken:
+            if not self._usable(conn):
                 if conn is not None:
                     logger.warning("session-lock connection lost: reconnecting (locks it held "
                                    "are gone)")
+                    await conn.close()
                 conn = self._conns[slot] = await CountingConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
+                    self._conninfo, autocommit=True, **self._connect_options
                 )
             return conn
 
     async def _try_lock(self, slot: int, session_id: str) -> bool:
         try:
-            conn = await self._connection(slot)
-            row = await (await conn.execute(_TRY_LOCK, (session_id,))).fetchone()
+            try:
+                row = await self._try_lock_once(slot, session_id)
+            except psycopg.OperationalError:
+                conn = self._conns[slot]
+                if conn is not None and not (conn.closed or conn.broken):
+                    raise
+                # The connection broke under the try (e.g. PostgreSQL restarted): a new one
+                # holds nothing, so trying again on it cannot take a lock twice.
+                row = await self._try_lock_once(slot, session_id)
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable("the session-lock database connection is unavailable") \
                 from exc
         return bool(row and row[0])
+
+    async def _try_lock_once(self, slot: int, session_id: str) -> tuple[Any, ...] | None:
+        conn = await self._connection(slot)
+        return await (await conn.execute(_TRY_LOCK, (session_id,))).fetchone()
 
     async def _unlock(self, slot: int, session_id: str) -> None:
         conn = self._conns[slot]

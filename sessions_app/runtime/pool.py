@@ -79,11 +79,9 @@ class AgentPool:
 
 
 async def _space_exists(space_id: str) -> bool:
-    if pgpool.conninfo() is None:
+    if not pgpool.enabled():
         return await Space.objects.filter(pk=space_id).aexists()  # one hop (embedded SQLite)
-    async with pgpool.connection() as conn:
-        cursor = await conn.execute("SELECT 1 FROM spaces WHERE id = %s", (space_id,))
-        return await cursor.fetchone() is not None
+    return await pgpool.fetchone("SELECT 1 FROM spaces WHERE id = %s", (space_id,)) is not None
 
 
 @cache

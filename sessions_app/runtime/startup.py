@@ -84,6 +84,26 @@ def redact_api_keys_in_server_logs() -> None:
             logger.addFilter(RedactApiKeys())
 
 
+def check_database() -> None:
+    """Stop start-up with one line naming DATABASE_URL when PostgreSQL cannot be reached,
+    rather than start a server whose pools log reconnection attempts and answer 503."""
+    import psycopg
+
+    from spaces import pgpool
+
+    info = pgpool.conninfo()
+    if info is None:  # the embedded SQLite default
+        return
+    timeout = {} if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(info) else {
+        "connect_timeout": 10}
+    try:
+        psycopg.connect(info, **timeout).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())  # libpq's message spans lines
+        raise ImproperlyConfigured(f"DATABASE_URL: cannot connect to PostgreSQL: {reason}") \
+            from None
+
+
 def log_startup(logger: logging.Logger) -> None:
     from ..engine.llm import LLMSettings, describe
 
@@ -91,6 +111,7 @@ def log_startup(logger: logging.Logger) -> None:
     db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
     load_extensions()
+    check_database()
     check_llm_scripts()
     check_redis()
     redact_api_keys_in_server_logs()

@@ -34,6 +34,6 @@ def space_store(
     space_id: str, *, on_turn: TurnListener | None = None
 ) -> PgSpaceStore | DjangoSpaceStore:
     """The store of one space: SQL on the async pool on PostgreSQL, the ORM elsewhere."""
-    if pgpool.conninfo() is not None:
+    if pgpool.enabled():
         return PgSpaceStore(space_id, on_turn=on_turn)
     return DjangoSpaceStore(space_id, on_turn=on_turn)

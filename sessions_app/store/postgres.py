@@ -366,18 +366,28 @@ class PgSpaceStore:
         return params
 
     async def _one(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """One write statement: not retried, since a lost connection leaves its outcome
+        unknown (the kept history notices a save that did happen)."""
         async with _connection() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchone()
 
-    async def _all(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        async with _connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+    async def _read(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """One read-only statement, retried once on a lost connection."""
+        try:
+            return await pgpool.fetchone(sql, params)
+        except pgpool.DatabaseUnavailable as exc:
+            raise ServiceUnavailable() from exc
+
+    async def _read_all(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        try:
+            return await pgpool.fetchall(sql, params)
+        except pgpool.DatabaseUnavailable as exc:
+            raise ServiceUnavailable() from exc
 
     # -- SpaceStore ----------------------------------------------------------------------------
     async def get_session(self, session_id: str) -> SessionMeta:
-        row = await self._one(SQL_GET_SESSION, self._params(session_id))
+        row = await self._read(SQL_GET_SESSION, self._params(session_id))
         if row is None:
             raise SessionNotFound()
         return _meta(row)
@@ -387,7 +397,7 @@ class PgSpaceStore:
     ) -> TurnContext:
         params = self._params(session_id, after=history_after or 0)
         sql = SQL_TURN_CONTEXT_NO_HISTORY if history_after is None else SQL_TURN_CONTEXT
-        row = await self._one(sql, params)
+        row = await self._read(sql, params)
         if row is None:
             raise SessionNotFound()
         meta = _meta(row)
@@ -470,7 +480,7 @@ class PgSpaceStore:
         return _meta(row)
 
     async def read_slot(self, session_id: str, key: str) -> str | None:
-        row = await self._one(SQL_READ_SLOT, self._params(session_id, key=key))
+        row = await self._read(SQL_READ_SLOT, self._params(session_id, key=key))
         if row is None:
             raise SessionNotFound()
         return row[0]
@@ -490,13 +500,13 @@ class PgSpaceStore:
         await self.write_slot(session_id, COMPRESSION, compression_text(cache))
 
     async def space_prompts(self) -> SpacePrompts:
-        row = await self._one(SQL_SPACE_PROMPTS, self._params()) if self._space else None
+        row = await self._read(SQL_SPACE_PROMPTS, self._params()) if self._space else None
         if row is None:
             raise SpaceNotFound()
         return SpacePrompts(*row)
 
     async def main_session_id(self) -> str:
-        row = await self._one(SQL_MAIN_SESSION, self._params()) if self._space else None
+        row = await self._read(SQL_MAIN_SESSION, self._params()) if self._space else None
         if row is None:
             raise SpaceNotFound()
         return str(row[0])
@@ -504,7 +514,7 @@ class PgSpaceStore:
     async def collect_memories(self) -> list[ChildMemory]:
         if self._space is None:
             return []
-        rows = await self._all(SQL_COLLECT_MEMORIES, self._params())
+        rows = await self._read_all(SQL_COLLECT_MEMORIES, self._params())
         return [ChildMemory(str(sid), label, memory) for sid, label, memory in rows]
 
     async def save_integration(
@@ -520,7 +530,7 @@ class PgSpaceStore:
             raise SessionNotFound()
 
     async def load_bootstrap(self, session_id: str) -> Bootstrap:
-        row = await self._one(SQL_BOOTSTRAP, self._params(session_id))
+        row = await self._read(SQL_BOOTSTRAP, self._params(session_id))
         if row is None:
             raise SessionNotFound()
         memories, own, core = row[_META_WIDTH:]
@@ -536,18 +546,18 @@ class PgSpaceStore:
     async def core_data(self) -> Mapping[str, Any]:
         if self._space is None:
             return {}
-        return dict(await self._all(SQL_CORE_DATA, self._params()))
+        return dict(await self._read_all(SQL_CORE_DATA, self._params()))
 
     # -- REST reads (not part of the engine port) ----------------------------------------------
     async def session_tree(self) -> dict[str, Any]:
         """The space's sessions as one recursive tree from the main session."""
-        rows = await self._all(SQL_SESSION_TREE, self._params()) if self._space else []
+        rows = await self._read_all(SQL_SESSION_TREE, self._params()) if self._space else []
         return session_tree_from_rows(rows)
 
     async def session_messages(self, session_id: str) -> list[dict[str, Any]]:
         """The session's records as the REST API lists them; SessionNotFound unless the
         session is in this space."""
-        rows = await self._all(SQL_SESSION_MESSAGES, self._params(session_id))
+        rows = await self._read_all(SQL_SESSION_MESSAGES, self._params(session_id))
         if not rows:
             raise SessionNotFound()
         return [message_json(*r) for r in rows if r[0] is not None]

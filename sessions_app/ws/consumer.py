@@ -70,12 +70,13 @@ from rest_framework.exceptions import APIException
 
 from spaces.apikeys import looks_like_key
 from spaces.auth import HEADER, ApiKeyError, aauthenticate_key, key_from_headers
+from spaces.pgpool import DatabaseUnavailable
 from spaces.selectors import aspace_id_for_user, parse_uuid
 
 from .. import events
 from ..api.errors import CODE_BY_DRF_CLASS, error_body
 from ..engine.agent import SpaceAgent
-from ..engine.errors import SessionNotFound, StelloError
+from ..engine.errors import ServiceUnavailable, SessionNotFound, StelloError
 from ..engine.types import StreamChunk, TurnResult
 from ..events import session_group
 from ..runtime.pool import runtimes
@@ -190,6 +191,9 @@ async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
     except APIException as exc:  # NotFound / PermissionDenied
         code = next((c for cls, c in CODE_BY_DRF_CLASS.items() if isinstance(exc, cls)), "ERROR")
         raise Refused(exc.status_code, str(exc.detail), code) from None
+    except DatabaseUnavailable:
+        unavailable = ServiceUnavailable()
+        raise Refused(503, unavailable.message, unavailable.code) from None
     return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol}
 
 
@@ -395,6 +399,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await HANDLERS[message["type"]](self, message)
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))
+        except DatabaseUnavailable:
+            await self.reply(p.error(p.HANDLER_ERROR, ServiceUnavailable().message))
         except Exception:
             logger.exception("WebSocket handler %s failed (space %s)", message["type"],
                              self.space_id)
