@@ -174,8 +174,10 @@ class BodyRefused(Exception):
 
     def response(self) -> JsonResponse:
         # Connection: close, since the rest of the body was not read.
-        return JsonResponse({"error": self.message, "code": self.code}, status=self.status,
-                            headers={"Connection": "close"})
+        response = JsonResponse({"error": self.message, "code": self.code}, status=self.status,
+                                headers={"Connection": "close"})
+        response["Content-Length"] = str(len(response.content))
+        return response
 
 
 # A refused body is still read (and thrown away) up to this much, so that the client, which is

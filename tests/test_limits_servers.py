@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import socket
-import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +107,7 @@ async def ws_frames(server: Server, tenant: dict[str, str], frames: list[dict[st
     """Enter the main session, send `frames`, return the first `answers` answers after the
     entry (stream deltas left out)."""
     async with connect(server.ws(tenant["space_id"]), proxy=None, open_timeout=WAIT,
-                       additional_headers={"X-API-Key": tenant["key"]}) as ws:
+                       max_size=None, additional_headers={"X-API-Key": tenant["key"]}) as ws:
         await ws.send(json.dumps({"type": "session.enter", "sessionId": tenant["root_id"]}))
         async with asyncio.timeout(WAIT):
             assert json.loads(await ws.recv())["type"] == "session.entered"
@@ -164,3 +163,117 @@ def test_websocket_turns_streams_and_forks_count_against_the_keys_rest_limit(tmp
         status, reason, headers, _ = get(server, "/spaces", tenant["key"])
         assert (status, reason) == (429, "Too Many Requests") and int(headers["Retry-After"]) >= 1
         assert get(server, "/spaces", other["key"])[0] == 200  # another key has its own budget
+
+
+# -- chunked request bodies -----------------------------------------------------------------------
+
+
+def test_chunked_bodies_are_read_and_held_to_the_size_limit(tmp_path) -> None:
+    tenant = committed_tenant("chunky", "before")
+    space = f"/spaces/{tenant['space_id']}"
+    with server_processes([server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0")], tmp_path) as (s,):
+        rename = json.dumps({"label": "after"}).encode()
+        status, body = parse(raw_request(s, chunked_head("PATCH", space, tenant["key"]),
+                                         chunked(rename, 5)))
+        assert (status, body["label"]) == (200, "after")
+        assert http_json("GET", s.http(space), tenant["key"])[1]["label"] == "after"
+
+        turn = json.dumps({"input": "hello"}).encode()
+        status, body = parse(raw_request(s, chunked_head(
+            "POST", f"{space}/sessions/{tenant['root_id']}/turn", tenant["key"]), chunked(turn)))
+        assert status == 200 and body["turn"]["finalContent"]
+
+        big = json.dumps({"label": "x" * (3 * 1024 * 1024)}).encode()  # over the 1 MiB default
+        status, body = parse(raw_request(s, chunked_head("PATCH", space, tenant["key"]),
+                                         chunked(big)))
+        assert (status, body["code"]) == (413, "PAYLOAD_TOO_LARGE")
+        head = (f"PATCH {space} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {tenant['key']}\r\n"
+                f"Content-Length: {len(big)}\r\nConnection: close\r\n\r\n")
+        status, body = parse(raw_request(s, head, [big]))
+        assert (status, body["code"]) == (413, "PAYLOAD_TOO_LARGE")
+        assert http_json("GET", s.http(space), tenant["key"])[1]["label"] == "after"
+
+
+# -- WebSocket frames and keepalive ---------------------------------------------------------------
+
+
+def test_a_frame_limit_above_1_mib_holds_and_larger_frames_get_the_error_frame(tmp_path) -> None:
+    tenant = committed_tenant("framer", "frames")
+    limit = 2 * 1024 * 1024
+    env = server_env(STELLO_WS_MAX_FRAME_BYTES=str(limit))
+    with server_processes([env], tmp_path) as (server,):
+        frames = [{"type": "session.message", "input": "a" * (1536 * 1024)},  # 1.5 MiB: fine
+                  {"type": "session.message", "input": "b" * (3 * 1024 * 1024)},  # over 2 MiB
+                  {"type": "session.leave"}]
+        answers = asyncio.run(ws_frames(server, tenant, frames, 3))
+        assert answers[0]["type"] == "turn.complete"
+        assert answers[1] == {"type": "error", "code": "HANDLER_ERROR",
+                              "message": f"frame too large: at most {limit} bytes"}
+        assert answers[2]["type"] == "session.left"  # the connection stayed open
+
+
+def ws_handshake(server: Server, tenant: dict[str, str]) -> socket.socket:
+    """A raw WebSocket connection, upgraded, that will never answer a ping."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /spaces/{tenant['space_id']}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\nX-API-Key: {tenant['key']}\r\n\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+def test_a_websocket_that_does_not_answer_pings_is_closed(tmp_path) -> None:
+    tenant = committed_tenant("silent", "half-open")
+    env = server_env(STELLO_WS_PING_INTERVAL_SECONDS="1", STELLO_WS_PING_TIMEOUT_SECONDS="1")
+    with server_processes([env], tmp_path) as (server,), ws_handshake(server, tenant) as sock:
+        received = b""
+        try:
+            while chunk := sock.recv(4096):  # pings, then the close: the server ends it
+                received += chunk
+        except ConnectionResetError:  # daphne may reset instead of closing
+            pass
+        assert received[:1] == b"\x89"  # a ping came first (FIN + opcode 9)
+
+
+# -- slow clients (uvicorn, the production server) ----------------------------------------------
+
+
+def test_a_request_head_trickling_in_is_answered_408_and_closed(tmp_path) -> None:
+    env = server_env(STELLO_HTTP_HEADER_TIMEOUT_SECONDS="1")
+    with server_processes([env], tmp_path, asgi_server="uvicorn") as (server,), \
+            socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sent = 0
+        try:
+            while True:  # one header byte at a time: never idle, never complete
+                sock.sendall(b"X-Slow: " if sent == 0 else b"a")
+                sent += 1
+                sock.settimeout(0.2)
+                try:
+                    answer = sock.recv(4096)
+                    break
+                except TimeoutError:
+                    continue
+        except (BrokenPipeError, ConnectionResetError):
+            answer = b""
+        sock.settimeout(WAIT)
+        answer += read_response(sock) if answer else b""
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert sent > 1
+        assert sock.recv(1) == b""  # closed
+
+
+def test_a_request_body_that_stops_arriving_is_answered_408(tmp_path) -> None:
+    tenant = committed_tenant("stalled", "body")
+    env = server_env(STELLO_HTTP_BODY_TIMEOUT_SECONDS="1")
+    with server_processes([env], tmp_path, asgi_server="uvicorn") as (server,):
+        head = (f"PATCH /spaces/{tenant['space_id']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"X-API-Key: {tenant['key']}\r\nContent-Length: 100\r\n\r\n")
+        status, body = parse(raw_request(server, head, [b'{"label": "ne']))
+        assert (status, body["code"]) == (408, "REQUEST_TIMEOUT")
+        assert http_json("GET", server.http(f"/spaces/{tenant['space_id']}"),
+                         tenant["key"])[1]["label"] == "body"
