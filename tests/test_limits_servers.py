@@ -230,6 +230,9 @@ def test_a_websocket_that_does_not_answer_pings_is_closed(tmp_path) -> None:
     tenant = committed_tenant("silent", "half-open")
     env = server_env(STELLO_WS_PING_INTERVAL_SECONDS="1", STELLO_WS_PING_TIMEOUT_SECONDS="1")
     with server_processes([env], tmp_path) as (server,), ws_handshake(server, tenant) as sock:
+        # Closed after a ping or two (1 s + 1 s, daphne checks every 2 s): far within 10 s; the
+        # servers' own defaults would first ping after 20 s.
+        sock.settimeout(10)
         received = b""
         try:
             while chunk := sock.recv(4096):  # pings, then the close: the server ends it
@@ -246,20 +249,20 @@ def test_a_request_head_trickling_in_is_answered_408_and_closed(tmp_path) -> Non
     env = server_env(STELLO_HTTP_HEADER_TIMEOUT_SECONDS="1")
     with server_processes([env], tmp_path, asgi_server="uvicorn") as (server,), \
             socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        sent = 0
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        answer, sent = b"", 0
         try:
-            while True:  # one header byte at a time: never idle, never complete
-                sock.sendall(b"X-Slow: " if sent == 0 else b"a")
+            # One header byte every 0.2 s (never idle, never complete), for at most ~WAIT s.
+            while not answer and sent < WAIT * 5:
+                sock.sendall(b"a")
                 sent += 1
                 sock.settimeout(0.2)
                 try:
                     answer = sock.recv(4096)
-                    break
                 except TimeoutError:
                     continue
         except (BrokenPipeError, ConnectionResetError):
-            answer = b""
+            pass
         sock.settimeout(WAIT)
         answer += read_response(sock) if answer else b""
         assert answer.startswith(b"HTTP/1.1 408"), answer

@@ -138,7 +138,8 @@ def start_server(env: Mapping[str, str], logs: Path, name: str = "server",
     log = logs / f"{name}-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            server_command(port, asgi_server), cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+            server_command(port, asgi_server), cwd=ROOT, env=dict(env), stdout=out,
+            stderr=subprocess.STDOUT,
         )
     return Server(port, process, log, dict(env))
 
