@@ -17,10 +17,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed-runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
+# stello_project.serve starts daphne with the server limits (WebSocket frames, pings) set from
+# the STELLO_* settings.
 run: $(VENV)/.installed-runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py ensure_dev_key
-	DEBUG=$${DEBUG:-1} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) stello_project.asgi:application
+	DEBUG=$${DEBUG:-1} $(PY) -m stello_project.serve daphne -b $(HOST) -p $(PORT)
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
