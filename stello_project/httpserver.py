@@ -57,6 +57,8 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # not amid a pipelined response
             self.transport.write(REQUEST_TIMEOUT)
-            self.transport.close()
+        self.transport.close()

@@ -69,3 +69,23 @@ def test_rate_limiting_is_per_key_with_retry_after(alice_client, bob_client, set
 @HOT_PATH_DB
 def test_without_a_rate_limit_nothing_is_throttled(alice_client) -> None:
     assert {alice_client.get("/spaces").status_code for _ in range(20)} == {200}
+
+
+async def test_an_unreachable_redis_lets_requests_through_with_a_warning(settings,
+                                                                       caplog) -> None:
+    import socket
+
+    from spaces.throttling import ahit, rate_limiter
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": f"redis://127.0.0.1:{port}/0"}}
+    settings.STELLO = {**settings.STELLO, "RATE_LIMIT": "1/min"}
+    try:
+        decisions = [await ahit("no-redis") for _ in range(3)]
+    finally:
+        await rate_limiter.aclose_current()
+    assert all(d.allowed for d in decisions)
+    assert "rate limit not applied, Redis is unavailable" in caplog.text
