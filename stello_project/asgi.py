@@ -21,12 +21,14 @@ connections live. So here:
   loop (the async hot paths on PostgreSQL) has no such thread and no connection to close: its
   response is closed on the loop.
 
-It also reads request bodies itself (`read_body`), so that every body, with a Content-Length
-or chunked (`Transfer-Encoding: chunked`, which has none), is held to STELLO_MAX_BODY_BYTES
-while it is read: a larger one is answered 413 at once, without reading the rest. A chunked
-body gets the Content-Length it turned out to have, because Django and DRF read a request
-without one as empty. The body must arrive within STELLO_HTTP_BODY_TIMEOUT_SECONDS, else 408
-(a client that trickles its body must not hold the connection and its buffer forever).
+It also reads request bodies itself (`read_limited_body`, the third change), so that every
+body, with a Content-Length or chunked (`Transfer-Encoding: chunked`, which has none), is held
+to STELLO_MAX_BODY_BYTES while it is read: a larger one is answered 413 without being stored
+(the rest is read and thrown away, up to `DISCARD_BYTES`, so the client gets to read the
+answer). A chunked body gets the Content-Length it turned out to have, because Django and DRF
+read a request without one as empty. The body must arrive within
+STELLO_HTTP_BODY_TIMEOUT_SECONDS, else 408 (a client that trickles its body must not hold the
+connection and its buffer forever).
 
 Last, under daphne the reason phrases Twisted lacks (e.g. `429 Too Many Requests`, which it
 would print as `429 Unknown Status`) are filled in from the standard library's table.
@@ -64,7 +66,7 @@ class StelloASGIHandler(ASGIHandler):
     """Django's ASGI handler without its per-request thread hops (see the module doc)."""
 
     async def handle(self, scope, receive, send):
-        # Django's `ASGIHandler.handle`, with the two changes of the module doc marked.
+        # Django's `ASGIHandler.handle`, with the three changes of the module doc marked.
         try:
             body_file, scope = await self.read_limited_body(scope, receive)  # changed
         except RequestAborted:
