@@ -6,7 +6,8 @@ forever. Here a request head (request line and headers) must be complete within
 STELLO_HTTP_HEADER_TIMEOUT_SECONDS of the connection being opened or of the request's first
 byte; otherwise the server answers 408 and closes the connection. Bodies have their own
 deadline in the application (`stello_project.asgi`). `stello_project.serve` selects this class
-with `--http stello_project.httpserver:HttpToolsProtocol`.
+with `--http stello_project.httpserver:HttpToolsProtocol`. It hooks uvicorn's parser callbacks
+(`on_message_begin`, `on_headers_complete`); tests/test_limits_servers.py pins the behaviour.
 """
 
 from __future__ import annotations
