@@ -31,11 +31,13 @@ constraints:
 	rm -rf .stello/lock-venv
 
 # Development: DEBUG=1 (unless set), which also allows the embedded SECRET_KEY.
+# stello_project.serve starts daphne with the server limits (WebSocket frames, pings) set from
+# the STELLO_* settings.
 run: export DEBUG ?= 1
 run: $(VENV)/.installed-runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py ensure_dev_key
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) stello_project.asgi:application
+	$(PY) -m stello_project.serve daphne -b $(HOST) -p $(PORT)
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -6,8 +6,9 @@
 #   bench/serve.sh stop                      # (from another shell) stop them; Ctrl-C does too
 #
 # Environment:
-#   STELLO_BENCH_SERVER=daphne|uvicorn   the ASGI server (default daphne); uvicorn runs as
-#       uvicorn --loop uvloop --http httptools --no-access-log --ws-per-message-deflate false --lifespan auto
+#   STELLO_BENCH_SERVER=daphne|uvicorn   the ASGI server (default daphne), started through
+#       python -m stello_project.serve (the production command: the server's limits come from
+#       the settings); uvicorn also gets --no-access-log --lifespan auto
 #   STELLO_BENCH_SLOW_LLM=SECONDS        also start bench/slow_llm.py (answers after SECONDS) on
 #       127.0.0.1:${STELLO_BENCH_SLOW_LLM_PORT:-8400} and point the servers at it
 #       (STELLO_LLM_PROVIDER=openai, STELLO_LLM_BASE_URL, STELLO_LLM_API_KEY=x,
@@ -31,7 +32,7 @@ SLOW_LLM_PORT=${STELLO_BENCH_SLOW_LLM_PORT:-8400}
 is_ours() {  # a live process of this script (guards against reused pids)
   [ -r "/proc/$1/cmdline" ] &&
     tr '\0' ' ' <"/proc/$1/cmdline" |
-    grep -Eq '(daphne|uvicorn).*stello_project\.asgi:application|bench/slow_llm\.py'
+    grep -Eq '(daphne|uvicorn).*stello_project\.asgi:application|stello_project\.serve|bench/slow_llm\.py'
 }
 
 terminate() {  # SIGTERM the given pids (if still ours), up to 10 s to exit, then SIGKILL
@@ -147,11 +148,10 @@ pids=()
 for ((i = 0; i < N; i++)); do
   port=$((FIRST_PORT + i))
   if [ "$SERVER" = uvicorn ]; then
-    .venv/bin/uvicorn --host 127.0.0.1 --port "$port" --loop uvloop --http httptools \
-      --no-access-log --ws-per-message-deflate false --lifespan auto stello_project.asgi:application \
-      >".stello/bench-serve-$port.log" 2>&1 &
+    "$PY" -m stello_project.serve uvicorn --host 127.0.0.1 --port "$port" \
+      --no-access-log --lifespan auto >".stello/bench-serve-$port.log" 2>&1 &
   else
-    .venv/bin/daphne -b 127.0.0.1 -p "$port" stello_project.asgi:application \
+    "$PY" -m stello_project.serve daphne -b 127.0.0.1 -p "$port" \
       >".stello/bench-serve-$port.log" 2>&1 &
   fi
   pids+=("$!")

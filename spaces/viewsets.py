@@ -34,6 +34,7 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
 from . import pgpool
+from .throttling import rate_limiter
 
 # Ids are UUIDs, but any one path segment is routed: a malformed id answers 404 from the view
 # (`Space not found`, `Session not found`), exactly like an unknown one.
@@ -136,6 +137,7 @@ class AsyncViewSet(ViewSet):
     async def aclose_call_loop(self) -> None:
         """Close what was built for the event loop of this one call (see the module doc)."""
         await pgpool.pools.aclose_current()
+        await rate_limiter.aclose_current()
 
 
 def rendered(response: HttpResponse) -> HttpResponse:

@@ -20,17 +20,34 @@ connections live. So here:
   connections it opened are closed there exactly as Django does. A request that stayed on the
   loop (the async hot paths on PostgreSQL) has no such thread and no connection to close: its
   response is closed on the loop.
+
+It also reads request bodies itself (`read_limited_body`, the third change), so that every
+body, with a Content-Length or chunked (`Transfer-Encoding: chunked`, which has none), is held
+to STELLO_MAX_BODY_BYTES while it is read: a larger one is answered 413 without being stored
+(the rest is read and thrown away, up to `DISCARD_BYTES`, so the client gets to read the
+answer). A chunked body gets the Content-Length it turned out to have, because Django and DRF
+read a request without one as empty. The body must arrive within
+STELLO_HTTP_BODY_TIMEOUT_SECONDS, else 408 (a client that trickles its body must not hold the
+connection and its buffer forever).
+
+Last, under daphne the reason phrases Twisted lacks (e.g. `429 Too Many Requests`, which it
+would print as `429 Unknown Status`) are filled in from the standard library's table.
 """
 
 import asyncio
 import logging
 import os
+import sys
+import tempfile
+from http import HTTPStatus
 
 import django
 from asgiref.sync import SyncToAsync, sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import JsonResponse
 from django.urls import set_script_prefix
 
 from stello_project.env import configuration_errors_in_one_line
@@ -52,10 +69,13 @@ class StelloASGIHandler(ASGIHandler):
     """Django's ASGI handler without its per-request thread hops (see the module doc)."""
 
     async def handle(self, scope, receive, send):
-        # Django's `ASGIHandler.handle`, with the two changes of the module doc marked.
+        # Django's `ASGIHandler.handle`, with the three changes of the module doc marked.
         try:
-            body_file = await self.read_body(receive)
+            body_file, scope = await self.read_limited_body(scope, receive)  # changed
         except RequestAborted:
+            return
+        except BodyRefused as refusal:
+            await self.send_response(refusal.response(), send)
             return
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)  # changed: no hop
@@ -102,6 +122,47 @@ class StelloASGIHandler(ASGIHandler):
             await self.aclose_response(response)  # changed: on the loop when no thread ran
         body_file.close()
 
+    async def read_limited_body(self, scope, receive):
+        """(body file, scope): Django's `read_body` with the limit and the timeout of the module
+        doc; the scope gains a `content-length` header when the request had none."""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        declared = _content_length(scope)
+        too_large = BodyRefused(413, f"Request body too large (limit {limit} bytes)",
+                                "PAYLOAD_TOO_LARGE")
+        body_file = tempfile.SpooledTemporaryFile(
+            max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        size = 0
+        try:
+            async with asyncio.timeout(settings.STELLO["HTTP_BODY_TIMEOUT_SECONDS"]):
+                if limit is not None and declared is not None and declared > limit:
+                    if declared <= limit + DISCARD_BYTES:
+                        await _discard_body(receive, DISCARD_BYTES)
+                    raise too_large
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise RequestAborted()
+                    chunk = message.get("body", b"")
+                    more = message.get("more_body", False)
+                    size += len(chunk)
+                    if limit is not None and size > limit:
+                        if more:
+                            await _discard_body(receive, DISCARD_BYTES)
+                        raise too_large
+                    body_file.write(chunk)
+        except TimeoutError:
+            body_file.close()
+            raise BodyRefused(408, "Request body not received in time", "REQUEST_TIMEOUT") from None
+        except BaseException:
+            body_file.close()
+            raise
+        body_file.seek(0)
+        if declared is None and size:
+            scope = {**scope, "headers": [*scope.get("headers", ()),
+                                          (b"content-length", str(size).encode())]}
+        return body_file, scope
+
     async def aclose_response(self, response) -> None:
         if ran_sync_code():
             await sync_to_async(response.close)()
@@ -109,6 +170,54 @@ class StelloASGIHandler(ASGIHandler):
             response.close()
 
 
+class BodyRefused(Exception):
+    """The request body is refused before Django sees the request (413, 408)."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+    def response(self) -> JsonResponse:
+        # Connection: close, since the rest of the body was not read.
+        response = JsonResponse({"error": self.message, "code": self.code}, status=self.status,
+                                headers={"Connection": "close"})
+        response["Content-Length"] = str(len(response.content))
+        return response
+
+
+# A refused body is still read (and thrown away) up to this much, so that the client, which is
+# still sending it, reads our 413 instead of a connection reset.
+DISCARD_BYTES = 8 * 1024 * 1024
+
+
+async def _discard_body(receive, budget: int) -> None:
+    while budget > 0:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        budget -= len(message.get("body", b""))
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length before we get here
+    return None
+
+
+def add_missing_reason_phrases() -> None:
+    """Teach Twisted (daphne) the reason phrases it does not know, e.g. 429 Too Many Requests.
+    Does nothing under other servers (they take the phrase from `http.HTTPStatus`)."""
+    twisted_http = sys.modules.get("twisted.web.http")
+    if twisted_http is not None:
+        for status in HTTPStatus:
+            twisted_http.RESPONSES.setdefault(status.value, status.phrase.encode())
+
+
+add_missing_reason_phrases()
 django_asgi_app = StelloASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -305,6 +305,12 @@ STELLO = {
     "BACKGROUND_RETRIES": env_int("STELLO_BACKGROUND_RETRIES", 2, minimum=0),
     "AUTH_CACHE_SECONDS": env_float("STELLO_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
     "WS_MAX_FRAME_BYTES": env_int("STELLO_WS_MAX_FRAME_BYTES", 1_048_576, minimum=1024),
+    "HTTP_BODY_TIMEOUT_SECONDS": env_float("STELLO_HTTP_BODY_TIMEOUT_SECONDS", 30.0,
+                                           minimum=0.1),
+    "HTTP_HEADER_TIMEOUT_SECONDS": env_float("STELLO_HTTP_HEADER_TIMEOUT_SECONDS", 10.0,
+                                             minimum=0.1),
+    "WS_PING_INTERVAL_SECONDS": env_float("STELLO_WS_PING_INTERVAL_SECONDS", 20.0, minimum=0.1),
+    "WS_PING_TIMEOUT_SECONDS": env_float("STELLO_WS_PING_TIMEOUT_SECONDS", 20.0, minimum=0.1),
     "RATE_LIMIT": _rate_limit("STELLO_RATE_LIMIT"),
     "REDIS_URL": _REDIS_URL,  # checked at start-up (runtime/startup.py)
     # The async pool of the hot paths (PostgreSQL only). A connection is held for one short

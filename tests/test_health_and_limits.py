@@ -79,9 +79,11 @@ def test_a_body_over_the_limit_is_413_and_creates_nothing(alice_client, settings
 
 @HOT_PATH_DB
 def test_rate_limiting_is_per_key_with_retry_after(alice_client, bob_client, settings) -> None:
-    from django.core.cache import cache
+    from asgiref.sync import async_to_sync
 
-    cache.clear()
+    from spaces.throttling import rate_limiter
+
+    async_to_sync(rate_limiter.areset)()  # counts of earlier runs (Redis outlives them)
     settings.STELLO = {**settings.STELLO, "RATE_LIMIT": "3/min"}
     statuses = [alice_client.get("/spaces").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -94,3 +96,23 @@ def test_rate_limiting_is_per_key_with_retry_after(alice_client, bob_client, set
 @HOT_PATH_DB
 def test_without_a_rate_limit_nothing_is_throttled(alice_client) -> None:
     assert {alice_client.get("/spaces").status_code for _ in range(20)} == {200}
+
+
+async def test_an_unreachable_redis_lets_requests_through_with_a_warning(settings,
+                                                                       caplog) -> None:
+    import socket
+
+    from spaces.throttling import ahit, rate_limiter
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": f"redis://127.0.0.1:{port}/0"}}
+    settings.STELLO = {**settings.STELLO, "RATE_LIMIT": "1/min"}
+    try:
+        decisions = [await ahit("no-redis") for _ in range(3)]
+    finally:
+        await rate_limiter.aclose_current()
+    assert all(d.allowed for d in decisions)
+    assert "rate limit not applied, Redis is unavailable" in caplog.text

@@ -237,3 +237,20 @@ async def test_a_fork_without_context_costs_four_round_trips(tenant) -> None:
     fork = f"/spaces/{tenant.space}/sessions/{tenant.root}/fork"
     # The lock, the source (no history), the child in one statement, the unlock.
     assert await round_trips("POST", fork, tenant.key, {"label": "f"}) == 4
+
+
+@pytest.mark.postgres
+async def test_the_rate_limit_is_counted_on_the_loop(hops, tenant, settings) -> None:
+    """With STELLO_RATE_LIMIT set, the key's counter (in Redis when REDIS_URL is set) is
+    awaited on the event loop: no hop, on the allowed requests and on the refused one (where
+    Django logs the 429 in a thread, as it logs every 4xx of an async view)."""
+    from spaces.throttling import rate_limiter
+
+    await rate_limiter.areset()
+    settings.STELLO = {**settings.STELLO, "RATE_LIMIT": "2/min"}
+    calls = await measure(hops, tenant, "GET tree")
+    assert (await request("GET", f"/spaces/{tenant.space}/sessions", tenant.key))[0] == 200
+    assert (await request("GET", f"/spaces/{tenant.space}/sessions", tenant.key))[0] == 429
+    assert sum(calls.values()) == 0, calls
+    assert hops.calls == {"sync_to_async:log_response": 1}, hops.calls
+    await rate_limiter.aclose_current()

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from spaces import pgpool
 from spaces.models import Space
+from spaces.throttling import rate_limiter
 
 from .. import conf
 from ..engine.agent import SpaceAgent
@@ -135,6 +136,7 @@ class Runtime:
         if isinstance(self.locks, PostgresSessionLocks):
             await self.locks.aclose()
         await pgpool.pools.aclose_current()
+        await rate_limiter.aclose_current()
         for llm in {id(self.llm): self.llm, id(self.memory_llm): self.memory_llm}.values():
             await llm.aclose()
 

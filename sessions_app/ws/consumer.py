@@ -69,9 +69,10 @@ from django.conf import settings
 from rest_framework.exceptions import APIException
 
 from spaces.apikeys import looks_like_key
-from spaces.auth import HEADER, ApiKeyError, aauthenticate_key, key_from_headers
+from spaces.auth import HEADER, ApiKeyError, aauthenticate_credentials, key_from_headers
 from spaces.pgpool import DatabaseUnavailable
 from spaces.selectors import aspace_id_for_user, parse_uuid
+from spaces.throttling import ahit as rate_limit_hit
 
 from .. import events
 from ..api.errors import CODE_BY_DRF_CLASS, error_body
@@ -178,12 +179,12 @@ class Refused(Exception):
 
 
 async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
-    """`{"user_id", "space_id", "subprotocol"}` for the upgrade of `scope`, or Refused:
+    """`{"user_id", "space_id", "subprotocol", "apikey_id"}` for the upgrade of `scope`, or Refused:
     401 missing / invalid key, then (REST's rule) 404 unknown or malformed space, 403 another
     user's space."""
     key, subprotocol = credentials(scope)
     try:
-        user = await aauthenticate_key(key)  # a cached key costs no query
+        user, apikey = await aauthenticate_credentials(key)  # a cached key costs no query
         space_id = await aspace_id_for_user(user_id=user.pk,
                                             space_id=scope["url_route"]["kwargs"]["space_id"])
     except ApiKeyError as exc:
@@ -194,7 +195,8 @@ async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
     except DatabaseUnavailable:
         unavailable = ServiceUnavailable()
         raise Refused(503, unavailable.message, unavailable.code) from None
-    return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol}
+    return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol,
+            "apikey_id": apikey.pk}
 
 
 async def refuse(scope: dict[str, Any], send: Send, refusal: Refused) -> None:
@@ -256,6 +258,7 @@ def _too_large(text: str, limit: int) -> bool:
 # -- the consumer -------------------------------------------------------------------------------
 
 TOO_MANY_PENDING = "too many pending frames"
+RATE_LIMITED_TYPES = frozenset({"session.message", "session.stream", "session.fork"})
 STOP = None  # queued to tell the worker that the socket is gone
 
 QueueItem = str | p.ErrorMessage | None  # a text frame to handle, a refusal to send, or STOP
@@ -390,7 +393,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
             refusal = self.state_refusal(exc.message_type) if exc.message_type else None
             await self.reply(refusal or p.error(exc.code, exc.message))
             return
-        refusal = self.state_refusal(message["type"])
+        refusal = self.state_refusal(message["type"]) or await self.rate_refusal(message["type"])
         if refusal is not None:
             await self.reply(refusal)
             return
@@ -415,6 +418,17 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if message_type in p.NEEDS_SESSION and not entered:
             return p.error(p.NOT_ENTERED, p.NOT_ENTERED_MESSAGE)
         return None
+
+    async def rate_refusal(self, message_type: str) -> p.ErrorMessage | None:
+        """Turns, streams and forks count against the API key's STELLO_RATE_LIMIT, on the same
+        counter as its REST requests."""
+        if message_type not in RATE_LIMITED_TYPES:
+            return None
+        decision = await rate_limit_hit(self.scope["stello"]["apikey_id"])
+        if decision.allowed:
+            return None
+        return p.error(p.RATE_LIMITED, f"Request was throttled. Expected available in "
+                                       f"{decision.retry_after} seconds.")
 
     async def reply(self, message: p.ServerMessage) -> None:
         """Send one frame; dropped silently once the socket is closed."""

@@ -33,12 +33,13 @@ from ..engine.fork import parse_fork_options
 from ..engine.types import ForkOptions
 
 ErrorCode = Literal["PARSE_ERROR", "UNKNOWN_TYPE", "ALREADY_ENTERED", "NOT_ENTERED",
-                    "HANDLER_ERROR"]
+                    "HANDLER_ERROR", "RATE_LIMITED"]
 PARSE_ERROR: ErrorCode = "PARSE_ERROR"
 UNKNOWN_TYPE: ErrorCode = "UNKNOWN_TYPE"
 ALREADY_ENTERED: ErrorCode = "ALREADY_ENTERED"
 NOT_ENTERED: ErrorCode = "NOT_ENTERED"
 HANDLER_ERROR: ErrorCode = "HANDLER_ERROR"
+RATE_LIMITED: ErrorCode = "RATE_LIMITED"  # REST's 429 code: the API key is over STELLO_RATE_LIMIT
 
 INVALID_JSON = "Invalid JSON"
 ALREADY_ENTERED_MESSAGE = "Already in a session, leave first"

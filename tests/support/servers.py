@@ -125,21 +125,23 @@ if ASGI_SERVER not in ("daphne", "uvicorn"):
     raise RuntimeError(f"STELLO_TEST_SERVER must be daphne or uvicorn, not {ASGI_SERVER!r}")
 
 
-def server_command(port: int) -> list[str]:
-    app = "stello_project.asgi:application"
-    if ASGI_SERVER == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                "--ws-per-message-deflate", "false", app]
-    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+def server_command(port: int, asgi_server: str = ASGI_SERVER) -> list[str]:
+    """The production command (`stello_project.serve`, which sets the server's limits from the
+    settings in the environment) on `port`."""
+    serve = [sys.executable, "-m", "stello_project.serve", asgi_server]
+    if asgi_server == "uvicorn":
+        return [*serve, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    return [*serve, "-b", "127.0.0.1", "-p", str(port)]
 
 
-def start_server(env: Mapping[str, str], logs: Path, name: str = "server") -> Server:
+def start_server(env: Mapping[str, str], logs: Path, name: str = "server",
+                 asgi_server: str = ASGI_SERVER) -> Server:
     port = free_port()
     log = logs / f"{name}-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            server_command(port), cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+            server_command(port, asgi_server), cwd=ROOT, env=dict(env), stdout=out,
+            stderr=subprocess.STDOUT,
         )
     return Server(port, process, log, dict(env))
 
@@ -161,13 +163,16 @@ def wait_until_answering(server: Server, timeout: float = START_TIMEOUT) -> None
 
 
 @contextmanager
-def server_processes(envs: list[dict[str, str]], logs: Path) -> Iterator[list[Server]]:
-    """Start one server process (`ASGI_SERVER`) per environment, wait until all answer, stop
-    all on the way out. Servers a test adds to the yielded list (`restart`) are stopped too."""
+def server_processes(envs: list[dict[str, str]], logs: Path,
+                     asgi_server: str = ASGI_SERVER) -> Iterator[list[Server]]:
+    """Start one server process (`ASGI_SERVER`, or `asgi_server`) per environment, wait until
+    all answer, stop all on the way out. Servers a test adds to the yielded list (`restart`)
+    are stopped too."""
     started: list[Server] = []
     try:
         for n, env in enumerate(envs):
-            started.append(start_server(env, logs, name=f"{ASGI_SERVER}{n}"))
+            started.append(start_server(env, logs, name=f"{asgi_server}{n}",
+                                        asgi_server=asgi_server))
         for server in started:
             wait_until_answering(server)
         yield started
