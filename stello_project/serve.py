@@ -55,7 +55,10 @@ def command(server: str, args: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in SERVERS:
         sys.exit(f"usage: python -m stello_project.serve {{{'|'.join(SERVERS)}}} [server options]")
-    cmd = command(argv[0], argv[1:])
+    from stello_project.env import configuration_errors_in_one_line
+
+    with configuration_errors_in_one_line():  # a bad setting: one line, before exec
+        cmd = command(argv[0], argv[1:])
     os.execv(cmd[0], cmd)
 
 

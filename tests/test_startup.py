@@ -169,9 +169,9 @@ def make_run_server_command(port: int) -> list[str]:
     """The server command line of `make run` (as `make -n` prints it), on our Python."""
     lines = subprocess.run(["make", "-n", "run", f"PORT={port}", "VENV=/nonexistent-venv"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
-    line = next(line for line in lines.splitlines() if "/bin/daphne " in line)
+    line = next(line for line in lines.splitlines() if "stello_project.serve daphne" in line)
     command = shlex.split(line)
-    return [sys.executable, "-m", "daphne", *command[1:]]
+    return [sys.executable, *command[1:]]
 
 
 @pytest.mark.servers
