@@ -136,7 +136,8 @@ class SessionViewSet(SpaceScopedViewSet):
         operation_id="runTurn",
         summary="Run a turn",
         description="Sends `input` to the session and runs the tool loop to the final answer. "
-                    f"{LOCKED} An archived session answers 409 `SESSION_ARCHIVED`. {NUL_HELP}",
+                    "A client that disconnects does not lose the turn: it completes and is "
+                    f"saved. {LOCKED} An archived session answers 409 `SESSION_ARCHIVED`. {NUL_HELP}",
         tags=["sessions"],
         request={JSON: TurnInputSerializer},
         responses={200: OpenApiResponse(TurnResponseSerializer, "The EngineTurnResult."),
@@ -148,7 +149,9 @@ class SessionViewSet(SpaceScopedViewSet):
     @action(detail=True, methods=["post"])
     async def turn(self, request, space_id: str, session_id: str) -> Response:
         text = TURN_INPUT.run_validation(request.data)["input"]
-        result = await (await self.aagent()).turn(session_id, text)
+        agent = await self.aagent()
+        # A client that hangs up does not lose the turn: it completes and is saved.
+        result = await runtimes.current().run_detached(agent.turn(session_id, text))
         return Response(result.to_json())
 
     @extend_schema(
