@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from spaces.models import Space
 
-from ..engine.errors import SessionNotFound, SpaceNotFound
+from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
     ChildMemory,
@@ -266,10 +266,18 @@ class DjangoSpaceStore:
 
     @unit_of_work
     def archive(self, session_id: str) -> SessionMeta:
+        return self._set_status(session_id, Session.Status.ARCHIVED)
+
+    @unit_of_work
+    def unarchive(self, session_id: str) -> SessionMeta:
+        return self._set_status(session_id, Session.Status.ACTIVE)
+
+    def _set_status(self, session_id: str, status: str) -> SessionMeta:
         with transaction.atomic():
             session = self._session(session_id)
-            if session.status != Session.Status.ARCHIVED:
-                session.status = Session.Status.ARCHIVED
+            never = status == Session.Status.ARCHIVED and session.role == Session.Role.MAIN
+            if session.status != status and not never:
+                session.status = status
                 session.save(update_fields=["status", "updated_at"])
         return session_meta(session, session.node)
 
@@ -285,9 +293,17 @@ class DjangoSpaceStore:
         return content
 
     @unit_of_work
-    def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+    def write_slot(
+        self, session_id: str, key: str, content: str | None, *, only_active: bool = False
+    ) -> None:
         with transaction.atomic():
-            _write_slot(self._session_pk(session_id), key, content)
+            pk = parse_uuid(session_id)
+            status = self._sessions().filter(pk=pk).values_list("status", flat=True).first()
+            if status is None:
+                raise SessionNotFound()
+            if only_active and status != Session.Status.ACTIVE:
+                raise SessionArchived(session_id)
+            _write_slot(pk, key, content)
 
     @unit_of_work
     def save_compression(self, session_id: str, cache: CompressionCache) -> None:
@@ -335,7 +351,9 @@ class DjangoSpaceStore:
             wanted = {
                 str(pk): i.content for i in insights if (pk := parse_uuid(i.session_id))
             }
-            mine = self._sessions().filter(pk__in=list(wanted)).values_list("pk", flat=True)
+            mine = self._sessions().filter(
+                pk__in=list(wanted), status=Session.Status.ACTIVE
+            ).values_list("pk", flat=True)
             for pk in mine:
                 _write_slot(pk, Key.INSIGHT, wanted[str(pk)])
 

@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from spaces import pgpool
 
-from ..engine.errors import ServiceUnavailable, SessionNotFound, SpaceNotFound
+from ..engine.errors import ServiceUnavailable, SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
     ChildMemory,
@@ -170,10 +170,13 @@ SELECT new_node.parent_id, new_node.depth, new_node."index" FROM new_node
     for placement, where in _PARENT_WHERE.items()
 }
 
-SQL_ARCHIVE = f"""
+# Archive / unarchive: the new status (idempotent; the main session is never archived) and the
+# fresh meta, in one statement.
+SQL_SET_STATUS = f"""
 WITH upd AS (
-  UPDATE sessions AS s SET status = 'archived', updated_at = %(now)s
-  WHERE {_THIS_SESSION} AND s.status <> 'archived'
+  UPDATE sessions AS s SET status = %(status)s, updated_at = %(now)s
+  WHERE {_THIS_SESSION} AND s.status <> %(status)s
+    AND (%(status)s = 'active' OR s.role <> 'main')
   RETURNING s.id, s.status, s.updated_at
 )
 SELECT {_META.replace("s.status", "coalesce(upd.status, s.status)")
@@ -191,21 +194,26 @@ _UPSERT_SLOTS = """INSERT INTO session_data AS d (session_id, key, content, upda
   {rows}
   ON CONFLICT (session_id, key)
   DO UPDATE SET content = EXCLUDED.content, updated_at = EXCLUDED.updated_at"""
+# A slot write answers the session's status (no row: no such session); with only_active it
+# writes nothing on an archived session.
+_WRITABLE = "(src.status = 'active' OR NOT %(only_active)s)"
 SQL_WRITE_SLOT = f"""
 WITH src AS (
-  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+  SELECT s.id, s.status FROM sessions s WHERE {_THIS_SESSION}
 ), up AS (
-  {_UPSERT_SLOTS.format(rows="SELECT src.id, %(key)s, %(content)s, %(now)s FROM src")}
+  {_UPSERT_SLOTS.format(rows="SELECT src.id, %(key)s, %(content)s, %(now)s FROM src "
+                             f"WHERE {_WRITABLE}")}
 )
-SELECT count(*) FROM src
+SELECT src.status FROM src
 """
 SQL_DELETE_SLOT = f"""
 WITH src AS (
-  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+  SELECT s.id, s.status FROM sessions s WHERE {_THIS_SESSION}
 ), del AS (
-  DELETE FROM session_data d USING src WHERE d.session_id = src.id AND d.key = %(key)s
+  DELETE FROM session_data d USING src
+  WHERE d.session_id = src.id AND d.key = %(key)s AND {_WRITABLE}
 )
-SELECT count(*) FROM src
+SELECT src.status FROM src
 """
 
 SQL_SPACE_PROMPTS = """
@@ -231,7 +239,7 @@ WITH main AS (
   UNION ALL
   SELECT s.id, '{INSIGHT}'::text, x.content
   FROM unnest(%(ids)s::uuid[], %(contents)s::text[]) AS x(id, content)
-  JOIN sessions s ON s.id = x.id AND s.space_id = %(space)s
+  JOIN sessions s ON s.id = x.id AND s.space_id = %(space)s AND s.status = 'active'
   WHERE EXISTS (SELECT 1 FROM main)
 ), up AS (
   {_UPSERT_SLOTS.format(rows="SELECT slots.session_id, slots.key, slots.content, %(now)s "
@@ -464,7 +472,14 @@ class PgSpaceStore:
         )
 
     async def archive(self, session_id: str) -> SessionMeta:
-        row = await self._one(SQL_ARCHIVE, self._params(session_id, now=timezone.now()))
+        return await self._set_status(session_id, "archived")
+
+    async def unarchive(self, session_id: str) -> SessionMeta:
+        return await self._set_status(session_id, "active")
+
+    async def _set_status(self, session_id: str, status: str) -> SessionMeta:
+        params = self._params(session_id, status=status, now=timezone.now())
+        row = await self._one(SQL_SET_STATUS, params)
         if row is None:
             raise SessionNotFound()
         return _meta(row)
@@ -475,16 +490,20 @@ class PgSpaceStore:
             raise SessionNotFound()
         return row[0]
 
-    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+    async def write_slot(
+        self, session_id: str, key: str, content: str | None, *, only_active: bool = False
+    ) -> None:
         if content is None:
-            params = self._params(session_id, key=key)
+            params = self._params(session_id, key=key, only_active=only_active)
             row = await self._one(SQL_DELETE_SLOT, params)
         else:
             params = self._params(session_id, key=key, content=storable(content),
-                                  now=timezone.now())
+                                  now=timezone.now(), only_active=only_active)
             row = await self._one(SQL_WRITE_SLOT, params)
-        if not row or not row[0]:
+        if row is None:
             raise SessionNotFound()
+        if only_active and row[0] != "active":
+            raise SessionArchived(session_id)
 
     async def save_compression(self, session_id: str, cache: CompressionCache) -> None:
         await self.write_slot(session_id, COMPRESSION, compression_text(cache))

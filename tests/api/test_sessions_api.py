@@ -533,14 +533,55 @@ class TestArchive:
         assert api.meta(other["id"]).json()["status"] == "active"
         assert api.meta(root_id).json()["status"] == "active"
 
-    def test_the_root_may_be_archived_and_then_refuses_turns(self, api, root_id) -> None:
-        assert api.archive(root_id).json()["status"] == "archived"
-        assert api.turn(root_id, "hello").status_code == 409
-        assert api.tree().json()["status"] == "archived"
+    def test_the_main_session_cannot_be_archived(self, api, root_id) -> None:
+        before = api.meta(root_id).json()
+        response = api.archive(root_id)
+        assert response.status_code == 409
+        assert response.json() == {"error": "The main session cannot be archived",
+                                   "code": "MAIN_SESSION_NOT_ARCHIVABLE"}
+        assert api.meta(root_id).json() == before
+        assert api.turn(root_id, "still here").status_code == 200
 
     @pytest.mark.parametrize("session_id", UNKNOWN_IDS)
     def test_archiving_an_unknown_session_is_404(self, api, session_id) -> None:
         response = api.archive(session_id)
+        assert response.status_code == 404
+        assert response.json()["error"] == "Session not found"
+
+
+class TestUnarchive:
+    def test_unarchive_makes_an_archived_session_active_and_usable_again(
+        self, api, root_id
+    ) -> None:
+        child = api.child(root_id, "Paused")
+        api.archive(child["id"])
+        response = api.unarchive(child["id"])
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == SESSION_META_KEYS | {"sessionId"}
+        assert (body["sessionId"], body["status"]) == (child["id"], "active")
+        assert api.said(child["id"], "back again")["finalContent"] == "echo: back again"
+        assert api.put_slot(child["id"], "system-prompt", {"content": "x"}).status_code == 200
+        assert api.tree().json()["children"][0]["status"] == "active"
+
+    def test_unarchiving_an_active_session_changes_nothing(self, api, root_id) -> None:
+        child = api.child(root_id, "Active")
+        before = api.meta(child["id"]).json()
+        response = api.unarchive(child["id"])
+        assert response.status_code == 200
+        assert {k: v for k, v in response.json().items() if k != "sessionId"} == before
+
+    def test_a_main_session_archived_by_an_older_release_can_be_unarchived(
+        self, api, root_id
+    ) -> None:
+        Session.objects.filter(pk=root_id).update(status="archived")
+        assert api.turn(root_id, "hello").status_code == 409
+        assert api.unarchive(root_id).json()["status"] == "active"
+        assert api.said(root_id, "hello")["finalContent"] == "echo: hello"
+
+    @pytest.mark.parametrize("session_id", UNKNOWN_IDS)
+    def test_unarchiving_an_unknown_session_is_404(self, api, session_id) -> None:
+        response = api.unarchive(session_id)
         assert response.status_code == 404
         assert response.json()["error"] == "Session not found"
 
