@@ -102,6 +102,7 @@ class SpaceAgent:
             fork_from_current=fork_from_current,
             visible_skills=visible_skills(self.skills, ctx.skills),
             user_tools=self.tools,
+            max_forks=self.settings.max_forks_per_turn,
         )
         prompt = PromptBuilder(
             ctx,

@@ -247,6 +247,7 @@ class EngineSettings:
     """Engine behaviour knobs (from STELLO_* settings)."""
 
     max_tool_rounds: int = 5
+    max_forks_per_turn: int = 3  # sessions `stello_create_session` may create in one turn
     fork_strategy: Literal["flat", "tree"] = "flat"
     consolidate_every_n_turns: int = 3
     integrate_after_consolidate: bool = True

@@ -356,6 +356,32 @@ class TestToolCallingTurn:
         assert response.json()["error"] == "tool loop exceeded the limit: at most 1 rounds"
         assert api.meta(root_id).json()["turnCount"] == 0
         assert [c["label"] for c in api.tree().json()["children"]] == ["One"]
+        # Every stored tool call has its result: the one not run says why.
+        messages = api.messages(root_id).json()
+        assert [(m["role"], m.get("toolCallId")) for m in messages] == [
+            ("user", None), ("assistant", None), ("tool", "call_1"), ("assistant", None),
+            ("tool", "call_2")]
+        assert messages[-1]["content"] == (
+            "Not run: the tool loop limit (1 rounds) was reached and the turn ended.")
+
+    def test_the_llm_creates_at_most_the_per_turn_cap_of_sessions(
+        self, api, root_id, llm_script, settings
+    ) -> None:
+        settings.STELLO = {**settings.STELLO, "MAX_FORKS_PER_TURN": 2}
+        llm_script(
+            reply("", *[tool_call(f"c{n}", "stello_create_session", {"label": f"S{n}"})
+                        for n in range(20)]),
+            reply("Made what I could."),
+        )
+        result = api.said(root_id, "make twenty sessions")
+        assert (result["finalContent"], result["toolCallsExecuted"]) == (
+            "Made what I could.", 20)
+        assert [c["label"] for c in api.tree().json()["children"]] == ["S0", "S1"]
+        assert Session.objects.count() == 3
+        refused = [m for m in api.messages(root_id).json()
+                   if m["role"] == "tool" and m["content"].startswith("Not created")]
+        assert len(refused) == 18
+        assert "at most 2 sessions may be created per turn" in refused[0]["content"]
 
     @pytest.mark.parametrize(
         "script",
