@@ -93,7 +93,6 @@ class SessionMeta:
     role: SessionRole
     status: SessionStatus
     scope: str | None
-    tags: tuple[str, ...]
     metadata: Mapping[str, Any]
     turn_count: int
     created_at: datetime

@@ -76,7 +76,6 @@ def session_meta(session: Session, node: TopologyNode | None) -> SessionMeta:
         role=session.role,
         status=session.status,
         scope=session.scope,
-        tags=tuple(session.tags or ()),
         metadata=session.metadata or {},
         turn_count=session.turn_count,
         created_at=session.created_at,
@@ -254,7 +253,7 @@ class DjangoSpaceStore:
                 session=session, space_id=self.space_id, parent=parent, source_session=source,
                 depth=parent.depth + 1, index=0 if last is None else last + 1, label=label,
             )
-            slots = {Key.SYSTEM_PROMPT: storable(child.system_prompt), Key.SCOPE: scope}
+            slots = {Key.SYSTEM_PROMPT: storable(child.system_prompt)}
             if child.session_config:
                 slots[Key.SESSION_CONFIG] = session_config_text(child.session_config)
             SessionData.objects.bulk_create([
@@ -372,13 +371,13 @@ class DjangoSpaceStore:
             SessionData.objects.filter(session_id__in=ancestors, key=Key.MEMORY)
             .exclude(content="").values_list("session_id", "content")
         )
-        own = self._slots(session.pk, [Key.MEMORY, Key.SCOPE])
+        own = self._slots(session.pk, [Key.MEMORY])
         core = self._core()
         return Bootstrap(
             core=core,
             memories=tuple(memories[a] for a in ancestors if a in memories),
             current_memory=own.get(Key.MEMORY),
-            scope=own.get(Key.SCOPE),
+            scope=session.scope,
             session=session_meta(session, session.node),
         )
 
@@ -412,8 +411,7 @@ class DjangoSpaceStore:
         if not records:
             self._session_pk(session_id)  # 404 unless it exists here
         return [
-            message_json(r.role, r.content, r.timestamp, r.metadata, r.tool_calls,
-                         r.tool_call_id)
+            message_json(r.role, r.content, r.timestamp, r.tool_calls, r.tool_call_id)
             for r in records
         ]
 

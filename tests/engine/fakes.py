@@ -134,7 +134,6 @@ class InMemoryStore:
             role="main",
             status="active",
             scope=None,
-            tags=(),
             metadata={},
             turn_count=0,
             created_at=now,
@@ -271,7 +270,6 @@ class InMemoryStore:
             role="standard",
             status="active",
             scope=scope,
-            tags=(),
             metadata={"sourceSessionId": source.id},
             turn_count=0,
             created_at=now,
@@ -287,8 +285,6 @@ class InMemoryStore:
         self.add_records(meta.id, *child.records)
         if child.system_prompt is not None:
             stored.slots["system_prompt"] = _storable(child.system_prompt)
-        if scope is not None:
-            stored.slots["scope"] = scope
         if child.session_config:
             stored.slots["session_config"] = json.dumps(_storable(dict(child.session_config)))
         return meta
@@ -353,7 +349,7 @@ class InMemoryStore:
             core=dict(self.core),
             memories=tuple(memories),
             current_memory=stored.slots.get("memory"),
-            scope=stored.slots.get("scope"),
+            scope=stored.meta.scope,
             session=stored.meta,
         )
 

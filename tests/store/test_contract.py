@@ -91,7 +91,7 @@ async def test_the_main_session_meta(env: Env) -> None:
     meta = await env.store.get_session(env.root_id)
     assert (meta.id, meta.space_id, meta.role, meta.status) == (
         env.root_id, env.space_id, "main", "active")
-    assert (meta.scope, meta.tags, dict(meta.metadata), meta.turn_count) == (None, (), {}, 0)
+    assert (meta.scope, dict(meta.metadata), meta.turn_count) == (None, {}, 0)
     assert (meta.parent_id, meta.source_session_id, meta.depth, meta.index) == (None, None, 0, 0)
     for moment in (meta.created_at, meta.updated_at, meta.last_active_at):
         assert isinstance(moment, datetime) and moment.tzinfo is not None
@@ -236,16 +236,16 @@ async def test_fork_flat_places_every_child_under_the_main_session(env: Env) -> 
     b = await env.store.create_child(child(a.id, "B"))  # flat: still under the root
     for meta, index in ((a, 0), (b, 1)):
         assert (meta.parent_id, meta.depth, meta.index) == (env.root_id, 1, index)
-        assert (meta.role, meta.status, meta.turn_count, meta.tags) == (
-            "standard", "active", 0, ())
+        assert (meta.role, meta.status, meta.turn_count) == ("standard", "active", 0)
         assert meta.space_id == env.space_id
         assert await env.store.get_session(meta.id) == meta
     assert (a.label, a.scope, a.source_session_id) == ("A", "area A", env.root_id)
     assert dict(a.metadata) == {"sourceSessionId": env.root_id}
     assert (b.source_session_id, dict(b.metadata)) == (a.id, {"sourceSessionId": a.id})
-    assert await env.store.read_slot(a.id, "scope") == "area A"
+    assert (await env.store.get_session(b.id)).scope is None
+    assert (await env.store.load_bootstrap(a.id)).scope == "area A"  # one home: the session
+    assert await env.store.read_slot(a.id, "scope") is None
     assert await env.store.read_slot(a.id, "system_prompt") == "Prompt A"
-    assert await env.store.read_slot(b.id, "scope") is None
     assert await env.store.read_slot(b.id, "system_prompt") is None
 
 
@@ -461,7 +461,7 @@ async def test_nul_is_stored_as_the_replacement_character(env: Env) -> None:
     assert ctx.system_prompt == "pro\ufffdmpt" and ctx.skills == ("sk\ufffdill",)
     assert ctx.session.label == "la\ufffdbel"
     assert await env.store.read_slot(sid, "memory") == "me\ufffdmory"
-    assert await env.store.read_slot(sid, "scope") == "sco\ufffdpe"
+    assert (await env.store.get_session(sid)).scope == "sco\ufffdpe"
 
 
 # -- REST reads (the database stores only: not part of the engine port) ------------------------
