@@ -179,7 +179,7 @@ class TurnLoop:
                 not_run = loop_limit_result(self._max_tool_rounds)
                 saved.extend(Message("tool", not_run, tool_call_id=call.id)
                               for call in response.tool_calls)
-            result = await self._save(saved, rounds=rounds, end_turn=final)
+            result = await self._save(saved, first_call=rounds == 0, end_turn=final)
             if final:
                 self.turn_count = result.turn_count
                 yield TurnResult(response.content, rounds, executed, raw_response(response))
@@ -193,11 +193,13 @@ class TurnLoop:
             unsaved = [result.to_message() for result in results]
             tail.extend([reply, *unsaved])
 
-    async def _save(self, messages: list[Message], *, rounds: int, end_turn: bool) -> SaveResult:
+    async def _save(
+        self, messages: list[Message], *, first_call: bool, end_turn: bool
+    ) -> SaveResult:
         result = await self._store.save_call(
             self._session_id,
             messages,
-            consumed_insight=self._insight if rounds == 0 else None,
+            consumed_insight=self._insight if first_call else None,  # the first call used it
             end_turn=end_turn,
         )
         if self._on_saved is not None:
@@ -207,4 +209,4 @@ class TurnLoop:
     async def _save_quietly(self, tool_results: list[Message]) -> None:
         # The turn is failing already: the caller gets that error, not a second one from here.
         with contextlib.suppress(Exception):
-            await self._save(tool_results, rounds=1, end_turn=False)
+            await self._save(tool_results, first_call=False, end_turn=False)
