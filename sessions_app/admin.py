@@ -67,7 +67,6 @@ class SessionAdmin(admin.ModelAdmin):
         "role",
         "status",
         "scope",
-        "tags",
         "metadata",
         "turn_count",
         "created_at",

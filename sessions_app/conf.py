@@ -12,6 +12,7 @@ def engine_settings() -> EngineSettings:
     s = settings.STELLO
     return EngineSettings(
         max_tool_rounds=s["MAX_TOOL_ROUNDS"],
+        max_forks_per_turn=s["MAX_FORKS_PER_TURN"],
         fork_strategy=s["FORK_STRATEGY"],
         consolidate_every_n_turns=s["CONSOLIDATE_EVERY_N_TURNS"],
         integrate_after_consolidate=s["INTEGRATE_AFTER_CONSOLIDATE"],

@@ -27,8 +27,8 @@ class Session(models.Model):
     label = models.TextField()
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.STANDARD)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    scope = models.TextField(null=True, blank=True)
-    tags = models.JSONField(default=list, blank=True)
+    scope = models.TextField(null=True, blank=True)  # given at fork; its one home
+    # `sourceSessionId` for clients of the original server (the topology holds it too).
     metadata = models.JSONField(default=dict, blank=True)
     turn_count = models.PositiveIntegerField(default=0)
     # How many records (L3) the session has: kept by the stores in the transaction that appends
@@ -86,28 +86,6 @@ class TopologyNode(models.Model):
         return f"{self.label} (depth {self.depth}, index {self.index})"
 
 
-class SessionRef(models.Model):
-    """A cross-branch reference between two sessions of one space."""
-
-    from_session = models.ForeignKey(
-        Session, on_delete=models.CASCADE, related_name="refs_out", db_column="from_id"
-    )
-    to_session = models.ForeignKey(
-        Session, on_delete=models.CASCADE, related_name="refs_in", db_column="to_id"
-    )
-
-    class Meta:
-        db_table = "session_refs"
-        constraints = [
-            models.UniqueConstraint(fields=["from_session", "to_session"], name="unique_ref"),
-            models.CheckConstraint(condition=~Q(from_session=models.F("to_session")),
-                                   name="ref_not_self"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.from_session_id} -> {self.to_session_id}"
-
-
 class Record(models.Model):
     """One L3 message. The auto-increment id defines the order."""
 
@@ -124,7 +102,6 @@ class Record(models.Model):
     tool_calls = models.JSONField(null=True, blank=True)
     tool_call_id = models.TextField(null=True, blank=True)
     timestamp = models.DateTimeField()
-    metadata = models.JSONField(null=True, blank=True)
 
     class Meta:
         db_table = "records"
@@ -140,13 +117,12 @@ class Record(models.Model):
 
 
 class SessionData(models.Model):
-    """A named text slot of a session: prompts, memory (L2 / synthesis), insight, scope..."""
+    """A named text slot of a session: prompts, memory (L2 / synthesis), insight, config..."""
 
     class Key(models.TextChoices):
         SYSTEM_PROMPT = "system_prompt"
         MEMORY = "memory"
         INSIGHT = "insight"
-        SCOPE = "scope"
         CONSOLIDATE_PROMPT = "consolidate_prompt"
         INTEGRATE_PROMPT = "integrate_prompt"
         SESSION_CONFIG = "session_config"

@@ -55,7 +55,7 @@ def message_json(record: Record) -> dict[str, Any]:
         "role": record.role,
         "content": record.content,
         "timestamp": iso_ms(record.timestamp),
-        "metadata": record.metadata,
+        "metadata": None,
     }
     if record.tool_calls:
         message["toolCalls"] = record.tool_calls

@@ -17,7 +17,7 @@ def session_meta_json(meta: SessionMeta) -> dict[str, Any]:
         "role": meta.role,
         "status": meta.status,
         "scope": meta.scope,
-        "tags": list(meta.tags),
+        "tags": [],  # part of the SessionMeta shape clients know; nothing here sets tags
         "metadata": dict(meta.metadata),
         "turnCount": meta.turn_count,
         "createdAt": iso_ms(meta.created_at),
@@ -32,6 +32,8 @@ def fork_child_json(meta: SessionMeta) -> dict[str, Any]:
         "id": meta.id,
         "parentId": meta.parent_id,
         "children": [],
+        # Cross-branch references between sessions; nothing in the API creates them (the
+        # fork's source is `sourceSessionId`), so a new child has none.
         "refs": [],
         "depth": meta.depth,
         "index": meta.index,

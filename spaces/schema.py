@@ -56,9 +56,10 @@ ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
     404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND"),
           "Unknown space (`NOT_FOUND`, `\"Space not found\"`) or a session that is not in this "
           "space (`SESSION_NOT_FOUND`). Malformed ids are simply unknown."),
-    409: ("ConflictError", ("SESSION_ARCHIVED", "SESSION_BUSY"),
+    409: ("ConflictError", ("SESSION_ARCHIVED", "SESSION_BUSY", "MAIN_SESSION_NOT_ARCHIVABLE"),
           "The session is archived (`SESSION_ARCHIVED`), or busy: it could not be had within "
-          "`STELLO_SESSION_LOCK_TIMEOUT_SECONDS` (`SESSION_BUSY`)."),
+          "`STELLO_SESSION_LOCK_TIMEOUT_SECONDS` (`SESSION_BUSY`); archiving the main session "
+          "(`MAIN_SESSION_NOT_ARCHIVABLE`)."),
     413: ("PayloadTooLargeError", ("PAYLOAD_TOO_LARGE",),
           "The body is larger than `STELLO_MAX_BODY_BYTES`."),
     429: ("RateLimitedError", ("RATE_LIMITED",),

@@ -99,7 +99,7 @@ class TestOpenAICompatibleFaults:
         assert Session.objects.filter(space_id=session[0]).count() == 1  # no child forked
         assert_untouched_and_usable(alice_client, session, openai_server)
 
-    def test_a_failure_in_a_later_tool_round_keeps_the_completed_calls_only(
+    def test_a_failure_in_a_later_tool_round_keeps_the_completed_calls_and_tool_results(
         self, alice_client, session, settings, openai_server
     ) -> None:
         use_llm(settings, "openai", openai_server.base_url)
@@ -108,13 +108,17 @@ class TestOpenAICompatibleFaults:
         openai_server.error(500, "round two failed")
         assert turn(alice_client, session, "hello").status_code == 502
         rows = list(Record.objects.filter(session_id=session[1]).values_list("role", flat=True))
-        assert rows == ["user", "assistant"]  # the first call's records, committed together
+        # The first call's records, and the result of the tool it ran (the child exists).
+        assert rows == ["user", "assistant", "tool"]
         assert Session.objects.get(pk=session[1]).turn_count == 0
         openai_server.reply("fine now")
         assert turn(alice_client, session, "next").json()["turn"]["finalContent"] == "fine now"
         sent = openai_server.requests[-1].body["messages"]
-        # The dangling tool-call message was dropped from the prompt: providers reject it.
-        assert not any(m.get("tool_calls") for m in sent)
+        # The tool call reaches the next prompt with its result, as providers require.
+        calls = [n for n, m in enumerate(sent) if m.get("tool_calls")]
+        assert len(calls) == 1
+        assert sent[calls[0] + 1]["role"] == "tool"
+        assert sent[calls[0] + 1]["tool_call_id"] == "c1"
         assert Session.objects.get(pk=session[1]).turn_count == 1
 
 

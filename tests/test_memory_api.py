@@ -166,8 +166,22 @@ class TestManualEndpoints:
         alice_client.post(f"/spaces/{space['id']}/sessions/{child}/archive")
         response = alice_client.post(f"/spaces/{space['id']}/sessions/{child}/consolidate")
         assert response.status_code == 409
-        alice_client.post(f"/spaces/{space['id']}/sessions/{space['root']}/archive")
+        # A main session archived before archiving it was refused.
+        Session.objects.filter(pk=space["root"]).update(status="archived")
         assert alice_client.post(f"/spaces/{space['id']}/integrate").status_code == 409
+
+    def test_background_work_skips_an_archived_main_session_without_a_traceback(
+        self, alice_client, space, settings, caplog
+    ) -> None:
+        settings.STELLO = {**settings.STELLO, "CONSOLIDATE_EVERY_N_TURNS": 1}
+        Session.objects.filter(pk=space["root"]).update(status="archived")
+        child = fork(alice_client, space, "Busy")
+        with caplog.at_level(logging.INFO):
+            turn(alice_client, space, child, "consolidate me")
+            alice_client.post(f"/spaces/{space['id']}/sessions/{child}/archive")
+        assert "consolidate me" in slot(alice_client, space, child, "memory")
+        assert slot(alice_client, space, space["root"], "memory") is None  # no integration
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
     def test_consolidating_the_main_session_is_400(self, alice_client, space) -> None:
         response = alice_client.post(

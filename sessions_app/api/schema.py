@@ -90,11 +90,12 @@ def slot_schema(doc: SlotDoc):
         methods=["PUT"],
         operation_id=f"put{name}",
         summary=f"Replace {short}",
-        description=f"Replaces {what}. {NUL_HELP}",
+        description=f"Replaces {what}. An archived session is read-only: 409 "
+                    f"`SESSION_ARCHIVED`. {NUL_HELP}",
         tags=["session data"],
         request={JSON: SlotPutSerializer},
         responses={200: OpenApiResponse(SlotContentSerializer, "The stored content."),
-                   **error_responses(400, 403, 404, 413)},
+                   **error_responses(400, 403, 404, 409, 413)},
         parameters=SESSION_PARAMETERS,
     )
     return lambda view: write(read(view))

@@ -62,7 +62,7 @@ class ForkChildSerializer(SessionMetaSerializer):
 
 
 class ArchivedSessionSerializer(SessionMetaSerializer):
-    """The archived session's SessionMeta, plus its id once more as `sessionId`."""
+    """The archived (or unarchived) session's SessionMeta, plus its id again as `sessionId`."""
 
     sessionId = serializers.UUIDField()
 

@@ -78,7 +78,8 @@ def slot_action(key: str, url_path: str, *, writable: bool):
     async def slot(self, request, space_id: str, session_id: str) -> Response:
         if request.method == "PUT":
             content = SLOT_PUT.run_validation(request.data)["content"]
-            await self.store().write_slot(session_id, key, content)
+            # An archived session is read-only (409), like its turns.
+            await self.store().write_slot(session_id, key, content, only_active=True)
             return Response({"content": content})
         return Response({"content": await self.store().read_slot(session_id, key)})
 
@@ -136,7 +137,9 @@ class SessionViewSet(SpaceScopedViewSet):
         operation_id="runTurn",
         summary="Run a turn",
         description="Sends `input` to the session and runs the tool loop to the final answer. "
-                    f"{LOCKED} An archived session answers 409 `SESSION_ARCHIVED`. {NUL_HELP}",
+                    "A client that disconnects does not lose the turn: it completes and is "
+                    f"saved. {LOCKED} An archived session answers 409 `SESSION_ARCHIVED`. "
+                    f"{NUL_HELP}",
         tags=["sessions"],
         request={JSON: TurnInputSerializer},
         responses={200: OpenApiResponse(TurnResponseSerializer, "The EngineTurnResult."),
@@ -148,7 +151,9 @@ class SessionViewSet(SpaceScopedViewSet):
     @action(detail=True, methods=["post"])
     async def turn(self, request, space_id: str, session_id: str) -> Response:
         text = TURN_INPUT.run_validation(request.data)["input"]
-        result = await (await self.aagent()).turn(session_id, text)
+        agent = await self.aagent()
+        # A client that hangs up does not lose the turn: it completes and is saved.
+        result = await runtimes.current().run_detached(agent.turn(session_id, text))
         return Response(result.to_json())
 
     @extend_schema(
@@ -175,8 +180,12 @@ class SessionViewSet(SpaceScopedViewSet):
     @extend_schema(
         operation_id="archiveSession",
         summary="Archive a session",
-        description="Marks the session archived (again is harmless); a child's memory is then "
-                    f"consolidated in the background. No request body. {LOCKED}",
+        description="Marks a child session archived (again is harmless); its memory is then "
+                    "consolidated in the background. An archived session is read-only: turns, "
+                    "consolidation and prompt writes answer 409 `SESSION_ARCHIVED`; reads and "
+                    "forks from it stay allowed; `unarchive` reverses it. The main session "
+                    "cannot be archived: 409 `MAIN_SESSION_NOT_ARCHIVABLE`. No request body. "
+                    f"{LOCKED}",
         tags=["sessions"],
         request=None,
         responses={200: OpenApiResponse(ArchivedSessionSerializer, "The archived session."),
@@ -186,6 +195,21 @@ class SessionViewSet(SpaceScopedViewSet):
     @action(detail=True, methods=["post"])
     async def archive(self, request, space_id: str, session_id: str) -> Response:
         return Response(archive_json(await (await self.aagent()).archive(session_id)))
+
+    @extend_schema(
+        operation_id="unarchiveSession",
+        summary="Unarchive a session",
+        description="Makes an archived session active again (an active one is left as it "
+                    f"is). No request body. {LOCKED}",
+        tags=["sessions"],
+        request=None,
+        responses={200: OpenApiResponse(ArchivedSessionSerializer, "The active session."),
+                   **error_responses(403, 404, 409)},
+        parameters=SESSION_PARAMETERS,
+    )
+    @action(detail=True, methods=["post"])
+    async def unarchive(self, request, space_id: str, session_id: str) -> Response:
+        return Response(archive_json(await (await self.aagent()).unarchive(session_id)))
 
     @extend_schema(
         operation_id="consolidateSession",

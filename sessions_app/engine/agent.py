@@ -13,7 +13,7 @@ from contextlib import aclosing
 from . import memory
 from .builtins import turn_toolbox
 from .context import PromptBuilder
-from .errors import InvalidInput, SessionArchived
+from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived
 from .fork import plan_child
 from .history import History, HistoryCache
 from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore
@@ -102,6 +102,7 @@ class SpaceAgent:
             fork_from_current=fork_from_current,
             visible_skills=visible_skills(self.skills, ctx.skills),
             user_tools=self.tools,
+            max_forks=self.settings.max_forks_per_turn,
         )
         prompt = PromptBuilder(
             ctx,
@@ -147,12 +148,22 @@ class SpaceAgent:
         return await self.store.create_child(child)
 
     async def archive(self, session_id: str) -> SessionMeta:
+        """Archive a child: it becomes read-only (turns, consolidation and prompt writes answer
+        SessionArchived) until `unarchive`; reads and forks from it stay allowed. The main
+        session is never archived (the store leaves it as it is)."""
         async with self.locks.hold(session_id):
             meta = await self.store.archive(session_id)
-        if self.settings.consolidate_on_archive and meta.role == "standard":
+        if meta.role == "main":
+            raise MainSessionNotArchivable()
+        if self.settings.consolidate_on_archive:
             # Finalises the archived session's L2.
             self._submit_consolidation(session_id, allow_archived=True)
         return meta
+
+    async def unarchive(self, session_id: str) -> SessionMeta:
+        """Make an archived session active again (an active one stays as it is)."""
+        async with self.locks.hold(session_id):
+            return await self.store.unarchive(session_id)
 
     async def bootstrap(self, session_id: str) -> Bootstrap:
         return await self.store.load_bootstrap(session_id)
@@ -211,8 +222,19 @@ class SpaceAgent:
 
     def _submit_consolidation(self, session_id: str, *, allow_archived: bool = False) -> None:
         async def consolidate_then_integrate() -> None:
-            await self.consolidate(session_id, allow_archived=allow_archived)
+            try:
+                await self.consolidate(session_id, allow_archived=allow_archived)
+            except SessionArchived:
+                return  # archived since the job was submitted: its memory stays as it was
             if self.settings.integrate_after_consolidate:
-                self.jobs.submit(f"integrate:{self.space_id}", self.integrate)
+                self.jobs.submit(f"integrate:{self.space_id}", self._integrate_in_background)
 
         self.jobs.submit(f"consolidate:{session_id}", consolidate_then_integrate)
+
+    async def _integrate_in_background(self) -> None:
+        try:
+            await self.integrate()
+        except SessionArchived:
+            # A main session archived before that was refused integrates nothing until it
+            # is unarchived; that is its state, not a failure.
+            return

@@ -1,6 +1,10 @@
 """The built-in tools: `stello_create_session` (always) and `activate_skill` (only
 when the session can see at least one skill). They come before user tools; a user tool with a
-built-in's name is dropped."""
+built-in's name is dropped.
+
+The toolbox is built per turn, so `stello_create_session` counts the sessions it created in
+that turn: past `max_forks` (STELLO_MAX_FORKS_PER_TURN) a call creates nothing and its result
+tells the LLM the limit, so a looping model cannot fill the tree."""
 
 from __future__ import annotations
 
@@ -48,9 +52,25 @@ ACTIVATE_SKILL_SCHEMA: Mapping[str, Any] = {
 }
 
 
-def create_session_tool(fork_from_current: ForkFromCurrent) -> Tool:
+class ForkLimitReached(Exception):
+    """A `stello_create_session` call over the per-turn cap (its text goes to the LLM)."""
+
+    def __init__(self, max_forks: int) -> None:
+        super().__init__(
+            f"Not created: at most {max_forks} sessions may be created per turn, and this "
+            "turn has reached that limit. Continue without creating more sessions.")
+
+
+def create_session_tool(fork_from_current: ForkFromCurrent, *, max_forks: int) -> Tool:
+    created = 0
+
     async def create_session(args: dict[str, Any], context: ToolContext) -> dict[str, str]:
-        child = await fork_from_current(parse_fork_options(args))
+        nonlocal created
+        options = parse_fork_options(args)
+        if created >= max_forks:
+            raise ForkLimitReached(max_forks)
+        child = await fork_from_current(options)
+        created += 1  # the calls of a turn run one after the other
         return {"sessionId": child.id, "label": child.label}
 
     return Tool(
@@ -86,9 +106,10 @@ def turn_toolbox(
     fork_from_current: ForkFromCurrent,
     visible_skills: Mapping[str, Skill],
     user_tools: Sequence[Tool],
+    max_forks: int,
 ) -> ToolBox:
     """The tools of one turn: built-ins first, then user tools (built-in names win)."""
-    builtins = [create_session_tool(fork_from_current)]
+    builtins = [create_session_tool(fork_from_current, max_forks=max_forks)]
     if visible_skills:
         builtins.append(activate_skill_tool(visible_skills))
     return ToolBox.of([*builtins, *user_tools])

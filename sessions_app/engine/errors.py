@@ -43,6 +43,17 @@ class SessionArchived(StelloError):
         self.session_id = session_id
 
 
+class MainSessionNotArchivable(StelloError):
+    """The main session is the root of the tree and the target of integration: archiving it
+    would freeze the whole space, so it is refused (HTTP 409)."""
+
+    code = "MAIN_SESSION_NOT_ARCHIVABLE"
+    http_status = 409
+
+    def __init__(self) -> None:
+        super().__init__("The main session cannot be archived")
+
+
 class SessionBusy(StelloError):
     """The session's lock could not be had in time (another operation is running on it)."""
 

@@ -92,13 +92,21 @@ class SpaceStore(Protocol):
         ...
 
     async def archive(self, session_id: str) -> SessionMeta:
-        """Set status archived (idempotent) and return the fresh meta."""
+        """Set status archived (idempotent) and return the fresh meta. The main session is
+        never archived: its meta comes back unchanged (the caller refuses the request)."""
+        ...
+
+    async def unarchive(self, session_id: str) -> SessionMeta:
+        """Set status active (idempotent) and return the fresh meta."""
         ...
 
     async def read_slot(self, session_id: str, key: str) -> str | None: ...
 
-    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
-        """Upsert a slot; None deletes it."""
+    async def write_slot(
+        self, session_id: str, key: str, content: str | None, *, only_active: bool = False
+    ) -> None:
+        """Upsert a slot; None deletes it. With `only_active`, an archived session raises
+        SessionArchived and nothing is written (checked in the same statement)."""
         ...
 
     async def save_compression(self, session_id: str, cache: CompressionCache) -> None: ...

@@ -4,10 +4,16 @@ Every successful LLM call is persisted at once with ONE `store.save_call`: the f
 the user message and the assistant reply, a continuation call the tool results and the reply.
 The last call (no tool calls) ends the turn. A failed call saves nothing and raises.
 Tool results reach the next call as typed `tool` messages, never as JSON typed into user text.
+
+The stored history stays well-formed: every stored tool call has its result. When the tool
+round limit ends the turn, the calls of the last reply are not run; each is stored with a result
+that says so (`loop_limit_result`). When a later call fails, the results of the tools that ran
+before it are stored on the way out (the tools did run: a session they created exists).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
@@ -29,6 +35,12 @@ from .types import (
     Usage,
     dumps_compact,
 )
+
+
+def loop_limit_result(max_rounds: int) -> str:
+    """The stored result of a tool call that was not run because the turn hit the limit."""
+    return (f"Not run: the tool loop limit ({max_rounds} rounds) was reached and the turn "
+            "ended.")
 
 
 def raw_response(response: LLMResponse) -> str:
@@ -143,33 +155,36 @@ class TurnLoop:
         unsaved: list[Message] = [self._user_message]  # what the next save_call starts with
         rounds = executed = 0
         while True:
-            messages = await self._prompt.build(tail)
-            if streaming:
-                assembler = StreamAssembler()
-                async for delta in self._llm.stream(messages, tools=specs):
-                    assembler.add(delta)
-                    if delta.text:
-                        yield StreamChunk(delta.text, rounds)
-                response = assembler.response()
-            else:
-                response = await self._llm.complete(messages, tools=specs)
+            try:
+                messages = await self._prompt.build(tail)
+                if streaming:
+                    assembler = StreamAssembler()
+                    async for delta in self._llm.stream(messages, tools=specs):
+                        assembler.add(delta)
+                        if delta.text:
+                            yield StreamChunk(delta.text, rounds)
+                    response = assembler.response()
+                else:
+                    response = await self._llm.complete(messages, tools=specs)
+            except Exception:
+                if rounds:  # `unsaved` holds the results of tools that ran: keep them
+                    await self._save_quietly(unsaved)
+                raise
 
             reply = Message("assistant", response.content or "", tool_calls=response.tool_calls)
             final = not response.tool_calls
+            out_of_rounds = not final and rounds >= self._max_tool_rounds
             saved = [*unsaved, reply]
-            result = await self._store.save_call(
-                self._session_id,
-                saved,
-                consumed_insight=self._insight if rounds == 0 else None,
-                end_turn=final,
-            )
-            if self._on_saved is not None:
-                self._on_saved(saved, result)
+            if out_of_rounds:
+                not_run = loop_limit_result(self._max_tool_rounds)
+                saved.extend(Message("tool", not_run, tool_call_id=call.id)
+                              for call in response.tool_calls)
+            result = await self._save(saved, first_call=rounds == 0, end_turn=final)
             if final:
                 self.turn_count = result.turn_count
                 yield TurnResult(response.content, rounds, executed, raw_response(response))
                 return
-            if rounds >= self._max_tool_rounds:
+            if out_of_rounds:
                 raise ToolLoopLimit(self._max_tool_rounds)
 
             results = await self._toolbox.run_all(response.tool_calls, self._tool_context)
@@ -177,3 +192,21 @@ class TurnLoop:
             rounds += 1
             unsaved = [result.to_message() for result in results]
             tail.extend([reply, *unsaved])
+
+    async def _save(
+        self, messages: list[Message], *, first_call: bool, end_turn: bool
+    ) -> SaveResult:
+        result = await self._store.save_call(
+            self._session_id,
+            messages,
+            consumed_insight=self._insight if first_call else None,  # the first call used it
+            end_turn=end_turn,
+        )
+        if self._on_saved is not None:
+            self._on_saved(messages, result)
+        return result
+
+    async def _save_quietly(self, tool_results: list[Message]) -> None:
+        # The turn is failing already: the caller gets that error, not a second one from here.
+        with contextlib.suppress(Exception):
+            await self._save(tool_results, first_call=False, end_turn=False)

@@ -93,7 +93,6 @@ class SessionMeta:
     role: SessionRole
     status: SessionStatus
     scope: str | None
-    tags: tuple[str, ...]
     metadata: Mapping[str, Any]
     turn_count: int
     created_at: datetime
@@ -247,6 +246,7 @@ class EngineSettings:
     """Engine behaviour knobs (from STELLO_* settings)."""
 
     max_tool_rounds: int = 5
+    max_forks_per_turn: int = 3  # sessions `stello_create_session` may create in one turn
     fork_strategy: Literal["flat", "tree"] = "flat"
     consolidate_every_n_turns: int = 3
     integrate_after_consolidate: bool = True

@@ -9,10 +9,12 @@ time. Nothing here matters for correctness: everything that matters is in the da
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import cache
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -22,7 +24,7 @@ from spaces.throttling import rate_limiter
 
 from .. import conf
 from ..engine.agent import SpaceAgent
-from ..engine.errors import SpaceNotFound
+from ..engine.errors import SpaceNotFound, StelloError
 from ..engine.llm import build_llm
 from ..engine.skills import load_skills
 from ..engine.tools import load_tools
@@ -30,6 +32,10 @@ from ..events import announce_turn
 from ..store import space_store
 from .jobs import BackgroundRunner, SpaceJobs
 from .locks import LocalSessionLocks, PostgresSessionLocks
+
+logger = logging.getLogger("stello.runtime")
+
+T = TypeVar("T")
 
 
 class AgentPool:
@@ -110,6 +116,21 @@ class Runtime:
                       else LocalSessionLocks(timeout))
         self.jobs = BackgroundRunner(retries=stello["BACKGROUND_RETRIES"])
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
+        self.detached: set[asyncio.Task[Any]] = set()
+
+    async def run_detached(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` (a REST turn) as a task of its own and wait for it. If the caller is
+        cancelled (the server cancels a request whose client hung up), the work goes on to
+        the end: a turn that reached the LLM is saved either way, as on the WebSocket.
+        `aclose` (server shutdown) waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.detached.add(task)
+        task.add_done_callback(self.detached.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_log_unawaited_failure)
+            raise
 
     async def agent(self, space_id: str) -> SpaceAgent:
         return await self.pool.get(str(space_id))
@@ -130,7 +151,9 @@ class Runtime:
         )
 
     async def aclose(self) -> None:
-        """Finish background work, then release clients and connections."""
+        """Finish detached turns and background work, then release clients and connections."""
+        while self.detached:
+            await asyncio.wait(list(self.detached))
         await self.jobs.drain()
         self.pool.dispose()
         if isinstance(self.locks, PostgresSessionLocks):
@@ -139,6 +162,14 @@ class Runtime:
         await rate_limiter.aclose_current()
         for llm in {id(self.llm): self.llm, id(self.memory_llm): self.memory_llm}.values():
             await llm.aclose()
+
+
+def _log_unawaited_failure(task: asyncio.Task[Any]) -> None:
+    """The outcome of detached work whose caller has gone: an engine error (an LLM failure...)
+    is an answer nobody waits for any more; anything else is a bug worth a traceback."""
+    error = None if task.cancelled() else task.exception()
+    if error is not None and not isinstance(error, StelloError):
+        logger.error("detached operation failed after its client left", exc_info=error)
 
 
 class RuntimeRegistry:

@@ -20,7 +20,6 @@ TurnListener = Callable[[str, str, int], None]  # (space_id, session_id, turn_co
 SYSTEM_PROMPT = "system_prompt"
 MEMORY = "memory"
 INSIGHT = "insight"
-SCOPE = "scope"
 SESSION_CONFIG = "session_config"
 COMPRESSION = "compression"
 
@@ -131,16 +130,16 @@ def message_json(
     role: str,
     content: str,
     timestamp: datetime,
-    metadata: Any,
     tool_calls: Any,
     tool_call_id: str | None,
 ) -> dict[str, Any]:
-    """One record as the REST message list shows it."""
+    """One record as the REST message list shows it (`metadata` is part of the shape clients
+    know; records carry none)."""
     message: dict[str, Any] = {
         "role": role,
         "content": content,
         "timestamp": iso_ms(timestamp),
-        "metadata": metadata,
+        "metadata": None,
     }
     if tool_calls:
         message["toolCalls"] = tool_calls

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from spaces.models import Space
 
-from ..engine.errors import SessionNotFound, SpaceNotFound
+from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
     ChildMemory,
@@ -76,7 +76,6 @@ def session_meta(session: Session, node: TopologyNode | None) -> SessionMeta:
         role=session.role,
         status=session.status,
         scope=session.scope,
-        tags=tuple(session.tags or ()),
         metadata=session.metadata or {},
         turn_count=session.turn_count,
         created_at=session.created_at,
@@ -254,7 +253,7 @@ class DjangoSpaceStore:
                 session=session, space_id=self.space_id, parent=parent, source_session=source,
                 depth=parent.depth + 1, index=0 if last is None else last + 1, label=label,
             )
-            slots = {Key.SYSTEM_PROMPT: storable(child.system_prompt), Key.SCOPE: scope}
+            slots = {Key.SYSTEM_PROMPT: storable(child.system_prompt)}
             if child.session_config:
                 slots[Key.SESSION_CONFIG] = session_config_text(child.session_config)
             SessionData.objects.bulk_create([
@@ -266,10 +265,18 @@ class DjangoSpaceStore:
 
     @unit_of_work
     def archive(self, session_id: str) -> SessionMeta:
+        return self._set_status(session_id, Session.Status.ARCHIVED)
+
+    @unit_of_work
+    def unarchive(self, session_id: str) -> SessionMeta:
+        return self._set_status(session_id, Session.Status.ACTIVE)
+
+    def _set_status(self, session_id: str, status: str) -> SessionMeta:
         with transaction.atomic():
             session = self._session(session_id)
-            if session.status != Session.Status.ARCHIVED:
-                session.status = Session.Status.ARCHIVED
+            never = status == Session.Status.ARCHIVED and session.role == Session.Role.MAIN
+            if session.status != status and not never:
+                session.status = status
                 session.save(update_fields=["status", "updated_at"])
         return session_meta(session, session.node)
 
@@ -285,9 +292,17 @@ class DjangoSpaceStore:
         return content
 
     @unit_of_work
-    def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+    def write_slot(
+        self, session_id: str, key: str, content: str | None, *, only_active: bool = False
+    ) -> None:
         with transaction.atomic():
-            _write_slot(self._session_pk(session_id), key, content)
+            pk = parse_uuid(session_id)
+            status = self._sessions().filter(pk=pk).values_list("status", flat=True).first()
+            if status is None:
+                raise SessionNotFound()
+            if only_active and status != Session.Status.ACTIVE:
+                raise SessionArchived(session_id)
+            _write_slot(pk, key, content)
 
     @unit_of_work
     def save_compression(self, session_id: str, cache: CompressionCache) -> None:
@@ -335,7 +350,9 @@ class DjangoSpaceStore:
             wanted = {
                 str(pk): i.content for i in insights if (pk := parse_uuid(i.session_id))
             }
-            mine = self._sessions().filter(pk__in=list(wanted)).values_list("pk", flat=True)
+            mine = self._sessions().filter(
+                pk__in=list(wanted), status=Session.Status.ACTIVE
+            ).values_list("pk", flat=True)
             for pk in mine:
                 _write_slot(pk, Key.INSIGHT, wanted[str(pk)])
 
@@ -354,13 +371,13 @@ class DjangoSpaceStore:
             SessionData.objects.filter(session_id__in=ancestors, key=Key.MEMORY)
             .exclude(content="").values_list("session_id", "content")
         )
-        own = self._slots(session.pk, [Key.MEMORY, Key.SCOPE])
+        own = self._slots(session.pk, [Key.MEMORY])
         core = self._core()
         return Bootstrap(
             core=core,
             memories=tuple(memories[a] for a in ancestors if a in memories),
             current_memory=own.get(Key.MEMORY),
-            scope=own.get(Key.SCOPE),
+            scope=session.scope,
             session=session_meta(session, session.node),
         )
 
@@ -394,8 +411,7 @@ class DjangoSpaceStore:
         if not records:
             self._session_pk(session_id)  # 404 unless it exists here
         return [
-            message_json(r.role, r.content, r.timestamp, r.metadata, r.tool_calls,
-                         r.tool_call_id)
+            message_json(r.role, r.content, r.timestamp, r.tool_calls, r.tool_call_id)
             for r in records
         ]
 

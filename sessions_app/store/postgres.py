@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 
 from spaces import pgpool
 
-from ..engine.errors import ServiceUnavailable, SessionNotFound, SpaceNotFound
+from ..engine.errors import ServiceUnavailable, SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
     ChildMemory,
@@ -42,7 +42,6 @@ from .common import (
     COMPRESSION,
     INSIGHT,
     MEMORY,
-    SCOPE,
     SESSION_CONFIG,
     SYSTEM_PROMPT,
     TurnListener,
@@ -62,7 +61,7 @@ from .common import (
 # -- SQL ------------------------------------------------------------------------------------
 
 _META_COLUMNS = (
-    "s.id", "s.space_id", "s.label", "s.role", "s.status", "s.scope", "s.tags", "s.metadata",
+    "s.id", "s.space_id", "s.label", "s.role", "s.status", "s.scope", "s.metadata",
     "s.turn_count", "s.created_at", "s.updated_at", "s.last_active_at",
     "n.parent_id", "n.source_session_id", "n.depth", 'n."index"',
 )
@@ -140,9 +139,9 @@ SQL_INSERT_CHILD = {
 WITH par AS (
   SELECT n.session_id AS id, n.depth AS depth FROM topology_nodes n WHERE {where}
 ), new_session AS (
-  INSERT INTO sessions AS s (id, space_id, label, role, status, scope, tags, metadata,
+  INSERT INTO sessions AS s (id, space_id, label, role, status, scope, metadata,
                              turn_count, record_count, created_at, updated_at, last_active_at)
-  SELECT %(id)s, %(space)s, %(label)s, 'standard', 'active', %(scope)s, '[]'::jsonb,
+  SELECT %(id)s, %(space)s, %(label)s, 'standard', 'active', %(scope)s,
          %(metadata)s, 0, %(added)s, %(now)s, %(now)s, %(now)s
   FROM par
   RETURNING s.id
@@ -170,10 +169,13 @@ SELECT new_node.parent_id, new_node.depth, new_node."index" FROM new_node
     for placement, where in _PARENT_WHERE.items()
 }
 
-SQL_ARCHIVE = f"""
+# Archive / unarchive: the new status (idempotent; the main session is never archived) and the
+# fresh meta, in one statement.
+SQL_SET_STATUS = f"""
 WITH upd AS (
-  UPDATE sessions AS s SET status = 'archived', updated_at = %(now)s
-  WHERE {_THIS_SESSION} AND s.status <> 'archived'
+  UPDATE sessions AS s SET status = %(status)s, updated_at = %(now)s
+  WHERE {_THIS_SESSION} AND s.status <> %(status)s
+    AND (%(status)s = 'active' OR s.role <> 'main')
   RETURNING s.id, s.status, s.updated_at
 )
 SELECT {_META.replace("s.status", "coalesce(upd.status, s.status)")
@@ -191,21 +193,26 @@ _UPSERT_SLOTS = """INSERT INTO session_data AS d (session_id, key, content, upda
   {rows}
   ON CONFLICT (session_id, key)
   DO UPDATE SET content = EXCLUDED.content, updated_at = EXCLUDED.updated_at"""
+# A slot write answers the session's status (no row: no such session); with only_active it
+# writes nothing on an archived session.
+_WRITABLE = "(src.status = 'active' OR NOT %(only_active)s)"
 SQL_WRITE_SLOT = f"""
 WITH src AS (
-  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+  SELECT s.id, s.status FROM sessions s WHERE {_THIS_SESSION}
 ), up AS (
-  {_UPSERT_SLOTS.format(rows="SELECT src.id, %(key)s, %(content)s, %(now)s FROM src")}
+  {_UPSERT_SLOTS.format(rows="SELECT src.id, %(key)s, %(content)s, %(now)s FROM src "
+                             f"WHERE {_WRITABLE}")}
 )
-SELECT count(*) FROM src
+SELECT src.status FROM src
 """
 SQL_DELETE_SLOT = f"""
 WITH src AS (
-  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+  SELECT s.id, s.status FROM sessions s WHERE {_THIS_SESSION}
 ), del AS (
-  DELETE FROM session_data d USING src WHERE d.session_id = src.id AND d.key = %(key)s
+  DELETE FROM session_data d USING src
+  WHERE d.session_id = src.id AND d.key = %(key)s AND {_WRITABLE}
 )
-SELECT count(*) FROM src
+SELECT src.status FROM src
 """
 
 SQL_SPACE_PROMPTS = """
@@ -231,7 +238,7 @@ WITH main AS (
   UNION ALL
   SELECT s.id, '{INSIGHT}'::text, x.content
   FROM unnest(%(ids)s::uuid[], %(contents)s::text[]) AS x(id, content)
-  JOIN sessions s ON s.id = x.id AND s.space_id = %(space)s
+  JOIN sessions s ON s.id = x.id AND s.space_id = %(space)s AND s.status = 'active'
   WHERE EXISTS (SELECT 1 FROM main)
 ), up AS (
   {_UPSERT_SLOTS.format(rows="SELECT slots.session_id, slots.key, slots.content, %(now)s "
@@ -252,8 +259,8 @@ SELECT {_META},
   (SELECT json_agg(d.content ORDER BY anc.hops) FROM anc
    JOIN session_data d ON d.session_id = anc.id
    WHERE NOT anc.is_cycle AND d.key = '{MEMORY}' AND d.content <> '') AS memories,
-  (SELECT json_object_agg(d.key, d.content) FROM session_data d
-   WHERE d.session_id = s.id AND d.key IN ('{MEMORY}', '{SCOPE}')) AS own,
+  (SELECT d.content FROM session_data d
+   WHERE d.session_id = s.id AND d.key = '{MEMORY}') AS own_memory,
   (SELECT json_object_agg(c.path, c.value) FROM core_data c WHERE c.space_id = %(space)s) AS core
 FROM {_SESSION_FROM} WHERE {_THIS_SESSION}
 """
@@ -267,16 +274,16 @@ WHERE n.space_id = %(space)s
 ORDER BY n.depth, n."index"
 """
 SQL_SESSION_MESSAGES = f"""
-SELECT r.role, r.content, r."timestamp", r.metadata, r.tool_calls, r.tool_call_id
+SELECT r.role, r.content, r."timestamp", r.tool_calls, r.tool_call_id
 FROM sessions s LEFT JOIN records r ON r.session_id = s.id
 WHERE {_THIS_SESSION}
 ORDER BY r.id
 """
 
 SQL_ROOT_SESSION = (
-    "INSERT INTO sessions (id, space_id, label, role, status, scope, tags, metadata, turn_count, "
+    "INSERT INTO sessions (id, space_id, label, role, status, scope, metadata, turn_count, "
     "record_count, created_at, updated_at, last_active_at) VALUES (%s, %s, %s, 'main', 'active', "
-    "NULL, '[]'::jsonb, '{}'::jsonb, 0, 0, %s, %s, %s)",
+    "NULL, '{}'::jsonb, 0, 0, %s, %s, %s)",
     "INSERT INTO topology_nodes (session_id, space_id, parent_id, source_session_id, depth, "
     '"index", label) VALUES (%s, %s, NULL, NULL, 0, 0, %s)',
     f"INSERT INTO session_data (session_id, key, content, updated_at) VALUES "
@@ -297,7 +304,7 @@ async def _connection() -> AsyncIterator[psycopg.AsyncConnection]:
 
 
 def _meta(row: Sequence[Any]) -> SessionMeta:
-    (sid, space_id, label, role, status, scope, tags, metadata, turn_count, created_at,
+    (sid, space_id, label, role, status, scope, metadata, turn_count, created_at,
      updated_at, last_active_at, parent_id, node_source, depth, index) = row[:_META_WIDTH]
     return SessionMeta(
         id=str(sid),
@@ -306,7 +313,6 @@ def _meta(row: Sequence[Any]) -> SessionMeta:
         role=role,
         status=status,
         scope=scope,
-        tags=tuple(tags or ()),
         metadata=metadata or {},
         turn_count=turn_count,
         created_at=created_at,
@@ -443,7 +449,7 @@ class PgSpaceStore:
         now = timezone.now()
         label, scope = storable(child.label), storable(child.scope)
         metadata = {"sourceSessionId": str(source)}
-        slots = {SYSTEM_PROMPT: storable(child.system_prompt), SCOPE: scope}
+        slots = {SYSTEM_PROMPT: storable(child.system_prompt)}
         if child.session_config:
             slots[SESSION_CONFIG] = session_config_text(child.session_config)
         slots = {k: v for k, v in slots.items() if v is not None}
@@ -468,13 +474,20 @@ class PgSpaceStore:
         parent_id, depth, index = row
         return SessionMeta(
             id=str(new_id), space_id=self.space_id, label=label, role="standard",
-            status="active", scope=scope, tags=(), metadata=metadata, turn_count=0,
+            status="active", scope=scope, metadata=metadata, turn_count=0,
             created_at=now, updated_at=now, last_active_at=now, parent_id=str(parent_id),
             source_session_id=str(source), depth=depth, index=index,
         )
 
     async def archive(self, session_id: str) -> SessionMeta:
-        row = await self._one(SQL_ARCHIVE, self._params(session_id, now=timezone.now()))
+        return await self._set_status(session_id, "archived")
+
+    async def unarchive(self, session_id: str) -> SessionMeta:
+        return await self._set_status(session_id, "active")
+
+    async def _set_status(self, session_id: str, status: str) -> SessionMeta:
+        params = self._params(session_id, status=status, now=timezone.now())
+        row = await self._one(SQL_SET_STATUS, params)
         if row is None:
             raise SessionNotFound()
         return _meta(row)
@@ -485,16 +498,20 @@ class PgSpaceStore:
             raise SessionNotFound()
         return row[0]
 
-    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+    async def write_slot(
+        self, session_id: str, key: str, content: str | None, *, only_active: bool = False
+    ) -> None:
         if content is None:
-            params = self._params(session_id, key=key)
+            params = self._params(session_id, key=key, only_active=only_active)
             row = await self._one(SQL_DELETE_SLOT, params)
         else:
             params = self._params(session_id, key=key, content=storable(content),
-                                  now=timezone.now())
+                                  now=timezone.now(), only_active=only_active)
             row = await self._one(SQL_WRITE_SLOT, params)
-        if not row or not row[0]:
+        if row is None:
             raise SessionNotFound()
+        if only_active and row[0] != "active":
+            raise SessionArchived(session_id)
 
     async def save_compression(self, session_id: str, cache: CompressionCache) -> None:
         await self.write_slot(session_id, COMPRESSION, compression_text(cache))
@@ -533,14 +550,14 @@ class PgSpaceStore:
         row = await self._read(SQL_BOOTSTRAP, self._params(session_id))
         if row is None:
             raise SessionNotFound()
-        memories, own, core = row[_META_WIDTH:]
-        own = own or {}
+        memories, own_memory, core = row[_META_WIDTH:]
+        meta = _meta(row)
         return Bootstrap(
             core=core or {},
             memories=tuple(memories or ()),
-            current_memory=own.get(MEMORY),
-            scope=own.get(SCOPE),
-            session=_meta(row),
+            current_memory=own_memory,
+            scope=meta.scope,
+            session=meta,
         )
 
     async def core_data(self) -> Mapping[str, Any]:

@@ -77,6 +77,9 @@ class SessionApi:
     def archive(self, session_id: str):
         return self.client.post(self.path(session_id, "archive"))
 
+    def unarchive(self, session_id: str):
+        return self.client.post(self.path(session_id, "unarchive"))
+
     def consolidate(self, session_id: str):
         return self.client.post(self.path(session_id, "consolidate"))
 

@@ -32,6 +32,7 @@ SESSION_ROUTES: list[tuple[str, str, Any]] = [
     ("post", "turn", {"input": "tell me alice's secrets"}),
     ("post", "fork", {"label": "stolen", "context": "inherit"}),
     ("post", "archive", None),
+    ("post", "unarchive", None),
     ("post", "consolidate", None),
     *[("get", slot, None) for slot in SLOTS],
     *[("put", slot, {"content": "pwned"}) for slot in WRITABLE_SLOTS],

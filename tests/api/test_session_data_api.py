@@ -172,12 +172,19 @@ class TestWriting:
         assert response.json()["error"] == "Session not found"
         assert SessionData.objects.count() == count
 
-    def test_a_put_on_an_archived_session_still_works(self, api, root_id) -> None:
+    @pytest.mark.parametrize("name", WRITABLE_SLOTS)
+    def test_an_archived_session_is_read_only_for_puts_and_still_readable(
+        self, api, root_id, name
+    ) -> None:
         child = api.child(root_id, "Archived")
+        api.put_slot(child["id"], name, {"content": "before"})
         api.archive(child["id"])
-        response = api.put_slot(child["id"], "system-prompt", {"content": "edited"})
-        assert response.status_code == 200
-        assert api.slot(child["id"], "system-prompt").json() == {"content": "edited"}
+        response = api.put_slot(child["id"], name, {"content": "edited"})
+        assert response.status_code == 409
+        assert response.json() == {
+            "error": f'Session "{child["id"]}" is archived and cannot be modified',
+            "code": "SESSION_ARCHIVED"}
+        assert api.slot(child["id"], name).json() == {"content": "before"}
 
 
 class TestConsolidate:

@@ -356,6 +356,32 @@ class TestToolCallingTurn:
         assert response.json()["error"] == "tool loop exceeded the limit: at most 1 rounds"
         assert api.meta(root_id).json()["turnCount"] == 0
         assert [c["label"] for c in api.tree().json()["children"]] == ["One"]
+        # Every stored tool call has its result: the one not run says why.
+        messages = api.messages(root_id).json()
+        assert [(m["role"], m.get("toolCallId")) for m in messages] == [
+            ("user", None), ("assistant", None), ("tool", "call_1"), ("assistant", None),
+            ("tool", "call_2")]
+        assert messages[-1]["content"] == (
+            "Not run: the tool loop limit (1 rounds) was reached and the turn ended.")
+
+    def test_the_llm_creates_at_most_the_per_turn_cap_of_sessions(
+        self, api, root_id, llm_script, settings
+    ) -> None:
+        settings.STELLO = {**settings.STELLO, "MAX_FORKS_PER_TURN": 2}
+        llm_script(
+            reply("", *[tool_call(f"c{n}", "stello_create_session", {"label": f"S{n}"})
+                        for n in range(20)]),
+            reply("Made what I could."),
+        )
+        result = api.said(root_id, "make twenty sessions")
+        assert (result["finalContent"], result["toolCallsExecuted"]) == (
+            "Made what I could.", 20)
+        assert [c["label"] for c in api.tree().json()["children"]] == ["S0", "S1"]
+        assert Session.objects.count() == 3
+        refused = [m for m in api.messages(root_id).json()
+                   if m["role"] == "tool" and m["content"].startswith("Not created")]
+        assert len(refused) == 18
+        assert "at most 2 sessions may be created per turn" in refused[0]["content"]
 
     @pytest.mark.parametrize(
         "script",
@@ -400,14 +426,12 @@ class TestFork:
         body = api.child(root_id, "Child A", scope="methods")
         assert api.meta(body["id"]).json() == {k: body[k] for k in SESSION_META_KEYS}
 
-    def test_the_scope_is_stored_on_the_session_and_in_its_scope_slot(
-        self, api, root_id
-    ) -> None:
+    def test_the_scope_is_stored_once_on_the_session(self, api, root_id) -> None:
         child = api.child(root_id, "Scoped", scope="only statistics")
         assert child["scope"] == "only statistics"
         assert api.meta(child["id"]).json()["scope"] == "only statistics"
-        assert SessionData.objects.get(session_id=child["id"], key="scope").content == (
-            "only statistics")
+        assert Session.objects.get(pk=child["id"]).scope == "only statistics"
+        assert not SessionData.objects.filter(session_id=child["id"], key="scope").exists()
 
     def test_a_child_inherits_the_system_prompt_of_its_source(self, api, root_id) -> None:
         child = api.child(root_id, "Child")
@@ -533,14 +557,55 @@ class TestArchive:
         assert api.meta(other["id"]).json()["status"] == "active"
         assert api.meta(root_id).json()["status"] == "active"
 
-    def test_the_root_may_be_archived_and_then_refuses_turns(self, api, root_id) -> None:
-        assert api.archive(root_id).json()["status"] == "archived"
-        assert api.turn(root_id, "hello").status_code == 409
-        assert api.tree().json()["status"] == "archived"
+    def test_the_main_session_cannot_be_archived(self, api, root_id) -> None:
+        before = api.meta(root_id).json()
+        response = api.archive(root_id)
+        assert response.status_code == 409
+        assert response.json() == {"error": "The main session cannot be archived",
+                                   "code": "MAIN_SESSION_NOT_ARCHIVABLE"}
+        assert api.meta(root_id).json() == before
+        assert api.turn(root_id, "still here").status_code == 200
 
     @pytest.mark.parametrize("session_id", UNKNOWN_IDS)
     def test_archiving_an_unknown_session_is_404(self, api, session_id) -> None:
         response = api.archive(session_id)
+        assert response.status_code == 404
+        assert response.json()["error"] == "Session not found"
+
+
+class TestUnarchive:
+    def test_unarchive_makes_an_archived_session_active_and_usable_again(
+        self, api, root_id
+    ) -> None:
+        child = api.child(root_id, "Paused")
+        api.archive(child["id"])
+        response = api.unarchive(child["id"])
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == SESSION_META_KEYS | {"sessionId"}
+        assert (body["sessionId"], body["status"]) == (child["id"], "active")
+        assert api.said(child["id"], "back again")["finalContent"] == "echo: back again"
+        assert api.put_slot(child["id"], "system-prompt", {"content": "x"}).status_code == 200
+        assert api.tree().json()["children"][0]["status"] == "active"
+
+    def test_unarchiving_an_active_session_changes_nothing(self, api, root_id) -> None:
+        child = api.child(root_id, "Active")
+        before = api.meta(child["id"]).json()
+        response = api.unarchive(child["id"])
+        assert response.status_code == 200
+        assert {k: v for k, v in response.json().items() if k != "sessionId"} == before
+
+    def test_a_main_session_archived_by_an_older_release_can_be_unarchived(
+        self, api, root_id
+    ) -> None:
+        Session.objects.filter(pk=root_id).update(status="archived")
+        assert api.turn(root_id, "hello").status_code == 409
+        assert api.unarchive(root_id).json()["status"] == "active"
+        assert api.said(root_id, "hello")["finalContent"] == "echo: hello"
+
+    @pytest.mark.parametrize("session_id", UNKNOWN_IDS)
+    def test_unarchiving_an_unknown_session_is_404(self, api, session_id) -> None:
+        response = api.unarchive(session_id)
         assert response.status_code == 404
         assert response.json()["error"] == "Session not found"
 
@@ -575,7 +640,7 @@ class TestUpstreamLLMFailure:
             ("user", "hello again"), ("assistant", "echo: hello again")]
         assert api.meta(root_id).json()["turnCount"] == 1
 
-    def test_a_failure_in_a_later_round_keeps_only_the_completed_call_and_no_turn(
+    def test_a_failure_in_a_later_round_keeps_the_completed_call_and_its_tool_results(
         self, api, root_id, use_llm
     ) -> None:
         with OpenAIServer() as server:
@@ -586,8 +651,11 @@ class TestUpstreamLLMFailure:
             response = api.turn(root_id, "branch then fail")
         assert response.status_code == 502
         assert "context window exceeded" in response.json()["error"]
-        # Each successful call is saved at once; the failed continuation saved nothing.
-        assert record_roles(root_id) == ["user", "assistant"]
+        # Each successful call is saved at once, with the results of the tools it ran (the
+        # child exists); the failed continuation saved nothing and counts no turn.
+        assert record_roles(root_id) == ["user", "assistant", "tool"]
+        assert api.messages(root_id).json()[2]["toolCallId"] == "c1"
+        assert [c["label"] for c in api.tree().json()["children"]] == ["Half"]
         assert api.meta(root_id).json()["turnCount"] == 0
         use_llm(None)
         assert api.said(root_id, "next")["finalContent"] == "echo: next"

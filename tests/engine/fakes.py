@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sessions_app.engine.agent import SpaceAgent
-from sessions_app.engine.errors import LLMError, SessionBusy, SessionNotFound
+from sessions_app.engine.errors import LLMError, SessionArchived, SessionBusy, SessionNotFound
 from sessions_app.engine.skills import Skill
 from sessions_app.engine.tools import Tool
 from sessions_app.engine.types import (
@@ -134,7 +134,6 @@ class InMemoryStore:
             role="main",
             status="active",
             scope=None,
-            tags=(),
             metadata={},
             turn_count=0,
             created_at=now,
@@ -271,7 +270,6 @@ class InMemoryStore:
             role="standard",
             status="active",
             scope=scope,
-            tags=(),
             metadata={"sourceSessionId": source.id},
             turn_count=0,
             created_at=now,
@@ -287,21 +285,29 @@ class InMemoryStore:
         self.add_records(meta.id, *child.records)
         if child.system_prompt is not None:
             stored.slots["system_prompt"] = _storable(child.system_prompt)
-        if scope is not None:
-            stored.slots["scope"] = scope
         if child.session_config:
             stored.slots["session_config"] = json.dumps(_storable(dict(child.session_config)))
         return meta
 
     async def archive(self, session_id: str) -> SessionMeta:
-        if self.meta(session_id).status == "archived":
-            return self.meta(session_id)  # idempotent: nothing changes
+        meta = self.meta(session_id)
+        if meta.status == "archived" or meta.role == "main":
+            return meta  # idempotent; the main session is never archived
         return self._update(session_id, status="archived", updated_at=_now())
+
+    async def unarchive(self, session_id: str) -> SessionMeta:
+        if self.meta(session_id).status == "active":
+            return self.meta(session_id)
+        return self._update(session_id, status="active", updated_at=_now())
 
     async def read_slot(self, session_id: str, key: str) -> str | None:
         return self.slot(session_id, key)
 
-    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+    async def write_slot(
+        self, session_id: str, key: str, content: str | None, *, only_active: bool = False
+    ) -> None:
+        if only_active and self.meta(session_id).status != "active":
+            raise SessionArchived(session_id)
         self.set_slot(session_id, key, content)
 
     async def save_compression(self, session_id: str, cache: CompressionCache) -> None:
@@ -326,7 +332,8 @@ class InMemoryStore:
     ) -> None:
         self.set_slot(main_session_id, "memory", synthesis)
         for insight in insights:
-            if insight.session_id in self.sessions:  # like the stores: unknown ids are skipped
+            known = self.sessions.get(insight.session_id)
+            if known is not None and known.meta.status == "active":  # like the stores
                 self.set_slot(insight.session_id, "insight", insight.content)
 
     async def load_bootstrap(self, session_id: str) -> Bootstrap:
@@ -342,7 +349,7 @@ class InMemoryStore:
             core=dict(self.core),
             memories=tuple(memories),
             current_memory=stored.slots.get("memory"),
-            scope=stored.slots.get("scope"),
+            scope=stored.meta.scope,
             session=stored.meta,
         )
 

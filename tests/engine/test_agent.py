@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from sessions_app.engine.errors import InvalidInput, SessionArchived, SessionBusy, SessionNotFound
+from sessions_app.engine.errors import (
+    InvalidInput,
+    MainSessionNotArchivable,
+    SessionArchived,
+    SessionBusy,
+    SessionNotFound,
+)
 from sessions_app.engine.memory import default_consolidate_prompt, default_integrate_prompt
 from sessions_app.engine.types import ForkOptions, Insight, IntegrationResult, Message, SpacePrompts
 
@@ -79,8 +85,38 @@ async def test_archive_without_consolidation_setting_or_for_main_submits_nothing
     assert h.jobs.submitted == []
 
     h = make_agent()
-    await h.agent.archive(h.root_id)
+    with pytest.raises(MainSessionNotArchivable):
+        await h.agent.archive(h.root_id)
+    assert h.store.meta(h.root_id).status == "active"
     assert h.jobs.submitted == []
+
+
+async def test_unarchive_makes_the_session_usable_again() -> None:
+    h = make_agent(llm=ScriptedLLM("welcome back"))
+    child = await h.child()
+    await h.agent.archive(child)
+    meta = await h.agent.unarchive(child)
+    assert meta.status == "active"
+    assert (await h.agent.turn(child, "back")).final_content == "welcome back"
+
+
+async def test_background_jobs_on_archived_sessions_end_quietly() -> None:
+    h = make_agent(llm=ScriptedLLM("1", "2"), memory_llm=ScriptedLLM("child L2"),
+                   consolidate_every_n_turns=1)
+    child = await h.child()
+    await h.agent.turn(child, "one")
+    h.store._update(h.root_id, status="archived")  # archived by an older release
+    await h.store.archive(child)  # archived behind the job's back: it no longer consolidates
+    await h.jobs.run_all()
+    assert h.store.slot(child, "memory") is None
+    assert h.jobs.errors == []
+
+    await h.store.unarchive(child)
+    await h.agent.turn(child, "two")
+    await h.jobs.run_all()  # consolidates, then skips integration of the archived main
+    assert h.store.slot(child, "memory") == "child L2"
+    assert h.jobs.errors == []
+    assert h.jobs.submitted[-1].startswith("integrate:")
 
 
 async def test_consolidate_writes_the_memory_from_the_whole_history() -> None:
@@ -182,7 +218,7 @@ async def test_integrate_prompt_resolves_at_call_time() -> None:
 
 async def test_integrate_refuses_an_archived_main_session() -> None:
     h = make_agent()
-    await h.agent.archive(h.root_id)
+    h.store._update(h.root_id, status="archived")  # archived by an older release
     with pytest.raises(SessionArchived):
         await h.agent.integrate()
 

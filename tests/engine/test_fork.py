@@ -66,7 +66,6 @@ def source_context(role: str = "standard", **changes: object) -> TurnContext:
         role=role,
         status="active",
         scope=None,  # type: ignore[arg-type]
-        tags=("t",),
         metadata={"k": "v"},
         turn_count=3,
         created_at=now,
@@ -130,7 +129,7 @@ async def test_flat_fork_places_children_under_the_root_with_sibling_index() -> 
     assert (b.parent_id, b.depth, b.index, b.source_session_id) == (h.root_id, 1, 1, a.id)
     assert b.metadata == {"sourceSessionId": a.id}
     assert a.scope == "area A"
-    assert h.store.slot(a.id, "scope") == "area A"
+    assert h.store.meta(a.id).scope == "area A"
     # Inherited from the main session, and from A in turn.
     assert h.store.slot(a.id, "system_prompt") == "Space prompt"
     assert h.store.slot(b.id, "system_prompt") == "Space prompt"
@@ -144,7 +143,7 @@ async def test_tree_fork_places_the_child_under_its_source() -> None:
     assert (b.parent_id, b.depth, b.index, b.source_session_id) == (a.id, 2, 0, a.id)
 
 
-async def test_inherit_copies_history_but_not_memory_insight_tags_or_metadata() -> None:
+async def test_inherit_copies_history_but_not_memory_insight_or_metadata() -> None:
     h = make_agent(llm=ScriptedLLM("answer"))
     a = await h.child("A")
     await h.agent.turn(a, "question")
@@ -158,7 +157,6 @@ async def test_inherit_copies_history_but_not_memory_insight_tags_or_metadata() 
     assert h.store.records(c.id) == []
     assert h.store.slot(b.id, "memory") is None
     assert h.store.slot(b.id, "insight") is None
-    assert b.tags == ()
     assert b.metadata == {"sourceSessionId": a}
     assert b.turn_count == 0
 

@@ -7,9 +7,15 @@ import json
 
 import pytest
 
-from sessions_app.engine.errors import InvalidInput, LLMError, SessionArchived, SessionNotFound
+from sessions_app.engine.errors import (
+    InvalidInput,
+    LLMError,
+    SessionArchived,
+    SessionNotFound,
+    ToolLoopLimit,
+)
 from sessions_app.engine.tools import ToolContext, tool
-from sessions_app.engine.turn import StreamAssembler
+from sessions_app.engine.turn import StreamAssembler, loop_limit_result
 from sessions_app.engine.types import (
     Message,
     StreamChunk,
@@ -85,6 +91,23 @@ async def test_streamed_rounds_are_persisted_like_plain_turns() -> None:
         reply_with_call,
         Message("tool", "value of a", tool_call_id="k1"),
     )
+
+
+async def test_a_streamed_turn_keeps_every_tool_call_answered_when_it_fails() -> None:
+    asks = reply("", call("lookup", "k1", key="a"))
+    h = make_agent(tools=[lookup], llm=ScriptedLLM(asks, asks), max_tool_rounds=1)
+    over = await h.child("Over the limit")
+    with pytest.raises(ToolLoopLimit):
+        await collect(h.agent.stream(over, "loop"))
+    assert [(m.role, m.tool_call_id) for m in h.store.records(over)] == [
+        ("user", None), ("assistant", None), ("tool", "k1"), ("assistant", None), ("tool", "k1")]
+    assert h.store.records(over)[-1].content == loop_limit_result(1)
+
+    h.llm.push(asks, LLMError("down"))
+    failed = await h.child("Failed later")
+    with pytest.raises(LLMError):
+        await collect(h.agent.stream(failed, "fail"))
+    assert h.store.records(failed)[-1] == Message("tool", "value of a", tool_call_id="k1")
 
 
 async def test_usage_from_a_delta_is_kept_in_the_raw_response() -> None:

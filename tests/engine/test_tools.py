@@ -126,6 +126,37 @@ async def test_create_session_tool_forks_the_current_session() -> None:
     ]
 
 
+async def test_create_session_creates_at_most_the_per_turn_cap_across_rounds() -> None:
+    first = [call(CREATE_SESSION, f"a{n}", label=f"A{n}") for n in range(2)]
+    second = [call(CREATE_SESSION, f"b{n}", label=f"B{n}") for n in range(2)]
+    h = make_agent(llm=ScriptedLLM(reply(None, *first), reply(None, *second), "done",
+                                   reply(None, call(CREATE_SESSION, "c0", label="C0")), "ok"),
+                   max_forks_per_turn=3)
+    parent = await h.child("Parent")
+
+    result = await h.agent.turn(parent, "make many")
+
+    assert result.tool_calls_executed == 4
+    labels = sorted(s.meta.label for s in h.store.sessions.values() if s.meta.role == "standard")
+    assert labels == ["A0", "A1", "B0", "Parent"]
+    refused = h.store.records(parent)[-2]
+    assert refused.tool_call_id == "b1"
+    assert refused.content == ("Not created: at most 3 sessions may be created per turn, and "
+                               "this turn has reached that limit. Continue without creating "
+                               "more sessions.")
+    # The cap is per turn: the next turn may create again.
+    await h.agent.turn(parent, "one more")
+    assert any(s.meta.label == "C0" for s in h.store.sessions.values())
+
+
+async def test_a_zero_cap_disables_creating_sessions_from_tools() -> None:
+    h = make_agent(llm=ScriptedLLM(reply(None, call(CREATE_SESSION, "x", label="X")), "ok"),
+                   max_forks_per_turn=0)
+    await h.agent.turn(h.root_id, "try")
+    assert len(h.store.sessions) == 1
+    assert h.store.records(h.root_id)[2].content.startswith("Not created: at most 0 sessions")
+
+
 async def test_create_session_with_inherit_copies_only_complete_history() -> None:
     create = call(
         CREATE_SESSION, "cs1", label="Copy", context="inherit", prompt="Hi, I am the copy."

@@ -9,11 +9,20 @@ import pytest
 
 from sessions_app.engine.errors import InvalidInput, LLMError, ToolLoopLimit
 from sessions_app.engine.tools import ToolContext, tool
+from sessions_app.engine.turn import loop_limit_result
 from sessions_app.engine.types import Message, ToolCall, TurnResult, Usage
 
 from .fakes import ScriptedLLM, call, make_agent, reply
 
 order: list[str] = []
+
+
+def assert_every_tool_call_has_its_result(records: list[Message]) -> None:
+    """Each assistant tool call is followed by the tool results of all its calls."""
+    for n, message in enumerate(records):
+        if message.tool_calls:
+            answered = [m.tool_call_id for m in records[n + 1:n + 1 + len(message.tool_calls)]]
+            assert answered == [c.id for c in message.tool_calls], records
 
 
 @tool(
@@ -146,6 +155,13 @@ async def test_exceeding_the_tool_round_limit_raises_and_keeps_completed_calls()
     assert h.store.meta(child).turn_count == 0
     assert h.store.records(child)[0] == Message("user", "loop")
     assert h.jobs.submitted == []
+    # The last reply's call was not run; it is stored with a result saying so, so the stored
+    # history has no tool call without its result.
+    assert h.store.records(child)[-2:] == [
+        Message("assistant", "", tool_calls=asks_again.tool_calls),
+        Message("tool", loop_limit_result(2), tool_call_id="c"),
+    ]
+    assert_every_tool_call_has_its_result(h.store.records(child))
 
 
 async def test_zero_tool_rounds_allows_only_the_first_call() -> None:
@@ -181,12 +197,13 @@ async def test_a_failure_in_a_later_round_keeps_the_earlier_calls_only() -> None
     with pytest.raises(LLMError):
         await h.agent.turn(child, "hi")
 
-    assert [m.role for m in h.store.records(child)] == ["user", "assistant"]
+    # The tool ran, so its result is kept: no stored tool call is left without its result.
+    assert [m.role for m in h.store.records(child)] == ["user", "assistant", "tool"]
+    assert_every_tool_call_has_its_result(h.store.records(child))
     assert h.store.meta(child).turn_count == 0
-    # The dangling tool-call message is dropped from the next prompt.
     h.llm.push("recovered")
     await h.agent.turn(child, "again")
-    assert [m.role for m in h.llm.calls[-1].messages] == ["user", "user"]
+    assert [m.role for m in h.llm.calls[-1].messages] == ["user", "assistant", "tool", "user"]
 
 
 async def test_turn_count_grows_by_one_per_completed_turn() -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from sessions_app.engine.errors import SessionNotFound
+from sessions_app.engine.errors import SessionArchived, SessionNotFound
 from sessions_app.engine.types import (
     ChildMemory,
     CompressionCache,
@@ -53,8 +53,10 @@ CALLS = {
     "create_child": lambda s, sid: s.create_child(child(sid)),
     "create_child_tree": lambda s, sid: s.create_child(child(sid, placement="tree")),
     "archive": lambda s, sid: s.archive(sid),
+    "unarchive": lambda s, sid: s.unarchive(sid),
     "read_slot": lambda s, sid: s.read_slot(sid, "memory"),
     "write_slot": lambda s, sid: s.write_slot(sid, "memory", "x"),
+    "write_slot_only_active": lambda s, sid: s.write_slot(sid, "memory", "x", only_active=True),
     "delete_slot": lambda s, sid: s.write_slot(sid, "memory", None),
     "save_compression": lambda s, sid: s.save_compression(sid, CompressionCache(1, "d", "s")),
     "save_integration": lambda s, sid: s.save_integration(sid, "synthesis", ()),
@@ -89,7 +91,7 @@ async def test_the_main_session_meta(env: Env) -> None:
     meta = await env.store.get_session(env.root_id)
     assert (meta.id, meta.space_id, meta.role, meta.status) == (
         env.root_id, env.space_id, "main", "active")
-    assert (meta.scope, meta.tags, dict(meta.metadata), meta.turn_count) == (None, (), {}, 0)
+    assert (meta.scope, dict(meta.metadata), meta.turn_count) == (None, {}, 0)
     assert (meta.parent_id, meta.source_session_id, meta.depth, meta.index) == (None, None, 0, 0)
     for moment in (meta.created_at, meta.updated_at, meta.last_active_at):
         assert isinstance(moment, datetime) and moment.tzinfo is not None
@@ -234,16 +236,16 @@ async def test_fork_flat_places_every_child_under_the_main_session(env: Env) -> 
     b = await env.store.create_child(child(a.id, "B"))  # flat: still under the root
     for meta, index in ((a, 0), (b, 1)):
         assert (meta.parent_id, meta.depth, meta.index) == (env.root_id, 1, index)
-        assert (meta.role, meta.status, meta.turn_count, meta.tags) == (
-            "standard", "active", 0, ())
+        assert (meta.role, meta.status, meta.turn_count) == ("standard", "active", 0)
         assert meta.space_id == env.space_id
         assert await env.store.get_session(meta.id) == meta
     assert (a.label, a.scope, a.source_session_id) == ("A", "area A", env.root_id)
     assert dict(a.metadata) == {"sourceSessionId": env.root_id}
     assert (b.source_session_id, dict(b.metadata)) == (a.id, {"sourceSessionId": a.id})
-    assert await env.store.read_slot(a.id, "scope") == "area A"
+    assert (await env.store.get_session(b.id)).scope is None
+    assert (await env.store.load_bootstrap(a.id)).scope == "area A"  # one home: the session
+    assert await env.store.read_slot(a.id, "scope") is None
     assert await env.store.read_slot(a.id, "system_prompt") == "Prompt A"
-    assert await env.store.read_slot(b.id, "scope") is None
     assert await env.store.read_slot(b.id, "system_prompt") is None
 
 
@@ -294,6 +296,43 @@ async def test_archive_is_idempotent(env: Env) -> None:
     await asyncio.sleep(0.002)
     second = await env.store.archive(sid)
     assert second == first
+
+
+async def test_the_main_session_is_never_archived(env: Env) -> None:
+    before = await env.store.get_session(env.root_id)
+    assert await env.store.archive(env.root_id) == before
+    assert (await env.store.get_session(env.root_id)).status == "active"
+
+
+async def test_unarchive_is_idempotent_and_reverses_archive(env: Env) -> None:
+    sid = await fork(env)
+    archived = await env.store.archive(sid)
+    await asyncio.sleep(0.002)
+    active = await env.store.unarchive(sid)
+    assert active.status == "active" and active.updated_at > archived.updated_at
+    assert active == await env.store.get_session(sid)
+    assert await env.store.unarchive(sid) == active
+
+
+async def test_only_active_slot_writes_refuse_an_archived_session(env: Env) -> None:
+    sid = await fork(env)
+    await env.store.write_slot(sid, "system_prompt", "before", only_active=True)
+    await env.store.archive(sid)
+    for content in ("after", None):
+        with pytest.raises(SessionArchived):
+            await env.store.write_slot(sid, "system_prompt", content, only_active=True)
+    assert await env.store.read_slot(sid, "system_prompt") == "before"
+    await env.store.write_slot(sid, "memory", "final")  # background memory work may write
+    assert await env.store.read_slot(sid, "memory") == "final"
+
+
+async def test_integration_gives_no_insight_to_an_archived_session(env: Env) -> None:
+    active, archived = await fork(env, label="A"), await fork(env, label="B")
+    await env.store.archive(archived)
+    await env.store.save_integration(
+        env.root_id, "synthesis", [Insight(active, "for A"), Insight(archived, "for B")])
+    assert await env.store.read_slot(active, "insight") == "for A"
+    assert await env.store.read_slot(archived, "insight") is None
 
 
 # -- slots --------------------------------------------------------------------------------------
@@ -422,7 +461,7 @@ async def test_nul_is_stored_as_the_replacement_character(env: Env) -> None:
     assert ctx.system_prompt == "pro\ufffdmpt" and ctx.skills == ("sk\ufffdill",)
     assert ctx.session.label == "la\ufffdbel"
     assert await env.store.read_slot(sid, "memory") == "me\ufffdmory"
-    assert await env.store.read_slot(sid, "scope") == "sco\ufffdpe"
+    assert (await env.store.get_session(sid)).scope == "sco\ufffdpe"
 
 
 # -- REST reads (the database stores only: not part of the engine port) ------------------------

@@ -448,7 +448,7 @@ async def test_enter_sends_the_bootstrap_of_the_session(space, space_id, alice_k
     def build_tree() -> dict[str, str]:
         root = Session.objects.get(space=space, role="main")
         a = Session.objects.create(space=space, label="A")
-        b = Session.objects.create(space=space, label="B", scope="B scope", tags=["t"],
+        b = Session.objects.create(space=space, label="B", scope="B scope",
                                    metadata={"k": "v"})
         root_node = TopologyNode.objects.get(session=root)
         a_node = TopologyNode.objects.create(session=a, space=space, parent=root_node, depth=1,
@@ -458,7 +458,6 @@ async def test_enter_sends_the_bootstrap_of_the_session(space, space_id, alice_k
             SessionData(session=root, key="memory", content="root memory"),
             SessionData(session=a, key="memory", content="A memory"),
             SessionData(session=b, key="memory", content="B memory"),
-            SessionData(session=b, key="scope", content="B scope"),
         ])
         CoreData.objects.create(space=space, path="profile.name", value="Alice")
         CoreData.objects.create(space=space, path="prefs", value={"lang": "en"})

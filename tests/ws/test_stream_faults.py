@@ -218,17 +218,20 @@ async def test_tool_call_arguments_that_are_not_json_in_a_later_round_keep_compl
     assert "not valid JSON" in error_frame(frames[-1])
     await nothing_announced(ws)  # no stream.end, no session.updated
     # The contract of a failed later round (as over REST): the first call is committed as one
-    # unit (user input + the assistant's tool call), its tool ran, nothing of the failed call
-    # is saved, and the turn does not count.
-    assert await rows_of(root_id) == [("user", "two children", False),
-                                      ("assistant", "forking", True)]
+    # unit (user input + the assistant's tool call), its tool ran and its result is kept (no
+    # stored tool call without its result), nothing of the failed call is saved, and the turn
+    # does not count.
+    rows = await rows_of(root_id)
+    assert rows[:2] == [("user", "two children", False), ("assistant", "forking", True)]
+    assert len(rows) == 3 and rows[2][0] == "tool" and '"label":"Kid"' in rows[2][1]
     assert await turn_count_of(root_id) == 0
     assert await sessions_in(space_id) == [SPACE_LABEL, "Kid"]
 
     openai_server.reply("done now")
     assert await streamed_ok(ws, "next", root_id, 1) == "done now"
     sent = openai_server.requests[-1].body["messages"]
-    assert not any(m.get("tool_calls") for m in sent)  # the dangling tool call is not resent
+    calls = [n for n, m in enumerate(sent) if m.get("tool_calls")]  # resent with its result
+    assert len(calls) == 1 and sent[calls[0] + 1]["tool_call_id"] == "c1"
     assert await sessions_in(space_id) == [SPACE_LABEL, "Kid"]
 
 
