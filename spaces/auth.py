@@ -22,6 +22,7 @@ from .apikeys import (
     hash_key,
     looks_like_key,
 )
+from .errors import Unauthenticated
 
 HEADER = "X-API-Key"
 META_KEY = "HTTP_X_API_KEY"
@@ -29,12 +30,11 @@ MISSING = "Missing API key"
 INVALID = "Invalid API key"
 
 
-class ApiKeyError(Exception):
+class ApiKeyError(Unauthenticated):
     """Authentication failed; `message` is MISSING or INVALID, fit to show the client."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = message
 
 
 def _from_cache(raw: str | None) -> tuple[str, str, Credentials | None]:

@@ -106,7 +106,7 @@ class MessageSerializer(serializers.Serializer):
 # --- Turn, fork, memory ------------------------------------------------------------------------
 
 class TurnInputSerializer(BodySerializer):
-    input = StrictCharField(error_messages=messages("input is required"),
+    input = StrictCharField(error_messages=messages("input"),
                             help_text="The user's message; non-empty.")
 
 
@@ -176,8 +176,7 @@ class SlotContentSerializer(serializers.Serializer):
 
 class SlotPutSerializer(BodySerializer):
     content = StrictCharField(allow_blank=True, help_text="A string (may be empty).",
-                              error_messages={**messages("content must be a string"),
-                                              "required": "content is required"})
+                              error_messages=messages("content"))
 
 
 TURN_INPUT = TurnInputSerializer()

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from . import memory
 from .builtins import turn_toolbox
 from .context import PromptBuilder
-from .errors import InvalidInput, SessionArchived
+from .errors import InvalidInput, SessionArchived, required_text
 from .fork import plan_child
 from .history import History, HistoryCache
 from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore
@@ -33,9 +33,8 @@ from .types import (
 
 
 def validate_input(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput("input is required")
-    return value
+    """The user's input: a non-empty string (the same rule as REST's and the WebSocket's)."""
+    return required_text({"input": value}, "input")
 
 
 class SpaceAgent:

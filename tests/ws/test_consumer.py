@@ -261,8 +261,8 @@ REFUSALS = {
     "unknown key": ("stello_AAAAAAAA_" + "b" * 43, "own", 401, "Invalid API key",
                     "UNAUTHENTICATED"),
     "another user's space": ("bob", "own", 403, "Forbidden", "FORBIDDEN"),
-    "unknown space": ("alice", str(uuid.uuid4()), 404, "Space not found", "NOT_FOUND"),
-    "malformed space id": ("alice", "not-a-uuid", 404, "Space not found", "NOT_FOUND"),
+    "unknown space": ("alice", str(uuid.uuid4()), 404, "Space not found", "SPACE_NOT_FOUND"),
+    "malformed space id": ("alice", "not-a-uuid", 404, "Space not found", "SPACE_NOT_FOUND"),
 }
 
 
@@ -317,9 +317,10 @@ async def test_every_protocol_error_is_answered_and_the_connection_stays(
     frames_and_errors = [
         ("not json", error("PARSE_ERROR", "Invalid JSON")),
         ('{"type":"unknown.type"}', error("UNKNOWN_TYPE", "Unknown message type: unknown.type")),
-        ("123", error("UNKNOWN_TYPE", "Unknown message type: undefined")),
-        ("null", error("UNKNOWN_TYPE", "Unknown message type: undefined")),
-        ("{}", error("UNKNOWN_TYPE", "Unknown message type: undefined")),
+        ("123", error("UNKNOWN_TYPE", "Message must be a JSON object")),
+        ("null", error("UNKNOWN_TYPE", "Message must be a JSON object")),
+        ("{}", error("UNKNOWN_TYPE", "type is required")),
+        ('{"type":5}', error("UNKNOWN_TYPE", "type must be a string")),
         ('{"type":"session.leave"}', error("NOT_ENTERED", "Not in a session")),
         ('{"type":"session.message","input":"hello"}', error("NOT_ENTERED", "Not in a session")),
         ('{"type":"session.stream","input":"hello"}', error("NOT_ENTERED", "Not in a session")),
@@ -337,7 +338,9 @@ async def test_every_protocol_error_is_answered_and_the_connection_stays(
          error("ALREADY_ENTERED", "Already in a session, leave first")),
         ({"type": "session.enter"}, error("ALREADY_ENTERED", "Already in a session, leave first")),
         ({"type": "session.message"}, error("HANDLER_ERROR", "input is required")),
-        ({"type": "session.stream", "input": ""}, error("HANDLER_ERROR", "input is required")),
+        ({"type": "session.stream", "input": ""},
+         error("HANDLER_ERROR", "input must not be empty")),
+        ({"type": "session.message", "input": 5}, error("HANDLER_ERROR", "input must be a string")),
         ({"type": "session.fork"}, error("HANDLER_ERROR", "label is required")),
         ({"type": "session.fork", "options": {"scope": "x"}},
          error("HANDLER_ERROR", "label is required")),
