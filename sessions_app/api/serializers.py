@@ -174,6 +174,15 @@ class SlotContentSerializer(serializers.Serializer):
                                     help_text="`null` when the slot was never written.")
 
 
+class PromptSlotSerializer(SlotContentSerializer):
+    """A memory prompt's slot; with `?effective=true`, the prompt in force and its source."""
+
+    source = serializers.ChoiceField(
+        choices=["session", "space", "default"], required=False,
+        help_text="Only with `?effective=true`: the session's own prompt (the main session's "
+                  "for integration), else the space's, else the built-in default.")
+
+
 class SlotPutSerializer(BodySerializer):
     content = StrictCharField(allow_blank=True, help_text="A string (may be empty).",
                               error_messages=messages("content"))

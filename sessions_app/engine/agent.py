@@ -206,6 +206,20 @@ class SpaceAgent:
             await self.store.save_integration(main_id, result.synthesis, result.insights)
             return result
 
+    async def effective_prompt(self, session_id: str, key: str) -> tuple[str, str]:
+        """The consolidation (`key` "consolidate_prompt") or integration ("integrate_prompt")
+        prompt that the next such call would use for `session_id`, and where it comes from
+        ("session", "space" or "default"; see `memory.prompt_with_source`). Integration runs
+        on the main session, so its prompt is the main session's, whichever session asks."""
+        own = await self.store.read_slot(session_id, key)  # also: the session is in this space
+        if key == "integrate_prompt":
+            own = await self.store.read_slot(await self.store.main_session_id(), key)
+            default = memory.default_integrate_prompt(self.settings.memory_language)
+        else:
+            default = memory.default_consolidate_prompt(self.settings.memory_language)
+        space = await self.store.space_prompts()
+        return memory.prompt_with_source(own, getattr(space, key), default)
+
     # -- background ------------------------------------------------------------------------
 
     def _submit_consolidation(self, session_id: str, *, allow_archived: bool = False) -> None:
