@@ -91,7 +91,7 @@ def slot_action(key: str, url_path: str, *, writable: bool):
     async def slot(self, request, space_id: str, session_id: str) -> Response:
         if request.method == "PUT":
             content = SLOT_PUT.run_validation(request.data)["content"]
-            await self.store().write_slot(session_id, key, content)
+            await (await self.aagent()).write_slot(session_id, key, content)
             return Response({"content": content})
         if key in EFFECTIVE_SLOTS and wants_effective(request):
             content, source = await (await self.aagent()).effective_prompt(session_id, key)

@@ -206,6 +206,13 @@ class SpaceAgent:
             await self.store.save_integration(main_id, result.synthesis, result.insights)
             return result
 
+    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+        """Replace a data slot (a prompt, the memory, the insight) under the session's lock, so
+        an edit never lands in the middle of a turn or a consolidation of that session. REST's
+        `PUT .../<slot>` and the admin both write through here."""
+        async with self.locks.hold(session_id):
+            await self.store.write_slot(session_id, key, content)
+
     async def effective_prompt(self, session_id: str, key: str) -> tuple[str, str]:
         """The consolidation (`key` "consolidate_prompt") or integration ("integrate_prompt")
         prompt that the next such call would use for `session_id`, and where it comes from
