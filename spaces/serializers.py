@@ -1,10 +1,11 @@
 """Serializers of the Space REST API.
 
-Input serializers validate request bodies with the contract's exact messages (the first error
-becomes `{"error": message, "code": "INVALID_INPUT"}`, status 400). Views call `run_validation`
-on one shared instance: it keeps no per-call state, and the fields are built once instead of
-deep-copied for every request. Output is built by `spaces.wire.space_json` (the one JSON shape,
-also used outside REST); `SpaceSerializer` declares that shape for the OpenAPI schema.
+Input serializers validate request bodies with the server's validation messages (`messages`,
+worded as in `spaces.errors`; the first error becomes `{"error": message, "code":
+"INVALID_INPUT"}`, status 400). Views call `run_validation` on one shared instance: it keeps no
+per-call state, and the fields are built once instead of deep-copied for every request. Output
+is built by `spaces.wire.space_json` (the one JSON shape, also used outside REST);
+`SpaceSerializer` declares that shape for the OpenAPI schema.
 """
 
 from __future__ import annotations

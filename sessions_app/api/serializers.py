@@ -1,10 +1,10 @@
 """Serializers of the session REST API.
 
 Input serializers (`TurnInputSerializer`, `ForkOptionsSerializer`, `SlotPutSerializer`) validate
-request bodies with the contract's exact messages; views call `run_validation` on one shared
-instance (no per-call state, fields built once). Responses are built by `sessions_app.wire` and
-the engine's `to_json` methods (the same JSON the WebSocket sends); the output serializers here
-declare those shapes for the OpenAPI schema.
+request bodies with the server's validation messages (`spaces.serializers.messages`); views call
+`run_validation` on one shared instance (no per-call state, fields built once). Responses are
+built by `sessions_app.wire` and the engine's `to_json` methods (the same JSON the WebSocket
+sends); the output serializers here declare those shapes for the OpenAPI schema.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ def plan_child(
 
 def _frozen_config(source: TurnContext, options: ForkOptions) -> dict[str, Any] | None:
     """The child's `{systemPrompt?, skills?}`: the fork's own choices over a standard source's
-    whitelist (the main session's config stays out of the chain, upstream 2b95e48)."""
+    whitelist. The main session's own config is never passed on: it configures the root
+    agent, not its children (the original server made the same change)."""
     config: dict[str, Any] = {}
     if options.system_prompt is not None:
         config["systemPrompt"] = options.system_prompt

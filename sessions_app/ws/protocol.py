@@ -12,12 +12,13 @@ Server -> client, plus one addition of ours:
     turn.complete   {result}                 session.forked {child}
     session.updated {sessionId, turnCount}   (ours, opt-in: see below)
 
-Our addition is opt-in, so a client that knows only the API page never sees a frame the page
-does not list. `session.enter` may carry `"watch": true` (an added optional field; when present
-it must be a boolean, else HANDLER_ERROR `watch must be a boolean`, like every other payload
-error). Only a connection that entered with it receives `session.updated`: after each committed
-turn on the entered session, made through REST or another WebSocket connection, in any server
-process. A connection never hears of its own turns (their answer already says so).
+Our addition is opt-in, so a client written for the original protocol never sees a frame that
+protocol does not have (docs/protocol.md). `session.enter` may carry `"watch": true` (an added
+optional field; when present it must be a boolean, else HANDLER_ERROR `watch must be a
+boolean`, like every other payload error). Only a connection that entered with it receives
+`session.updated`: after each committed turn on the entered session, made through REST or
+another WebSocket connection, in any server process. A connection never hears of its own turns
+(their answer already says so).
 
 `parse_client_frame` is the one entry point for incoming text: it returns a validated
 `ClientMessage` or raises `ProtocolError` with one of the five codes of the contract.

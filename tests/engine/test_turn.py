@@ -1,4 +1,4 @@
-"""The tool loop (spec 8.3): rounds, limit, tool errors, persistence per call, turn_count."""
+"""The tool loop: rounds, limit, tool errors, persistence per call, turn_count."""
 
 from __future__ import annotations
 

@@ -504,7 +504,7 @@ async def test_stream_sends_deltas_then_the_result(space_id, root_id, alice_key)
     assert frame["type"] == "stream.end"
     assert chunks == ["echo:", " hello", " big", " world"]
     assert frame["result"]["turn"]["finalContent"] == "".join(chunks)
-    await nothing_more(communicator)  # exactly the page's frames: no session.updated
+    await nothing_more(communicator)  # exactly the original protocol: no session.updated
     assert await turn_count_of(root_id) == 1
     await communicator.disconnect()
 
@@ -729,7 +729,7 @@ async def test_only_watching_connections_hear_of_turns_and_never_of_their_own(
     elsewhere = await open_ws(space_id, alice_key)
     await watch(first, root_id)
     await watch(second, root_id)
-    await enter(plain, root_id)  # no watch: a client of the API page
+    await enter(plain, root_id)  # no watch: a client of the original protocol
     await watch(elsewhere, child.id)
 
     assert (await ask(first, {"type": "session.message", "input": "hi"}))["type"] == (
@@ -803,7 +803,7 @@ async def test_a_strict_client_sees_exactly_the_pages_frames_while_another_strea
         f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "rest"}, format="json")
     assert response.status_code == 200
     assert (await recv(other))["turnCount"] == 4
-    await nothing_more(strict)  # no frame the page does not list, ever
+    await nothing_more(strict)  # no frame the original protocol does not have, ever
     await nothing_more(other)
     await strict.disconnect()
     await other.disconnect()

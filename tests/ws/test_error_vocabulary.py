@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,3 +233,9 @@ async def test_a_space_that_is_not_yours_is_refused_with_the_same_vocabulary(
     response = await rest(bob_key).get(f"/spaces/{uuid.uuid4()}")
     assert (response.status_code, response.json()) == (
         404, {"error": "Space not found", "code": "SPACE_NOT_FOUND"})
+
+
+def test_the_protocol_doc_lists_every_error_code() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    missing = {cls.code for cls in every_error_class() if f"`{cls.code}`" not in doc}
+    assert missing == set()
