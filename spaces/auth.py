@@ -33,9 +33,6 @@ INVALID = "Invalid API key"
 class ApiKeyError(Unauthenticated):
     """Authentication failed; `message` is MISSING or INVALID, fit to show the client."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-
 
 def _from_cache(raw: str | None) -> tuple[str, str, Credentials | None]:
     """(key, key hash, cached credentials or None); raises ApiKeyError for a missing or

@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 
 from sessions_app.engine.memory import default_consolidate_prompt, default_integrate_prompt
+from tests.api.conftest import HOT_PATH_DB
 
-pytestmark = pytest.mark.django_db
+pytestmark = HOT_PATH_DB
 
 
 def effective(api, session_id: str, slot: str, value: str = "true"):
