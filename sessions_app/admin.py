@@ -68,7 +68,7 @@ class RecordAdmin(admin.ModelAdmin):
     list_select_related = ("session",)
     list_per_page = 100
     show_full_result_count = False  # no second COUNT over every record
-    ordering = ("session", "id")
+    ordering = ("session_id", "id")
     fields = readonly_fields = ("session", "role", "content", "tool_calls", "tool_call_id",
                                 "timestamp")
 
