@@ -1,17 +1,30 @@
 """Staff browse sessions: the session itself, its tree position and its records are read-only;
-only the content of existing data slots (prompts, memory, insight...) may be edited.
+only the content of existing data slots (prompts, memory, insight...) may be edited, through
+the same engine call as the REST API (`SpaceAgent.write_slot`, under the session's lock).
 
 Sessions are neither added nor deleted here: a session belongs to its space's tree (topology,
 one main session per space), which only the engine and the space services keep consistent.
+A session's records are listed on their own paged list (`RecordAdmin`), reached from the
+session's page: a long session has thousands.
 """
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.db import transaction
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
 
+from .engine.errors import StelloError
 from .models import Record, Session, SessionData, TopologyNode
+from .services import session_slot_write
+
+
+def records_link(session: Session) -> str:
+    url = reverse("admin:sessions_app_record_changelist")
+    return format_html('<a href="{}?session__id__exact={}">{} records</a>', url, session.pk,
+                       session.record_count)
 
 
 class ReadOnlyInlineMixin:
@@ -45,21 +58,44 @@ class SessionDataInline(admin.TabularInline):
         return False
 
 
-class RecordInline(ReadOnlyInlineMixin, admin.TabularInline):
-    """The L3 records, oldest first. Read-only: history is never rewritten from the admin."""
+@admin.register(Record)
+class RecordAdmin(admin.ModelAdmin):
+    """The L3 records, read-only (history is never rewritten from the admin), paged; filtered
+    to one session by the link on that session's page."""
 
-    model = Record
-    fields = readonly_fields = ("role", "content", "tool_calls", "tool_call_id", "timestamp")
-    ordering = ("id",)
-    classes = ("collapse",)
+    list_display = ("timestamp", "role", "short_content", "session")
+    list_filter = ("role",)
+    list_select_related = ("session",)
+    list_per_page = 100
+    show_full_result_count = False  # no second COUNT over every record
+    ordering = ("session_id", "id")
+    fields = readonly_fields = ("session", "role", "content", "tool_calls", "tool_call_id",
+                                "timestamp")
+
+    @admin.display(description="content")
+    def short_content(self, record: Record) -> str:
+        return Truncator(record.content).chars(120)
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        # The link on a session's page; a filter listing every session would be far too long.
+        return lookup == "session__id__exact" or super().lookup_allowed(lookup, value, request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 @admin.register(Session)
 class SessionAdmin(admin.ModelAdmin):
     list_display = ("label", "space", "role", "status", "turn_count", "last_active_at")
-    list_filter = ("role", "status")
+    list_filter = ("role", "status", ("space", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("space",)
-    search_fields = ("label", "id")
+    search_fields = ("label", "id", "space__label")
     fields = readonly_fields = (
         "id",
         "space",
@@ -69,11 +105,16 @@ class SessionAdmin(admin.ModelAdmin):
         "scope",
         "metadata",
         "turn_count",
+        "records",
         "created_at",
         "updated_at",
         "last_active_at",
     )
-    inlines = (TopologyNodeInline, SessionDataInline, RecordInline)
+    inlines = (TopologyNodeInline, SessionDataInline)
+
+    @admin.display(description="records")
+    def records(self, session: Session) -> str:
+        return records_link(session)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -85,10 +126,25 @@ class SessionAdmin(admin.ModelAdmin):
         """The session's own fields are read-only: nothing to save (and no updated_at bump)."""
 
     def save_related(self, request: HttpRequest, form, formsets, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        if any(formset.has_changed() for formset in formsets):
-            # Running agents may hold the old slot content: rebuild them after the commit.
-            from .runtime.pool import runtimes
+        """Only slot contents change here, each through `SpaceAgent.write_slot` like
+        `PUT .../<slot>` (the other inlines are read-only)."""
+        session = form.instance
+        for formset in formsets:
+            formset.save(commit=False)  # saves nothing; tells the change message what changed
+            if formset.model is not SessionData:
+                continue
+            for slot, _fields in formset.changed_objects:
+                try:
+                    session_slot_write(space_id=str(session.space_id),
+                                       session_id=str(session.pk), key=slot.key,
+                                       content=slot.content,
+                                       own_loop=not hasattr(request, "scope"))
+                except StelloError as exc:  # e.g. the session is busy or archived
+                    request.slot_refused = True
+                    self.message_user(request, f"{slot.key} was not saved: {exc.message}",
+                                      messages.ERROR)
 
-            space_id = str(form.instance.space_id)
-            transaction.on_commit(lambda: runtimes.evict_everywhere(space_id))
+    def response_change(self, request: HttpRequest, obj: Session) -> HttpResponse:
+        if getattr(request, "slot_refused", False):  # back to the form, without "changed"
+            return HttpResponseRedirect(request.path)
+        return super().response_change(request, obj)

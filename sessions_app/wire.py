@@ -10,7 +10,8 @@ from .engine.types import Bootstrap, SessionMeta
 
 
 def session_meta_json(meta: SessionMeta) -> dict[str, Any]:
-    """SessionMeta: the union of the concept page's and the original server's (no tree fields)."""
+    """SessionMeta: every field the original server's clients may read, from both its
+    documented SessionMeta and what it actually sent (no tree fields)."""
     return {
         "id": meta.id,
         "label": meta.label,

@@ -10,10 +10,16 @@ from django.contrib import admin, messages
 from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
 
 from .apikeys import apikey_create, apikey_rename, apikey_revoke
 from .models import ApiKey, Space
 from .services import EDITABLE_FIELDS, space_create, space_delete, space_update
+
+# The admin's "View site" link: the server has no home page, its API documentation is the
+# closest thing (the default, "/", would be a 404).
+admin.site.site_url = "/api/docs/"
 
 
 def _adopt(target: models.Model, saved: models.Model) -> None:
@@ -51,20 +57,29 @@ class SpaceAdminForm(forms.ModelForm):
 @admin.register(Space)
 class SpaceAdmin(admin.ModelAdmin):
     form = SpaceAdminForm
-    list_display = ("label", "owner", "created_at", "updated_at")
+    list_display = ("label", "owner", "sessions", "created_at", "updated_at")
     list_select_related = ("owner",)
     search_fields = ("label",)
     raw_id_fields = ("owner",)
-    fields = ("id", "owner", *EDITABLE_FIELDS, "created_at", "updated_at")
+    fields = ("id", "owner", "sessions", *EDITABLE_FIELDS, "created_at", "updated_at")
+    SHOWN_ONCE_SAVED = ("id", "sessions", "created_at", "updated_at")
+
+    @admin.display(description="sessions")
+    def sessions(self, space: Space) -> str:
+        """A link to the session list filtered to this space (the sessions app's admin)."""
+        try:
+            url = reverse("admin:sessions_app_session_changelist")
+        except NoReverseMatch:  # the sessions app is not installed
+            return "-"
+        return format_html('<a href="{}?space__id__exact={}">sessions</a>', url, space.pk)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Space | None = None):
         # The owner is chosen once, at creation: space_update cannot move a space.
-        fixed = ("id", "created_at", "updated_at")
-        return (*fixed, "owner") if obj is not None else fixed
+        return (*self.SHOWN_ONCE_SAVED, "owner") if obj is not None else self.SHOWN_ONCE_SAVED
 
     def get_fields(self, request: HttpRequest, obj: Space | None = None):
         if obj is None:  # nothing to show before the row exists
-            return [f for f in self.fields if f not in ("id", "created_at", "updated_at")]
+            return [f for f in self.fields if f not in self.SHOWN_ONCE_SAVED]
         return self.fields
 
     def save_model(self, request: HttpRequest, obj: Space, form, change: bool) -> None:
@@ -99,13 +114,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
     retired with the "Revoke selected keys" action; the hash is never shown. Keys are not
     deleted from the admin: a revoked key keeps its history."""
 
-    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked")
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "active")
     list_filter = ("revoked",)
     list_select_related = ("user",)
     search_fields = ("prefix", "name", "user__username")
     raw_id_fields = ("user",)
     actions = ["revoke_selected"]
     change_fields = ("prefix", "user", "name", "created_at", "last_used_at", "revoked")
+
+    @admin.display(boolean=True, description="active", ordering="-revoked")
+    def active(self, apikey: ApiKey) -> bool:
+        # A green tick for a key that works: a "revoked" column put the tick on dead keys.
+        return not apikey.revoked
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None):
         # The add form is only user + name: apikey_create makes the prefix and the hash.

@@ -26,6 +26,7 @@ from .apikeys import (
     hash_key,
     looks_like_key,
 )
+from .errors import Unauthenticated
 
 HEADER = "X-API-Key"
 META_KEY = "HTTP_X_API_KEY"
@@ -34,12 +35,8 @@ MISSING = "Missing API key"
 INVALID = "Invalid API key"
 
 
-class ApiKeyError(Exception):
+class ApiKeyError(Unauthenticated):
     """Authentication failed; `message` is MISSING or INVALID, fit to show the client."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def key_from_headers(x_api_key: str | None, authorization: str | None) -> str | None:

@@ -34,6 +34,8 @@ import psycopg.types.json
 from django.conf import settings
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
+from .errors import ServiceUnavailable
+
 logger = logging.getLogger("stello.pgpool")
 
 
@@ -75,8 +77,13 @@ class CountingConnection(psycopg.AsyncConnection):
         await super().commit()
 
 
-class DatabaseUnavailable(Exception):
-    """No connection could be had (pool exhausted, server down): the caller answers 503."""
+class DatabaseUnavailable(ServiceUnavailable):
+    """No connection could be had (pool exhausted, server down): 503. The client sees the
+    generic message; `detail` (the driver's) is for the logs."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__()
+        self.detail = detail
 
 
 class ConnectionLost(DatabaseUnavailable):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from rest_framework.exceptions import NotFound, PermissionDenied
-
 from . import pgpool
 from .apikeys import LookupCache
+from .errors import Forbidden, SpaceNotFound
 from .models import Space
 
 
@@ -24,9 +23,9 @@ def space_for_user(*, user_id: int, space_id: object) -> Space:
     parsed = parse_uuid(space_id)
     space = Space.objects.filter(pk=parsed).first() if parsed else None
     if space is None:
-        raise NotFound("Space not found")
+        raise SpaceNotFound()
     if space.owner_id != user_id:
-        raise PermissionDenied("Forbidden")
+        raise Forbidden()
     return space
 
 
@@ -53,16 +52,16 @@ async def aspace_for_user(*, user_id: int, space_id: object) -> Space:
     the ORM on the embedded SQLite default."""
     parsed = parse_uuid(space_id)
     if parsed is None:
-        raise NotFound("Space not found")
+        raise SpaceNotFound()
     if not pgpool.enabled():
         space = await Space.objects.filter(pk=parsed).afirst()
     else:
         row = await pgpool.fetchone(_SELECT_SPACE, (parsed,))
         space = space_from_row(row) if row else None
     if space is None:
-        raise NotFound("Space not found")
+        raise SpaceNotFound()
     if space.owner_id != user_id:
-        raise PermissionDenied("Forbidden")
+        raise Forbidden()
     return space
 
 
@@ -85,5 +84,5 @@ async def aspace_id_for_user(*, user_id: int, space_id: object) -> str:
         space_owners.put(key, space.owner_id)
         owner = space.owner_id
     if owner != user_id:
-        raise PermissionDenied("Forbidden")
+        raise Forbidden()
     return key

@@ -1,10 +1,11 @@
 """Serializers of the Space REST API.
 
-Input serializers validate request bodies with the contract's exact messages (the first error
-becomes `{"error": message, "code": "INVALID_INPUT"}`, status 400). Views call `run_validation`
-on one shared instance: it keeps no per-call state, and the fields are built once instead of
-deep-copied for every request. Output is built by `spaces.wire.space_json` (the one JSON shape,
-also used outside REST); `SpaceSerializer` declares that shape for the OpenAPI schema.
+Input serializers validate request bodies with the server's validation messages (`messages`,
+worded as in `spaces.errors`; the first error becomes `{"error": message, "code":
+"INVALID_INPUT"}`, status 400). Views call `run_validation` on one shared instance: it keeps no
+per-call state, and the fields are built once instead of deep-copied for every request. Output
+is built by `spaces.wire.space_json` (the one JSON shape, also used outside REST);
+`SpaceSerializer` declares that shape for the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework import serializers
+
+from .errors import empty, missing, wrong_type
 
 TIMESTAMP_HELP = "UTC with milliseconds, like `2026-11-23T11:24:14.471Z`."
 BODY_NOT_OBJECT = "Request body must be a JSON object"
@@ -30,9 +33,12 @@ class StrictCharField(serializers.CharField):
         return data
 
 
-def messages(text: str) -> dict[str, str]:
-    """Every way a field can be wrong, answered with one message."""
-    return {key: text for key in ("required", "null", "blank", "invalid", "not_a_dict")}
+def messages(key: str, expected: str = "a string") -> dict[str, str]:
+    """DRF's error messages for the field `key`, worded like every other validation message of
+    the server (`spaces.errors`): what is wrong, not just that something is."""
+    wrong = wrong_type(key, expected).message
+    return {"required": missing(key).message, "null": wrong, "invalid": wrong,
+            "not_a_dict": wrong, "blank": empty(key).message}
 
 
 class BodySerializer(serializers.Serializer):
@@ -44,7 +50,7 @@ class BodySerializer(serializers.Serializer):
 def prompt_field(key: str, source: str, what: str) -> StrictCharField:
     return StrictCharField(
         source=source, required=False, allow_null=True, allow_blank=True,
-        error_messages=messages(f"{key} must be a string or null"),
+        error_messages=messages(key, "a string or null"),
         help_text=f"The space's {what}; `null` clears it.",
     )
 
@@ -52,20 +58,20 @@ def prompt_field(key: str, source: str, what: str) -> StrictCharField:
 class SpaceCreateSerializer(BodySerializer):
     """A new space. Unknown keys are ignored."""
 
-    label = StrictCharField(error_messages=messages("label is required"), help_text="Non-empty.")
+    label = StrictCharField(error_messages=messages("label"), help_text="Non-empty.")
     systemPrompt = prompt_field("systemPrompt", "system_prompt",
                                 "system prompt, also written to the main session")
     consolidatePrompt = prompt_field("consolidatePrompt", "consolidate_prompt",
                                      "consolidation prompt")
     integratePrompt = prompt_field("integratePrompt", "integrate_prompt", "integration prompt")
-    config = serializers.DictField(required=False, error_messages=messages(
-        "config must be an object"), help_text="Free-form JSON object.")
+    config = serializers.DictField(required=False, error_messages=messages("config", "an object"),
+                                   help_text="Free-form JSON object.")
 
 
 class SpaceUpdateSerializer(SpaceCreateSerializer):
     """Any of the creation keys; absent keys are left alone, a `null` prompt clears it."""
 
-    label = StrictCharField(required=False, error_messages=messages("label is required"),
+    label = StrictCharField(required=False, error_messages=messages("label"),
                             help_text="Non-empty when given.")
 
 

@@ -29,6 +29,7 @@ APIKEY_ADD = "/admin/spaces/apikey/add/"
 APIKEY_LIST = "/admin/spaces/apikey/"
 SPACE_LIST = "/admin/spaces/space/"
 SESSION_LIST = "/admin/sessions_app/session/"
+RECORD_LIST = "/admin/sessions_app/record/"
 
 
 @pytest.fixture(autouse=True)
@@ -300,23 +301,22 @@ def travel(alice) -> Space:
         tool_calls=[{"id": "c1", "name": "search"}],
         timestamp=timezone.now(),
     )
+    Session.objects.filter(pk=root.pk).update(record_count=2)  # as the stores keep it
     return space
 
 
-def test_the_session_change_page_renders_with_its_slots_records_and_tree_position(
+def test_the_session_change_page_renders_with_its_slots_tree_position_and_records_link(
     admin_client: Client, travel: Space
 ) -> None:
-    response = admin_client.get(f"{SESSION_LIST}{root_of(travel).pk}/change/")
+    root = root_of(travel)
+    response = admin_client.get(f"{SESSION_LIST}{root.pk}/change/")
 
     assert response.status_code == 200
     inlines = {i.opts.model.__name__: i for i in response.context["inline_admin_formsets"]}
-    assert set(inlines) == {"TopologyNode", "SessionData", "Record"}
+    assert set(inlines) == {"TopologyNode", "SessionData"}  # records: their own paged list
     assert "Be brief." in response.text
-    assert "Where to?" in response.text and "Lisbon." in response.text
-    records = inlines["Record"]
-    assert not (
-        records.has_add_permission or records.has_change_permission or records.has_delete_permission
-    )
+    assert "Where to?" not in response.text
+    assert f'{RECORD_LIST}?session__id__exact={root.pk}">2 records</a>' in response.text
     assert not inlines["TopologyNode"].has_change_permission
     assert inlines["SessionData"].has_change_permission
     assert not inlines["SessionData"].has_add_permission
@@ -375,3 +375,113 @@ def test_the_session_list_can_be_filtered_by_role_and_status(
 
     assert response.status_code == 200
     assert list(response.context["cl"].result_list) == [root_of(travel)]
+
+
+# --- Admin review fixes ---------------------------------------------------------------------------
+
+
+def key_rows(response) -> dict[str, str]:
+    """The key list's rows as HTML, by key prefix."""
+    rows = response.text.split("<tr")[2:]  # [0] before the table, [1] the header
+    return {key.prefix: row for row in rows for key in ApiKey.objects.all() if key.prefix in row}
+
+
+def test_the_key_list_ticks_working_keys_and_crosses_revoked_ones(
+    admin_client: Client, alice
+) -> None:
+    live, _ = apikey_create(user=alice)
+    dead, _ = apikey_create(user=alice)
+    apikey_revoke(prefix=dead.prefix)
+
+    response = admin_client.get(APIKEY_LIST)
+
+    assert response.status_code == 200
+    assert ">Active<" in response.text
+    rows = key_rows(response)
+    assert 'alt="True"' in rows[live.prefix] and 'alt="False"' not in rows[live.prefix]
+    assert 'alt="False"' in rows[dead.prefix] and 'alt="True"' not in rows[dead.prefix]
+
+
+def test_view_site_points_to_a_page_that_exists(admin_client: Client) -> None:
+    response = admin_client.get("/admin/")
+
+    assert response.context["site_url"] == "/api/docs/"
+    assert 'href="/api/docs/"' in response.text
+    assert admin_client.get("/api/docs/").status_code == 200
+
+
+def test_a_spaces_page_links_to_its_sessions_and_the_list_is_filtered_to_them(
+    admin_client: Client, travel: Space
+) -> None:
+    other = space_create(owner=travel.owner, label="Cooking")
+    link = f"{SESSION_LIST}?space__id__exact={travel.pk}"
+
+    for page in (SPACE_LIST, f"{SPACE_LIST}{travel.pk}/change/"):
+        assert f'href="{link}"' in admin_client.get(page).text, page
+    response = admin_client.get(link)
+
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == [root_of(travel)]
+    assert root_of(other) not in response.context["cl"].result_list
+    filters = [spec.title for spec in response.context["cl"].filter_specs]
+    assert "space" in filters
+
+
+def test_the_session_list_can_be_searched_by_space_label(
+    admin_client: Client, travel: Space
+) -> None:
+    space_create(owner=travel.owner, label="Cooking")
+    response = admin_client.get(SESSION_LIST, {"q": "Cooking"})
+
+    assert [s.space.label for s in response.context["cl"].result_list] == ["Cooking"]
+
+
+def test_a_sessions_records_are_a_paged_read_only_list(admin_client: Client, travel: Space) -> None:
+    root = root_of(travel)
+    other = root_of(space_create(owner=travel.owner, label="Cooking"))
+    now = timezone.now()
+    Record.objects.bulk_create(Record(session=root, role="user", content=f"message {n}",
+                                      timestamp=now) for n in range(250))
+    Record.objects.create(session=other, role="user", content="elsewhere", timestamp=now)
+
+    response = admin_client.get(RECORD_LIST, {"session__id__exact": str(root.pk)})
+
+    assert response.status_code == 200
+    page = response.context["cl"].result_list
+    assert len(page) == 100
+    assert {record.session_id for record in page} == {root.pk}
+    assert [r.content for r in page][:2] == ["Where to?", "Lisbon."]  # oldest first
+    record = page[0]
+    assert admin_client.get(f"{RECORD_LIST}{record.pk}/change/").status_code == 200
+    assert admin_client.get(f"{RECORD_LIST}add/").status_code == 403
+    assert admin_client.get(f"{RECORD_LIST}{record.pk}/delete/").status_code == 403
+    assert Record.objects.filter(session=root).count() == 252
+
+
+@pytest.mark.postgres
+def test_a_slot_edit_waits_for_the_sessions_lock_like_the_api(
+    admin_client: Client, travel: Space, settings
+) -> None:
+    """Another process holds the session (a turn in flight): the edit is refused as busy, the
+    slot keeps its content, and the page says why."""
+    import psycopg
+
+    from spaces.pgpool import conninfo
+
+    settings.STELLO = {**settings.STELLO, "SESSION_LOCK_TIMEOUT_SECONDS": 0}
+    root = root_of(travel)
+    url = f"{SESSION_LIST}{root.pk}/change/"
+    data = change_form_post_data(admin_client.get(url))
+    slot_field = next(k for k, v in data.items() if k.endswith("-content") and v == "Be brief.")
+    data[slot_field] = "Be thorough."
+
+    with psycopg.connect(conninfo(), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (str(root.pk),))
+        response = admin_client.post(url, data, follow=True)
+
+    shown = [str(message) for message in response.context["messages"]]
+    assert shown == ["system_prompt was not saved: session busy"]  # and no "changed successfully"
+    assert response.request["PATH_INFO"] == url  # back on the form
+    assert root_system_prompt(travel) == "Be brief."
+    assert admin_client.post(url, data).status_code == 302  # once free, the edit goes through
+    assert root_system_prompt(travel) == "Be thorough."

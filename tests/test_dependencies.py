@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN.md section 3, checked on the import statements themselves:
+"""The dependency rules of docs/architecture.md, checked on the import statements themselves:
 `spaces` never imports `sessions_app`, and no app imports `stello_project`.
 (`engine` importing nothing of Django is proved by tests/engine/test_purity.py.)"""
 

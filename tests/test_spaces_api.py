@@ -61,9 +61,9 @@ class TestCreate:
         ("body", "message"),
         [
             ({}, "label is required"),
-            ({"label": ""}, "label is required"),
-            ({"label": None}, "label is required"),
-            ({"label": 42}, "label is required"),
+            ({"label": ""}, "label must not be empty"),
+            ({"label": None}, "label must be a string"),
+            ({"label": 42}, "label must be a string"),
             ({"label": "x", "systemPrompt": 3}, "systemPrompt must be a string or null"),
             ({"label": "x", "consolidatePrompt": ["a"]},
              "consolidatePrompt must be a string or null"),

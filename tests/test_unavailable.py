@@ -48,3 +48,21 @@ async def test_an_unreachable_database_is_503_service_unavailable(monkeypatch, s
     finally:
         await runtimes.aclose_current()
         await pgpool.pools.aclose_current()
+
+
+async def test_a_websocket_upgrade_without_a_database_is_refused_503(monkeypatch, alice_key,
+                                                                     settings) -> None:
+    """The upgrade's key and space checks speak the same errors as REST: a 503 body, not a
+    crashed handshake."""
+    from tests.ws.test_consumer import key_header, refused_with_status
+
+    settings.STELLO = {**settings.STELLO, "ASYNC_POOL_TIMEOUT_SECONDS": 1.0}
+    await pgpool.pools.aclose_current()
+    monkeypatch.setattr(pgpool, "conninfo", dead_conninfo)
+    try:
+        status, _, body = await refused_with_status(
+            "/spaces/00000000-0000-0000-0000-000000000000/ws", key_header(alice_key))
+    finally:
+        await pgpool.pools.aclose_current()
+    assert (status, body) == (503, {"error": "Service temporarily unavailable",
+                                    "code": "SERVICE_UNAVAILABLE"})

@@ -28,7 +28,7 @@ from spaces.schema import (
 )
 
 from ..models import SessionData
-from .serializers import SlotContentSerializer, SlotPutSerializer
+from .serializers import PromptSlotSerializer, SlotContentSerializer, SlotPutSerializer
 
 Key = SessionData.Key
 
@@ -61,6 +61,13 @@ SLOTS: dict[str, tuple[str, str]] = {
                            "written by consolidation and integration only"),
     Key.INSIGHT: ("Insight", "the insight integration gave this child; read-only"),
 }
+PROMPT_SLOTS = (Key.CONSOLIDATE_PROMPT, Key.INTEGRATE_PROMPT)
+EFFECTIVE = OpenApiParameter(
+    "effective", bool, OpenApiParameter.QUERY, required=False,
+    description="`true`: answer the prompt the next consolidation (integration) would use, "
+                "with its `source`: this session's slot (the main session's, for integration), "
+                "else the space's prompt, else the built-in default.",
+)
 
 
 
@@ -74,15 +81,17 @@ def slot_schema(doc: SlotDoc):
     """The `@extend_schema` of one slot action: GET, and PUT when the slot is writable."""
     name, what = SLOTS[doc.key]
     short = what.split(" (")[0].split(";")[0]
+    prompt = doc.key in PROMPT_SLOTS
     read = extend_schema(
         methods=["GET"],
         operation_id=f"get{name}",
         summary=f"Read {short}",
         description=f"Reads {what}; `null` when it was never written.",
         tags=["session data"],
-        responses={200: OpenApiResponse(SlotContentSerializer, "The slot's content."),
-                   **error_responses(403, 404)},
-        parameters=SESSION_PARAMETERS,
+        responses={200: OpenApiResponse(PromptSlotSerializer if prompt else SlotContentSerializer,
+                                        "The slot's content."),
+                   **error_responses(*((400,) if prompt else ()), 403, 404)},
+        parameters=[*SESSION_PARAMETERS, *((EFFECTIVE,) if prompt else ())],
     )
     if not doc.writable:
         return read

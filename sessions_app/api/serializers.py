@@ -1,10 +1,10 @@
 """Serializers of the session REST API.
 
 Input serializers (`TurnInputSerializer`, `ForkOptionsSerializer`, `SlotPutSerializer`) validate
-request bodies with the contract's exact messages; views call `run_validation` on one shared
-instance (no per-call state, fields built once). Responses are built by `sessions_app.wire` and
-the engine's `to_json` methods (the same JSON the WebSocket sends); the output serializers here
-declare those shapes for the OpenAPI schema.
+request bodies with the server's validation messages (`spaces.serializers.messages`); views call
+`run_validation` on one shared instance (no per-call state, fields built once). Responses are
+built by `sessions_app.wire` and the engine's `to_json` methods (the same JSON the WebSocket
+sends); the output serializers here declare those shapes for the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class MessageSerializer(serializers.Serializer):
 # --- Turn, fork, memory ------------------------------------------------------------------------
 
 class TurnInputSerializer(BodySerializer):
-    input = StrictCharField(error_messages=messages("input is required"),
+    input = StrictCharField(error_messages=messages("input"),
                             help_text="The user's message; non-empty.")
 
 
@@ -177,10 +177,18 @@ class SlotContentSerializer(serializers.Serializer):
                                     help_text="`null` when the slot was never written.")
 
 
+class PromptSlotSerializer(SlotContentSerializer):
+    """A memory prompt's slot; with `?effective=true`, the prompt in force and its source."""
+
+    source = serializers.ChoiceField(
+        choices=["session", "space", "default"], required=False,
+        help_text="Only with `?effective=true`: the session's own prompt (the main session's "
+                  "for integration), else the space's, else the built-in default.")
+
+
 class SlotPutSerializer(BodySerializer):
     content = StrictCharField(allow_blank=True, help_text="A string (may be empty).",
-                              error_messages={**messages("content must be a string"),
-                                              "required": "content is required"})
+                              error_messages=messages("content"))
 
 
 TURN_INPUT = TurnInputSerializer()

@@ -21,6 +21,7 @@ from spaces.selectors import aspace_id_for_user
 from spaces.viewsets import AsyncViewSet
 
 from ..engine.agent import SpaceAgent
+from ..engine.errors import InvalidInput
 from ..models import SessionData
 from ..runtime.pool import runtimes
 from ..store import space_store
@@ -43,6 +44,7 @@ from .serializers import (
 )
 
 Key = SessionData.Key
+EFFECTIVE_SLOTS = (Key.CONSOLIDATE_PROMPT, Key.INTEGRATE_PROMPT)
 
 LOCKED = ("Runs under the session's lock, one operation at a time across every server process; "
           "409 `SESSION_BUSY` when it cannot be had in time.")
@@ -72,15 +74,29 @@ class SpaceScopedViewSet(AsyncViewSet):
         await super().aclose_call_loop()
 
 
+def wants_effective(request) -> bool:
+    """`?effective=true` (or `1`): the prompt in force, not just the session's own slot."""
+    value = request.query_params.get("effective")
+    if value is None or value in ("false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise InvalidInput("effective must be true or false")
+
+
 def slot_action(key: str, url_path: str, *, writable: bool):
-    """The `{"content": string|null}` view of one data slot: GET, plus PUT when `writable`."""
+    """The `{"content": string|null}` view of one data slot: GET, plus PUT when `writable`.
+    The memory prompts also answer `?effective=true` with the prompt in force and its source."""
 
     async def slot(self, request, space_id: str, session_id: str) -> Response:
         if request.method == "PUT":
             content = SLOT_PUT.run_validation(request.data)["content"]
-            # An archived session is read-only (409), like its turns.
-            await self.store().write_slot(session_id, key, content, only_active=True)
+            # Under the session's lock; an archived session is read-only (409), like its turns.
+            await (await self.aagent()).write_slot(session_id, key, content)
             return Response({"content": content})
+        if key in EFFECTIVE_SLOTS and wants_effective(request):
+            content, source = await (await self.aagent()).effective_prompt(session_id, key)
+            return Response({"content": content, "source": source})
         return Response({"content": await self.store().read_slot(session_id, key)})
 
     slot.__name__ = slot.__qualname__ = url_path.replace("-", "_")

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from . import memory
 from .builtins import turn_toolbox
 from .context import PromptBuilder
-from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived
+from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
 from .fork import plan_child
 from .history import History, HistoryCache
 from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore
@@ -33,9 +33,8 @@ from .types import (
 
 
 def validate_input(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput("input is required")
-    return value
+    """The user's input: a non-empty string (the same rule as REST's and the WebSocket's)."""
+    return required_text({"input": value}, "input")
 
 
 class SpaceAgent:
@@ -217,6 +216,28 @@ class SpaceAgent:
             result = await memory.integrate(self.memory_llm, prompt, children, synthesis)
             await self.store.save_integration(main_id, result.synthesis, result.insights)
             return result
+
+    async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
+        """Replace a data slot (a prompt, the memory, the insight) under the session's lock, so
+        an edit never lands in the middle of a turn or a consolidation of that session. REST's
+        `PUT .../<slot>` and the admin both write through here. An archived session is
+        read-only: SessionArchived, nothing written."""
+        async with self.locks.hold(session_id):
+            await self.store.write_slot(session_id, key, content, only_active=True)
+
+    async def effective_prompt(self, session_id: str, key: str) -> tuple[str, str]:
+        """The consolidation (`key` "consolidate_prompt") or integration ("integrate_prompt")
+        prompt that the next such call would use for `session_id`, and where it comes from
+        ("session", "space" or "default"; see `memory.prompt_with_source`). Integration runs
+        on the main session, so its prompt is the main session's, whichever session asks."""
+        own = await self.store.read_slot(session_id, key)  # also: the session is in this space
+        if key == "integrate_prompt":
+            own = await self.store.read_slot(await self.store.main_session_id(), key)
+            default = memory.default_integrate_prompt(self.settings.memory_language)
+        else:
+            default = memory.default_consolidate_prompt(self.settings.memory_language)
+        space = await self.store.space_prompts()
+        return memory.prompt_with_source(own, getattr(space, key), default)
 
     # -- background ------------------------------------------------------------------------
 

@@ -1,41 +1,40 @@
-"""One error hierarchy with machine-readable codes.
-
-The engine raises these; the REST exception handler and the WebSocket consumer map them to a
-status / error frame in one place each (`sessions_app.api.errors`, `sessions_app.ws`).
+"""The engine's errors: the server's error vocabulary (`spaces.errors`, plain Python, shared
+with the REST and WebSocket layers) plus the errors only the engine raises. Each class carries
+its HTTP `status` and its `code`; the REST exception handler and the WebSocket consumer read
+them from the class, so a new error needs no entry anywhere else.
 """
 
 from __future__ import annotations
 
+from spaces.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    SpaceNotFound,
+    StelloError,
+    empty,
+    missing,
+    required_text,
+    wrong_type,
+)
 
-class StelloError(Exception):
-    code = "STELLO_ERROR"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidInput(StelloError):
-    """The caller sent something invalid (HTTP 400)."""
-
-    code = "INVALID_INPUT"
+__all__ = [
+    "Conflict", "InvalidInput", "LLMError", "MainSessionNotArchivable", "NotFound",
+    "ServiceUnavailable", "SessionArchived",
+    "SessionBusy", "SessionNotFound", "SpaceNotFound", "StelloError", "ToolLoopLimit", "empty",
+    "missing", "required_text", "wrong_type",
+]
 
 
-class SpaceNotFound(StelloError):
-    code = "SPACE_NOT_FOUND"
+class SessionNotFound(NotFound):
+    """An unknown session, a session of another space, or a malformed session id."""
 
-    def __init__(self, message: str = "Space not found") -> None:
-        super().__init__(message)
-
-
-class SessionNotFound(StelloError):
     code = "SESSION_NOT_FOUND"
-
-    def __init__(self, message: str = "Session not found") -> None:
-        super().__init__(message)
+    default_message = "Session not found"
 
 
-class SessionArchived(StelloError):
+class SessionArchived(Conflict):
     code = "SESSION_ARCHIVED"
 
     def __init__(self, session_id: str) -> None:
@@ -43,39 +42,25 @@ class SessionArchived(StelloError):
         self.session_id = session_id
 
 
-class MainSessionNotArchivable(StelloError):
+class MainSessionNotArchivable(Conflict):
     """The main session is the root of the tree and the target of integration: archiving it
-    would freeze the whole space, so it is refused (HTTP 409)."""
+    would freeze the whole space, so it is refused."""
 
     code = "MAIN_SESSION_NOT_ARCHIVABLE"
-    http_status = 409
-
-    def __init__(self) -> None:
-        super().__init__("The main session cannot be archived")
+    default_message = "The main session cannot be archived"
 
 
-class SessionBusy(StelloError):
+class SessionBusy(Conflict):
     """The session's lock could not be had in time (another operation is running on it)."""
 
     code = "SESSION_BUSY"
-
-    def __init__(self, message: str = "session busy") -> None:
-        super().__init__(message)
-
-
-class ServiceUnavailable(StelloError):
-    """The database (or the session-lock backend) cannot be reached or has no free connection
-    right now (HTTP 503): nothing was done, the caller may retry."""
-
-    code = "SERVICE_UNAVAILABLE"
-
-    def __init__(self, message: str = "Service temporarily unavailable") -> None:
-        super().__init__(message)
+    default_message = "session busy"
 
 
 class LLMError(StelloError):
-    """The upstream LLM failed or answered something unusable (HTTP 502)."""
+    """The upstream LLM failed or answered something unusable; the message is the provider's."""
 
+    status = 502
     code = "LLM_ERROR"
 
     def __init__(self, message: str, *, transient: bool = False) -> None:

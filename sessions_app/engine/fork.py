@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from .errors import InvalidInput
+from .errors import InvalidInput, required_text, wrong_type
 from .history import drop_incomplete_tool_groups
 from .types import ForkOptions, Message, NewChild, TurnContext
 
@@ -19,9 +19,7 @@ def parse_fork_options(raw: object) -> ForkOptions:
     """Validated ForkOptions from a JSON object; unknown keys are ignored."""
     if not isinstance(raw, dict):
         raise InvalidInput("fork options must be a JSON object")
-    label = raw.get("label")
-    if not isinstance(label, str) or not label.strip():
-        raise InvalidInput("label is required")
+    label = required_text(raw, "label", strip=True)
     context = raw.get("context", "none")
     if context is None:
         context = "none"
@@ -40,7 +38,7 @@ def parse_fork_options(raw: object) -> ForkOptions:
 def _optional_string(raw: dict[str, Any], key: str) -> str | None:
     value = raw.get(key)
     if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"{key} must be a string")
+        raise wrong_type(key, "a string or null")
     return value
 
 
@@ -49,7 +47,7 @@ def _optional_names(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(f"{key} must be a list of strings")
+        raise wrong_type(key, "a list of strings or null")
     return tuple(value)
 
 
@@ -78,7 +76,8 @@ def plan_child(
 
 def _frozen_config(source: TurnContext, options: ForkOptions) -> dict[str, Any] | None:
     """The child's `{systemPrompt?, skills?}`: the fork's own choices over a standard source's
-    whitelist (the main session's config stays out of the chain, upstream 2b95e48)."""
+    whitelist. The main session's own config is never passed on: it configures the root
+    agent, not its children (the original server made the same change)."""
     config: dict[str, Any] = {}
     if options.system_prompt is not None:
         config["systemPrompt"] = options.system_prompt

@@ -153,7 +153,13 @@ async def integrate(
 
 def resolve_prompt(session_slot: str | None, space_column: str | None, default: str) -> str:
     """The first prompt that is not empty (nor only whitespace): session slot, space, default."""
-    for candidate in (session_slot, space_column):
+    return prompt_with_source(session_slot, space_column, default)[0]
+
+
+def prompt_with_source(session_slot: str | None, space_column: str | None,
+                       default: str) -> tuple[str, str]:
+    """`resolve_prompt`, and where the prompt came from: "session", "space" or "default"."""
+    for candidate, source in ((session_slot, "session"), (space_column, "space")):
         if candidate and candidate.strip():
-            return candidate
-    return default
+            return candidate, source
+    return default, "default"

@@ -66,18 +66,16 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from rest_framework.exceptions import APIException
 
 from spaces.apikeys import looks_like_key
-from spaces.auth import HEADER, ApiKeyError, aauthenticate_credentials, key_from_headers
-from spaces.pgpool import DatabaseUnavailable
+from spaces.auth import HEADER, aauthenticate_credentials, key_from_headers
 from spaces.selectors import aspace_id_for_user, parse_uuid
 from spaces.throttling import ahit as rate_limit_hit
 
 from .. import events
-from ..api.errors import CODE_BY_DRF_CLASS, error_body
+from ..api.errors import error_body
 from ..engine.agent import SpaceAgent
-from ..engine.errors import ServiceUnavailable, SessionNotFound, StelloError
+from ..engine.errors import NotFound, SessionNotFound, StelloError
 from ..engine.types import StreamChunk, TurnResult
 from ..events import session_group
 from ..runtime.pool import runtimes
@@ -172,34 +170,19 @@ def credentials(scope: dict[str, Any]) -> tuple[str | None, str | None]:
     return offered, offered
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-
 async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
-    """`{"user_id", "space_id", "subprotocol", "apikey_id"}` for the upgrade of `scope`, or Refused:
-    401 missing / invalid key, then (REST's rule) 404 unknown or malformed space, 403 another
-    user's space."""
+    """`{"user_id", "space_id", "subprotocol", "apikey_id"}` for the upgrade of `scope`, or the
+    StelloError that refuses it, as REST would: 401 missing / invalid key, then 404 unknown or
+    malformed space, 403 another user's space (503 without a database)."""
     key, subprotocol = credentials(scope)
-    try:
-        user, apikey = await aauthenticate_credentials(key)  # a cached key costs no query
-        space_id = await aspace_id_for_user(user_id=user.pk,
-                                            space_id=scope["url_route"]["kwargs"]["space_id"])
-    except ApiKeyError as exc:
-        raise Refused(401, exc.message, "UNAUTHENTICATED") from None
-    except APIException as exc:  # NotFound / PermissionDenied
-        code = next((c for cls, c in CODE_BY_DRF_CLASS.items() if isinstance(exc, cls)), "ERROR")
-        raise Refused(exc.status_code, str(exc.detail), code) from None
-    except DatabaseUnavailable:
-        unavailable = ServiceUnavailable()
-        raise Refused(503, unavailable.message, unavailable.code) from None
+    user, apikey = await aauthenticate_credentials(key)  # a cached key costs no query
+    space_id = await aspace_id_for_user(user_id=user.pk,
+                                        space_id=scope["url_route"]["kwargs"]["space_id"])
     return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol,
             "apikey_id": apikey.pk}
 
 
-async def refuse(scope: dict[str, Any], send: Send, refusal: Refused) -> None:
+async def refuse(scope: dict[str, Any], send: Send, refusal: StelloError) -> None:
     """Answer the upgrade with the refusal's status and JSON body where the server supports the
     WebSocket Denial Response extension; else close before accept (the server sends 403)."""
     if DENIAL_EXTENSION in (scope.get("extensions") or {}):
@@ -228,7 +211,7 @@ class Authenticated:
             return
         try:
             stello = await authorize(scope)
-        except Refused as refusal:
+        except StelloError as refusal:
             await refuse(scope, send, refusal)
             return
         replayed = False
@@ -246,7 +229,7 @@ class Authenticated:
 async def not_found(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """Every WebSocket path but `/spaces/<spaceId>/ws`."""
     if (await receive())["type"] == "websocket.connect":
-        await refuse(scope, send, Refused(404, "Not Found", "NOT_FOUND"))
+        await refuse(scope, send, NotFound())
 
 
 def _too_large(text: str, limit: int) -> bool:
@@ -402,8 +385,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await HANDLERS[message["type"]](self, message)
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))
-        except DatabaseUnavailable:
-            await self.reply(p.error(p.HANDLER_ERROR, ServiceUnavailable().message))
         except Exception:
             logger.exception("WebSocket handler %s failed (space %s)", message["type"],
                              self.space_id)

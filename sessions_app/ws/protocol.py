@@ -12,12 +12,13 @@ Server -> client, plus one addition of ours:
     turn.complete   {result}                 session.forked {child}
     session.updated {sessionId, turnCount}   (ours, opt-in: see below)
 
-Our addition is opt-in, so a client that knows only the API page never sees a frame the page
-does not list. `session.enter` may carry `"watch": true` (an added optional field; when present
-it must be a boolean, else HANDLER_ERROR `watch must be a boolean`, like every other payload
-error). Only a connection that entered with it receives `session.updated`: after each committed
-turn on the entered session, made through REST or another WebSocket connection, in any server
-process. A connection never hears of its own turns (their answer already says so).
+Our addition is opt-in, so a client written for the original protocol never sees a frame that
+protocol does not have (docs/protocol.md). `session.enter` may carry `"watch": true` (an added
+optional field; when present it must be a boolean, else HANDLER_ERROR `watch must be a
+boolean`, like every other payload error). Only a connection that entered with it receives
+`session.updated`: after each committed turn on the entered session, made through REST or
+another WebSocket connection, in any server process. A connection never hears of its own turns
+(their answer already says so).
 
 `parse_client_frame` is the one entry point for incoming text: it returns a validated
 `ClientMessage` or raises `ProtocolError` with one of the five codes of the contract.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, NotRequired, TypedDict
 
-from ..engine.errors import InvalidInput
+from ..engine.errors import InvalidInput, missing, required_text, wrong_type
 from ..engine.fork import parse_fork_options
 from ..engine.types import ForkOptions
 
@@ -42,6 +43,7 @@ HANDLER_ERROR: ErrorCode = "HANDLER_ERROR"
 RATE_LIMITED: ErrorCode = "RATE_LIMITED"  # REST's 429 code: the API key is over STELLO_RATE_LIMIT
 
 INVALID_JSON = "Invalid JSON"
+NOT_AN_OBJECT = "Message must be a JSON object"
 ALREADY_ENTERED_MESSAGE = "Already in a session, leave first"
 NOT_ENTERED_MESSAGE = "Not in a session"
 
@@ -111,44 +113,40 @@ class ProtocolError(Exception):
 def parse_client_frame(text: str) -> ClientMessage:
     """The validated client message of one text frame.
 
-    Raises ProtocolError: PARSE_ERROR `Invalid JSON`; UNKNOWN_TYPE `Unknown message type: <t>`
-    (also for JSON that is not an object, whose type is `undefined`, as in the original);
-    HANDLER_ERROR for an invalid payload (`sessionId is required`, `input is required`,
-    `label is required`, ...).
+    Raises ProtocolError: PARSE_ERROR `Invalid JSON`; UNKNOWN_TYPE for a frame without a
+    usable type (`Message must be a JSON object`, `type is required`, `type must be a string`,
+    `Unknown message type: <t>`); HANDLER_ERROR for an invalid payload, worded like REST's
+    validation (`sessionId is required`, `input must be a string`, `label must not be
+    blank`, ...).
     """
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ProtocolError(PARSE_ERROR, INVALID_JSON) from None
-    raw_type = data.get("type", _MISSING) if isinstance(data, dict) else _MISSING
+    if not isinstance(data, dict):
+        raise ProtocolError(UNKNOWN_TYPE, NOT_AN_OBJECT)
+    raw_type = data.get("type", _MISSING)
+    if raw_type is _MISSING:
+        raise ProtocolError(UNKNOWN_TYPE, missing("type").message)
+    if not isinstance(raw_type, str):
+        raise ProtocolError(UNKNOWN_TYPE, wrong_type("type", "a string").message)
     if raw_type not in CLIENT_TYPES:
-        raise ProtocolError(UNKNOWN_TYPE, f"Unknown message type: {_js_string(raw_type)}")
+        raise ProtocolError(UNKNOWN_TYPE, f"Unknown message type: {_clipped(raw_type)}")
     try:
         return _PAYLOAD_PARSERS[raw_type](data)
     except InvalidInput as exc:
         raise ProtocolError(HANDLER_ERROR, exc.message, message_type=raw_type) from None
 
 
-def _js_string(value: Any) -> str:
-    """How the original (JavaScript) printed the type in its message, clipped."""
-    if value is _MISSING:
-        return "undefined"
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+def _clipped(text: str) -> str:
     return text if len(text) <= _TYPE_ECHO_LIMIT else text[:_TYPE_ECHO_LIMIT] + "..."
 
 
-def _required_text(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{key} is required")
-    return value
-
-
 def _enter(data: dict[str, Any]) -> SessionEnter:
-    session_id = _required_text(data, "sessionId")
+    session_id = required_text(data, "sessionId")
     watch = data.get("watch", False)
     if not isinstance(watch, bool):
-        raise InvalidInput("watch must be a boolean")
+        raise wrong_type("watch", "a boolean")
     return {"type": "session.enter", "sessionId": session_id, "watch": watch}
 
 
@@ -157,11 +155,11 @@ def _leave(data: dict[str, Any]) -> SessionLeave:
 
 
 def _message(data: dict[str, Any]) -> SessionMessage:
-    return {"type": "session.message", "input": _required_text(data, "input")}
+    return {"type": "session.message", "input": required_text(data, "input")}
 
 
 def _stream(data: dict[str, Any]) -> SessionStream:
-    return {"type": "session.stream", "input": _required_text(data, "input")}
+    return {"type": "session.stream", "input": required_text(data, "input")}
 
 
 def _fork(data: dict[str, Any]) -> SessionFork:

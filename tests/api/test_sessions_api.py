@@ -222,10 +222,10 @@ class TestTurn:
         ("body", "message"),
         [
             ({}, "input is required"),
-            ({"input": ""}, "input is required"),
-            ({"input": None}, "input is required"),
-            ({"input": 42}, "input is required"),
-            ({"input": ["hello"]}, "input is required"),
+            ({"input": ""}, "input must not be empty"),
+            ({"input": None}, "input must be a string"),
+            ({"input": 42}, "input must be a string"),
+            ({"input": ["hello"]}, "input must be a string"),
             ({"text": "hello"}, "input is required"),
             (["hello"], "Request body must be a JSON object"),
             ("hello", "Request body must be a JSON object"),
@@ -340,7 +340,7 @@ class TestToolCallingTurn:
         assert (result["finalContent"], result["toolCallsExecuted"]) == (
             "Sorry, that did not work.", 1)
         tool = api.messages(root_id).json()[2]
-        assert tool["role"] == "tool" and "label is required" in tool["content"]
+        assert tool["role"] == "tool" and "label must not be empty" in tool["content"]
         assert Session.objects.count() == 1
 
     def test_running_out_of_tool_rounds_is_502_and_does_not_count_the_turn(
@@ -476,15 +476,15 @@ class TestFork:
         ("body", "message"),
         [
             ({}, "label is required"),
-            ({"label": ""}, "label is required"),
-            ({"label": "   "}, "label is required"),
-            ({"label": None}, "label is required"),
-            ({"label": 7}, "label is required"),
-            ({"label": ["x"]}, "label is required"),
+            ({"label": ""}, "label must not be empty"),
+            ({"label": "   "}, "label must not be blank"),
+            ({"label": None}, "label must be a string"),
+            ({"label": 7}, "label must be a string"),
+            ({"label": ["x"]}, "label must be a string"),
             ({"label": "x", "context": "everything"}, 'context must be "none" or "inherit"'),
             ({"label": "x", "context": 1}, 'context must be "none" or "inherit"'),
-            ({"label": "x", "scope": 3}, "scope must be a string"),
-            ({"label": "x", "systemPrompt": {"a": 1}}, "systemPrompt must be a string"),
+            ({"label": "x", "scope": 3}, "scope must be a string or null"),
+            ({"label": "x", "systemPrompt": {"a": 1}}, "systemPrompt must be a string or null"),
             ([], "Request body must be a JSON object"),
         ],
     )

@@ -172,7 +172,7 @@ def test_missing_script_file(tmp_path: Path) -> None:
 
 
 def integration_text(children: list[tuple[str, str, str]], synthesis: str | None = None) -> str:
-    """The user text of the default integrate function (spec 8.5), byte for byte."""
+    """The user text of the original server's default integrate function, byte for byte."""
     parts = [f"当前综合:\n{synthesis}"] if synthesis else []
     lines = "\n".join(f"- [sessionId={sid}] {label}: {memory}" for sid, label, memory in children)
     parts.append("子 Session 摘要:\n" + lines)

@@ -1,4 +1,4 @@
-"""Streaming (spec 8.4, every round streamed): chunks per round, tool-call assembly,
+"""Streaming (every round streamed, tool rounds included): chunks per round, tool-call assembly,
 persistence, the final TurnResult, errors before the first chunk, lock release."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The tool loop (spec 8.3): rounds, limit, tool errors, persistence per call, turn_count."""
+"""The tool loop: rounds, limit, tool errors, persistence per call, turn_count."""
 
 from __future__ import annotations
 
@@ -218,9 +218,12 @@ async def test_turn_count_grows_by_one_per_completed_turn() -> None:
     assert h.store.meta(child).turn_count == 3
 
 
-@pytest.mark.parametrize("bad", ["", None, 42, ["x"]])
-async def test_input_is_validated_before_anything_else(bad: object) -> None:
+@pytest.mark.parametrize(("bad", "message"), [("", "input must not be empty"),
+                                              (None, "input must be a string"),
+                                              (42, "input must be a string"),
+                                              (["x"], "input must be a string")])
+async def test_input_is_validated_before_anything_else(bad: object, message: str) -> None:
     h = make_agent()
-    with pytest.raises(InvalidInput, match="input is required"):
+    with pytest.raises(InvalidInput, match=message):
         await h.agent.turn("no-such-session", bad)  # type: ignore[arg-type]
     assert h.llm.calls == []

@@ -278,8 +278,8 @@ REFUSALS = {
     "unknown key": ("stello_AAAAAAAA_" + "b" * 43, "own", 401, "Invalid API key",
                     "UNAUTHENTICATED"),
     "another user's space": ("bob", "own", 403, "Forbidden", "FORBIDDEN"),
-    "unknown space": ("alice", str(uuid.uuid4()), 404, "Space not found", "NOT_FOUND"),
-    "malformed space id": ("alice", "not-a-uuid", 404, "Space not found", "NOT_FOUND"),
+    "unknown space": ("alice", str(uuid.uuid4()), 404, "Space not found", "SPACE_NOT_FOUND"),
+    "malformed space id": ("alice", "not-a-uuid", 404, "Space not found", "SPACE_NOT_FOUND"),
 }
 
 
@@ -334,9 +334,10 @@ async def test_every_protocol_error_is_answered_and_the_connection_stays(
     frames_and_errors = [
         ("not json", error("PARSE_ERROR", "Invalid JSON")),
         ('{"type":"unknown.type"}', error("UNKNOWN_TYPE", "Unknown message type: unknown.type")),
-        ("123", error("UNKNOWN_TYPE", "Unknown message type: undefined")),
-        ("null", error("UNKNOWN_TYPE", "Unknown message type: undefined")),
-        ("{}", error("UNKNOWN_TYPE", "Unknown message type: undefined")),
+        ("123", error("UNKNOWN_TYPE", "Message must be a JSON object")),
+        ("null", error("UNKNOWN_TYPE", "Message must be a JSON object")),
+        ("{}", error("UNKNOWN_TYPE", "type is required")),
+        ('{"type":5}', error("UNKNOWN_TYPE", "type must be a string")),
         ('{"type":"session.leave"}', error("NOT_ENTERED", "Not in a session")),
         ('{"type":"session.message","input":"hello"}', error("NOT_ENTERED", "Not in a session")),
         ('{"type":"session.stream","input":"hello"}', error("NOT_ENTERED", "Not in a session")),
@@ -354,7 +355,9 @@ async def test_every_protocol_error_is_answered_and_the_connection_stays(
          error("ALREADY_ENTERED", "Already in a session, leave first")),
         ({"type": "session.enter"}, error("ALREADY_ENTERED", "Already in a session, leave first")),
         ({"type": "session.message"}, error("HANDLER_ERROR", "input is required")),
-        ({"type": "session.stream", "input": ""}, error("HANDLER_ERROR", "input is required")),
+        ({"type": "session.stream", "input": ""},
+         error("HANDLER_ERROR", "input must not be empty")),
+        ({"type": "session.message", "input": 5}, error("HANDLER_ERROR", "input must be a string")),
         ({"type": "session.fork"}, error("HANDLER_ERROR", "label is required")),
         ({"type": "session.fork", "options": {"scope": "x"}},
          error("HANDLER_ERROR", "label is required")),
@@ -517,7 +520,7 @@ async def test_stream_sends_deltas_then_the_result(space_id, root_id, alice_key)
     assert frame["type"] == "stream.end"
     assert chunks == ["echo:", " hello", " big", " world"]
     assert frame["result"]["turn"]["finalContent"] == "".join(chunks)
-    await nothing_more(communicator)  # exactly the page's frames: no session.updated
+    await nothing_more(communicator)  # exactly the original protocol: no session.updated
     assert await turn_count_of(root_id) == 1
     await communicator.disconnect()
 
@@ -742,7 +745,7 @@ async def test_only_watching_connections_hear_of_turns_and_never_of_their_own(
     elsewhere = await open_ws(space_id, alice_key)
     await watch(first, root_id)
     await watch(second, root_id)
-    await enter(plain, root_id)  # no watch: a client of the API page
+    await enter(plain, root_id)  # no watch: a client of the original protocol
     await watch(elsewhere, child.id)
 
     assert (await ask(first, {"type": "session.message", "input": "hi"}))["type"] == (
@@ -816,7 +819,7 @@ async def test_a_strict_client_sees_exactly_the_pages_frames_while_another_strea
         f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "rest"}, format="json")
     assert response.status_code == 200
     assert (await recv(other))["turnCount"] == 4
-    await nothing_more(strict)  # no frame the page does not list, ever
+    await nothing_more(strict)  # no frame the original protocol does not have, ever
     await nothing_more(other)
     await strict.disconnect()
     await other.disconnect()

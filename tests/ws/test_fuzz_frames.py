@@ -113,10 +113,23 @@ known_type_frames = st.fixed_dictionaries(
 # -- the oracle ----------------------------------------------------------------------------------
 
 
-def js_string(value: Any) -> str:
-    """How an unknown type is echoed: as text, or as JSON when it is not a string; clipped."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+def clipped(text: str) -> str:
+    """How an unknown type is echoed: clipped to 100 characters."""
     return text if len(text) <= 100 else text[:100] + "..."
+
+
+def text_problem(data: dict, key: str, *, strip: bool = False) -> str | None:
+    """What is wrong with `data[key]` as a required non-empty string, worded like REST."""
+    if key not in data:
+        return f"{key} is required"
+    value = data[key]
+    if not isinstance(value, str):
+        return f"{key} must be a string"
+    if not value:
+        return f"{key} must not be empty"
+    if strip and not value.strip():
+        return f"{key} must not be blank"
+    return None
 
 
 def too_large(text: str, limit: int) -> bool:
@@ -132,17 +145,21 @@ def expected_answer(text: str, *, entered: bool, root_id: str,
         data = json.loads(text)
     except (ValueError, RecursionError):
         return "PARSE_ERROR", "Invalid JSON"
-    if not isinstance(data, dict) or "type" not in data:
-        return "UNKNOWN_TYPE", "Unknown message type: undefined"
+    if not isinstance(data, dict):
+        return "UNKNOWN_TYPE", "Message must be a JSON object"
+    if "type" not in data:
+        return "UNKNOWN_TYPE", "type is required"
     kind = data["type"]
-    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
-        return "UNKNOWN_TYPE", f"Unknown message type: {js_string(kind)}"
+    if not isinstance(kind, str):
+        return "UNKNOWN_TYPE", "type must be a string"
+    if kind not in CLIENT_TYPES:
+        return "UNKNOWN_TYPE", f"Unknown message type: {clipped(kind)}"
     if kind == "session.enter":
         if entered:
             return "ALREADY_ENTERED", "Already in a session, leave first"
-        session_id = data.get("sessionId")
-        if not isinstance(session_id, str) or not session_id:
-            return "HANDLER_ERROR", "sessionId is required"
+        if problem := text_problem(data, "sessionId"):
+            return "HANDLER_ERROR", problem
+        session_id = data["sessionId"]
         try:
             same = uuid.UUID(session_id) == uuid.UUID(root_id)
         except ValueError:
@@ -155,16 +172,14 @@ def expected_answer(text: str, *, entered: bool, root_id: str,
     if kind == "session.leave":
         return "session.left", None
     if kind in ("session.message", "session.stream"):
-        value = data.get("input")
-        if not isinstance(value, str) or not value:
-            return "HANDLER_ERROR", "input is required"
+        if problem := text_problem(data, "input"):
+            return "HANDLER_ERROR", problem
         return ("turn.complete" if kind == "session.message" else "stream.delta"), None
     raw = data.get("options")
     if raw is not None and not isinstance(raw, dict):
         return "HANDLER_ERROR", "fork options must be a JSON object"
-    label = (raw or {}).get("label")
-    if not isinstance(label, str) or not label.strip():
-        return "HANDLER_ERROR", "label is required"
+    if problem := text_problem(raw or {}, "label", strip=True):
+        return "HANDLER_ERROR", problem
     return "session.forked?", None  # or an error naming another bad option
 
 

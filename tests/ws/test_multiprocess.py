@@ -61,7 +61,8 @@ async def recv(ws: ClientConnection) -> dict[str, Any]:
 
 
 async def answer(ws: ClientConnection) -> dict[str, Any]:
-    """The next frame: a connection that does not watch gets only the answers of the page."""
+    """The next frame: a connection that does not watch gets only the original protocol's
+    answers."""
     return await recv(ws)
 
 

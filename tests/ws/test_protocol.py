@@ -63,14 +63,6 @@ def test_text_that_is_not_json_is_a_parse_error(text: str) -> None:
     ("text", "shown"),
     [
         ('{"type":"unknown.type"}', "unknown.type"),
-        ("{}", "undefined"),  # missing type, like the original's JavaScript
-        ("123", "undefined"),  # JSON that is not an object has no type
-        ('"session.leave"', "undefined"),
-        ("[]", "undefined"),
-        ("null", "undefined"),
-        ('{"type":null}', "null"),
-        ('{"type":5}', "5"),
-        ('{"type":["session.leave"]}', '["session.leave"]'),
         ('{"type":"SESSION.LEAVE"}', "SESSION.LEAVE"),
     ],
 )
@@ -79,6 +71,26 @@ def test_anything_but_the_five_types_is_unknown(text: str, shown: str) -> None:
     assert error.code == "UNKNOWN_TYPE"
     assert error.message == f"Unknown message type: {shown}"
     assert error.message_type is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{}", "type is required"),
+        ('{"input": "hi"}', "type is required"),
+        ('{"type":null}', "type must be a string"),
+        ('{"type":5}', "type must be a string"),
+        ('{"type":["session.leave"]}', "type must be a string"),
+        ("123", "Message must be a JSON object"),
+        ('"session.leave"', "Message must be a JSON object"),
+        ("[]", "Message must be a JSON object"),
+        ("null", "Message must be a JSON object"),
+    ],
+)
+def test_a_frame_without_a_usable_type_says_what_is_wrong(text: str, message: str) -> None:
+    error = parse_error(text)
+    assert (error.code, error.message, error.message_type) == ("UNKNOWN_TYPE", message, None)
+    assert "undefined" not in error.message
 
 
 def test_a_long_unknown_type_is_clipped_in_the_message() -> None:
@@ -93,23 +105,25 @@ def test_a_long_unknown_type_is_clipped_in_the_message() -> None:
     ("payload", "message"),
     [
         ({"type": "session.enter"}, "sessionId is required"),
-        ({"type": "session.enter", "sessionId": ""}, "sessionId is required"),
-        ({"type": "session.enter", "sessionId": 42}, "sessionId is required"),
-        ({"type": "session.enter", "sessionId": 42, "watch": 1}, "sessionId is required"),
+        ({"type": "session.enter", "sessionId": ""}, "sessionId must not be empty"),
+        ({"type": "session.enter", "sessionId": 42}, "sessionId must be a string"),
+        ({"type": "session.enter", "sessionId": 42, "watch": 1}, "sessionId must be a string"),
         ({"type": "session.enter", "sessionId": "s1", "watch": 1}, "watch must be a boolean"),
         ({"type": "session.enter", "sessionId": "s1", "watch": "true"},
          "watch must be a boolean"),
         ({"type": "session.enter", "sessionId": "s1", "watch": None}, "watch must be a boolean"),
         ({"type": "session.message"}, "input is required"),
-        ({"type": "session.message", "input": ""}, "input is required"),
-        ({"type": "session.stream", "input": ["hi"]}, "input is required"),
+        ({"type": "session.message", "input": ""}, "input must not be empty"),
+        ({"type": "session.stream", "input": ["hi"]}, "input must be a string"),
+        ({"type": "session.stream", "input": None}, "input must be a string"),
         ({"type": "session.fork"}, "label is required"),
         ({"type": "session.fork", "options": None}, "label is required"),
         ({"type": "session.fork", "options": {}}, "label is required"),
-        ({"type": "session.fork", "options": {"label": "  "}}, "label is required"),
+        ({"type": "session.fork", "options": {"label": "  "}}, "label must not be blank"),
+        ({"type": "session.fork", "options": {"label": 5}}, "label must be a string"),
         ({"type": "session.fork", "options": "Child"}, "fork options must be a JSON object"),
         ({"type": "session.fork", "options": {"label": "C", "scope": 3}},
-         "scope must be a string"),
+         "scope must be a string or null"),
     ],
 )
 def test_invalid_payloads_are_handler_errors_naming_the_field(payload: dict, message: str) -> None:
