@@ -234,6 +234,8 @@ STELLO = {
     "BACKGROUND_RETRIES": env_int("STELLO_BACKGROUND_RETRIES", 2, minimum=0),
     "AUTH_CACHE_SECONDS": env_float("STELLO_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
     "WS_MAX_FRAME_BYTES": env_int("STELLO_WS_MAX_FRAME_BYTES", 1_048_576, minimum=1024),
+    # Deepest nesting accepted in a request body or a WebSocket frame (400 / PARSE_ERROR).
+    "MAX_JSON_DEPTH": env_int("STELLO_MAX_JSON_DEPTH", 64, minimum=2),
     "RATE_LIMIT": _rate_limit("STELLO_RATE_LIMIT"),
     # The async pool of the hot paths (PostgreSQL only). A connection is held for one short
     # unit of work, never while a request waits on an LLM or a lock, so a few serve thousands
