@@ -20,13 +20,18 @@ turn on the entered session, made through REST or another WebSocket connection, 
 process. A connection never hears of its own turns (their answer already says so).
 
 `parse_client_frame` is the one entry point for incoming text: it returns a validated
-`ClientMessage` or raises `ProtocolError` with one of the five codes of the contract.
+`ClientMessage` or raises `ProtocolError` with one of the five codes of the contract. Frames are
+parsed like REST bodies (`spaces.safejson`): invalid JSON, lone surrogates (`"\\ud800"`), NUL
+characters and nesting deeper than STELLO_MAX_JSON_DEPTH are a PARSE_ERROR. `encode` cannot fail,
+so every answer reaches the client.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, Literal, NotRequired, TypedDict
+
+from spaces import safejson
 
 from ..engine.errors import InvalidInput
 from ..engine.fork import parse_fork_options
@@ -110,15 +115,16 @@ class ProtocolError(Exception):
 def parse_client_frame(text: str) -> ClientMessage:
     """The validated client message of one text frame.
 
-    Raises ProtocolError: PARSE_ERROR `Invalid JSON`; UNKNOWN_TYPE `Unknown message type: <t>`
+    Raises ProtocolError: PARSE_ERROR `Invalid JSON` (lone surrogates included), or the reason a
+    valid JSON text is refused (NUL, too deeply nested); UNKNOWN_TYPE `Unknown message type: <t>`
     (also for JSON that is not an object, whose type is `undefined`, as in the original);
     HANDLER_ERROR for an invalid payload (`sessionId is required`, `input is required`,
     `label is required`, ...).
     """
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise ProtocolError(PARSE_ERROR, INVALID_JSON) from None
+        data = safejson.loads(text)
+    except safejson.JSONRejected as exc:
+        raise ProtocolError(PARSE_ERROR, exc.message) from None
     raw_type = data.get("type", _MISSING) if isinstance(data, dict) else _MISSING
     if raw_type not in CLIENT_TYPES:
         raise ProtocolError(UNKNOWN_TYPE, f"Unknown message type: {_js_string(raw_type)}")
@@ -265,4 +271,6 @@ def error(code: ErrorCode, message: str) -> ErrorMessage:
 
 
 def encode(message: ServerMessage) -> str:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    """The frame's text. Never raises: what orjson refuses is written by the fallback encoder,
+    lone surrogates as U+FFFD (a text frame must be valid UTF-8)."""
+    return safejson.dumps(message).decode("utf-8")
