@@ -40,6 +40,17 @@ connection's registry entry and group membership. Sending to a closed socket nev
 The worker is kept in `operations` (strong references), so it outlives its consumer;
 `operations.shutdown()` stops every connection that way and waits for the workers.
 
+Revocation: the connection keeps its key and re-checks it, and that the space is still the
+user's, before each frame and each `session.updated`, through the same per-process caches as
+the upgrade (`STELLO_AUTH_CACHE_SECONDS`): a warm cache costs no round trip, so the database is
+asked at most once per that interval per key and space. A key that stopped working (revoked,
+deleted, its user deactivated) closes the socket with CLOSE_KEY_INVALID (4401); a deleted space
+with CLOSE_SPACE_GONE (4404); a space that now belongs to someone else with CLOSE_FORBIDDEN
+(4403). The frame that found out is not handled and the frames waiting are dropped. Until the
+caches learn of the change (at once in the process that made it, within the cache time in the
+others) frames are handled as usual: on a deleted space they answer `error` HANDLER_ERROR
+(e.g. `Session not found`).
+
 Live updates (our addition to the protocol, opt-in): a connection that entered session S with
 `"watch": true` gets a channel-layer channel (only then) and joins the group `session.<S>`
 (left on leave and on release); other connections never touch the channel layer. After every
@@ -66,7 +77,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied
 
 from spaces.apikeys import looks_like_key
 from spaces.auth import HEADER, ApiKeyError, aauthenticate_key
@@ -92,6 +103,11 @@ ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 DENIAL_EXTENSION = "websocket.http.response"
 INTERNAL_ERROR = "Internal server error"
+
+# Close codes of an accepted connection that lost its right to the space (see the docstring).
+CLOSE_KEY_INVALID = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SPACE_GONE = 4404
 
 
 # -- tasks ----------------------------------------------------------------------------------------
@@ -175,7 +191,7 @@ class Refused(Exception):
 
 
 async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
-    """`{"user_id", "space_id", "subprotocol"}` for the upgrade of `scope`, or Refused:
+    """`{"user_id", "space_id", "subprotocol", "key"}` for the upgrade of `scope`, or Refused:
     401 missing / invalid key, then (REST's rule) 404 unknown or malformed space, 403 another
     user's space."""
     key, subprotocol = credentials(scope)
@@ -188,7 +204,26 @@ async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
     except APIException as exc:  # NotFound / PermissionDenied
         code = next((c for cls, c in CODE_BY_DRF_CLASS.items() if isinstance(exc, cls)), "ERROR")
         raise Refused(exc.status_code, str(exc.detail), code) from None
-    return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol}
+    return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol, "key": key}
+
+
+async def lost_access(key: str | None, space_id: str) -> int | None:
+    """The close code for a connection whose key or space no longer holds, else None. Cached
+    like the upgrade's checks; an unreachable database is not a reason to close (the frame
+    meets it anyway and says so)."""
+    try:
+        user = await aauthenticate_key(key)
+        await aspace_id_for_user(user_id=user.pk, space_id=space_id)
+    except ApiKeyError:
+        return CLOSE_KEY_INVALID
+    except NotFound:
+        return CLOSE_SPACE_GONE
+    except PermissionDenied:
+        return CLOSE_FORBIDDEN
+    except Exception:
+        logger.warning("could not re-check the key of a WebSocket (space %s)", space_id,
+                       exc_info=True)
+    return None
 
 
 async def refuse(scope: dict[str, Any], send: Send, refusal: Refused) -> None:
@@ -352,6 +387,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         try:
             while (item := await self._queue.get()) is not STOP:
                 try:
+                    if await self._lost_access():
+                        continue  # the queue now holds only STOP
                     if isinstance(item, str):
                         await self.handle_frame(item)
                     else:
@@ -374,6 +411,20 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.wait([self._listener])
+
+    async def _lost_access(self) -> bool:
+        """Re-check the key and the space; if either no longer holds, close the socket with its
+        code and stop (the waiting frames are dropped)."""
+        code = await lost_access(self.scope["stello"]["key"], self.space_id)
+        if code is None:
+            return False
+        if not self._closed:
+            try:
+                await self.close(code=code)
+            except Exception:  # already gone
+                logger.debug("closing a WebSocket that was gone", exc_info=True)
+        self._stop()
+        return True
 
     async def handle_frame(self, text: str) -> None:
         try:
@@ -470,7 +521,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if event.get("origin") == self.connection_id:
             return
         if session_id == self._watched and session_id == self.session_id:
-            await self.reply(p.session_updated(session_id, event["turnCount"]))
+            if not await self._lost_access():
+                await self.reply(p.session_updated(session_id, event["turnCount"]))
 
     # -- handlers (one per client message type) ------------------------------------------------
 
