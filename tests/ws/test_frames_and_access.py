@@ -95,7 +95,7 @@ async def test_deep_frames_are_a_parse_error_without_recursion(space_id, root_id
 
 
 @pytest.fixture
-def loopback_llm(openai_server: OpenAIServer) -> OpenAIServer:
+async def loopback_llm(openai_server: OpenAIServer) -> OpenAIServer:
     """The runtime talks to a loopback OpenAI-protocol server (set before the agent is built)."""
     current = runtimes.current()  # the autouse `runtime` fixture's
     current.llm = current.memory_llm = OpenAICompatLLM(
