@@ -18,6 +18,7 @@ from sessions_app.engine.llm.openai_compat import OpenAICompatLLM
 from sessions_app.runtime.pool import runtimes
 from spaces.apikeys import apikey_revoke, auth_cache
 from spaces.models import ApiKey, Space
+from spaces.selectors import space_owners
 from tests.support.llm_servers import OpenAIServer, tool_call
 from tests.ws.test_consumer import (  # noqa: F401 (fixtures used by name)
     WAIT,
@@ -192,3 +193,20 @@ async def test_a_deleted_space_closes_the_socket_on_the_next_frame(
     await communicator.send_json_to({"type": "session.message", "input": "gone?"})
     assert await closed_with(communicator) == CLOSE_SPACE_GONE
     assert not await Space.objects.filter(pk=space_id).aexists()
+
+
+@bounded()
+async def test_a_space_deleted_elsewhere_answers_errors_until_the_cache_expires(
+    space_id, root_id, alice_key
+) -> None:
+    communicator = await open_ws(space_id, alice_key)
+    await enter(communicator, root_id)
+    # Another process deletes the space: this process's owner cache does not know yet.
+    await Space.objects.filter(pk=space_id).adelete()
+    await communicator.send_json_to({"type": "session.message", "input": "lost"})
+    answer = await ask_raw_next(communicator)
+    assert answer == {"type": "error", "code": "HANDLER_ERROR", "message": "Session not found"}
+    assert await records_of(root_id) == []
+    space_owners.clear()  # STELLO_AUTH_CACHE_SECONDS have passed
+    await communicator.send_json_to({"type": "session.message", "input": "lost again"})
+    assert await closed_with(communicator) == CLOSE_SPACE_GONE
