@@ -16,7 +16,7 @@ from channels.testing import WebsocketCommunicator
 
 from sessions_app.engine.llm.openai_compat import OpenAICompatLLM
 from sessions_app.runtime.pool import runtimes
-from spaces.apikeys import apikey_revoke, auth_cache
+from spaces.apikeys import apikey_create, apikey_revoke, auth_cache
 from spaces.models import ApiKey, Space
 from spaces.selectors import space_owners
 from tests.support.llm_servers import OpenAIServer, tool_call
@@ -210,3 +210,20 @@ async def test_a_space_deleted_elsewhere_answers_errors_until_the_cache_expires(
     space_owners.clear()  # STELLO_AUTH_CACHE_SECONDS have passed
     await communicator.send_json_to({"type": "session.message", "input": "lost again"})
     assert await closed_with(communicator) == CLOSE_SPACE_GONE
+
+
+@bounded()
+async def test_a_watcher_whose_key_was_revoked_is_closed_instead_of_told(
+    alice, space_id, root_id, alice_key
+) -> None:
+    _, other_key = await sync_to_async(apikey_create)(user=alice, name="second")
+    watcher = await open_ws(space_id, alice_key)
+    await watcher.send_json_to({"type": "session.enter", "sessionId": root_id, "watch": True})
+    assert (await ask_raw_next(watcher))["type"] == "session.entered"
+    await sync_to_async(apikey_revoke)(prefix=alice_key.split("_")[1])
+    talker = await open_ws(space_id, other_key)
+    await enter(talker, root_id)
+    await talker.send_json_to({"type": "session.message", "input": "news"})
+    assert (await ask_raw_next(talker))["type"] == "turn.complete"
+    assert await closed_with(watcher) == CLOSE_KEY_INVALID  # no session.updated before it
+    await talker.disconnect()
