@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-import json
-
-import orjson
 from rest_framework.renderers import BaseRenderer
+
+from . import safejson
 
 
 class FastJSONRenderer(BaseRenderer):
-    """DRF's JSONRenderer contract, with orjson (several times faster on our payloads)."""
+    """DRF's JSONRenderer contract, with orjson (several times faster on our payloads). Data
+    orjson refuses (e.g. a config nested deeper than it writes) falls back to an encoder that
+    cannot fail, so no stored value can make a read answer 500."""
 
     media_type = "application/json"
     format = "json"
@@ -16,11 +17,4 @@ class FastJSONRenderer(BaseRenderer):
     def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
         if data is None:
             return b""
-        try:
-            return orjson.dumps(data)
-        except orjson.JSONEncodeError:
-            # orjson writes integers of at most 64 bits. PostgreSQL's jsonb gives larger ones
-            # back for big numbers a client stored (`1e20` in a space's config is read back as
-            # the integer 100000000000000000000): the standard library writes any integer.
-            return json.dumps(data, ensure_ascii=False, separators=(",", ":"),
-                              default=str).encode()
+        return safejson.dumps(data)

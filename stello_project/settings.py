@@ -312,6 +312,8 @@ STELLO = {
                                              minimum=0.1),
     "WS_PING_INTERVAL_SECONDS": env_float("STELLO_WS_PING_INTERVAL_SECONDS", 20.0, minimum=0.1),
     "WS_PING_TIMEOUT_SECONDS": env_float("STELLO_WS_PING_TIMEOUT_SECONDS", 20.0, minimum=0.1),
+    # Deepest nesting accepted in a request body or a WebSocket frame (400 / PARSE_ERROR).
+    "MAX_JSON_DEPTH": env_int("STELLO_MAX_JSON_DEPTH", 64, minimum=2),
     "RATE_LIMIT": _rate_limit("STELLO_RATE_LIMIT"),
     "REDIS_URL": _REDIS_URL,  # checked at start-up (runtime/startup.py)
     # The async pool of the hot paths (PostgreSQL only). A connection is held for one short

@@ -108,7 +108,8 @@ def test_the_defaults_run_as_is() -> None:
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("STELLO_LLM_PROVIDER", "gpt"), ("STELLO_MAX_TOOL_ROUNDS", "many"),
-     ("STELLO_FORK_STRATEGY", "spiral"), ("STELLO_CONSOLIDATE_EVERY_N_TURNS", "-2")],
+     ("STELLO_FORK_STRATEGY", "spiral"), ("STELLO_CONSOLIDATE_EVERY_N_TURNS", "-2"),
+     ("STELLO_MAX_JSON_DEPTH", "1"), ("STELLO_MAX_JSON_DEPTH", "deep")],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
     result = _check(**{variable: value})

@@ -22,6 +22,7 @@ from typing import Any
 
 from .context import PromptBuilder
 from .errors import LLMError, ToolLoopLimit
+from .llm import clean_json
 from .ports import LLM, SpaceStore
 from .tools import ToolBox, ToolContext
 from .types import (
@@ -102,11 +103,11 @@ def _parse_arguments(text: str) -> dict[str, Any]:
         return {}
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         parsed = None
     if not isinstance(parsed, dict):
         raise LLMError("LLM returned tool-call arguments that are not valid JSON")
-    return parsed
+    return clean_json(parsed)  # an escaped lone surrogate becomes U+FFFD
 
 
 class TurnLoop:

@@ -40,6 +40,17 @@ connection's registry entry and group membership. Sending to a closed socket nev
 The worker is kept in `operations` (strong references), so it outlives its consumer;
 `operations.shutdown()` stops every connection that way and waits for the workers.
 
+Revocation: the connection keeps its key and re-checks it, and that the space is still the
+user's, before each frame and each `session.updated`, through the same per-process caches as
+the upgrade (`STELLO_AUTH_CACHE_SECONDS`): a warm cache costs no round trip, so the database is
+asked at most once per that interval per key and space. A key that stopped working (revoked,
+deleted, its user deactivated) closes the socket with CLOSE_KEY_INVALID (4401); a deleted space
+with CLOSE_SPACE_GONE (4404); a space that now belongs to someone else with CLOSE_FORBIDDEN
+(4403). The frame that found out is not handled and the frames waiting are dropped. Until the
+caches learn of the change (at once in the process that made it, within the cache time in the
+others) frames are handled as usual: on a deleted space they answer `error` HANDLER_ERROR
+(e.g. `Session not found`).
+
 Live updates (our addition to the protocol, opt-in): a connection that entered session S with
 `"watch": true` gets a channel-layer channel (only then) and joins the group `session.<S>`
 (left on leave and on release); other connections never touch the channel layer. After every
@@ -68,7 +79,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from spaces.apikeys import looks_like_key
-from spaces.auth import HEADER, aauthenticate_credentials, key_from_headers
+from spaces.auth import HEADER, aauthenticate_credentials, aauthenticate_key, key_from_headers
+from spaces.errors import Forbidden, Unauthenticated
 from spaces.selectors import aspace_id_for_user, parse_uuid
 from spaces.throttling import ahit as rate_limit_hit
 
@@ -92,6 +104,11 @@ ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 DENIAL_EXTENSION = "websocket.http.response"
 INTERNAL_ERROR = "Internal server error"
+
+# Close codes of an accepted connection that lost its right to the space (see the docstring).
+CLOSE_KEY_INVALID = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_SPACE_GONE = 4404
 
 
 # -- tasks ----------------------------------------------------------------------------------------
@@ -171,7 +188,8 @@ def credentials(scope: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
-    """`{"user_id", "space_id", "subprotocol", "apikey_id"}` for the upgrade of `scope`, or the
+    """`{"user_id", "space_id", "subprotocol", "apikey_id",
+    "key"}` for the upgrade of `scope`, or the
     StelloError that refuses it, as REST would: 401 missing / invalid key, then 404 unknown or
     malformed space, 403 another user's space (503 without a database)."""
     key, subprotocol = credentials(scope)
@@ -179,7 +197,26 @@ async def authorize(scope: dict[str, Any]) -> dict[str, Any]:
     space_id = await aspace_id_for_user(user_id=user.pk,
                                         space_id=scope["url_route"]["kwargs"]["space_id"])
     return {"user_id": str(user.pk), "space_id": space_id, "subprotocol": subprotocol,
-            "apikey_id": apikey.pk}
+            "apikey_id": apikey.pk, "key": key}
+
+
+async def lost_access(key: str | None, space_id: str) -> int | None:
+    """The close code for a connection whose key or space no longer holds, else None. Cached
+    like the upgrade's checks; an unreachable database is not a reason to close (the frame
+    meets it anyway and says so)."""
+    try:
+        user = await aauthenticate_key(key)
+        await aspace_id_for_user(user_id=user.pk, space_id=space_id)
+    except Unauthenticated:
+        return CLOSE_KEY_INVALID
+    except NotFound:
+        return CLOSE_SPACE_GONE
+    except Forbidden:
+        return CLOSE_FORBIDDEN
+    except Exception:
+        logger.warning("could not re-check the key of a WebSocket (space %s)", space_id,
+                       exc_info=True)
+    return None
 
 
 async def refuse(scope: dict[str, Any], send: Send, refusal: StelloError) -> None:
@@ -344,6 +381,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         try:
             while (item := await self._queue.get()) is not STOP:
                 try:
+                    if await self._lost_access():
+                        continue  # the queue now holds only STOP
                     if isinstance(item, str):
                         await self.handle_frame(item)
                     else:
@@ -366,6 +405,20 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.wait([self._listener])
+
+    async def _lost_access(self) -> bool:
+        """Re-check the key and the space; if either no longer holds, close the socket with its
+        code and stop (the waiting frames are dropped)."""
+        code = await lost_access(self.scope["stello"]["key"], self.space_id)
+        if code is None:
+            return False
+        if not self._closed:
+            try:
+                await self.close(code=code)
+            except Exception:  # already gone
+                logger.debug("closing a WebSocket that was gone", exc_info=True)
+        self._stop()
+        return True
 
     async def handle_frame(self, text: str) -> None:
         try:
@@ -473,7 +526,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if event.get("origin") == self.connection_id:
             return
         if session_id == self._watched and session_id == self.session_id:
-            await self.reply(p.session_updated(session_id, event["turnCount"]))
+            if not await self._lost_access():
+                await self.reply(p.session_updated(session_id, event["turnCount"]))
 
     # -- handlers (one per client message type) ------------------------------------------------
 

@@ -21,13 +21,17 @@ another WebSocket connection, in any server process. A connection never hears of
 (their answer already says so).
 
 `parse_client_frame` is the one entry point for incoming text: it returns a validated
-`ClientMessage` or raises `ProtocolError` with one of the five codes of the contract.
+`ClientMessage` or raises `ProtocolError` with one of the five codes of the contract. Frames are
+parsed like REST bodies (`spaces.safejson`): invalid JSON, lone surrogates (`"\\ud800"`), NUL
+characters and nesting deeper than STELLO_MAX_JSON_DEPTH are a PARSE_ERROR. `encode` cannot fail,
+so every answer reaches the client.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, NotRequired, TypedDict
+
+from spaces import safejson
 
 from ..engine.errors import InvalidInput, missing, required_text, wrong_type
 from ..engine.fork import parse_fork_options
@@ -113,16 +117,17 @@ class ProtocolError(Exception):
 def parse_client_frame(text: str) -> ClientMessage:
     """The validated client message of one text frame.
 
-    Raises ProtocolError: PARSE_ERROR `Invalid JSON`; UNKNOWN_TYPE for a frame without a
+    Raises ProtocolError: PARSE_ERROR `Invalid JSON` (lone surrogates included), or the reason
+    a valid JSON text is refused (NUL, too deeply nested); UNKNOWN_TYPE for a frame without a
     usable type (`Message must be a JSON object`, `type is required`, `type must be a string`,
     `Unknown message type: <t>`); HANDLER_ERROR for an invalid payload, worded like REST's
     validation (`sessionId is required`, `input must be a string`, `label must not be
     blank`, ...).
     """
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise ProtocolError(PARSE_ERROR, INVALID_JSON) from None
+        data = safejson.loads(text)
+    except safejson.JSONRejected as exc:
+        raise ProtocolError(PARSE_ERROR, exc.message) from None
     if not isinstance(data, dict):
         raise ProtocolError(UNKNOWN_TYPE, NOT_AN_OBJECT)
     raw_type = data.get("type", _MISSING)
@@ -264,4 +269,6 @@ def error(code: ErrorCode, message: str) -> ErrorMessage:
 
 
 def encode(message: ServerMessage) -> str:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    """The frame's text. Never raises: what orjson refuses is written by the fallback encoder,
+    lone surrogates as U+FFFD (a text frame must be valid UTF-8)."""
+    return safejson.dumps(message).decode("utf-8")

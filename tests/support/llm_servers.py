@@ -677,7 +677,8 @@ def _block_stop(index: int) -> bytes:
 
 
 def _data(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+    # ASCII escapes, like the JSON bodies: text may hold lone surrogates, sent as "\ud800".
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def _event(name: str, payload: Any) -> bytes:

@@ -3,6 +3,8 @@
 Hypothesis throws frames at one open connection per test: random text, random JSON values of
 every type, the five known message types with fields of the wrong type, frames above
 STELLO["WS_MAX_FRAME_BYTES"] and binary frames; deeply nested JSON is sent as fixed cases.
+Frames are strict JSON (RFC 8259: no NaN, no lone surrogates), without NUL, nested at most
+STELLO["MAX_JSON_DEPTH"] (64) levels; anything else is a PARSE_ERROR.
 After every frame:
 
 - every reply is a JSON text frame holding an object whose `type` is a server message type;
@@ -31,6 +33,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -132,6 +135,14 @@ def text_problem(data: dict, key: str, *, strip: bool = False) -> str | None:
     return None
 
 
+def has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(has_nul(v) for v in value)
+
+
 def too_large(text: str, limit: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
@@ -142,9 +153,11 @@ def expected_answer(text: str, *, entered: bool, root_id: str,
     if too_large(text, limit):
         return "HANDLER_ERROR", f"frame too large: at most {limit} bytes"
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
+        data = orjson.loads(text)  # strict JSON; fuzzed frames nest far less than the limit
+    except orjson.JSONDecodeError:
         return "PARSE_ERROR", "Invalid JSON"
+    if has_nul(data):
+        return "PARSE_ERROR", "JSON must not contain NUL characters (\\u0000)"
     if not isinstance(data, dict):
         return "UNKNOWN_TYPE", "Message must be a JSON object"
     if "type" not in data:
@@ -451,8 +464,10 @@ NESTED_IN = {  # where the nesting goes: a frame template and the kind of nestin
     "options": ('{{"type":"session.fork","options":{}}}', "list"),
     "scope": ('{{"type":"session.fork","options":{{"label":"L","scope":{}}}}}', "object"),
 }
-# Around the interpreter's recursion limit (1000), then far beyond it.
-DEPTHS = (500, 900, *range(940, 1001, 5), 10_000, 100_000)
+# Just beyond STELLO["MAX_JSON_DEPTH"] (64), around the interpreter's recursion limit (1000) and
+# orjson's (1024), then far beyond them.
+DEPTHS = (65, 500, 900, *range(940, 1001, 20), 1024, 1025, 10_000, 100_000)
+TOO_DEEP = ("PARSE_ERROR", "JSON nested too deeply (at most 64 levels)")
 
 
 @pytest.mark.parametrize("entered", [False, True], ids=["outside", "entered"])
@@ -461,10 +476,19 @@ async def test_deeply_nested_json_gets_protocol_answers(probe: Probe, settings,
     settings.STELLO = {**settings.STELLO, "WS_MAX_FRAME_BYTES": 1_048_576}
     await probe.set_entered(entered)
     for where, (template, kind) in NESTED_IN.items():
-        # The answer the contract gives once parsed does not depend on the depth (an echoed
-        # type is clipped to 100 characters): take it from a shallow copy of the frame.
-        expected = expected_answer(template.format(nested(200, kind=kind)),
-                                   entered=probe.entered, root_id=probe.root_id)
+        # Within the limit, the contract's answer (the frame nests at most 62 levels).
+        text = template.format(nested(60, kind=kind))
+        expected = expected_answer(text, entered=probe.entered, root_id=probe.root_id)
+        answers = await probe.answers(text=text)
+        first = answers[0]
+        got = first["code"] if first["type"] == "error" else first["type"]
+        if expected[0] == "session.forked?":
+            assert got == "HANDLER_ERROR", (where, answers)
+        else:
+            assert (got, first.get("message") if expected[1] else None) == expected, (
+                where, answers)
+        await probe.still_usable()
+        await probe.set_entered(entered)
         for depth in DEPTHS:
             for closed in (True, False) if depth == 10_000 else (True,):
                 text = template.format(nested(depth, kind=kind, closed=closed))
@@ -473,13 +497,7 @@ async def test_deeply_nested_json_gets_protocol_answers(probe: Probe, settings,
                 first = answers[0]
                 got = (first["code"] if first["type"] == "error" else first["type"],
                        first.get("message"))
-                if depth > 1000 or not closed:
-                    assert got == ("PARSE_ERROR", "Invalid JSON"), (where, depth, answers)
-                elif got != ("PARSE_ERROR", "Invalid JSON"):  # near the limit, either
-                    if expected[0] == "session.forked?":
-                        assert got[0] == "HANDLER_ERROR", (where, depth, answers)
-                    else:
-                        assert got == expected, (where, depth, answers)
+                assert got == TOO_DEEP, (where, depth, closed, answers)
                 await probe.still_usable()
                 await probe.set_entered(entered)
     assert (await history_of(probe.root_id))[1] == 0

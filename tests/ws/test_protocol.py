@@ -53,10 +53,59 @@ def test_fork_options_are_parsed_into_engine_options() -> None:
 # -- PARSE_ERROR / UNKNOWN_TYPE -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["not json", "", "{", "{'type': 'session.leave'}", "[" * 100_000])
+@pytest.mark.parametrize("text", ["not json", "", "{", "{'type': 'session.leave'}"])
 def test_text_that_is_not_json_is_a_parse_error(text: str) -> None:
     error = parse_error(text)
     assert (error.code, error.message, error.message_type) == ("PARSE_ERROR", "Invalid JSON", None)
+
+
+@pytest.mark.parametrize("text", [
+    '{"type":"\\ud800"}',  # lone surrogates, escaped: valid for the json module, not for UTF-8
+    '{"type":"session.message","input":"a\\udc00b"}',
+    '{"type":"session.stream","input":"\ud800"}',  # the character itself in the text
+])
+def test_lone_surrogates_are_a_parse_error(text: str) -> None:
+    error = parse_error(text)
+    assert (error.code, error.message, error.message_type) == ("PARSE_ERROR", "Invalid JSON", None)
+
+
+def test_a_valid_surrogate_pair_is_one_character() -> None:
+    message = p.parse_client_frame('{"type":"session.message","input":"\\ud83d\\ude00"}')
+    assert message == {"type": "session.message", "input": "\U0001F600"}
+
+
+def test_nul_is_a_parse_error() -> None:
+    error = parse_error('{"type":"session.message","input":"a\\u0000b"}')
+    assert (error.code, error.message) == ("PARSE_ERROR",
+                                           "JSON must not contain NUL characters (\\u0000)")
+
+
+def nested(depth: int) -> str:
+    """A session.fork frame whose JSON nests `depth` levels (the frame object is level 1)."""
+    return '{"type":"session.fork","options":{"label":"x","skills":' + "[" * (depth - 2) \
+        + "]" * (depth - 2) + "}}"
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 1025, 100_000])
+def test_nesting_deeper_than_the_limit_is_a_parse_error(depth: int) -> None:
+    error = parse_error(nested(depth))
+    assert (error.code, error.message) == ("PARSE_ERROR",
+                                           "JSON nested too deeply (at most 64 levels)")
+
+
+def test_nesting_up_to_the_limit_is_parsed(settings) -> None:
+    assert parse_error(nested(64)).code == "HANDLER_ERROR"  # parsed; the skills are invalid
+    settings.STELLO = {**settings.STELLO, "MAX_JSON_DEPTH": 10}
+    assert parse_error(nested(11)).message == "JSON nested too deeply (at most 10 levels)"
+
+
+def test_every_answer_encodes_to_utf8_even_with_lone_surrogates_or_deep_values() -> None:
+    deep: list = []
+    for _ in range(300):  # orjson writes at most 254 levels
+        deep = [deep]
+    text = p.encode(p.turn_complete({"finalContent": "a\ud800b", "deep": deep}))
+    decoded = json.loads(text.encode("utf-8"))  # the bytes a WebSocket text frame carries
+    assert decoded["result"] == {"finalContent": "a\ufffdb", "deep": deep}
 
 
 @pytest.mark.parametrize(

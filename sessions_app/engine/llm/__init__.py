@@ -10,21 +10,28 @@ Providers:
 
 The SDK adapters are imported lazily by `build_llm`, so importing the engine stays cheap and
 does not need the SDKs at all when the offline provider is used.
+
+Provider text is cleaned before the engine sees it: a JSON reply may carry a lone surrogate
+(`"\\ud800"`), which Python decodes but which no UTF-8 output (a response, a WebSocket frame,
+PostgreSQL) can hold. Every adapter passes its responses and stream deltas through
+`clean_response` / `clean_delta`, which write lone surrogates as U+FFFD.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from ..errors import LLMError
 from ..ports import LLM
-from ..types import LLMResponse, ToolCall, Usage
+from ..types import LLMResponse, StreamDelta, ToolCall, ToolCallDelta, Usage
 
-__all__ = ["PROVIDERS", "LLMSettings", "build_llm", "describe", "load_script"]
+__all__ = ["PROVIDERS", "LLMSettings", "build_llm", "clean_delta", "clean_json", "clean_response",
+           "clean_text", "describe", "load_script"]
 
 Provider = Literal["offline", "openai", "anthropic"]
 PROVIDERS: tuple[str, ...] = ("offline", "openai", "anthropic")
@@ -198,6 +205,52 @@ def _script_entry(entry: Any, path: str, n: int) -> LLMResponse:
     return LLMResponse(content=content, tool_calls=tuple(calls), usage=usage)
 
 
+# --- provider text ---------------------------------------------------------------------------
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD (the same object when there is none)."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def clean_json(value: Any) -> Any:
+    """A parsed JSON value with lone surrogates in its strings (keys too) replaced by U+FFFD."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return value  # not plain JSON: nothing a provider sent
+    if _LONE_SURROGATE.search(text) is None:
+        return value
+    return json.loads(clean_text(text))
+
+
+def clean_response(response: LLMResponse) -> LLMResponse:
+    """`response` with its text, tool names, ids and arguments cleaned (see `clean_text`)."""
+    calls = tuple(
+        ToolCall(id=clean_text(c.id), name=clean_text(c.name), input=clean_json(c.input))
+        for c in response.tool_calls
+    )
+    content = None if response.content is None else clean_text(response.content)
+    return LLMResponse(content=content, tool_calls=calls, usage=response.usage)
+
+
+def clean_delta(delta: StreamDelta) -> StreamDelta:
+    """`delta` with its text and tool-call pieces cleaned. An argument fragment may still hold
+    an escaped lone surrogate (`\\ud800` as text); `parse_tool_arguments` cleans the value."""
+    if not delta.tool_calls:
+        text = clean_text(delta.text)
+        return delta if text is delta.text else StreamDelta(text=text, usage=delta.usage)
+    pieces = tuple(
+        ToolCallDelta(index=p.index, id=None if p.id is None else clean_text(p.id),
+                      name=None if p.name is None else clean_text(p.name),
+                      arguments=clean_text(p.arguments))
+        for p in delta.tool_calls
+    )
+    return StreamDelta(text=clean_text(delta.text), tool_calls=pieces, usage=delta.usage)
+
+
 # --- helpers shared by the SDK adapters (no SDK import here) ---------------------------------
 
 
@@ -235,7 +288,7 @@ def parse_tool_arguments(arguments: str | None, tool_name: str) -> dict[str, Any
         return {}
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         value = None
     if not isinstance(value, dict):
         shown = arguments if len(arguments) <= 200 else arguments[:200] + "..."
@@ -243,4 +296,4 @@ def parse_tool_arguments(arguments: str | None, tool_name: str) -> dict[str, Any
             f"LLM returned tool-call arguments that are not valid JSON (a JSON object was "
             f"expected) for tool {tool_name!r}: {shown!r}"
         )
-    return value
+    return clean_json(value)

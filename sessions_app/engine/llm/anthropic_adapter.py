@@ -23,6 +23,8 @@ from ..types import LLMResponse, Message, StreamDelta, ToolCall, ToolCallDelta, 
 from . import (
     ClientShards,
     call_deadline,
+    clean_delta,
+    clean_response,
     connection_limits,
     deadline_error,
     error_message,
@@ -80,7 +82,7 @@ class AnthropicLLM:
             async with asyncio.timeout(self._deadline):
                 client = self._clients.next()
                 message = await client.messages.create(**self._request(messages, tools))
-            return _to_response(message)
+            return clean_response(_to_response(message))
         except LLMError:
             raise
         except TimeoutError as exc:
@@ -105,7 +107,7 @@ class AnthropicLLM:
             async for event in events:
                 delta = state.feed(event)
                 if delta is not None:
-                    yield delta
+                    yield clean_delta(delta)
         except LLMError:
             raise
         except Exception as exc:

@@ -17,6 +17,7 @@ from ..types import (
     Usage,
     dumps_compact,
 )
+from . import clean_response
 
 INTEGRATION_HEADING = "子 Session 摘要:"
 TRANSCRIPT_HEADING = "对话记录:"
@@ -76,7 +77,8 @@ class OfflineLLM:
     ) -> None:
         self.model = model
         self.max_context_tokens = max_context_tokens
-        self._script: deque[LLMResponse] = deque(script or ())
+        # A script file may spell lone surrogates ("\\ud800"), like a provider: cleaned here.
+        self._script: deque[LLMResponse] = deque(map(clean_response, script or ()))
         self._script_memory_calls = script_memory_calls
         # The most recent calls (messages, tools), for tests; bounded so a server can run forever.
         self.calls: deque[tuple[tuple[Message, ...], tuple[ToolSpec, ...]]] = deque(maxlen=100)

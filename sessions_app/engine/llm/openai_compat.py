@@ -34,6 +34,8 @@ from ..types import (
 from . import (
     ClientShards,
     call_deadline,
+    clean_delta,
+    clean_response,
     connection_limits,
     deadline_error,
     error_message,
@@ -93,7 +95,7 @@ class OpenAICompatLLM:
                 completion = await self._clients.next().chat.completions.create(
                     **self._request(messages, tools)
                 )
-            return _to_response(completion)
+            return clean_response(_to_response(completion))
         except LLMError:
             raise
         except TimeoutError as exc:
@@ -123,7 +125,7 @@ class OpenAICompatLLM:
                 if _chunk_finished(chunk):
                     finished = True
                 if delta is not None:
-                    yield delta
+                    yield clean_delta(delta)
         except LLMError:
             raise
         except Exception as exc:
