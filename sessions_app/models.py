@@ -34,6 +34,9 @@ class Session(models.Model):
     # How many records (L3) the session has: kept by the stores in the transaction that appends
     # them, so a process that caches a history can tell it is still whole without counting.
     record_count = models.PositiveIntegerField(default=0)
+    # The id of the newest record the session's memory (L2) covers: consolidation sends only
+    # the records after it, and writes its result only if no other one covered more meanwhile.
+    memory_covered_up_to = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_active_at = models.DateTimeField(auto_now_add=True)

@@ -167,45 +167,63 @@ class SpaceAgent:
     # -- memory ----------------------------------------------------------------------------
 
     async def consolidate(self, session_id: str, *, allow_archived: bool = False) -> str | None:
-        """L3 -> L2 for a standard session; returns the new memory. A session with no history
-        has nothing to distil: its memory stays as it is (no LLM call)."""
-        async with self.locks.hold(session_id):
-            ctx = await self.store.load_turn_context(session_id)
-            if ctx.session.role == "main":
+        """L3 -> L2 for a standard session; returns its memory.
+
+        The memory model sees the current memory and only the records it does not cover yet,
+        as many as fit its context; a longer backlog takes several calls. No lock is held: a
+        turn on the session never waits for the model, and a result is written only if no
+        other consolidation covered more records meanwhile (then that one's memory stands).
+        A session with nothing new keeps its memory (no LLM call)."""
+        language = self.settings.memory_language
+        while True:
+            data = await self.store.load_consolidation_input(session_id)
+            if data.session.role == "main":
                 raise InvalidInput("the main session integrates; it does not consolidate")
-            if ctx.session.status == "archived" and not allow_archived:
+            if data.session.status == "archived" and not allow_archived:
                 raise SessionArchived(session_id)
-            space = await self.store.space_prompts()
+            if not data.records:
+                return data.memory
             prompt = memory.resolve_prompt(
-                await self.store.read_slot(session_id, "consolidate_prompt"),
-                space.consolidate_prompt,
-                memory.default_consolidate_prompt(self.settings.memory_language),
+                data.session_prompt,
+                data.space_prompt,
+                memory.default_consolidate_prompt(language),
             )
-            current = await self.store.read_slot(session_id, "memory")
-            if not ctx.history:
-                return current
-            new_memory = await memory.consolidate(self.memory_llm, prompt, current, ctx.history)
-            await self.store.write_slot(session_id, "memory", new_memory)
-            return new_memory
+            pending = [message for _, message in data.records]
+            count = memory.records_within_budget(
+                self.memory_llm, prompt, data.memory, pending, language
+            )
+            new_memory = await memory.consolidate(
+                self.memory_llm, prompt, data.memory, pending[:count], language
+            )
+            written = await self.store.save_consolidation(
+                session_id, new_memory, data.records[count - 1][0]
+            )
+            if written and count == len(pending):
+                return new_memory
+            # Either more records wait, or another consolidation moved the marker: read again.
 
     async def integrate(self) -> IntegrationResult:
-        """All active children's L2 -> the main session's synthesis + one insight per child."""
+        """Every child's L2 -> the main session's synthesis + one insight per active child.
+
+        Archived children's final memories inform the synthesis (so what an archived branch
+        settled is not lost) but get no insight. Like consolidation, no lock is held while
+        the model answers: the synthesis written is the one computed from what was read."""
         main_id = await self.store.main_session_id()
-        async with self.locks.hold(main_id):
-            main = await self.store.get_session(main_id)
-            if main.status == "archived":
-                raise SessionArchived(main_id)
-            children = await self.store.collect_memories()
-            space = await self.store.space_prompts()
-            prompt = memory.resolve_prompt(
-                await self.store.read_slot(main_id, "integrate_prompt"),
-                space.integrate_prompt,
-                memory.default_integrate_prompt(self.settings.memory_language),
-            )
-            synthesis = await self.store.read_slot(main_id, "memory")
-            result = await memory.integrate(self.memory_llm, prompt, children, synthesis)
-            await self.store.save_integration(main_id, result.synthesis, result.insights)
-            return result
+        main = await self.store.get_session(main_id)
+        if main.status == "archived":
+            raise SessionArchived(main_id)
+        children = await self.store.collect_memories()
+        space = await self.store.space_prompts()
+        language = self.settings.memory_language
+        prompt = memory.resolve_prompt(
+            await self.store.read_slot(main_id, "integrate_prompt"),
+            space.integrate_prompt,
+            memory.default_integrate_prompt(language),
+        )
+        synthesis = await self.store.read_slot(main_id, "memory")
+        result = await memory.integrate(self.memory_llm, prompt, children, synthesis, language)
+        await self.store.save_integration(main_id, result.synthesis, result.insights)
+        return result
 
     # -- background ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from .types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
+    ConsolidationInput,
     Insight,
     LLMResponse,
     Message,
@@ -110,7 +111,18 @@ class SpaceStore(Protocol):
     async def main_session_id(self) -> str: ...
 
     async def collect_memories(self) -> list[ChildMemory]:
-        """Every active standard session of the space that has a non-empty memory slot."""
+        """Every standard session of the space that has a non-empty memory slot, archived ones
+        marked, oldest first."""
+        ...
+
+    async def load_consolidation_input(self, session_id: str) -> ConsolidationInput:
+        """One read: the session, its memory and consolidate_prompt slots, the space's prompt
+        and the records after `memory_covered_up_to`."""
+        ...
+
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+        """ONE transaction: write the memory slot and the marker, but only if the stored marker
+        is below `covered_up_to` (no newer consolidation covered more). True when written."""
         ...
 
     async def save_integration(

@@ -169,11 +169,26 @@ class NewChild:
 
 @dataclass(frozen=True, slots=True)
 class ChildMemory:
-    """One input of integration: an active standard session's L2."""
+    """One input of integration: a standard session's L2. An archived child's final memory
+    still informs the synthesis, but gets no insight."""
 
     session_id: str
     label: str
     memory: str
+    archived: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidationInput:
+    """Everything one consolidation reads, in one unit of work: the session, its memory and
+    prompts, and the records its memory does not cover yet (with their ids, oldest first)."""
+
+    session: SessionMeta
+    memory: str | None
+    session_prompt: str | None
+    space_prompt: str | None
+    covered_up_to: int  # id of the newest record the memory covers (0: none)
+    records: tuple[tuple[int, Message], ...]
 
 
 @dataclass(frozen=True, slots=True)

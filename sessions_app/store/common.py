@@ -23,6 +23,7 @@ INSIGHT = "insight"
 SCOPE = "scope"
 SESSION_CONFIG = "session_config"
 COMPRESSION = "compression"
+CONSOLIDATE_PROMPT = "consolidate_prompt"
 
 
 def storable(value: Any) -> Any:

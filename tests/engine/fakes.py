@@ -28,6 +28,7 @@ from sessions_app.engine.types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
+    ConsolidationInput,
     EngineSettings,
     Insight,
     LLMResponse,
@@ -53,6 +54,7 @@ class StoredSession:
     slots: dict[str, str] = field(default_factory=dict)
     records: list[Message] = field(default_factory=list)
     record_ids: list[int] = field(default_factory=list)  # parallel to `records`
+    memory_covered_up_to: int = 0
 
 
 @dataclass(frozen=True)
@@ -316,10 +318,34 @@ class InMemoryStore:
 
     async def collect_memories(self) -> list[ChildMemory]:
         return [
-            ChildMemory(s.meta.id, s.meta.label, s.slots["memory"])
+            ChildMemory(s.meta.id, s.meta.label, s.slots["memory"],
+                        archived=s.meta.status == "archived")
             for s in self.sessions.values()
-            if s.meta.role == "standard" and s.meta.status == "active" and s.slots.get("memory")
+            if s.meta.role == "standard" and s.slots.get("memory")
         ]
+
+    async def load_consolidation_input(self, session_id: str) -> ConsolidationInput:
+        stored = self._get(session_id)
+        covered = stored.memory_covered_up_to
+        return ConsolidationInput(
+            session=stored.meta,
+            memory=stored.slots.get("memory"),
+            session_prompt=stored.slots.get("consolidate_prompt"),
+            space_prompt=self.prompts.consolidate_prompt,
+            covered_up_to=covered,
+            records=tuple(
+                (rid, m) for rid, m in zip(stored.record_ids, stored.records, strict=True)
+                if rid > covered
+            ),
+        )
+
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+        stored = self._get(session_id)
+        if stored.memory_covered_up_to >= covered_up_to:
+            return False
+        stored.memory_covered_up_to = covered_up_to
+        self.set_slot(session_id, "memory", memory)
+        return True
 
     async def save_integration(
         self, main_session_id: str, synthesis: str, insights: Sequence[Insight]

@@ -1,0 +1,15 @@
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("sessions_app", "0002_session_record_count")]
+
+    operations = [
+        # 0 for existing sessions: their next consolidation re-reads the whole history (over
+        # the memory they have), then only what is new.
+        migrations.AddField(
+            model_name="session",
+            name="memory_covered_up_to",
+            field=models.BigIntegerField(default=0),
+        ),
+    ]
