@@ -36,7 +36,7 @@ class Session(models.Model):
     record_count = models.PositiveIntegerField(default=0)
     # The id of the newest record the session's memory (L2) covers: consolidation sends only
     # the records after it, and writes its result only if no other one covered more meanwhile.
-    memory_covered_up_to = models.BigIntegerField(default=0)
+    memory_covered_up_to = models.BigIntegerField(default=0, db_default=0)  # SQL inserts too
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_active_at = models.DateTimeField(auto_now_add=True)
