@@ -25,6 +25,7 @@ from .types import (
     EngineSettings,
     ForkOptions,
     IntegrationResult,
+    MemoryJob,
     SessionMeta,
     StreamChunk,
     TurnContext,
@@ -71,7 +72,7 @@ class SpaceAgent:
             ctx, history = await self._active_context(session_id)
             loop = self._turn_loop(ctx, history, text)
             result = await loop.run()
-        self._after_turn(ctx, loop.turn_count)
+        await self._after_turn(ctx, loop.turn_count)
         return result
 
     async def stream(self, session_id: str, input: str) -> AsyncIterator[StreamChunk | TurnResult]:
@@ -84,7 +85,7 @@ class SpaceAgent:
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
-        self._after_turn(ctx, loop.turn_count)
+        await self._after_turn(ctx, loop.turn_count)
 
     async def _active_context(self, session_id: str) -> tuple[TurnContext, History]:
         ctx, history = await self._histories.load(self.store, session_id)
@@ -124,12 +125,12 @@ class SpaceAgent:
             on_saved=lambda messages, saved: self._histories.saved(session_id, messages, saved),
         )
 
-    def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
+    async def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
         every = self.settings.consolidate_every_n_turns
         if ctx.session.role != "standard" or every <= 0 or not turn_count:
             return
         if turn_count % every == 0:
-            self._submit_consolidation(ctx.session.id)
+            await self.jobs.submit(MemoryJob("consolidate", ctx.session.id))
 
     # -- tree ------------------------------------------------------------------------------
 
@@ -150,8 +151,8 @@ class SpaceAgent:
         async with self.locks.hold(session_id):
             meta = await self.store.archive(session_id)
         if self.settings.consolidate_on_archive and meta.role == "standard":
-            # Finalises the archived session's L2.
-            self._submit_consolidation(session_id, allow_archived=True)
+            # Finalises the archived session's L2 (which the next integration still reads).
+            await self.jobs.submit(MemoryJob("consolidate", session_id, allow_archived=True))
         return meta
 
     async def bootstrap(self, session_id: str) -> Bootstrap:
@@ -162,7 +163,7 @@ class SpaceAgent:
             return
         meta = await self.store.get_session(session_id)
         if meta.role == "standard" and meta.status == "active":
-            self._submit_consolidation(session_id)
+            await self.jobs.submit(MemoryJob("consolidate", session_id))
 
     # -- memory ----------------------------------------------------------------------------
 
@@ -227,10 +228,12 @@ class SpaceAgent:
 
     # -- background ------------------------------------------------------------------------
 
-    def _submit_consolidation(self, session_id: str, *, allow_archived: bool = False) -> None:
-        async def consolidate_then_integrate() -> None:
-            await self.consolidate(session_id, allow_archived=allow_archived)
-            if self.settings.integrate_after_consolidate:
-                self.jobs.submit(f"integrate:{self.space_id}", self.integrate)
-
-        self.jobs.submit(f"consolidate:{session_id}", consolidate_then_integrate)
+    async def run_job(self, job: MemoryJob) -> None:
+        """Do one background memory job (the runners call this, in or out of process)."""
+        if job.kind == "integrate":
+            await self.integrate()
+            return
+        assert job.session_id is not None
+        await self.consolidate(job.session_id, allow_archived=job.allow_archived)
+        if self.settings.integrate_after_consolidate:
+            await self.jobs.submit(MemoryJob("integrate"))

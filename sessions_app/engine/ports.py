@@ -8,7 +8,7 @@ transaction, and never holds a transaction open across calls.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ from .types import (
     ConsolidationInput,
     Insight,
     LLMResponse,
+    MemoryJob,
     Message,
     NewChild,
     SaveResult,
@@ -147,11 +148,12 @@ class SessionLocks(Protocol):
 
 
 class BackgroundJobs(Protocol):
-    """Work that must not slow or fail the request that triggered it."""
+    """Memory work that must not slow or fail the request that triggered it."""
 
-    def submit(self, key: str, job: Callable[[], Awaitable[Any]]) -> None:
-        """Run `job` soon. While a job with the same `key` runs, further submits coalesce into
-        ONE follow-up run. Failures are retried a bounded number of times and logged."""
+    async def submit(self, job: MemoryJob) -> None:
+        """Have `agent.run_job(job)` run soon, outside the request. A job not yet started
+        absorbs later submits with the same key. Transient LLM failures are retried with
+        backoff; where the deployment has a durable queue, the job survives the process."""
         ...
 
 

@@ -192,6 +192,20 @@ class ConsolidationInput:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryJob:
+    """One piece of background memory work, described by plain values so it can be queued."""
+
+    kind: Literal["consolidate", "integrate"]
+    session_id: str | None = None  # the session to consolidate
+    allow_archived: bool = False  # consolidate a session that is archived (its final L2)
+
+    @property
+    def key(self) -> str:
+        """Jobs with one key do the same work: a queued one absorbs later submits."""
+        return f"consolidate:{self.session_id}" if self.kind == "consolidate" else "integrate"
+
+
+@dataclass(frozen=True, slots=True)
 class Insight:
     session_id: str
     content: str

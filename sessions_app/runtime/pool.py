@@ -27,7 +27,7 @@ from ..engine.skills import load_skills
 from ..engine.tools import load_tools
 from ..events import announce_turn
 from ..store import space_store
-from .jobs import BackgroundRunner, SpaceJobs
+from .jobs import BackgroundRunner, MemoryQueue, SpaceJobs
 from .locks import LocalSessionLocks, PostgresSessionLocks
 
 
@@ -110,10 +110,35 @@ class Runtime:
         self.locks = (PostgresSessionLocks(conninfo, timeout) if conninfo
                       else LocalSessionLocks(timeout))
         self.jobs = BackgroundRunner(retries=stello["BACKGROUND_RETRIES"])
+        self.queue = MemoryQueue(
+            conninfo, self.agent,
+            retries=stello["BACKGROUND_RETRIES"],
+            retry_delay=stello["BACKGROUND_RETRY_DELAY_SECONDS"],
+            stall_seconds=stello["BACKGROUND_STALL_SECONDS"],
+            shutdown_grace_seconds=stello["BACKGROUND_SHUTDOWN_GRACE_SECONDS"],
+            concurrency=stello["BACKGROUND_CONCURRENCY"],
+        ) if conninfo else None
+        self._queue_started: asyncio.Future[None] | None = None
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
 
+    async def start(self) -> None:
+        """Start this process's queue worker (once; concurrent callers wait for it)."""
+        if self.queue is None:
+            return
+        if self._queue_started is None:
+            self._queue_started = asyncio.ensure_future(self.queue.start())
+        await asyncio.shield(self._queue_started)
+
     async def agent(self, space_id: str) -> SpaceAgent:
+        await self.start()  # a process that serves also works the queue
         return await self.pool.get(str(space_id))
+
+    async def drain(self) -> None:
+        """Wait until every background job is done (the queue's too)."""
+        await self.jobs.drain()
+        if self.queue is not None:
+            await self.start()
+            await self.queue.drain()
 
     async def _build_agent(self, space_id: str) -> SpaceAgent:
         if not await _space_exists(space_id):
@@ -126,13 +151,15 @@ class Runtime:
             tools=_user_tools(),
             skills=_skills(),
             locks=self.locks,
-            jobs=SpaceJobs(self.jobs, space_id),
+            jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent),
             settings=self.engine_settings,
         )
 
     async def aclose(self) -> None:
         """Finish background work, then release clients and connections."""
         await self.jobs.drain()
+        if self._queue_started is not None and self.queue is not None:
+            await self.queue.aclose()
         self.pool.dispose()
         if isinstance(self.locks, PostgresSessionLocks):
             await self.locks.aclose()
@@ -160,9 +187,13 @@ class RuntimeRegistry:
         for runtime in list(self._runtimes.values()):
             runtime.pool.evict(space_id)
 
-    async def aclose_current(self) -> None:
+    async def aclose_current(self, *, drain: bool = False) -> None:
+        """Close this loop's runtime; `drain` first waits for the queued jobs too (a loop that
+        lives for one call, whose worker would otherwise stop before running them)."""
         runtime = self._runtimes.pop(asyncio.get_running_loop(), None)
         if runtime is not None:
+            if drain:
+                await runtime.drain()
             await runtime.aclose()
 
 

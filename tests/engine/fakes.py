@@ -32,6 +32,7 @@ from sessions_app.engine.types import (
     EngineSettings,
     Insight,
     LLMResponse,
+    MemoryJob,
     Message,
     NewChild,
     SaveResult,
@@ -513,33 +514,36 @@ class AsyncioLocks:
 
 
 class InlineJobs:
-    """Collects submitted jobs (no coalescing: that is the real runner's job)."""
+    """Collects submitted jobs (no coalescing: that is the real runners' job); `run_all` runs
+    them through the agent (`run`, set by make_agent)."""
 
     def __init__(self) -> None:
-        self.pending: deque[tuple[str, Callable[[], Awaitable[Any]]]] = deque()
+        self.pending: deque[MemoryJob] = deque()
         self.submitted: list[str] = []  # every key ever submitted, in order
         self.errors: list[tuple[str, BaseException]] = []
+        self.run: Callable[[MemoryJob], Awaitable[Any]] | None = None
 
-    def submit(self, key: str, job: Callable[[], Awaitable[Any]]) -> None:
-        self.submitted.append(key)
-        self.pending.append((key, job))
+    async def submit(self, job: MemoryJob) -> None:
+        self.submitted.append(job.key)
+        self.pending.append(job)
 
     @property
     def pending_keys(self) -> list[str]:
-        return [key for key, _ in self.pending]
+        return [job.key for job in self.pending]
 
     async def run_all(self, *, expect_errors: bool = False) -> list[str]:
         """Run pending jobs, including the ones they submit, until none is left; returns the
         keys run. A failing job is recorded in `errors`; unless `expect_errors`, the first
         failure is raised once everything ran."""
+        assert self.run is not None
         ran: list[str] = []
         while self.pending:
-            key, job = self.pending.popleft()
-            ran.append(key)
+            job = self.pending.popleft()
+            ran.append(job.key)
             try:
-                await job()
+                await self.run(job)
             except Exception as exc:
-                self.errors.append((key, exc))
+                self.errors.append((job.key, exc))
         if self.errors and not expect_errors:
             raise self.errors[0][1]
         return ran
@@ -598,4 +602,5 @@ def make_agent(
         jobs=jobs,
         settings=settings,
     )
+    jobs.run = agent.run_job
     return Harness(agent, store, llm, memory_llm, locks, jobs)
