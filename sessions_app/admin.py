@@ -3,15 +3,19 @@ only the content of existing data slots (prompts, memory, insight...) may be edi
 
 Sessions are neither added nor deleted here: a session belongs to its space's tree (topology,
 one main session per space), which only the engine and the space services keep consistent.
+
+On PostgreSQL the background memory jobs are listed too (Procrastinate > jobs: status, runs,
+events), with the last error of each failed run.
 """
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib import admin
 from django.db import transaction
 from django.http import HttpRequest
 
-from .models import Record, Session, SessionData, TopologyNode
+from .models import MemoryJobError, Record, Session, SessionData, TopologyNode
 
 
 class ReadOnlyInlineMixin:
@@ -93,3 +97,24 @@ class SessionAdmin(admin.ModelAdmin):
 
             space_id = str(form.instance.space_id)
             transaction.on_commit(lambda: runtimes.evict_everywhere(space_id))
+
+
+if apps.is_installed("procrastinate.contrib.django"):  # the job queue (PostgreSQL only)
+    # Importing the queue's admin registers its job admin; ours replaces it, adding the error.
+    from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    class MemoryJobAdmin(ProcrastinateJobAdmin):
+        list_display = [*ProcrastinateJobAdmin.list_display, "attempts", "last_error"]
+        fields = [*ProcrastinateJobAdmin.fields, "last_error"]
+
+        def get_readonly_fields(self, request: HttpRequest, obj=None):
+            return [*super().get_readonly_fields(request, obj), "last_error"]
+
+        @admin.display(description="last error")
+        def last_error(self, job: ProcrastinateJob) -> str:
+            failure = MemoryJobError.objects.filter(job_id=job.pk).first()
+            return f"run {failure.attempt}: {failure.error}" if failure else ""
+
+    admin.site.unregister(ProcrastinateJob)
+    admin.site.register(ProcrastinateJob, MemoryJobAdmin)

@@ -188,3 +188,19 @@ class CoreData(models.Model):
     def __str__(self) -> str:
         return self.path
 
+
+
+class MemoryJobError(models.Model):
+    """Why a queued memory job last failed (the queue keeps its status and attempts, not the
+    error). One row per job, rewritten on each failure; shown in the job admin."""
+
+    job_id = models.BigIntegerField(primary_key=True)  # procrastinate_jobs.id
+    attempt = models.PositiveIntegerField()  # which run failed (1 = the first)
+    error = models.TextField()
+    failed_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "memory_job_errors"
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}, attempt {self.attempt}: {self.error}"

@@ -261,8 +261,8 @@ def test_a_memory_job_cut_by_a_kill_is_run_again_by_the_next_process(
         assert len(llm.requests) == 3  # once cut, once completed: nothing else
 
 
-def test_transient_llm_errors_of_a_memory_job_are_retried(
-    llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path
+def test_transient_llm_errors_of_a_memory_job_are_retried_and_shown_in_the_admin(
+    llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path, admin_client
 ) -> None:
     env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="1",
                   STELLO_INTEGRATE_AFTER_CONSOLIDATE="false", STELLO_BACKGROUND_RETRIES="2",
@@ -278,3 +278,8 @@ def test_transient_llm_errors_of_a_memory_job_are_retried(
         # Three runs: two failed (HTTP 500, transient), the third succeeded.
         wait_for(lambda: memory_jobs(tenant["space_id"]) == [("succeeded", 3)],
                  "the job to be recorded done")
+
+    # The admin lists the job with its status, runs and the last failure's error.
+    page = admin_client.get("/admin/procrastinate/procrastinatejob/").content.decode()
+    assert "stello.memory" in page and tenant["space_id"] in page
+    assert "run 2: TransientJobError:" in page and "upstream hiccup" in page

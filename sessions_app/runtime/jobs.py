@@ -24,6 +24,8 @@ from typing import Any
 import procrastinate
 from procrastinate.exceptions import AlreadyEnqueued
 
+from spaces import pgpool
+
 from ..engine.agent import SpaceAgent
 from ..engine.errors import LLMError, SessionNotFound, SpaceNotFound
 from ..engine.types import MemoryJob
@@ -121,6 +123,22 @@ async def run_memory_job(get_agent: GetAgent, space_id: str, job: MemoryJob) -> 
         raise
 
 
+SQL_RECORD_ERROR = """
+INSERT INTO memory_job_errors (job_id, attempt, error, failed_at) VALUES (%s, %s, %s, now())
+ON CONFLICT (job_id) DO UPDATE
+  SET attempt = EXCLUDED.attempt, error = EXCLUDED.error, failed_at = EXCLUDED.failed_at
+"""
+
+
+async def _record_error(job_id: int | None, attempt: int, exc: BaseException) -> None:
+    """Keep why the job failed for the admin (best effort: the log has it too)."""
+    try:
+        async with pgpool.connection() as conn:
+            await conn.execute(SQL_RECORD_ERROR, (job_id, attempt, f"{type(exc).__name__}: {exc}"))
+    except Exception:
+        logger.exception("background job %s: could not record its error", job_id)
+
+
 class MemoryQueue:
     """The durable runner on PostgreSQL: a procrastinate app and this process's worker."""
 
@@ -156,6 +174,7 @@ class MemoryQueue:
                 (logger.warning if again else logger.error)(
                     "background space=%s %s failed (attempt %d%s): %s", space_id, job.key,
                     attempt, ", will retry" if again else "", exc)
+                await _record_error(context.job.id, attempt, exc)
                 raise
 
         self._task = memory

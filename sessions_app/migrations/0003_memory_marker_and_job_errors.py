@@ -12,4 +12,14 @@ class Migration(migrations.Migration):
             name="memory_covered_up_to",
             field=models.BigIntegerField(default=0, db_default=0),
         ),
+        migrations.CreateModel(
+            name="MemoryJobError",
+            fields=[
+                ("job_id", models.BigIntegerField(primary_key=True, serialize=False)),
+                ("attempt", models.PositiveIntegerField()),
+                ("error", models.TextField()),
+                ("failed_at", models.DateTimeField()),
+            ],
+            options={"db_table": "memory_job_errors"},
+        ),
     ]
