@@ -283,3 +283,26 @@ def test_transient_llm_errors_of_a_memory_job_are_retried_and_shown_in_the_admin
     page = admin_client.get("/admin/procrastinate/procrastinatejob/").content.decode()
     assert "stello.memory" in page and tenant["space_id"] in page
     assert "run 2: TransientJobError:" in page and "upstream hiccup" in page
+
+
+def test_sigterm_lets_a_running_memory_job_finish_under_uvicorn(
+    llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path, monkeypatch
+) -> None:
+    # uvicorn sends the ASGI lifespan shutdown on SIGTERM (daphne simply exits; its cut jobs
+    # come back through the heartbeat, as above).
+    monkeypatch.setattr("tests.support.servers.ASGI_SERVER", "uvicorn")
+    env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="1",
+                  STELLO_INTEGRATE_AFTER_CONSOLIDATE="false",
+                  STELLO_BACKGROUND_SHUTDOWN_GRACE_SECONDS="30")
+    with server_processes([env_a], tmp_path) as (a,):
+        s = fork(a, tenant, "S")
+        llm.reply("answer")  # the turn
+        llm.delay(2, text="memory finished during the shutdown")  # its consolidation
+        assert turn(a, tenant, s, "question")[0] == 200
+        wait_for(lambda: len(llm.requests) == 2, "the consolidation call")
+        assert memory_of(s) is None
+        a.stop()  # SIGTERM, then waits for the process to exit
+        assert not a.running and "Application shutdown complete" in a.output(), a.output()
+        # The job finished before the process ended: nothing is left for anyone else.
+        assert memory_of(s) == "memory finished during the shutdown"
+        assert memory_jobs(tenant["space_id"]) == [("succeeded", 1)]

@@ -139,6 +139,27 @@ async def _record_error(job_id: int | None, attempt: int, exc: BaseException) ->
         logger.exception("background job %s: could not record its error", job_id)
 
 
+class MemoryRetry(procrastinate.BaseRetryStrategy):
+    """When a failed job runs again: after a transient LLM error, `retries` times with a
+    linear back-off (delay, 2 x delay...); when a shutdown cut it short, at once, whatever
+    its runs so far (it is handed back, not failed)."""
+
+    def __init__(self, *, retries: int, delay: int) -> None:
+        self.retries = retries
+        self.delay = delay
+
+    def get_retry_decision(
+        self, *, exception: BaseException, job: procrastinate.jobs.Job
+    ) -> procrastinate.RetryDecision | None:
+        if isinstance(exception, asyncio.CancelledError):
+            return procrastinate.RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, TransientJobError) and job.attempts < self.retries:
+            return procrastinate.RetryDecision(
+                retry_in={"seconds": self.delay * (job.attempts + 1)}
+            )
+        return None
+
+
 class MemoryQueue:
     """The durable runner on PostgreSQL: a procrastinate app and this process's worker."""
 
@@ -154,21 +175,14 @@ class MemoryQueue:
         self._concurrency = concurrency
         self._worker: asyncio.Task | None = None
         self._recovery: asyncio.Task | None = None
-        # Procrastinate counts retries: `retries` more runs after the first (0: none).
-        retry = procrastinate.RetryStrategy(
-            max_attempts=retries,
-            wait=retry_delay,
-            linear_wait=retry_delay,  # delay, 2 x delay, 3 x delay...
-            retry_exceptions={TransientJobError},
-        ) if retries else None
-
+        retry = MemoryRetry(retries=retries, delay=retry_delay)
         @self.app.task(name="stello.memory", queue=MEMORY_QUEUE, retry=retry, pass_context=True)
         async def memory(context: procrastinate.JobContext, space_id: str, kind: str,
                          session_id: str | None, allow_archived: bool) -> None:
             job = MemoryJob(kind, session_id, allow_archived)  # type: ignore[arg-type]
             try:
                 await run_memory_job(self._get_agent, space_id, job)
-            except Exception as exc:
+            except Exception as exc:  # (a shutdown's CancelledError is not logged as a failure)
                 attempt = context.job.attempts + 1
                 again = isinstance(exc, TransientJobError) and attempt <= retries
                 (logger.warning if again else logger.error)(
