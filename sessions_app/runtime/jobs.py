@@ -230,6 +230,8 @@ class MemoryQueue:
                           allow_archived=job.allow_archived)
         except AlreadyEnqueued:
             pass  # the queued one will read everything this one would
+        except Exception:  # the request's own work is done and saved: do not fail it
+            logger.exception("background space=%s %s: could not be queued", space_id, job.key)
 
     async def drain(self) -> None:
         """Wait until the queue has no job waiting or running (tests, one-shot loops)."""
@@ -256,15 +258,21 @@ class SpaceJobs:
     """The runner seen by one space's agent: the queue when there is one, else in-process."""
 
     def __init__(self, runner: BackgroundRunner, queue: MemoryQueue | None, space_id: str,
-                 get_agent: GetAgent) -> None:
+                 get_agent: GetAgent,
+                 queue_ready: Callable[[], Awaitable[bool]] | None = None) -> None:
         self._runner = runner
         self._queue = queue
         self._space_id = space_id
         self._get_agent = get_agent
+        self._queue_ready = queue_ready
 
     async def submit(self, job: MemoryJob) -> None:
         if self._queue is not None:
-            await self._queue.submit(self._space_id, job)
+            if self._queue_ready is None or await self._queue_ready():
+                await self._queue.submit(self._space_id, job)
+            else:
+                logger.error("background space=%s %s: not queued, the queue is not running",
+                             self._space_id, job.key)
             return
 
         async def run() -> None:

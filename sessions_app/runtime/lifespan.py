@@ -29,7 +29,7 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             from .pool import runtimes
 
-            await runtimes.current().start()  # the queue worker runs from the first moment
+            runtimes.current().start()  # the queue worker runs from the first moment
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             try:

@@ -9,6 +9,7 @@ time. Nothing here matters for correctness: everything that matters is in the da
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ from ..events import announce_turn
 from ..store import space_store
 from .jobs import BackgroundRunner, MemoryQueue, SpaceJobs
 from .locks import LocalSessionLocks, PostgresSessionLocks
+
+logger = logging.getLogger("stello.jobs")
 
 
 class AgentPool:
@@ -118,26 +121,40 @@ class Runtime:
             shutdown_grace_seconds=stello["BACKGROUND_SHUTDOWN_GRACE_SECONDS"],
             concurrency=stello["BACKGROUND_CONCURRENCY"],
         ) if conninfo else None
-        self._queue_started: asyncio.Future[None] | None = None
+        self._queue_running = False
+        self._queue_start: asyncio.Task[None] | None = None
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
 
-    async def start(self) -> None:
-        """Start this process's queue worker (once; concurrent callers wait for it)."""
-        if self.queue is None:
-            return
-        if self._queue_started is None:
-            self._queue_started = asyncio.ensure_future(self.queue.start())
-        await asyncio.shield(self._queue_started)
+    def start(self) -> None:
+        """Start this process's queue worker in the background, once (again after a failure:
+        a database that is away must not hold up or fail the requests that trigger this)."""
+        if self.queue is not None and self._queue_start is None:
+            self._queue_start = asyncio.get_running_loop().create_task(self._start_queue())
+
+    async def _start_queue(self) -> None:
+        assert self.queue is not None
+        try:
+            await self.queue.start()
+            self._queue_running = True
+        except Exception:
+            logger.exception("the memory-job queue could not start; will try again")
+            self._queue_start = None
+
+    async def queue_ready(self) -> bool:
+        """Wait for the queue's start; False when there is none or it could not start."""
+        self.start()
+        if self._queue_start is not None:
+            await asyncio.shield(self._queue_start)
+        return self._queue_running
 
     async def agent(self, space_id: str) -> SpaceAgent:
-        await self.start()  # a process that serves also works the queue
+        self.start()  # a process that serves also works the queue
         return await self.pool.get(str(space_id))
 
     async def drain(self) -> None:
         """Wait until every background job is done (the queue's too)."""
         await self.jobs.drain()
-        if self.queue is not None:
-            await self.start()
+        if self.queue is not None and await self.queue_ready():
             await self.queue.drain()
 
     async def _build_agent(self, space_id: str) -> SpaceAgent:
@@ -151,14 +168,16 @@ class Runtime:
             tools=_user_tools(),
             skills=_skills(),
             locks=self.locks,
-            jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent),
+            jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent, self.queue_ready),
             settings=self.engine_settings,
         )
 
     async def aclose(self) -> None:
         """Finish background work, then release clients and connections."""
         await self.jobs.drain()
-        if self._queue_started is not None and self.queue is not None:
+        if self._queue_start is not None:
+            await asyncio.gather(self._queue_start, return_exceptions=True)
+        if self._queue_running and self.queue is not None:
             await self.queue.aclose()
         self.pool.dispose()
         if isinstance(self.locks, PostgresSessionLocks):
