@@ -6,10 +6,14 @@ Sessions are neither added nor deleted here: a session belongs to its space's tr
 one main session per space), which only the engine and the space services keep consistent.
 A session's records are listed on their own paged list (`RecordAdmin`), reached from the
 session's page: a long session has thousands.
+
+On PostgreSQL the background memory jobs are listed too (Procrastinate > jobs: status, runs,
+events), with the last error of each failed run.
 """
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -17,7 +21,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from .engine.errors import StelloError
-from .models import Record, Session, SessionData, TopologyNode
+from .models import MemoryJobError, Record, Session, SessionData, TopologyNode
 from .services import session_slot_write
 
 
@@ -148,3 +152,24 @@ class SessionAdmin(admin.ModelAdmin):
         if getattr(request, "slot_refused", False):  # back to the form, without "changed"
             return HttpResponseRedirect(request.path)
         return super().response_change(request, obj)
+
+
+if apps.is_installed("procrastinate.contrib.django"):  # the job queue (PostgreSQL only)
+    # Importing the queue's admin registers its job admin; ours replaces it, adding the error.
+    from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    class MemoryJobAdmin(ProcrastinateJobAdmin):
+        list_display = [*ProcrastinateJobAdmin.list_display, "attempts", "last_error"]
+        fields = [*ProcrastinateJobAdmin.fields, "last_error"]
+
+        def get_readonly_fields(self, request: HttpRequest, obj=None):
+            return [*super().get_readonly_fields(request, obj), "last_error"]
+
+        @admin.display(description="last error")
+        def last_error(self, job: ProcrastinateJob) -> str:
+            failure = MemoryJobError.objects.filter(job_id=job.pk).first()
+            return f"run {failure.attempt}: {failure.error}" if failure else ""
+
+    admin.site.unregister(ProcrastinateJob)
+    admin.site.register(ProcrastinateJob, MemoryJobAdmin)

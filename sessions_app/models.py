@@ -34,6 +34,9 @@ class Session(models.Model):
     # How many records (L3) the session has: kept by the stores in the transaction that appends
     # them, so a process that caches a history can tell it is still whole without counting.
     record_count = models.PositiveIntegerField(default=0)
+    # The id of the newest record the session's memory (L2) covers: consolidation sends only
+    # the records after it, and writes its result only if no other one covered more meanwhile.
+    memory_covered_up_to = models.BigIntegerField(default=0, db_default=0)  # SQL inserts too
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_active_at = models.DateTimeField(auto_now_add=True)
@@ -161,3 +164,19 @@ class CoreData(models.Model):
     def __str__(self) -> str:
         return self.path
 
+
+
+class MemoryJobError(models.Model):
+    """Why a queued memory job last failed (the queue keeps its status and attempts, not the
+    error). One row per job, rewritten on each failure; shown in the job admin."""
+
+    job_id = models.BigIntegerField(primary_key=True)  # procrastinate_jobs.id
+    attempt = models.PositiveIntegerField()  # which run failed (1 = the first)
+    error = models.TextField()
+    failed_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "memory_job_errors"
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}, attempt {self.attempt}: {self.error}"

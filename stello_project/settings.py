@@ -134,6 +134,8 @@ if _DATABASE_URL:
             pool_timeout=env_float("DATABASE_POOL_TIMEOUT_SECONDS", 30.0, minimum=0.1),
         )
     }
+    # The durable memory-job queue lives in PostgreSQL (its tables come with its migrations).
+    INSTALLED_APPS.append("procrastinate.contrib.django")
 else:
     DATABASES = {"default": sqlite_database(str(BASE_DIR / ".stello" / "db.sqlite3"))}
     (BASE_DIR / ".stello").mkdir(exist_ok=True)
@@ -304,6 +306,16 @@ STELLO = {
     "SKILLS_DIRS": env_list("STELLO_SKILLS_DIRS", [], separator=os.pathsep),
     "TOOLS": env_list("STELLO_TOOLS", []),
     "BACKGROUND_RETRIES": env_int("STELLO_BACKGROUND_RETRIES", 2, minimum=0),
+    # The durable memory-job queue (PostgreSQL): backoff step between retries, how long a
+    # worker may go without a heartbeat before its jobs are run elsewhere, how long SIGTERM
+    # waits for running jobs, and how many jobs one process runs at once.
+    "BACKGROUND_RETRY_DELAY_SECONDS": env_int("STELLO_BACKGROUND_RETRY_DELAY_SECONDS", 5,
+                                              minimum=0),
+    "BACKGROUND_STALL_SECONDS": env_float("STELLO_BACKGROUND_STALL_SECONDS", 60.0,
+                                          minimum=0.5),
+    "BACKGROUND_SHUTDOWN_GRACE_SECONDS": env_float("STELLO_BACKGROUND_SHUTDOWN_GRACE_SECONDS",
+                                                   30.0, minimum=0.0),
+    "BACKGROUND_CONCURRENCY": env_int("STELLO_BACKGROUND_CONCURRENCY", 4, minimum=1),
     "AUTH_CACHE_SECONDS": env_float("STELLO_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
     "WS_MAX_FRAME_BYTES": env_int("STELLO_WS_MAX_FRAME_BYTES", 1_048_576, minimum=1024),
     "HTTP_BODY_TIMEOUT_SECONDS": env_float("STELLO_HTTP_BODY_TIMEOUT_SECONDS", 30.0,

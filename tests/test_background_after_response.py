@@ -34,7 +34,7 @@ async def test_consolidation_triggered_by_a_rest_turn_completes_after_the_respon
                                          {"input": f"q{n}"}, content_type="application/json",
                                          headers=auth)
             assert response.status_code == 200
-        await runtimes.current().jobs.drain()  # the request is over; its jobs still run
+        await runtimes.current().drain()  # the request is over; its jobs still run
         memory = await SessionData.objects.filter(session_id=child, key="memory").afirst()
         assert memory is not None and "q2" in memory.content
         synthesis = await SessionData.objects.filter(session_id=tree["id"], key="memory").afirst()

@@ -120,7 +120,7 @@ def a_env(llm: OpenAIServer, **overrides: str) -> dict[str, str]:
         STELLO_LLM_PROVIDER="openai", STELLO_LLM_BASE_URL=llm.base_url,
         STELLO_LLM_API_KEY="test-key", STELLO_LLM_MODEL="test-model",
         STELLO_LLM_MAX_RETRIES="0", STELLO_LLM_TIMEOUT_SECONDS="300",
-        STELLO_BACKGROUND_RETRIES="0", **overrides,
+        **{"STELLO_BACKGROUND_RETRIES": "0", **overrides},
     )
 
 
@@ -208,15 +208,24 @@ async def stream_until_closed(server: Server, tenant: dict[str, str],
     return (*frames, "closed")
 
 
-def test_a_memory_job_cut_by_a_kill_leaves_memory_intact_and_a_restart_consolidates(
+def memory_jobs(space_id: str) -> list[tuple[str, int]]:
+    """(status, runs so far) of the space's memory jobs in the queue, oldest first (the queue's
+    tables are not emptied between tests)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status, attempts FROM procrastinate_jobs"
+                       " WHERE args->>'space_id' = %s ORDER BY id", [space_id])
+        return [tuple(row) for row in cursor.fetchall()]
+
+
+def test_a_memory_job_cut_by_a_kill_is_run_again_by_the_next_process(
     llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path
 ) -> None:
     env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="1",
-                  STELLO_INTEGRATE_AFTER_CONSOLIDATE="false")
-    env_b = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0")
-    with server_processes([env_a, env_b], tmp_path) as servers:
-        a, b = servers
-        s = fork(b, tenant, "S")
+                  STELLO_INTEGRATE_AFTER_CONSOLIDATE="false",
+                  STELLO_BACKGROUND_STALL_SECONDS="2")
+    with server_processes([env_a], tmp_path) as servers:
+        (a,) = servers
+        s = fork(a, tenant, "S")
         SessionData.objects.create(session_id=s, key="memory", content="memory before the kill")
 
         llm.reply("answer one")  # the turn
@@ -225,29 +234,75 @@ def test_a_memory_job_cut_by_a_kill_leaves_memory_intact_and_a_restart_consolida
         assert status == 200 and body["turn"]["finalContent"] == "answer one"
         wait_for(lambda: len(llm.requests) == 2 and is_consolidation(llm.requests[1].body),
                  "A's consolidation call")
-        wait_for(lambda: advisory_locks_held() == 1, "the consolidation holding S's lock")
+        assert advisory_locks_held() == 0  # the model is never asked under the session lock
+        assert memory_jobs(tenant["space_id"]) == [("doing", 0)]
         a.kill()
 
-        # The committed turn is all there; the memory slot is as it was, not half written.
+        # The committed turn is all there; the memory slot is as it was, not half written;
+        # the job is still in the queue, owned by a worker that sends no heartbeat any more.
         assert history(s) == ([("user", "question one"), ("assistant", "answer one")], 1)
         assert memory_of(s) == "memory before the kill"
-        wait_for(lambda: advisory_locks_held() == 0, "the locks of the dead process to go")
+        assert memory_jobs(tenant["space_id"]) == [("doing", 0)]
 
-        # A restarted process (same settings) serves turns and consolidates normally.
+        # The next process (same settings) takes the dead worker's job over and completes it.
         a2 = restart(a, servers)
-        llm.reply("answer two")
-        llm.reply("<think>draft</think>fresh memory of both questions")
-        status, body = turn(a2, tenant, s, "question two")
-        assert status == 200 and body["turn"]["finalContent"] == "answer two"
-        wait_for(lambda: memory_of(s) == "fresh memory of both questions",
-                 "the restarted process's consolidation")
+        llm.reply("<think>draft</think>fresh memory of question one")
+        fork(a2, tenant, "wakes the engine")  # daphne sends no lifespan: the first request
+        wait_for(lambda: memory_of(s) == "fresh memory of question one",
+                 "the next process to run the consolidation again")
         consolidation = llm.requests[-1].body
         assert is_consolidation(consolidation)
         transcript = consolidation["messages"][1]["content"]
-        assert transcript.startswith("当前摘要:\nmemory before the kill")
-        assert "user: question one" in transcript and "assistant: answer two" in transcript
-        assert history(s) == ([("user", "question one"), ("assistant", "answer one"),
-                               ("user", "question two"), ("assistant", "answer two")], 2)
-        assert turn(b, tenant, s, "and B too")[0] == 200  # the lock is free again
-        assert history(s)[1] == 3
-        wait_for(lambda: advisory_locks_held() == 0, "every lock to be released")
+        assert transcript == ("Current summary:\nmemory before the kill\n\n"
+                              "Conversation:\nuser: question one\nassistant: answer one")
+        # Two runs: the one cut by the kill, the one that completed.
+        wait_for(lambda: memory_jobs(tenant["space_id"]) == [("succeeded", 2)],
+                 "the job to be recorded done")
+        assert len(llm.requests) == 3  # once cut, once completed: nothing else
+
+
+def test_transient_llm_errors_of_a_memory_job_are_retried_and_shown_in_the_admin(
+    llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path, admin_client
+) -> None:
+    env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="1",
+                  STELLO_INTEGRATE_AFTER_CONSOLIDATE="false", STELLO_BACKGROUND_RETRIES="2",
+                  STELLO_BACKGROUND_RETRY_DELAY_SECONDS="0")
+    with server_processes([env_a], tmp_path) as (a,):
+        s = fork(a, tenant, "S")
+        llm.reply("answer")  # the turn
+        llm.error(500, "upstream hiccup", times=2)  # the consolidation, twice
+        llm.reply("memory after two failures")  # its third attempt
+        assert turn(a, tenant, s, "question")[0] == 200
+        wait_for(lambda: memory_of(s) == "memory after two failures", "the retried job")
+        assert [is_consolidation(r.body) for r in llm.requests] == [False, True, True, True]
+        # Three runs: two failed (HTTP 500, transient), the third succeeded.
+        wait_for(lambda: memory_jobs(tenant["space_id"]) == [("succeeded", 3)],
+                 "the job to be recorded done")
+
+    # The admin lists the job with its status, runs and the last failure's error.
+    page = admin_client.get("/admin/procrastinate/procrastinatejob/").content.decode()
+    assert "stello.memory" in page and tenant["space_id"] in page
+    assert "run 2: TransientJobError:" in page and "upstream hiccup" in page
+
+
+def test_sigterm_lets_a_running_memory_job_finish_under_uvicorn(
+    llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path, monkeypatch
+) -> None:
+    # uvicorn sends the ASGI lifespan shutdown on SIGTERM (daphne simply exits; its cut jobs
+    # come back through the heartbeat, as above).
+    monkeypatch.setattr("tests.support.servers.ASGI_SERVER", "uvicorn")
+    env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="1",
+                  STELLO_INTEGRATE_AFTER_CONSOLIDATE="false",
+                  STELLO_BACKGROUND_SHUTDOWN_GRACE_SECONDS="30")
+    with server_processes([env_a], tmp_path) as (a,):
+        s = fork(a, tenant, "S")
+        llm.reply("answer")  # the turn
+        llm.delay(2, text="memory finished during the shutdown")  # its consolidation
+        assert turn(a, tenant, s, "question")[0] == 200
+        wait_for(lambda: len(llm.requests) == 2, "the consolidation call")
+        assert memory_of(s) is None
+        a.stop()  # SIGTERM, then waits for the process to exit
+        assert not a.running and "Application shutdown complete" in a.output(), a.output()
+        # The job finished before the process ended: nothing is left for anyone else.
+        assert memory_of(s) == "memory finished during the shutdown"
+        assert memory_jobs(tenant["space_id"]) == [("succeeded", 1)]

@@ -70,7 +70,7 @@ class SpaceScopedViewSet(AsyncViewSet):
 
     async def aclose_call_loop(self) -> None:
         # The runtime of a one-call loop finishes its background work (memory jobs) first.
-        await runtimes.aclose_current()
+        await runtimes.aclose_current(drain=True)
         await super().aclose_call_loop()
 
 

@@ -25,6 +25,7 @@ from .types import (
     EngineSettings,
     ForkOptions,
     IntegrationResult,
+    MemoryJob,
     SessionMeta,
     StreamChunk,
     TurnContext,
@@ -70,7 +71,7 @@ class SpaceAgent:
             ctx, history = await self._active_context(session_id)
             loop = self._turn_loop(ctx, history, text)
             result = await loop.run()
-        self._after_turn(ctx, loop.turn_count)
+        await self._after_turn(ctx, loop.turn_count)
         return result
 
     async def stream(self, session_id: str, input: str) -> AsyncIterator[StreamChunk | TurnResult]:
@@ -83,7 +84,7 @@ class SpaceAgent:
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
-        self._after_turn(ctx, loop.turn_count)
+        await self._after_turn(ctx, loop.turn_count)
 
     async def _active_context(self, session_id: str) -> tuple[TurnContext, History]:
         ctx, history = await self._histories.load(self.store, session_id)
@@ -124,12 +125,12 @@ class SpaceAgent:
             on_saved=lambda messages, saved: self._histories.saved(session_id, messages, saved),
         )
 
-    def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
+    async def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
         every = self.settings.consolidate_every_n_turns
         if ctx.session.role != "standard" or every <= 0 or not turn_count:
             return
         if turn_count % every == 0:
-            self._submit_consolidation(ctx.session.id)
+            await self.jobs.submit(MemoryJob("consolidate", ctx.session.id))
 
     # -- tree ------------------------------------------------------------------------------
 
@@ -155,8 +156,8 @@ class SpaceAgent:
         if meta.role == "main":
             raise MainSessionNotArchivable()
         if self.settings.consolidate_on_archive:
-            # Finalises the archived session's L2.
-            self._submit_consolidation(session_id, allow_archived=True)
+            # Finalises the archived session's L2 (which the next integration still reads).
+            await self.jobs.submit(MemoryJob("consolidate", session_id, allow_archived=True))
         return meta
 
     async def unarchive(self, session_id: str) -> SessionMeta:
@@ -172,50 +173,68 @@ class SpaceAgent:
             return
         meta = await self.store.get_session(session_id)
         if meta.role == "standard" and meta.status == "active":
-            self._submit_consolidation(session_id)
+            await self.jobs.submit(MemoryJob("consolidate", session_id))
 
     # -- memory ----------------------------------------------------------------------------
 
     async def consolidate(self, session_id: str, *, allow_archived: bool = False) -> str | None:
-        """L3 -> L2 for a standard session; returns the new memory. A session with no history
-        has nothing to distil: its memory stays as it is (no LLM call)."""
-        async with self.locks.hold(session_id):
-            ctx = await self.store.load_turn_context(session_id)
-            if ctx.session.role == "main":
+        """L3 -> L2 for a standard session; returns its memory.
+
+        The memory model sees the current memory and only the records it does not cover yet,
+        as many as fit its context; a longer backlog takes several calls. No lock is held: a
+        turn on the session never waits for the model, and a result is written only if no
+        other consolidation covered more records meanwhile (then that one's memory stands).
+        A session with nothing new keeps its memory (no LLM call)."""
+        language = self.settings.memory_language
+        while True:
+            data = await self.store.load_consolidation_input(session_id)
+            if data.session.role == "main":
                 raise InvalidInput("the main session integrates; it does not consolidate")
-            if ctx.session.status == "archived" and not allow_archived:
+            if data.session.status == "archived" and not allow_archived:
                 raise SessionArchived(session_id)
-            space = await self.store.space_prompts()
+            if not data.records:
+                return data.memory
             prompt = memory.resolve_prompt(
-                await self.store.read_slot(session_id, "consolidate_prompt"),
-                space.consolidate_prompt,
-                memory.default_consolidate_prompt(self.settings.memory_language),
+                data.session_prompt,
+                data.space_prompt,
+                memory.default_consolidate_prompt(language),
             )
-            current = await self.store.read_slot(session_id, "memory")
-            if not ctx.history:
-                return current
-            new_memory = await memory.consolidate(self.memory_llm, prompt, current, ctx.history)
-            await self.store.write_slot(session_id, "memory", new_memory)
-            return new_memory
+            pending = [message for _, message in data.records]
+            count = memory.records_within_budget(
+                self.memory_llm, prompt, data.memory, pending, language
+            )
+            new_memory = await memory.consolidate(
+                self.memory_llm, prompt, data.memory, pending[:count], language
+            )
+            written = await self.store.save_consolidation(
+                session_id, new_memory, data.records[count - 1][0]
+            )
+            if written and count == len(pending):
+                return new_memory
+            # Either more records wait, or another consolidation moved the marker: read again.
 
     async def integrate(self) -> IntegrationResult:
-        """All active children's L2 -> the main session's synthesis + one insight per child."""
+        """Every child's L2 -> the main session's synthesis + one insight per active child.
+
+        Archived children's final memories inform the synthesis (so what an archived branch
+        settled is not lost) but get no insight. Like consolidation, no lock is held while
+        the model answers: the synthesis written is the one computed from what was read."""
         main_id = await self.store.main_session_id()
-        async with self.locks.hold(main_id):
-            main = await self.store.get_session(main_id)
-            if main.status == "archived":
-                raise SessionArchived(main_id)
-            children = await self.store.collect_memories()
-            space = await self.store.space_prompts()
-            prompt = memory.resolve_prompt(
-                await self.store.read_slot(main_id, "integrate_prompt"),
-                space.integrate_prompt,
-                memory.default_integrate_prompt(self.settings.memory_language),
-            )
-            synthesis = await self.store.read_slot(main_id, "memory")
-            result = await memory.integrate(self.memory_llm, prompt, children, synthesis)
-            await self.store.save_integration(main_id, result.synthesis, result.insights)
-            return result
+        main = await self.store.get_session(main_id)
+        if main.status == "archived":
+            raise SessionArchived(main_id)
+        children = await self.store.collect_memories()
+        space = await self.store.space_prompts()
+        language = self.settings.memory_language
+        prompt = memory.resolve_prompt(
+            await self.store.read_slot(main_id, "integrate_prompt"),
+            space.integrate_prompt,
+            memory.default_integrate_prompt(language),
+        )
+        synthesis = await self.store.read_slot(main_id, "memory")
+        result = await memory.integrate(self.memory_llm, prompt, children, synthesis, language)
+        await self.store.save_integration(main_id, result.synthesis, result.insights)
+        return result
 
     async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
         """Replace a data slot (a prompt, the memory, the insight) under the session's lock, so
@@ -241,21 +260,18 @@ class SpaceAgent:
 
     # -- background ------------------------------------------------------------------------
 
-    def _submit_consolidation(self, session_id: str, *, allow_archived: bool = False) -> None:
-        async def consolidate_then_integrate() -> None:
-            try:
-                await self.consolidate(session_id, allow_archived=allow_archived)
-            except SessionArchived:
-                return  # archived since the job was submitted: its memory stays as it was
-            if self.settings.integrate_after_consolidate:
-                self.jobs.submit(f"integrate:{self.space_id}", self._integrate_in_background)
-
-        self.jobs.submit(f"consolidate:{session_id}", consolidate_then_integrate)
-
-    async def _integrate_in_background(self) -> None:
+    async def run_job(self, job: MemoryJob) -> None:
+        """Do one background memory job (the runners call this, in or out of process)."""
         try:
-            await self.integrate()
+            if job.kind == "integrate":
+                await self.integrate()
+                return
+            assert job.session_id is not None
+            await self.consolidate(job.session_id, allow_archived=job.allow_archived)
         except SessionArchived:
-            # A main session archived before that was refused integrates nothing until it
-            # is unarchived; that is its state, not a failure.
+            # Archived since the job was submitted (its memory stays as it was), or a main
+            # session archived by an older release (it integrates nothing until unarchived):
+            # that is the session's state, not a failure to retry.
             return
+        if self.settings.integrate_after_consolidate:
+            await self.jobs.submit(MemoryJob("integrate"))

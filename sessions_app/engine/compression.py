@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 
-from .memory import format_transcript, strip_think
+from .memory import format_transcript, strip_think, wording
 from .ports import LLM
 from .types import CompressionCache, Message, dumps_compact
 
@@ -147,12 +147,17 @@ async def compress_context(
     return messages, new_cache
 
 
-def compression_messages(prompt: str, older: Sequence[Message]) -> list[Message]:
+def compression_messages(
+    prompt: str, older: Sequence[Message], language: str = "English"
+) -> list[Message]:
     """The exact messages of a compression call."""
-    return [Message("system", prompt), Message("user", "对话记录:\n" + format_transcript(older))]
+    heading = wording(language).transcript
+    return [Message("system", prompt), Message("user", f"{heading}\n{format_transcript(older)}")]
 
 
-async def summarize(llm: LLM, prompt: str, older: Sequence[Message]) -> str:
+async def summarize(
+    llm: LLM, prompt: str, older: Sequence[Message], language: str = "English"
+) -> str:
     """The default summariser: one LLM call (no tools), `<think>` blocks removed."""
-    response = await llm.complete(compression_messages(prompt, older))
+    response = await llm.complete(compression_messages(prompt, older, language))
     return strip_think(response.content or "")

@@ -67,4 +67,4 @@ class PromptBuilder:
 
     async def _summarize(self, older: Sequence[Message]) -> str:
         prompt = default_compress_prompt(self._language)
-        return await compression.summarize(self._memory_llm, prompt, older)
+        return await compression.summarize(self._memory_llm, prompt, older, self._language)

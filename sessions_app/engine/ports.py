@@ -8,7 +8,7 @@ transaction, and never holds a transaction open across calls.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -16,8 +16,10 @@ from .types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
+    ConsolidationInput,
     Insight,
     LLMResponse,
+    MemoryJob,
     Message,
     NewChild,
     SaveResult,
@@ -118,7 +120,18 @@ class SpaceStore(Protocol):
     async def main_session_id(self) -> str: ...
 
     async def collect_memories(self) -> list[ChildMemory]:
-        """Every active standard session of the space that has a non-empty memory slot."""
+        """Every standard session of the space that has a non-empty memory slot, archived ones
+        marked, oldest first."""
+        ...
+
+    async def load_consolidation_input(self, session_id: str) -> ConsolidationInput:
+        """One read: the session, its memory and consolidate_prompt slots, the space's prompt
+        and the records after `memory_covered_up_to`."""
+        ...
+
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+        """ONE transaction: write the memory slot and the marker, but only if the stored marker
+        is below `covered_up_to` (no newer consolidation covered more). True when written."""
         ...
 
     async def save_integration(
@@ -143,11 +156,12 @@ class SessionLocks(Protocol):
 
 
 class BackgroundJobs(Protocol):
-    """Work that must not slow or fail the request that triggered it."""
+    """Memory work that must not slow or fail the request that triggered it."""
 
-    def submit(self, key: str, job: Callable[[], Awaitable[Any]]) -> None:
-        """Run `job` soon. While a job with the same `key` runs, further submits coalesce into
-        ONE follow-up run. Failures are retried a bounded number of times and logged."""
+    async def submit(self, job: MemoryJob) -> None:
+        """Have `agent.run_job(job)` run soon, outside the request. A job not yet started
+        absorbs later submits with the same key. Transient LLM failures are retried with
+        backoff; where the deployment has a durable queue, the job survives the process."""
         ...
 
 

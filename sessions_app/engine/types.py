@@ -168,11 +168,40 @@ class NewChild:
 
 @dataclass(frozen=True, slots=True)
 class ChildMemory:
-    """One input of integration: an active standard session's L2."""
+    """One input of integration: a standard session's L2. An archived child's final memory
+    still informs the synthesis, but gets no insight."""
 
     session_id: str
     label: str
     memory: str
+    archived: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidationInput:
+    """Everything one consolidation reads, in one unit of work: the session, its memory and
+    prompts, and the records its memory does not cover yet (with their ids, oldest first)."""
+
+    session: SessionMeta
+    memory: str | None
+    session_prompt: str | None
+    space_prompt: str | None
+    covered_up_to: int  # id of the newest record the memory covers (0: none)
+    records: tuple[tuple[int, Message], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryJob:
+    """One piece of background memory work, described by plain values so it can be queued."""
+
+    kind: Literal["consolidate", "integrate"]
+    session_id: str | None = None  # the session to consolidate
+    allow_archived: bool = False  # consolidate a session that is archived (its final L2)
+
+    @property
+    def key(self) -> str:
+        """Jobs with one key do the same work: a queued one absorbs later submits."""
+        return f"consolidate:{self.session_id}" if self.kind == "consolidate" else "integrate"
 
 
 @dataclass(frozen=True, slots=True)

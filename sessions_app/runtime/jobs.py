@@ -1,8 +1,16 @@
-"""Background work owned by the server process (the engine's `BackgroundJobs` port).
+"""Background memory work (the engine's `BackgroundJobs` port), run two ways:
 
-Every task is referenced until it is done; two submits for a key while its job runs coalesce
-into one follow-up run; transient LLM errors are retried a bounded number of times; every
-failure is logged with the job's key (which names the space and session).
+- On PostgreSQL, `MemoryQueue`: every job is a row of a procrastinate queue in the database,
+  written before the request that asked for it answers. Every server process also runs a
+  worker on its own event loop, so a job outlives the process that queued it: a process that is
+  killed mid-job stops sending heartbeats, and another process (or the next start) runs the
+  job again. Transient LLM errors are retried with backoff; status and attempts show in the
+  Django admin (Procrastinate > jobs). On SIGTERM the worker takes no new job and waits for the
+  running ones (a grace period); what is still running then is aborted and handed back.
+- On the embedded SQLite default, `BackgroundRunner`: in-process tasks (one process, nothing
+  survives it). Every task is referenced until it is done; two submits for a key while its job
+  runs coalesce into one follow-up run; transient LLM errors are retried a bounded number of
+  times; every failure is logged with the job's key (which names the space and session).
 """
 
 from __future__ import annotations
@@ -13,7 +21,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..engine.errors import LLMError
+import procrastinate
+from procrastinate.exceptions import AlreadyEnqueued
+
+from spaces import pgpool
+
+from ..engine.agent import SpaceAgent
+from ..engine.errors import LLMError, SessionNotFound, SpaceNotFound
+from ..engine.types import MemoryJob
 
 logger = logging.getLogger("stello.jobs")
 
@@ -85,12 +100,185 @@ class BackgroundRunner:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+GetAgent = Callable[[str], Awaitable[SpaceAgent]]
+
+MEMORY_QUEUE = "stello_memory"
+
+
+class TransientJobError(Exception):
+    """A transient LLM failure inside a queued job: the queue runs the job again later."""
+
+
+async def run_memory_job(get_agent: GetAgent, space_id: str, job: MemoryJob) -> None:
+    """One job through its space's agent. A space or session deleted since is no error:
+    there is nothing left to do. A transient LLM error asks the queue for a retry."""
+    try:
+        agent = await get_agent(space_id)
+        await agent.run_job(job)
+    except (SpaceNotFound, SessionNotFound):
+        logger.info("background space=%s %s: gone, nothing to do", space_id, job.key)
+    except LLMError as exc:
+        if exc.transient:
+            raise TransientJobError(str(exc)) from exc
+        raise
+
+
+SQL_RECORD_ERROR = """
+INSERT INTO memory_job_errors (job_id, attempt, error, failed_at) VALUES (%s, %s, %s, now())
+ON CONFLICT (job_id) DO UPDATE
+  SET attempt = EXCLUDED.attempt, error = EXCLUDED.error, failed_at = EXCLUDED.failed_at
+"""
+
+
+async def _record_error(job_id: int | None, attempt: int, exc: BaseException) -> None:
+    """Keep why the job failed for the admin (best effort: the log has it too)."""
+    try:
+        async with pgpool.connection() as conn:
+            await conn.execute(SQL_RECORD_ERROR, (job_id, attempt, f"{type(exc).__name__}: {exc}"))
+    except Exception:
+        logger.exception("background job %s: could not record its error", job_id)
+
+
+class MemoryRetry(procrastinate.BaseRetryStrategy):
+    """When a failed job runs again: after a transient LLM error, `retries` times with a
+    linear back-off (delay, 2 x delay...); when a shutdown cut it short, at once, whatever
+    its runs so far (it is handed back, not failed)."""
+
+    def __init__(self, *, retries: int, delay: int) -> None:
+        self.retries = retries
+        self.delay = delay
+
+    def get_retry_decision(
+        self, *, exception: BaseException, job: procrastinate.jobs.Job
+    ) -> procrastinate.RetryDecision | None:
+        if isinstance(exception, asyncio.CancelledError):
+            return procrastinate.RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, TransientJobError) and job.attempts < self.retries:
+            return procrastinate.RetryDecision(
+                retry_in={"seconds": self.delay * (job.attempts + 1)}
+            )
+        return None
+
+
+class MemoryQueue:
+    """The durable runner on PostgreSQL: a procrastinate app and this process's worker."""
+
+    def __init__(self, conninfo: str, get_agent: GetAgent, *, retries: int, retry_delay: int,
+                 stall_seconds: float, shutdown_grace_seconds: float,
+                 concurrency: int = 4) -> None:
+        self.app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
+        )
+        self._get_agent = get_agent
+        self._stall_seconds = stall_seconds
+        self._grace = shutdown_grace_seconds
+        self._concurrency = concurrency
+        self._worker: asyncio.Task | None = None
+        self._recovery: asyncio.Task | None = None
+        retry = MemoryRetry(retries=retries, delay=retry_delay)
+        @self.app.task(name="stello.memory", queue=MEMORY_QUEUE, retry=retry, pass_context=True)
+        async def memory(context: procrastinate.JobContext, space_id: str, kind: str,
+                         session_id: str | None, allow_archived: bool) -> None:
+            job = MemoryJob(kind, session_id, allow_archived)  # type: ignore[arg-type]
+            try:
+                await run_memory_job(self._get_agent, space_id, job)
+            except Exception as exc:  # (a shutdown's CancelledError is not logged as a failure)
+                attempt = context.job.attempts + 1
+                again = isinstance(exc, TransientJobError) and attempt <= retries
+                (logger.warning if again else logger.error)(
+                    "background space=%s %s failed (attempt %d%s): %s", space_id, job.key,
+                    attempt, ", will retry" if again else "", exc)
+                await _record_error(context.job.id, attempt, exc)
+                raise
+
+        self._task = memory
+
+    async def start(self) -> None:
+        await self.app.open_async()
+        # Heartbeats well within the stall limit, so no live worker is ever taken for dead.
+        self._worker = asyncio.create_task(self.app.run_worker_async(
+            queues=[MEMORY_QUEUE], install_signal_handlers=False, wait=True,
+            concurrency=self._concurrency,
+            update_heartbeat_interval=max(self._stall_seconds / 4, 0.1),
+            stalled_worker_timeout=self._stall_seconds,
+            fetch_job_polling_interval=min(5.0, max(self._stall_seconds / 4, 0.1)),
+            shutdown_graceful_timeout=self._grace,
+        ), name="stello:memory-worker")
+        self._recovery = asyncio.create_task(self._recover_stalled(), name="stello:recovery")
+
+    async def _recover_stalled(self) -> None:
+        """Hand the jobs of dead workers (no heartbeat for `stall_seconds`) back to the queue;
+        at start, then as often as a worker could die unnoticed."""
+        manager = self.app.job_manager
+        while True:
+            try:
+                for job in await manager.get_stalled_jobs(
+                    queue=MEMORY_QUEUE, seconds_since_heartbeat=self._stall_seconds
+                ):
+                    logger.warning("background job %s: its worker died; running it again",
+                                   job.id)
+                    await manager.retry_job(job)
+            except Exception:  # the database may be away for a while: try again later
+                logger.exception("background: could not look for stalled jobs")
+            await asyncio.sleep(self._stall_seconds / 2)
+
+    async def submit(self, space_id: str, job: MemoryJob) -> None:
+        try:
+            await self._task.configure(
+                queueing_lock=f"{space_id}:{job.key}", lock=f"{space_id}:{job.key}"
+            ).defer_async(space_id=space_id, kind=job.kind, session_id=job.session_id,
+                          allow_archived=job.allow_archived)
+        except AlreadyEnqueued:
+            pass  # the queued one will read everything this one would
+        except Exception:  # the request's own work is done and saved: do not fail it
+            logger.exception("background space=%s %s: could not be queued", space_id, job.key)
+
+    async def drain(self) -> None:
+        """Wait until the queue has no job waiting or running (tests, one-shot loops)."""
+        while await self._busy():  # noqa: ASYNC110 (the state is in the database)
+            await asyncio.sleep(0.05)
+
+    async def _busy(self) -> bool:
+        async with self.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+            cursor = await conn.execute(
+                "SELECT 1 FROM procrastinate_jobs WHERE queue_name = %s"
+                " AND status IN ('todo', 'doing') LIMIT 1", (MEMORY_QUEUE,))
+            return await cursor.fetchone() is not None
+
+    async def aclose(self) -> None:
+        """Stop taking jobs, let the running ones finish (within the grace period), close."""
+        for task in (self._recovery, self._worker):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self.app.close_async()
+
+
 class SpaceJobs:
-    """The runner seen by one space's agent: keys are prefixed with the space id for the logs."""
+    """The runner seen by one space's agent: the queue when there is one, else in-process."""
 
-    def __init__(self, runner: BackgroundRunner, space_id: str) -> None:
+    def __init__(self, runner: BackgroundRunner, queue: MemoryQueue | None, space_id: str,
+                 get_agent: GetAgent,
+                 queue_ready: Callable[[], Awaitable[bool]] | None = None) -> None:
         self._runner = runner
+        self._queue = queue
         self._space_id = space_id
+        self._get_agent = get_agent
+        self._queue_ready = queue_ready
 
-    def submit(self, key: str, job: Job) -> None:
-        self._runner.submit(f"space={self._space_id} {key}", job)
+    async def submit(self, job: MemoryJob) -> None:
+        if self._queue is not None:
+            if self._queue_ready is None or await self._queue_ready():
+                await self._queue.submit(self._space_id, job)
+            else:
+                logger.error("background space=%s %s: not queued, the queue is not running",
+                             self._space_id, job.key)
+            return
+
+        async def run() -> None:
+            try:
+                await run_memory_job(self._get_agent, self._space_id, job)
+            except TransientJobError as exc:
+                raise exc.__cause__ from None  # the in-process runner retries LLMErrors
+
+        self._runner.submit(f"space={self._space_id} {job.key}", run)

@@ -30,7 +30,7 @@ from ..engine.skills import load_skills
 from ..engine.tools import load_tools
 from ..events import announce_turn
 from ..store import space_store
-from .jobs import BackgroundRunner, SpaceJobs
+from .jobs import BackgroundRunner, MemoryQueue, SpaceJobs
 from .locks import LocalSessionLocks, PostgresSessionLocks
 
 logger = logging.getLogger("stello.runtime")
@@ -115,6 +115,16 @@ class Runtime:
         self.locks = (PostgresSessionLocks(conninfo, timeout) if conninfo
                       else LocalSessionLocks(timeout))
         self.jobs = BackgroundRunner(retries=stello["BACKGROUND_RETRIES"])
+        self.queue = MemoryQueue(
+            conninfo, self.agent,
+            retries=stello["BACKGROUND_RETRIES"],
+            retry_delay=stello["BACKGROUND_RETRY_DELAY_SECONDS"],
+            stall_seconds=stello["BACKGROUND_STALL_SECONDS"],
+            shutdown_grace_seconds=stello["BACKGROUND_SHUTDOWN_GRACE_SECONDS"],
+            concurrency=stello["BACKGROUND_CONCURRENCY"],
+        ) if conninfo else None
+        self._queue_running = False
+        self._queue_start: asyncio.Task[None] | None = None
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
         self.detached: set[asyncio.Task[Any]] = set()
 
@@ -132,8 +142,37 @@ class Runtime:
             task.add_done_callback(_log_unawaited_failure)
             raise
 
+    def start(self) -> None:
+        """Start this process's queue worker in the background, once (again after a failure:
+        a database that is away must not hold up or fail the requests that trigger this)."""
+        if self.queue is not None and self._queue_start is None:
+            self._queue_start = asyncio.get_running_loop().create_task(self._start_queue())
+
+    async def _start_queue(self) -> None:
+        assert self.queue is not None
+        try:
+            await self.queue.start()
+            self._queue_running = True
+        except Exception:
+            logger.exception("the memory-job queue could not start; will try again")
+            self._queue_start = None
+
+    async def queue_ready(self) -> bool:
+        """Wait for the queue's start; False when there is none or it could not start."""
+        self.start()
+        if self._queue_start is not None:
+            await asyncio.shield(self._queue_start)
+        return self._queue_running
+
     async def agent(self, space_id: str) -> SpaceAgent:
+        self.start()  # a process that serves also works the queue
         return await self.pool.get(str(space_id))
+
+    async def drain(self) -> None:
+        """Wait until every background job is done (the queue's too)."""
+        await self.jobs.drain()
+        if self.queue is not None and await self.queue_ready():
+            await self.queue.drain()
 
     async def _build_agent(self, space_id: str) -> SpaceAgent:
         if not await _space_exists(space_id):
@@ -146,7 +185,7 @@ class Runtime:
             tools=_user_tools(),
             skills=_skills(),
             locks=self.locks,
-            jobs=SpaceJobs(self.jobs, space_id),
+            jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent, self.queue_ready),
             settings=self.engine_settings,
         )
 
@@ -155,6 +194,10 @@ class Runtime:
         while self.detached:
             await asyncio.wait(list(self.detached))
         await self.jobs.drain()
+        if self._queue_start is not None:
+            await asyncio.gather(self._queue_start, return_exceptions=True)
+        if self._queue_running and self.queue is not None:
+            await self.queue.aclose()
         self.pool.dispose()
         if isinstance(self.locks, PostgresSessionLocks):
             await self.locks.aclose()
@@ -191,9 +234,13 @@ class RuntimeRegistry:
         for runtime in list(self._runtimes.values()):
             runtime.pool.evict(space_id)
 
-    async def aclose_current(self) -> None:
+    async def aclose_current(self, *, drain: bool = False) -> None:
+        """Close this loop's runtime; `drain` first waits for the queued jobs too (a loop that
+        lives for one call, whose worker would otherwise stop before running them)."""
         runtime = self._runtimes.pop(asyncio.get_running_loop(), None)
         if runtime is not None:
+            if drain:
+                await runtime.drain()
             await runtime.aclose()
 
 

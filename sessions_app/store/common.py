@@ -22,6 +22,7 @@ MEMORY = "memory"
 INSIGHT = "insight"
 SESSION_CONFIG = "session_config"
 COMPRESSION = "compression"
+CONSOLIDATE_PROMPT = "consolidate_prompt"
 
 
 def storable(value: Any) -> Any:

@@ -23,6 +23,7 @@ from ..engine.types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
+    ConsolidationInput,
     Insight,
     Message,
     NewChild,
@@ -333,13 +334,46 @@ class DjangoSpaceStore:
                 key=Key.MEMORY,
                 session__space_id=self.space_id,
                 session__role=Session.Role.STANDARD,
-                session__status=Session.Status.ACTIVE,
             )
             .exclude(content="")
             .order_by("session__created_at", "session_id")
-            .values_list("session_id", "session__label", "content")
+            .values_list("session_id", "session__label", "content", "session__status")
         )
-        return [ChildMemory(str(sid), label, memory) for sid, label, memory in rows]
+        return [
+            ChildMemory(str(sid), label, memory, archived=status == Session.Status.ARCHIVED)
+            for sid, label, memory, status in rows
+        ]
+
+    @unit_of_work
+    def load_consolidation_input(self, session_id: str) -> ConsolidationInput:
+        # No transaction (see load_turn_context); each query reads committed rows, and the
+        # records' ids, not a snapshot, bound what the result may claim to cover.
+        session = self._session(session_id)
+        slots = self._slots(session.pk, [Key.MEMORY, Key.CONSOLIDATE_PROMPT])
+        space_prompt = Space.objects.filter(pk=session.space_id).values_list(
+            "consolidate_prompt", flat=True
+        ).first()
+        covered = session.memory_covered_up_to
+        records = Record.objects.filter(session_id=session.pk, id__gt=covered).order_by("id")
+        return ConsolidationInput(
+            session=session_meta(session, session.node),
+            memory=slots.get(Key.MEMORY),
+            session_prompt=slots.get(Key.CONSOLIDATE_PROMPT),
+            space_prompt=space_prompt,
+            covered_up_to=covered,
+            records=tuple((r.pk, record_message(r)) for r in records),
+        )
+
+    @unit_of_work
+    def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+        pk = self._session_pk(session_id)
+        with transaction.atomic():
+            moved = self._sessions().filter(
+                pk=pk, memory_covered_up_to__lt=covered_up_to
+            ).update(memory_covered_up_to=covered_up_to)
+            if moved:
+                _write_slot(pk, Key.MEMORY, memory)
+        return bool(moved)
 
     @unit_of_work
     def save_integration(

@@ -30,6 +30,7 @@ from ..engine.types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
+    ConsolidationInput,
     Insight,
     Message,
     NewChild,
@@ -40,6 +41,7 @@ from ..engine.types import (
 )
 from .common import (
     COMPRESSION,
+    CONSOLIDATE_PROMPT,
     INSIGHT,
     MEMORY,
     SESSION_CONFIG,
@@ -224,10 +226,35 @@ SQL_MAIN_SESSION = (
     "ORDER BY s.created_at, s.id LIMIT 1"
 )
 SQL_COLLECT_MEMORIES = f"""
-SELECT s.id, s.label, d.content FROM session_data d JOIN sessions s ON s.id = d.session_id
-WHERE s.space_id = %(space)s AND s.role = 'standard' AND s.status = 'active'
+SELECT s.id, s.label, d.content, s.status = 'archived'
+FROM session_data d JOIN sessions s ON s.id = d.session_id
+WHERE s.space_id = %(space)s AND s.role = 'standard'
   AND d.key = '{MEMORY}' AND d.content <> ''
 ORDER BY s.created_at, s.id
+"""
+SQL_CONSOLIDATION_INPUT = f"""
+SELECT {_META}, s.memory_covered_up_to,
+  (SELECT json_object_agg(d.key, d.content) FROM session_data d
+    WHERE d.session_id = s.id AND d.key IN ('{MEMORY}', '{CONSOLIDATE_PROMPT}')) AS slots,
+  (SELECT sp.consolidate_prompt FROM spaces sp WHERE sp.id = s.space_id) AS space_prompt,
+  (SELECT json_agg(json_build_array(r.id, r.role, r.content, r.tool_calls, r.tool_call_id)
+                   ORDER BY r.id)
+    FROM records r WHERE r.session_id = s.id AND r.id > s.memory_covered_up_to) AS records
+FROM {_SESSION_FROM} WHERE {_THIS_SESSION}
+"""
+# The marker test sits on the updated table itself, so a concurrent save that committed first
+# is seen (READ COMMITTED re-checks the row) and the older result is dropped.
+SQL_SAVE_CONSOLIDATION = f"""
+WITH src AS (
+  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+), upd AS (
+  UPDATE sessions AS s SET memory_covered_up_to = %(covered)s FROM src
+  WHERE s.id = src.id AND s.memory_covered_up_to < %(covered)s
+  RETURNING s.id
+), up AS (
+  {_UPSERT_SLOTS.format(rows=f"SELECT upd.id, '{MEMORY}', %(content)s, %(now)s FROM upd")}
+)
+SELECT (SELECT count(*) FROM src), (SELECT count(*) FROM upd)
 """
 SQL_SAVE_INTEGRATION = f"""
 WITH main AS (
@@ -532,7 +559,33 @@ class PgSpaceStore:
         if self._space is None:
             return []
         rows = await self._read_all(SQL_COLLECT_MEMORIES, self._params())
-        return [ChildMemory(str(sid), label, memory) for sid, label, memory in rows]
+        return [
+            ChildMemory(str(sid), label, memory, archived=archived)
+            for sid, label, memory, archived in rows
+        ]
+
+    async def load_consolidation_input(self, session_id: str) -> ConsolidationInput:
+        row = await self._read(SQL_CONSOLIDATION_INPUT, self._params(session_id))
+        if row is None:
+            raise SessionNotFound()
+        covered, slots, space_prompt, records = row[_META_WIDTH:]
+        slots = slots or {}
+        return ConsolidationInput(
+            session=_meta(row),
+            memory=slots.get(MEMORY),
+            session_prompt=slots.get(CONSOLIDATE_PROMPT),
+            space_prompt=space_prompt,
+            covered_up_to=covered,
+            records=tuple((r[0], message_from_row(*r[1:])) for r in records or ()),
+        )
+
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+        params = self._params(session_id, covered=covered_up_to, content=storable(memory),
+                              now=timezone.now())
+        row = await self._one(SQL_SAVE_CONSOLIDATION, params)
+        if not row or not row[0]:
+            raise SessionNotFound()
+        return bool(row[1])
 
     async def save_integration(
         self, main_session_id: str, synthesis: str, insights: Sequence[Insight]

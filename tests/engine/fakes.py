@@ -28,9 +28,11 @@ from sessions_app.engine.types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
+    ConsolidationInput,
     EngineSettings,
     Insight,
     LLMResponse,
+    MemoryJob,
     Message,
     NewChild,
     SaveResult,
@@ -53,6 +55,7 @@ class StoredSession:
     slots: dict[str, str] = field(default_factory=dict)
     records: list[Message] = field(default_factory=list)
     record_ids: list[int] = field(default_factory=list)  # parallel to `records`
+    memory_covered_up_to: int = 0
 
 
 @dataclass(frozen=True)
@@ -322,10 +325,34 @@ class InMemoryStore:
 
     async def collect_memories(self) -> list[ChildMemory]:
         return [
-            ChildMemory(s.meta.id, s.meta.label, s.slots["memory"])
+            ChildMemory(s.meta.id, s.meta.label, s.slots["memory"],
+                        archived=s.meta.status == "archived")
             for s in self.sessions.values()
-            if s.meta.role == "standard" and s.meta.status == "active" and s.slots.get("memory")
+            if s.meta.role == "standard" and s.slots.get("memory")
         ]
+
+    async def load_consolidation_input(self, session_id: str) -> ConsolidationInput:
+        stored = self._get(session_id)
+        covered = stored.memory_covered_up_to
+        return ConsolidationInput(
+            session=stored.meta,
+            memory=stored.slots.get("memory"),
+            session_prompt=stored.slots.get("consolidate_prompt"),
+            space_prompt=self.prompts.consolidate_prompt,
+            covered_up_to=covered,
+            records=tuple(
+                (rid, m) for rid, m in zip(stored.record_ids, stored.records, strict=True)
+                if rid > covered
+            ),
+        )
+
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+        stored = self._get(session_id)
+        if stored.memory_covered_up_to >= covered_up_to:
+            return False
+        stored.memory_covered_up_to = covered_up_to
+        self.set_slot(session_id, "memory", memory)
+        return True
 
     async def save_integration(
         self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
@@ -494,33 +521,36 @@ class AsyncioLocks:
 
 
 class InlineJobs:
-    """Collects submitted jobs (no coalescing: that is the real runner's job)."""
+    """Collects submitted jobs (no coalescing: that is the real runners' job); `run_all` runs
+    them through the agent (`run`, set by make_agent)."""
 
     def __init__(self) -> None:
-        self.pending: deque[tuple[str, Callable[[], Awaitable[Any]]]] = deque()
+        self.pending: deque[MemoryJob] = deque()
         self.submitted: list[str] = []  # every key ever submitted, in order
         self.errors: list[tuple[str, BaseException]] = []
+        self.run: Callable[[MemoryJob], Awaitable[Any]] | None = None
 
-    def submit(self, key: str, job: Callable[[], Awaitable[Any]]) -> None:
-        self.submitted.append(key)
-        self.pending.append((key, job))
+    async def submit(self, job: MemoryJob) -> None:
+        self.submitted.append(job.key)
+        self.pending.append(job)
 
     @property
     def pending_keys(self) -> list[str]:
-        return [key for key, _ in self.pending]
+        return [job.key for job in self.pending]
 
     async def run_all(self, *, expect_errors: bool = False) -> list[str]:
         """Run pending jobs, including the ones they submit, until none is left; returns the
         keys run. A failing job is recorded in `errors`; unless `expect_errors`, the first
         failure is raised once everything ran."""
+        assert self.run is not None
         ran: list[str] = []
         while self.pending:
-            key, job = self.pending.popleft()
-            ran.append(key)
+            job = self.pending.popleft()
+            ran.append(job.key)
             try:
-                await job()
+                await self.run(job)
             except Exception as exc:
-                self.errors.append((key, exc))
+                self.errors.append((job.key, exc))
         if self.errors and not expect_errors:
             raise self.errors[0][1]
         return ran
@@ -579,4 +609,5 @@ def make_agent(
         jobs=jobs,
         settings=settings,
     )
+    jobs.run = agent.run_job
     return Harness(agent, store, llm, memory_llm, locks, jobs)

@@ -130,7 +130,9 @@ async def test_consolidate_writes_the_memory_from_the_whole_history() -> None:
     assert h.store.slot(child, "memory") == "new L2"
     sent = h.memory_llm.calls[0].messages
     assert sent[0] == Message("system", default_consolidate_prompt("English"))
-    assert sent[1].content == "当前摘要:\nold L2\n\n对话记录:\nuser: a1\nassistant: echo: a1"
+    assert sent[1].content == (
+        "Current summary:\nold L2\n\nConversation:\nuser: a1\nassistant: echo: a1"
+    )
     assert h.memory_llm.calls[0].tools == ()
 
 
@@ -142,8 +144,10 @@ async def test_consolidate_prompt_resolves_at_call_time() -> None:
 
     await h.agent.consolidate(child)
     store.prompts = SpacePrompts(None, "Space consolidate prompt", None)
+    store.add_records(child, Message("user", "q2"))  # something new to consolidate
     await h.agent.consolidate(child)
     store.set_slot(child, "consolidate_prompt", "Session consolidate prompt")
+    store.add_records(child, Message("user", "q3"))
     await h.agent.consolidate(child)
 
     assert [c.messages[0].content for c in h.memory_llm.calls] == [
@@ -166,7 +170,7 @@ async def test_consolidate_refuses_the_main_session_and_archived_sessions() -> N
     assert await h.agent.consolidate(child, allow_archived=True) == "allowed"
 
 
-async def test_integrate_writes_synthesis_and_insights_for_collected_children_only() -> None:
+async def test_integrate_sees_archived_children_but_gives_insights_to_active_ones_only() -> None:
     h = make_agent(memory_llm=ScriptedLLM())
     a = await h.child("A")
     b = await h.child("B")
@@ -194,9 +198,12 @@ async def test_integrate_writes_synthesis_and_insights_for_collected_children_on
     assert h.store.slot(b, "insight") is None
     assert h.store.slot(archived, "insight") is None
     user_text = h.memory_llm.calls[0].messages[1].content
-    assert user_text.startswith("当前综合:\nprevious synthesis\n\n子 Session 摘要:\n")
+    assert user_text.startswith(
+        "Current synthesis:\nprevious synthesis\n\nChild session summaries:\n"
+    )
     assert f"- [sessionId={a}] A: A did X" in user_text
-    assert "old stuff" not in user_text
+    # The archived child's final memory reaches the synthesis, marked, without an insight.
+    assert f"- [sessionId={archived}] Old (archived): old stuff" in user_text
 
 
 async def test_integrate_prompt_resolves_at_call_time() -> None:
@@ -238,7 +245,7 @@ async def test_every_nth_turn_submits_consolidation_then_integration() -> None:
 
     ran = await h.jobs.run_all()
 
-    assert ran == [f"consolidate:{child}", f"integrate:{h.store.space_id}"]
+    assert ran == [f"consolidate:{child}", "integrate"]
     assert h.store.slot(child, "memory") == "child L2"
     assert h.store.slot(h.root_id, "memory") == "S"
 

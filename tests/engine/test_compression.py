@@ -388,7 +388,7 @@ def test_compression_sends_the_prompt_then_the_transcript() -> None:
     ]
     assert compression_messages("K", older) == [
         Message("system", "K"),
-        Message("user", "对话记录:\nuser: hi\nassistant: \ntool: 42"),
+        Message("user", "Conversation:\nuser: hi\nassistant: \ntool: 42"),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pytest
@@ -15,6 +16,7 @@ from sessions_app.engine.memory import (
     integrate,
     integration_messages,
     parse_integration,
+    records_within_budget,
     resolve_prompt,
     strip_think,
 )
@@ -63,7 +65,7 @@ HISTORY = (
     Message("assistant", "done"),
 )
 HISTORY_TEXT = (
-    "对话记录:\n"
+    "Conversation:\n"
     "user: a1\n"
     "assistant: echo: a1\n"
     "user: a2\n"
@@ -91,17 +93,20 @@ def test_consolidation_puts_the_current_memory_first_separated_by_a_blank_line()
     messages = consolidation_messages("C", "<old>", HISTORY[:3])
     assert messages == [
         Message("system", "C"),
-        Message("user", "当前摘要:\n<old>\n\n对话记录:\nuser: a1\nassistant: echo: a1\nuser: a2"),
+        Message(
+            "user",
+            "Current summary:\n<old>\n\nConversation:\nuser: a1\nassistant: echo: a1\nuser: a2",
+        ),
     ]
 
 
 def test_consolidation_leaves_out_an_empty_current_memory() -> None:
     messages = consolidation_messages("C", "", HISTORY[:1])
-    assert messages[1] == Message("user", "对话记录:\nuser: a1")
+    assert messages[1] == Message("user", "Conversation:\nuser: a1")
 
 
 def test_consolidation_of_an_empty_history_still_sends_the_transcript_header() -> None:
-    assert consolidation_messages("C", None, ())[1] == Message("user", "对话记录:\n")
+    assert consolidation_messages("C", None, ())[1] == Message("user", "Conversation:\n")
 
 
 async def test_consolidate_calls_the_llm_once_without_tools_and_cleans_the_answer() -> None:
@@ -125,7 +130,7 @@ def test_integration_lists_each_child_with_its_session_id_label_and_memory() -> 
     assert "[sessionId=sess-2] 文书: PS 初稿待修改" in messages[1].content
     assert messages[1] == Message(
         "user",
-        "子 Session 摘要:\n"
+        "Child session summaries:\n"
         "- [sessionId=sess-1] 选校: 已完成第一轮筛选\n"
         "- [sessionId=sess-2] 文书: PS 初稿待修改",
     )
@@ -135,19 +140,20 @@ def test_integration_puts_the_current_synthesis_first_separated_by_a_blank_line(
     messages = integration_messages("I", CHILDREN[:1], "old synthesis")
     assert messages[1] == Message(
         "user",
-        "当前综合:\nold synthesis\n\n子 Session 摘要:\n- [sessionId=sess-1] 选校: 已完成第一轮筛选",
+        "Current synthesis:\nold synthesis\n\nChild session summaries:\n"
+        "- [sessionId=sess-1] 选校: 已完成第一轮筛选",
     )
 
 
 def test_integration_without_children_ends_the_header_with_an_empty_line() -> None:
-    assert integration_messages("I", (), None)[1] == Message("user", "子 Session 摘要:\n")
+    assert integration_messages("I", (), None)[1] == Message("user", "Child session summaries:\n")
     assert integration_messages("I", (), "S")[1] == Message(
-        "user", "当前综合:\nS\n\n子 Session 摘要:\n"
+        "user", "Current synthesis:\nS\n\nChild session summaries:\n"
     )
 
 
 def test_integration_leaves_out_an_empty_current_synthesis() -> None:
-    assert integration_messages("I", (), "")[1] == Message("user", "子 Session 摘要:\n")
+    assert integration_messages("I", (), "")[1] == Message("user", "Child session summaries:\n")
 
 
 async def test_integrate_calls_the_llm_once_and_keeps_insights_for_known_children() -> None:
@@ -282,7 +288,36 @@ def test_the_first_non_empty_prompt_wins(
 def test_default_prompts_answer_in_the_requested_language() -> None:
     for make in (default_consolidate_prompt, default_integrate_prompt, default_compress_prompt):
         assert make("French").rstrip().endswith("Answer in French.")
-        assert make().rstrip().endswith("Answer in English.")
+        assert "Answer in" not in make()  # English is the wording's own language
+
+
+def test_a_language_with_its_own_wording_gets_prompts_and_headings_in_that_language() -> None:
+    # Before, the English prompts carried Chinese headings whatever the language setting.
+    english = consolidation_messages(default_consolidate_prompt("English"), "old", HISTORY[:1])
+    assert english[1].content == "Current summary:\nold\n\nConversation:\nuser: a1"
+    assert not re.search(r"[\u4e00-\u9fff]", english[0].content + english[1].content)
+
+    chinese = consolidation_messages(
+        default_consolidate_prompt("Chinese"), "旧摘要", HISTORY[:1], "Chinese"
+    )
+    assert chinese[1].content == "当前摘要:\n旧摘要\n\n对话记录:\nuser: a1"
+    assert not re.search(r"[A-Za-z]{4,}", chinese[0].content)  # no English words
+    merged = integration_messages(
+        default_integrate_prompt("zh"), CHILDREN, "旧综合", "zh"
+    )[1].content
+    assert merged.startswith("当前综合:\n旧综合\n\n子 Session 摘要:\n")
+    assert not re.search(r"[A-Za-z]{4,}", default_compress_prompt("中文"))
+
+
+def test_records_within_budget_takes_the_oldest_records_that_fit_and_at_least_one() -> None:
+    llm = RecordingLLM()
+    llm.max_context_tokens = 100  # 80 usable; the prompt and headings take a few
+    big = Message("user", "x" * 200)  # 50 tokens each
+    assert records_within_budget(llm, "P", None, [big, big, big]) == 1
+    small = Message("user", "y" * 20)
+    assert records_within_budget(llm, "P", None, [small] * 3) == 3
+    huge = Message("user", "z" * 10_000)
+    assert records_within_budget(llm, "P", None, [huge, small]) == 1
 
 
 def test_the_default_integrate_prompt_demands_the_json_shape_and_verbatim_ids() -> None:

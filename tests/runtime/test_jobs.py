@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from sessions_app.engine.errors import LLMError
+from sessions_app.engine.types import MemoryJob
 from sessions_app.runtime.jobs import BackgroundRunner, SpaceJobs
 
 
@@ -93,18 +94,28 @@ async def test_permanent_failures_are_logged_once_and_not_retried(caplog) -> Non
     assert [r.getMessage() for r in caplog.records] == ["background k failed"]
 
 
-async def test_space_jobs_prefix_keys_with_the_space() -> None:
+async def test_space_jobs_without_a_queue_run_in_process_with_keys_naming_the_space() -> None:
     runner = BackgroundRunner()
     seen: list[str] = []
     original = runner.submit
     runner.submit = lambda key, job: (seen.append(key), original(key, job))  # type: ignore
+    ran: list[tuple[str, MemoryJob]] = []
 
-    async def job() -> None:
-        return None
+    class Agent:
+        def __init__(self, space_id: str) -> None:
+            self.space_id = space_id
 
-    SpaceJobs(runner, "space-1").submit("consolidate:s", job)
+        async def run_job(self, job: MemoryJob) -> None:
+            ran.append((self.space_id, job))
+
+    async def get_agent(space_id: str) -> Agent:
+        return Agent(space_id)
+
+    job = MemoryJob("consolidate", "s")
+    await SpaceJobs(runner, None, "space-1", get_agent).submit(job)  # type: ignore[arg-type]
     await runner.drain()
     assert seen == ["space=space-1 consolidate:s"]
+    assert ran == [("space-1", job)]
 
 
 async def test_cancel_all_stops_running_jobs() -> None:

@@ -60,6 +60,8 @@ CALLS = {
     "delete_slot": lambda s, sid: s.write_slot(sid, "memory", None),
     "save_compression": lambda s, sid: s.save_compression(sid, CompressionCache(1, "d", "s")),
     "save_integration": lambda s, sid: s.save_integration(sid, "synthesis", ()),
+    "load_consolidation_input": lambda s, sid: s.load_consolidation_input(sid),
+    "save_consolidation": lambda s, sid: s.save_consolidation(sid, "memory", 1),
     "load_bootstrap": lambda s, sid: s.load_bootstrap(sid),
 }
 
@@ -385,8 +387,52 @@ async def test_collect_memories_filters_and_orders(env: Env) -> None:
     await env.store.write_slot(env.root_id, "memory", "the synthesis")
     await env.store.write_slot(nothing, "insight", "not a memory")
     assert await env.store.collect_memories() == [
-        ChildMemory(a, "A", "A memory"), ChildMemory(b, "B", "B memory"),
+        ChildMemory(a, "A", "A memory"),
+        ChildMemory(archived, "Archived", "old", archived=True),
+        ChildMemory(b, "B", "B memory"),
     ]
+
+
+async def test_consolidation_input_is_what_the_memory_does_not_cover_yet(env: Env) -> None:
+    sid = await fork(env, label="A")
+    empty = await env.store.load_consolidation_input(sid)
+    assert (empty.session.id, empty.memory, empty.session_prompt, empty.covered_up_to,
+            empty.records) == (sid, None, None, 0, ())
+    assert empty.space_prompt == CONSOLIDATE_PROMPT
+
+    await env.store.save_call(sid, say("q1", "a1", "q2"), end_turn=True)
+    await env.store.write_slot(sid, "consolidate_prompt", "mine")
+    first = await env.store.load_consolidation_input(sid)
+    assert [m.content for _, m in first.records] == ["q1", "a1", "q2"]
+    ids = [rid for rid, _ in first.records]
+    assert ids == sorted(ids) and len(set(ids)) == 3 and ids[0] > 0
+    assert first.session_prompt == "mine"
+
+    assert await env.store.save_consolidation(sid, "covers a1", ids[1]) is True
+    after = await env.store.load_consolidation_input(sid)
+    assert (after.memory, after.covered_up_to) == ("covers a1", ids[1])
+    assert [m.content for _, m in after.records] == ["q2"]
+
+    # An older result (covering less, or as much) is dropped and changes nothing.
+    assert await env.store.save_consolidation(sid, "stale", ids[0]) is False
+    assert await env.store.save_consolidation(sid, "same", ids[1]) is False
+    assert await env.store.read_slot(sid, "memory") == "covers a1"
+    assert (await env.store.load_consolidation_input(sid)).covered_up_to == ids[1]
+    assert await env.store.read_slot(env.root_id, "memory") is None  # nobody else touched
+
+
+async def test_concurrent_consolidations_keep_the_one_that_covered_more(env: Env) -> None:
+    sid = await fork(env, label="A")
+    await env.store.save_call(sid, say("q1", "a1", "q2", "a2"), end_turn=True)
+    ids = [rid for rid, _ in (await env.store.load_consolidation_input(sid)).records]
+    second = env.make_store()
+    results = await asyncio.gather(
+        env.store.save_consolidation(sid, "up to a2", ids[3]),
+        second.save_consolidation(sid, "up to a1", ids[1]),
+    )
+    assert results[0] is True
+    data = await env.store.load_consolidation_input(sid)
+    assert (data.memory, data.covered_up_to, data.records) == ("up to a2", ids[3], ())
 
 
 async def test_save_integration_writes_synthesis_and_own_insights(env: Env) -> None:

@@ -8,6 +8,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+from ..memory import WORDINGS
 from ..types import (
     LLMResponse,
     Message,
@@ -19,9 +20,15 @@ from ..types import (
 )
 from . import clean_response
 
-INTEGRATION_HEADING = "子 Session 摘要:"
-TRANSCRIPT_HEADING = "对话记录:"
-CURRENT_SUMMARY_HEADING = "当前摘要:"
+
+def _heading_in(text: str, headings: Iterable[str]) -> str | None:
+    return next((h for h in headings if h in text), None)
+
+
+# The headings of the memory calls, in every wording the memory pipeline may use.
+INTEGRATION_HEADINGS = tuple(w.children for w in WORDINGS)
+TRANSCRIPT_HEADINGS = tuple(w.transcript for w in WORDINGS)
+CURRENT_SUMMARY_HEADINGS = tuple(w.current_summary for w in WORDINGS)
 
 _WORDS = re.compile(r"\s*\S+(?:\s+$)?")
 _CHILD_LINE = re.compile(r"^- \[sessionId=(?P<id>[^\]]*)\] (?P<label>.*?)(?:: |:$)(?P<memory>.*)$")
@@ -37,13 +44,13 @@ class OfflineLLM:
        tools, the last user message is sniffed for the headings of the default consolidate,
        integrate and compress prompts:
 
-       - ``子 Session 摘要:`` (integration): the answer is the JSON text
+       - the child-summaries heading (integration): the answer is the JSON text
          ``{"synthesis": "...", "insights": [{"sessionId": "<id>", "content": "..."}]}`` with
          one insight per input line ``- [sessionId=<id>] <label>: <memory>``, each insight
          mentioning its session's label;
-       - else ``对话记录:`` (consolidation or compression): one paragraph,
+       - else the transcript heading (consolidation or compression): one paragraph,
          ``Summary of N messages. Last user message: <first 200 chars>`` where N counts the
-         ``role: content`` lines of the transcript; when ``当前摘要:`` is also present
+         ``role: content`` lines of the transcript; when the current-summary heading is present
          (consolidation over an existing memory) the paragraph says it updates an earlier
          summary, and stays deterministic and bounded in size.
 
@@ -173,17 +180,17 @@ def _memory_reply(messages: Sequence[Message]) -> str | None:
     text = _last_user_text(messages)
     if text is None:
         return None
-    if INTEGRATION_HEADING in text:
-        return _integration_reply(text)
-    if TRANSCRIPT_HEADING in text:
-        return _summary_reply(text)
+    if heading := _heading_in(text, INTEGRATION_HEADINGS):
+        return _integration_reply(text, heading)
+    if heading := _heading_in(text, TRANSCRIPT_HEADINGS):
+        return _summary_reply(text, heading)
     return None
 
 
-def _integration_reply(text: str) -> str:
+def _integration_reply(text: str, heading: str) -> str:
     children = [
         (m["id"], m["label"], m["memory"])
-        for line in text.split(INTEGRATION_HEADING, 1)[1].splitlines()
+        for line in text.split(heading, 1)[1].splitlines()
         if (m := _CHILD_LINE.match(line.rstrip("\r")))
     ]
     labels = [label for _, label, _ in children]
@@ -203,8 +210,8 @@ def _integration_reply(text: str) -> str:
     return dumps_compact({"synthesis": synthesis, "insights": insights})
 
 
-def _summary_reply(text: str) -> str:
-    transcript = text.split(TRANSCRIPT_HEADING, 1)[1]
+def _summary_reply(text: str, heading: str) -> str:
+    transcript = text.split(heading, 1)[1]
     count = 0
     last_user = ""
     for line in transcript.splitlines():
@@ -213,7 +220,9 @@ def _summary_reply(text: str) -> str:
             count += 1
             if match["role"] == "user":
                 last_user = match["content"]
-    updating = " (updating an earlier summary)" if CURRENT_SUMMARY_HEADING in text else ""
+    updating = ""
+    if _heading_in(text, CURRENT_SUMMARY_HEADINGS):
+        updating = " (updating an earlier summary)"
     return f"Summary of {count} messages{updating}. Last user message: {last_user[:200]}"
 
 
