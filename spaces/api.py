@@ -7,6 +7,7 @@ ORM; each crosses to a worker thread ONCE, for its whole unit of work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -41,9 +42,9 @@ def _spaces_json(*, user_id: int) -> list[dict[str, Any]]:
     return [space_json(s) for s in spaces_of_user(user_id=user_id)]
 
 
-def _update_space(*, user_id: int, space_id: str, data: Any) -> dict[str, Any]:
+def _update_space(*, user_id: int, space_id: str, data: Callable[[], Any]) -> dict[str, Any]:
     space = space_for_user(user_id=user_id, space_id=space_id)  # 404/403 before the body's 400
-    changes = SPACE_UPDATE.run_validation(data)
+    changes = SPACE_UPDATE.run_validation(data())  # parsed only now: a bad body is a 400 after
     return space_json(space_update(space=space, changes=changes))
 
 
@@ -110,7 +111,7 @@ class SpaceViewSet(AsyncViewSet):
     )
     async def partial_update(self, request, space_id: str) -> Response:
         return Response(await sync_to_async(_update_space)(
-            user_id=request.user.id, space_id=space_id, data=request.data))
+            user_id=request.user.id, space_id=space_id, data=lambda: request.data))
 
     @extend_schema(
         operation_id="deleteSpace",

@@ -138,6 +138,14 @@ class TestReadAndList:
         assert (stored.label, stored.system_prompt) == ("Private", "secret")
         assert SessionData.objects.get(session=root_of(space["id"])).content == "secret"
 
+    def test_a_bad_body_on_another_users_space_is_403_not_400(self, alice_client,
+                                                               bob_client) -> None:
+        """Ownership is decided before the body is parsed (found by the REST fuzzer)."""
+        space = create_space(alice_client, label="Private")
+        response = bob_client.generic("PATCH", f"/spaces/{space['id']}", "{not json",
+                                      content_type="application/json")
+        assert response.status_code == 403 and response.json()["code"] == "FORBIDDEN"
+
 
 @HOT_PATH_DB
 class TestPatch:

@@ -116,7 +116,7 @@ async def test_background_jobs_on_archived_sessions_end_quietly() -> None:
     await h.jobs.run_all()  # consolidates, then skips integration of the archived main
     assert h.store.slot(child, "memory") == "child L2"
     assert h.jobs.errors == []
-    assert h.jobs.submitted[-1].startswith("integrate:")
+    assert h.jobs.submitted[-1] == "integrate"
 
 
 async def test_consolidate_writes_the_memory_from_the_whole_history() -> None:
