@@ -286,15 +286,14 @@ def test_transient_llm_errors_of_a_memory_job_are_retried_and_shown_in_the_admin
 
 
 def test_sigterm_lets_a_running_memory_job_finish_under_uvicorn(
-    llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path, monkeypatch
+    llm: OpenAIServer, tenant: dict[str, str], tmp_path: Path
 ) -> None:
     # uvicorn sends the ASGI lifespan shutdown on SIGTERM (daphne simply exits; its cut jobs
     # come back through the heartbeat, as above).
-    monkeypatch.setattr("tests.support.servers.ASGI_SERVER", "uvicorn")
     env_a = a_env(llm, STELLO_CONSOLIDATE_EVERY_N_TURNS="1",
                   STELLO_INTEGRATE_AFTER_CONSOLIDATE="false",
                   STELLO_BACKGROUND_SHUTDOWN_GRACE_SECONDS="30")
-    with server_processes([env_a], tmp_path) as (a,):
+    with server_processes([env_a], tmp_path, asgi_server="uvicorn") as (a,):
         s = fork(a, tenant, "S")
         llm.reply("answer")  # the turn
         llm.delay(2, text="memory finished during the shutdown")  # its consolidation

@@ -175,6 +175,7 @@ class MemoryQueue:
         self._concurrency = concurrency
         self._worker: asyncio.Task | None = None
         self._recovery: asyncio.Task | None = None
+        self._deferred: set[int] = set()  # ids of the jobs this process queued (`drain`)
         retry = MemoryRetry(retries=retries, delay=retry_delay)
         @self.app.task(name="stello.memory", queue=MEMORY_QUEUE, retry=retry, pass_context=True)
         async def memory(context: procrastinate.JobContext, space_id: str, kind: str,
@@ -224,26 +225,32 @@ class MemoryQueue:
 
     async def submit(self, space_id: str, job: MemoryJob) -> None:
         try:
-            await self._task.configure(
+            job_id = await self._task.configure(
                 queueing_lock=f"{space_id}:{job.key}", lock=f"{space_id}:{job.key}"
             ).defer_async(space_id=space_id, kind=job.kind, session_id=job.session_id,
                           allow_archived=job.allow_archived)
+            self._deferred.add(job_id)
         except AlreadyEnqueued:
             pass  # the queued one will read everything this one would
         except Exception:  # the request's own work is done and saved: do not fail it
             logger.exception("background space=%s %s: could not be queued", space_id, job.key)
 
     async def drain(self) -> None:
-        """Wait until the queue has no job waiting or running (tests, one-shot loops)."""
-        while await self._busy():  # noqa: ASYNC110 (the state is in the database)
-            await asyncio.sleep(0.05)
+        """Wait until every job this process queued, and every job those queued, is done
+        (tests, one-shot loops). Jobs of other processes are not waited for: one left behind
+        by a dead worker would hold this up until the stall recovery."""
+        while self._deferred:
+            checked = set(self._deferred)
+            self._deferred -= checked - await self._unfinished(checked)  # new ids stay
+            if self._deferred:
+                await asyncio.sleep(0.05)
 
-    async def _busy(self) -> bool:
+    async def _unfinished(self, job_ids: set[int]) -> set[int]:
         async with self.app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
             cursor = await conn.execute(
-                "SELECT 1 FROM procrastinate_jobs WHERE queue_name = %s"
-                " AND status IN ('todo', 'doing') LIMIT 1", (MEMORY_QUEUE,))
-            return await cursor.fetchone() is not None
+                "SELECT id FROM procrastinate_jobs WHERE id = ANY(%s)"
+                " AND status IN ('todo', 'doing')", (list(job_ids),))
+            return {row[0] for row in await cursor.fetchall()}
 
     async def aclose(self) -> None:
         """Stop taking jobs, let the running ones finish (within the grace period), close."""
