@@ -17,7 +17,7 @@ def session_slot_write(*, space_id: str, session_id: str, key: str, content: str
 
     async def write() -> None:
         try:
-            agent = await runtimes.current().agent(space_id)
+            agent = await runtimes.current(one_call=own_loop).agent(space_id)
             await agent.write_slot(session_id, key, content)
         finally:
             if own_loop:

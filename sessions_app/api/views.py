@@ -58,6 +58,8 @@ class SpaceScopedViewSet(AsyncViewSet):
     space_id: str
 
     async def ainitial(self, request, *args, **kwargs) -> None:
+        # No ASGI scope: the sync test client or WSGI, whose event loop lives for this call.
+        self.one_call_loop = getattr(request._request, "scope", None) is None
         await super().ainitial(request, *args, **kwargs)
         self.space_id = await aspace_id_for_user(user_id=request.user.id,
                                                  space_id=kwargs["space_id"])
@@ -66,7 +68,7 @@ class SpaceScopedViewSet(AsyncViewSet):
         return space_store(self.space_id)
 
     async def aagent(self) -> SpaceAgent:
-        return await runtimes.current().agent(self.space_id)
+        return await runtimes.current(one_call=self.one_call_loop).agent(self.space_id)
 
     async def aclose_call_loop(self) -> None:
         # The runtime of a one-call loop finishes its background work (memory jobs) first.
@@ -169,7 +171,8 @@ class SessionViewSet(SpaceScopedViewSet):
         text = TURN_INPUT.run_validation(request.data)["input"]
         agent = await self.aagent()
         # A client that hangs up does not lose the turn: it completes and is saved.
-        result = await runtimes.current().run_detached(agent.turn(session_id, text))
+        runtime = runtimes.current(one_call=self.one_call_loop)
+        result = await runtime.run_detached(agent.turn(session_id, text))
         return Response(result.to_json())
 
     @extend_schema(

@@ -102,9 +102,12 @@ def _skills():
 
 
 class Runtime:
-    """Everything one event loop shares between the spaces' agents."""
+    """Everything one event loop shares between the spaces' agents. `durable_jobs`: memory
+    jobs go through the PostgreSQL queue, worked by this loop (a server's loop). A loop that
+    lives for one call (the sync test client, the admin) runs them in process instead: a queue
+    worker started and stopped around every call would cost more than the call."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable_jobs: bool = True) -> None:
         stello = settings.STELLO
         self.engine_settings = conf.engine_settings()
         self.llm = build_llm(conf.llm_settings())
@@ -122,7 +125,7 @@ class Runtime:
             stall_seconds=stello["BACKGROUND_STALL_SECONDS"],
             shutdown_grace_seconds=stello["BACKGROUND_SHUTDOWN_GRACE_SECONDS"],
             concurrency=stello["BACKGROUND_CONCURRENCY"],
-        ) if conninfo else None
+        ) if conninfo and durable_jobs else None
         self._queue_running = False
         self._queue_start: asyncio.Task[None] | None = None
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
@@ -223,11 +226,12 @@ class RuntimeRegistry:
             weakref.WeakKeyDictionary()
         )
 
-    def current(self) -> Runtime:
+    def current(self, *, one_call: bool = False) -> Runtime:
+        """This loop's runtime; `one_call` when the loop lives for one call (see Runtime)."""
         loop = asyncio.get_running_loop()
         runtime = self._runtimes.get(loop)
         if runtime is None:
-            runtime = self._runtimes[loop] = Runtime()
+            runtime = self._runtimes[loop] = Runtime(durable_jobs=not one_call)
         return runtime
 
     def evict_everywhere(self, space_id: str) -> None:
