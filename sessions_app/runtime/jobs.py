@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
@@ -176,6 +177,7 @@ class MemoryQueue:
         self._worker: asyncio.Task | None = None
         self._recovery: asyncio.Task | None = None
         self._deferred: set[int] = set()  # ids of the jobs this process queued (`drain`)
+        self._closing = asyncio.Event()
         retry = MemoryRetry(retries=retries, delay=retry_delay)
         @self.app.task(name="stello.memory", queue=MEMORY_QUEUE, retry=retry, pass_context=True)
         async def memory(context: procrastinate.JobContext, space_id: str, kind: str,
@@ -211,7 +213,7 @@ class MemoryQueue:
         """Hand the jobs of dead workers (no heartbeat for `stall_seconds`) back to the queue;
         at start, then as often as a worker could die unnoticed."""
         manager = self.app.job_manager
-        while True:
+        while not self._closing.is_set():
             try:
                 for job in await manager.get_stalled_jobs(
                     queue=MEMORY_QUEUE, seconds_since_heartbeat=self._stall_seconds
@@ -221,7 +223,10 @@ class MemoryQueue:
                     await manager.retry_job(job)
             except Exception:  # the database may be away for a while: try again later
                 logger.exception("background: could not look for stalled jobs")
-            await asyncio.sleep(self._stall_seconds / 2)
+            # Waiting on the event rather than sleeping: the database driver may absorb a
+            # cancellation that arrives during a query, and `aclose` must not wait for that.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._stall_seconds / 2)
 
     async def submit(self, space_id: str, job: MemoryJob) -> None:
         try:
@@ -253,11 +258,16 @@ class MemoryQueue:
             return {row[0] for row in await cursor.fetchall()}
 
     async def aclose(self) -> None:
-        """Stop taking jobs, let the running ones finish (within the grace period), close."""
+        """Stop taking jobs, let the running ones finish (within the grace period), close. A
+        task that does not stop within the grace period (plus a little) is left behind with a
+        warning rather than hanging the shutdown; its job comes back through the heartbeat."""
+        self._closing.set()
         for task in (self._recovery, self._worker):
             if task is not None:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                done, _ = await asyncio.wait({task}, timeout=self._grace + 5)
+                if not done:
+                    logger.warning("background: %s did not stop in time", task.get_name())
         await self.app.close_async()
 
 
