@@ -72,7 +72,8 @@ class RequestPathMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)  # Django then awaits it (and converts its exceptions)
-        self.admin_prefixes = ("/admin/", "/" + settings.STATIC_URL.lstrip("/"))
+        # The console's page and staff sign-in need the session and auth middleware, as the admin.
+        self.admin_prefixes = ("/admin/", "/console/", "/" + settings.STATIC_URL.lstrip("/"))
         # Instances only for their hooks; their own get_response is never called.
         self.security = SecurityMiddleware(view_handler)
         self.frame_options = XFrameOptionsMiddleware(view_handler)

@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "channels",
     "spaces",
     "sessions_app",
+    "console",  # the web console under /console/
 ]
 
 MIDDLEWARE = [

@@ -21,6 +21,7 @@ SWAGGER_UI_ROOT = Path(drf_spectacular_sidecar.__file__).parent / "static" / SWA
 urlpatterns = [
     re_path(rf"^{SWAGGER_UI_PREFIX}(?P<path>swagger-ui-dist/.+)$", serve,
             {"document_root": SWAGGER_UI_ROOT}),
+    path("", include("console.urls")),  # /console/ and its static files, whatever DEBUG says
     *staticfiles_urlpatterns(),  # the admin's CSS/JS under `make run` (DEBUG only; empty otherwise)
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
