@@ -11,7 +11,9 @@ they must run, and a missing service fails the run instead of skipping anything.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -22,6 +24,9 @@ from spaces.apikeys import apikey_create
 HAS_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 HAS_REDIS = bool(os.environ.get("REDIS_URL"))
 REQUIRE_SERVICES = os.environ.get("STELLO_REQUIRE_SERVICES") == "1"
+# The web console's end-to-end tests drive Debian's Chromium through chromedriver and Selenium.
+HAS_BROWSER = bool(shutil.which("chromium") and shutil.which("chromedriver")
+                   and importlib.util.find_spec("selenium"))
 
 # On PostgreSQL the hot paths (space checks, the store, API-key lookups) use their own pooled
 # connections on the event loop, which cannot see a test's uncommitted transaction: there, tests
@@ -34,6 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis: needs Redis (REDIS_URL)")
     config.addinivalue_line("markers", "sqlite: about the embedded SQLite default (deselected "
                                        "when the run uses PostgreSQL)")
+    config.addinivalue_line("markers", "browser: drives headless Chromium (chromium, chromium-driver, "
+                                       "selenium); required, not deselected, with "
+                                       "STELLO_REQUIRE_SERVICES=1")
     config.addinivalue_line("markers", "servers: starts real server processes "
                                        "(daphne, or uvicorn with STELLO_TEST_SERVER=uvicorn)")
     if REQUIRE_SERVICES and not (HAS_POSTGRES and HAS_REDIS):
@@ -43,7 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    missing = {"postgres": not HAS_POSTGRES, "redis": not HAS_REDIS, "sqlite": HAS_POSTGRES}
+    missing = {"postgres": not HAS_POSTGRES, "redis": not HAS_REDIS, "sqlite": HAS_POSTGRES,
+               # In CI a missing browser fails the browser tests (their fixture says why).
+               "browser": not HAS_BROWSER and not REQUIRE_SERVICES}
     keep, drop = [], []
     for item in items:
         needs = [m for m, absent in missing.items() if absent and item.get_closest_marker(m)]

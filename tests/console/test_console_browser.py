@@ -1,0 +1,320 @@
+"""The web console in a real browser (headless Debian Chromium through Selenium) against a real
+server process without DEBUG, as deployed: sign in, spaces, the live star map, streamed chat,
+forks, prompts, and the first-render time of a 200-session star map (printed, not asserted).
+
+Screenshots go to the test's tmp dir; with STELLO_CONSOLE_SCREENSHOTS=1 they are also written to
+docs/img/ for the README."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HAS_BROWSER
+from tests.support.servers import (
+    Server,
+    committed_tenant,
+    http_json,
+    server_env,
+    server_processes,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.servers, pytest.mark.postgres,
+              pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 20  # seconds for anything the page must show
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, tmp_path_factory) -> Iterator[Server]:
+    env = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0", STELLO_CONSOLIDATE_ON_ARCHIVE="0")
+    with server_processes([env], tmp_path_factory.mktemp("console")) as (one,):
+        yield one
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not HAS_BROWSER:  # only reached with STELLO_REQUIRE_SERVICES=1: CI must have one
+        pytest.fail("the browser tests need chromium, chromium-driver (apt-get install -y "
+                    "chromium chromium-driver) and selenium (requirements-dev.txt)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", "--no-proxy-server"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver, condition, timeout: float = WAIT):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # The page redraws lists and the map as data arrives: an element found a moment ago may be
+    # gone, which only means "not yet".
+    return WebDriverWait(driver, timeout, ignored_exceptions=[
+        StaleElementReferenceException]).until(condition)
+
+
+def css(driver, selector: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def csss(driver, selector: str) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def fresh_page(driver, server: Server) -> None:
+    """The console, signed out (sessionStorage outlives a reload)."""
+    driver.get(server.http("/console/"))
+    # A stored key signs the page in (and stores the key again): let that finish first.
+    wait(driver, lambda d: css(d, "#key-input").is_displayed() or css(d, "#status").text)
+    driver.execute_script("sessionStorage.clear()")
+    driver.get("about:blank")
+    driver.get(server.http("/console/"))
+    wait(driver, lambda d: css(d, "#key-input").is_displayed())
+
+
+def sign_in(driver, server: Server, key: str) -> None:
+    fresh_page(driver, server)
+    css(driver, "#key-input").send_keys(key)
+    css(driver, "#key-form button").click()
+    wait(driver, lambda d: css(d, "#app").is_displayed())
+
+
+def open_space(driver, label: str) -> None:
+    wait(driver, lambda d: any(b.text == label for b in csss(d, "#space-list button")))
+    next(b for b in csss(driver, "#space-list button") if b.text == label).click()
+    wait(driver, lambda d: csss(d, "#map-box svg .star"))
+
+
+def star_count(driver) -> int:
+    return driver.execute_script("return document.querySelectorAll('#map-box svg .star').length")
+
+
+def attr(driver, selector: str, name: str) -> str | None:
+    """Read in one script: the map is redrawn when the tree changes, which would leave a found
+    element stale."""
+    return driver.execute_script(
+        "return document.querySelector(arguments[0])?.getAttribute(arguments[1]) ?? null",
+        selector, name)
+
+
+def star_labels(driver) -> list[str]:
+    return driver.execute_script("return [...document.querySelectorAll('#map-box .star')]"
+                                 ".map(s => s.getAttribute('aria-label'))")
+
+
+def open_star(driver, session_id: str) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def click(d) -> bool:
+        try:  # the circle, not the group: the group's centre may be on its label
+            css(d, f'#map-box .star[data-id="{session_id}"] circle').click()
+            return True
+        except StaleElementReferenceException:  # redrawn by a tree refresh meanwhile
+            return False
+
+    wait(driver, click)
+    wait(driver, lambda d: css(d, "#session-body").is_displayed()
+         and d.execute_script("return window.stelloConsole.state.socket?.entered") == session_id)
+
+
+def screenshot(driver, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    driver.save_screenshot(str(path))
+    if os.environ.get("STELLO_CONSOLE_SCREENSHOTS") == "1":
+        (ROOT / "docs" / "img").mkdir(exist_ok=True)
+        shutil.copy(path, ROOT / "docs" / "img" / name)
+
+
+def test_sign_in_create_a_space_stream_a_turn_fork_and_edit_a_prompt(
+        server: Server, browser, tmp_path) -> None:
+    tenant = committed_tenant("console-alice", "existing")
+    key = tenant["key"]
+    sign_in(browser, server, key)
+
+    css(browser, "#create-label").send_keys("Trip planning")
+    css(browser, "#create-form button").click()
+    wait(browser, lambda d: "Created Trip planning" in css(d, "#status").text)
+    status, spaces = http_json("GET", server.http("/spaces"), key)
+    space = next(s for s in spaces if s["label"] == "Trip planning")
+    assert star_count(browser) == 1
+    main_id = attr(browser, "#map-box .star.main", "data-id")
+
+    open_star(browser, main_id)
+    css(browser, "#chat-input").send_keys("plan a weekend in Lisbon")
+    css(browser, "#chat-form button").click()
+    wait(browser, lambda d: "echo: plan a weekend in Lisbon" in css(d, "#chat").text)
+    wait(browser, lambda d: attr(d, f'.star[data-id="{main_id}"]', "data-turns") == "1")
+    status, messages = http_json("GET", server.http(
+        f"/spaces/{space['id']}/sessions/{main_id}/messages"), key)
+    assert [m["content"] for m in messages] == ["plan a weekend in Lisbon",
+                                                 "echo: plan a weekend in Lisbon"]
+
+    for label in ("Food", "Museums"):
+        css(browser, "#fork-label").send_keys(label)
+        css(browser, "#fork-form button").click()
+        wait(browser, lambda d, label=label: f"Forked {label}" in css(d, "#status").text)
+    wait(browser, lambda d: star_count(d) == 3)
+    labels = {label.split(",")[0] for label in star_labels(browser)}
+    assert labels == {"Trip planning", "Food", "Museums"}
+    status, tree = http_json("GET", server.http(f"/spaces/{space['id']}/sessions"), key)
+    assert sorted(c["label"] for c in tree["children"]) == ["Food", "Museums"]
+
+    # Edit the opened session's system prompt from the memory panel.
+    css(browser, "#mem-system summary").click()
+    field = css(browser, "#slot-system-prompt")
+    field.clear()
+    field.send_keys("You plan trips.")
+    css(browser, '[data-save="system-prompt"]').click()
+    wait(browser, lambda d: "Saved the system prompt" in css(d, "#status").text)
+    status, body = http_json("GET", server.http(
+        f"/spaces/{space['id']}/sessions/{main_id}/system-prompt"), key)
+    assert body == {"content": "You plan trips."}
+
+    # Rename the space.
+    label_field = css(browser, "#space-label")
+    label_field.clear()
+    label_field.send_keys("Lisbon trip")
+    css(browser, "#space-form button").click()
+    wait(browser, lambda d: any(b.text == "Lisbon trip" for b in csss(d, "#space-list button")))
+    assert http_json("GET", server.http(f"/spaces/{space['id']}"), key)[1]["label"] == (
+        "Lisbon trip")
+
+    # A child: open it, talk, archive it.
+    food_id = attr(browser, '#map-box .star[aria-label^="Food,"]', "data-id")
+    open_star(browser, food_id)
+    css(browser, "#chat-input").send_keys("tapas?")
+    css(browser, "#chat-form button").click()
+    wait(browser, lambda d: "echo: tapas?" in css(d, "#chat").text)
+    screenshot(browser, tmp_path, "console-chat.png")
+    css(browser, "#archive").click()
+    wait(browser, lambda d: attr(d, f'.star[data-id="{food_id}"]', "data-status") == "archived")
+    assert http_json("GET", server.http(
+        f"/spaces/{space['id']}/sessions/{food_id}"), key)[1]["status"] == "archived"
+
+    # Phone width: nothing wider than the screen.
+    browser.set_window_size(390, 844)
+    try:
+        assert browser.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
+def test_a_fork_and_a_turn_made_over_rest_appear_live(server: Server, browser) -> None:
+    tenant = committed_tenant("console-bob", "live")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    sign_in(browser, server, key)
+    open_space(browser, "live")
+    open_star(browser, root_id)
+    browser.execute_script("window.notReloaded = true")
+
+    status, child = http_json("POST", server.http(
+        f"/spaces/{space_id}/sessions/{root_id}/fork"), key, {"label": "made elsewhere"})
+    assert status == 201
+    wait(browser, lambda d: attr(d, f'.star[data-id="{child["id"]}"]', "data-id"))
+    assert star_count(browser) == 2
+
+    # A turn on the open session elsewhere: the watch frame brings it into the chat.
+    assert http_json("POST", server.http(f"/spaces/{space_id}/sessions/{root_id}/turn"),
+                     key, {"input": "from curl"})[0] == 200
+    wait(browser, lambda d: "echo: from curl" in css(d, "#chat").text)
+    assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_a_star_map_of_200_sessions_renders_and_stays_usable(
+        server: Server, browser, tmp_path) -> None:
+    tenant = committed_tenant("console-carol", "big")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    parents = [root_id]
+    for n in range(199):  # a bushy tree: every fourth child gets children of its own
+        status, child = http_json("POST", server.http(
+            f"/spaces/{space_id}/sessions/{parents[n // 4 % len(parents)]}/fork"), key,
+            {"label": f"s{n}"})
+        assert status == 201
+        if n % 4 == 0:
+            parents.append(child["id"])
+    sign_in(browser, server, key)
+    open_space(browser, "big")
+    wait(browser, lambda d: d.execute_script(
+        "return window.stelloConsole.metrics.firstRender?.sessions") == 200)
+    metrics = browser.execute_script("return window.stelloConsole.metrics.firstRender")
+    print(f"\nstar map first render, 200 sessions: {metrics['totalMs']} ms "
+          f"(of which fetching {metrics['fetchMs']} ms)")
+    screenshot(browser, tmp_path, "console-star-map-200.png")
+
+    # Readable: every star is inside the map and big enough to hit, none on top of another.
+    rects = browser.execute_script("""
+        const box = document.querySelector('#map-box svg').getBoundingClientRect();
+        return [box, [...document.querySelectorAll('#map-box .star circle')].map(
+            c => c.getBoundingClientRect())];""")
+    box, stars = rects
+    assert len(stars) == 200
+    for r in stars:
+        assert box["left"] <= r["left"] and r["right"] <= box["right"]
+        assert box["top"] <= r["top"] and r["bottom"] <= box["bottom"]
+        assert r["width"] >= 5
+    centres = [(r["left"] + r["width"] / 2, r["top"] + r["height"] / 2) for r in stars]
+    overlapping = sum(1 for i, (x, y) in enumerate(centres) for (u, v) in centres[i + 1:]
+                      if (x - u) ** 2 + (y - v) ** 2 < 4 ** 2)
+    assert overlapping == 0
+
+    # Keyboard: a star takes focus and Enter opens its session.
+    from selenium.webdriver.common.keys import Keys
+
+    star = css(browser, '.star[aria-label^="s7,"]')
+    browser.execute_script("arguments[0].focus()", star)
+    star.send_keys(Keys.ENTER)
+    wait(browser, lambda d: css(d, "#session-title").text == "Session: s7")
+
+
+def test_delete_with_confirmation_bad_keys_and_labels(server: Server, browser) -> None:
+    tenant = committed_tenant("console-dave", "doomed")
+    key, space_id = tenant["key"], tenant["space_id"]
+
+    fresh_page(browser, server)
+    css(browser, "#key-input").send_keys("stello_nope_nope")
+    css(browser, "#key-form button").click()
+    wait(browser, lambda d: "Invalid API key" in css(d, "#status").text)
+    assert not css(browser, "#app").is_displayed()
+    assert browser.execute_script("return sessionStorage.length") == 0
+
+    # Every form field has a label.
+    unlabeled = browser.execute_script("""
+        return [...document.querySelectorAll('input:not([type=hidden]), textarea')]
+            .filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.id);""")
+    assert unlabeled == []
+
+    sign_in(browser, server, key)
+    assert browser.execute_script("return sessionStorage.length") == 1
+    open_space(browser, "doomed")
+    css(browser, "#delete-space").click()
+    css(browser, "#confirm-delete button[value=cancel]").click()
+    assert http_json("GET", server.http(f"/spaces/{space_id}"), key)[0] == 200
+    css(browser, "#delete-space").click()
+    assert "doomed" in css(browser, "#confirm-name").text
+    css(browser, "#confirm-yes").click()
+    wait(browser, lambda d: "Deleted doomed" in css(d, "#status").text)
+    assert http_json("GET", server.http(f"/spaces/{space_id}"), key)[0] == 404
+    assert not [b for b in csss(browser, "#space-list button") if b.text == "doomed"]
+
+    css(browser, "#sign-out").click()
+    assert browser.execute_script("return sessionStorage.length") == 0
+    assert css(browser, "#sign-in").is_displayed()
