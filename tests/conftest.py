@@ -39,9 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis: needs Redis (REDIS_URL)")
     config.addinivalue_line("markers", "sqlite: about the embedded SQLite default (deselected "
                                        "when the run uses PostgreSQL)")
-    config.addinivalue_line("markers", "browser: drives headless Chromium (chromium, chromium-driver, "
-                                       "selenium); required, not deselected, with "
-                                       "STELLO_REQUIRE_SERVICES=1")
+    config.addinivalue_line("markers", "browser: drives headless Chromium (chromium, "
+                                       "chromium-driver, selenium); required, not deselected, "
+                                       "with STELLO_REQUIRE_SERVICES=1")
     config.addinivalue_line("markers", "servers: starts real server processes "
                                        "(daphne, or uvicorn with STELLO_TEST_SERVER=uvicorn)")
     if REQUIRE_SERVICES and not (HAS_POSTGRES and HAS_REDIS):
