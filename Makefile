@@ -37,6 +37,7 @@ run: export DEBUG ?= 1
 run: $(VENV)/.installed-runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py ensure_dev_key
+	@echo "Web console: http://$(HOST):$(PORT)/console/ (sign in with the key above)"
 	$(PY) -m stello_project.serve daphne -b $(HOST) -p $(PORT)
 
 test: $(VENV)/.installed-dev

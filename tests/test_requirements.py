@@ -14,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-OUR_PACKAGES = {"sessions_app", "spaces", "stello_project", "tests", "manage"}
+OUR_PACKAGES = {"sessions_app", "spaces", "stello_project", "console", "tests", "manage"}
 
 
 def canonical(name: str) -> str:
@@ -51,7 +51,7 @@ def imported_modules(*folders: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("folders", "requirements"), [
-    (("sessions_app", "spaces", "stello_project"), "requirements.txt"),
+    (("sessions_app", "spaces", "stello_project", "console"), "requirements.txt"),
     (("tests",), "requirements-dev.txt"),
 ])
 def test_every_imported_package_is_pinned_directly(folders: tuple[str, ...],

@@ -88,9 +88,13 @@ export function drawStarMap(box, root, { selected, onOpen } = {}) {
     }
     const source = item.node.sourceSessionId && byId.get(item.node.sourceSessionId);
     if (source && source !== item.parent) {
+      // Bowed away from the centre, so it never reads as a tree edge.
+      const cx = (source.x + item.x) * 0.75 + (source.y - item.y) * 0.15;
+      const cy = (source.y + item.y) * 0.75 - (source.x - item.x) * 0.15;
       el("path", {
         class: "source",
-        d: `M${source.x},${source.y} Q0,0 ${item.x},${item.y}`,
+        d: `M${source.x.toFixed(1)},${source.y.toFixed(1)} Q${cx.toFixed(1)},${cy.toFixed(1)} ` +
+          `${item.x.toFixed(1)},${item.y.toFixed(1)}`,
         "data-from": source.node.id, "data-to": item.node.id,
       }, back);
     }
