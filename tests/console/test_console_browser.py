@@ -7,6 +7,7 @@ docs/img/ for the README."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -318,3 +319,36 @@ def test_delete_with_confirmation_bad_keys_and_labels(server: Server, browser) -
     css(browser, "#sign-out").click()
     assert browser.execute_script("return sessionStorage.length") == 0
     assert css(browser, "#sign-in").is_displayed()
+
+
+@pytest.fixture(scope="module")
+def scripted_server(django_db_setup, tmp_path_factory) -> Iterator[Server]:
+    """A server whose offline LLM first calls the built-in fork tool, then answers."""
+    logs = tmp_path_factory.mktemp("console-scripted")
+    script = logs / "script.json"
+    script.write_text(json.dumps([
+        {"content": "Opening a session for that.", "toolCalls": [
+            {"id": "call_1", "name": "stello_create_session", "input": {"label": "Hotels"}}]},
+        {"content": "I opened a Hotels session."},
+    ]))
+    env = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0", STELLO_CONSOLIDATE_ON_ARCHIVE="0",
+                     STELLO_LLM_SCRIPT=str(script))
+    with server_processes([env], logs) as (one,):
+        yield one
+
+
+def test_tool_calls_are_shown_and_the_llms_own_fork_appears(scripted_server: Server,
+                                                            browser) -> None:
+    tenant = committed_tenant("console-erin", "tools")
+    key, root_id = tenant["key"], tenant["root_id"]
+    sign_in(browser, scripted_server, key)
+    open_space(browser, "tools")
+    open_star(browser, root_id)
+    css(browser, "#chat-input").send_keys("find hotels")
+    css(browser, "#chat-form button").click()
+    wait(browser, lambda d: "I opened a Hotels session." in css(d, "#chat").text
+         and csss(d, "#chat li.tool"))
+    assert "tool call: stello_create_session" in css(browser, "#chat").text
+    assert "tool result (call_1)" in css(browser, "#chat li.tool").text.lower()
+    wait(browser, lambda d: any(label.startswith("Hotels,") for label in star_labels(d)))
+    assert star_count(browser) == 2
