@@ -58,6 +58,14 @@ def browser():
         driver.quit()
 
 
+@pytest.fixture(autouse=True)
+def leave_the_page(browser) -> Iterator[None]:
+    """After each test the page goes away before the database is flushed: its tree polling
+    and WebSocket would otherwise keep reading the tables being truncated (a deadlock)."""
+    yield
+    browser.get("about:blank")
+
+
 def wait(driver, condition, timeout: float = WAIT):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
@@ -197,6 +205,10 @@ def test_sign_in_create_a_space_stream_a_turn_fork_and_edit_a_prompt(
     wait(browser, lambda d: any(b.text == "Lisbon trip" for b in csss(d, "#space-list button")))
     assert http_json("GET", server.http(f"/spaces/{space['id']}"), key)[1]["label"] == (
         "Lisbon trip")
+    # The rename sent only the label: the main session's prompt, edited above, stands.
+    assert http_json("GET", server.http(
+        f"/spaces/{space['id']}/sessions/{main_id}/system-prompt"), key)[1] == {
+        "content": "You plan trips."}
 
     # A child: open it, talk, archive it.
     food_id = attr(browser, '#map-box .star[aria-label^="Food,"]', "data-id")
@@ -204,6 +216,7 @@ def test_sign_in_create_a_space_stream_a_turn_fork_and_edit_a_prompt(
     css(browser, "#chat-input").send_keys("tapas?")
     css(browser, "#chat-form button").click()
     wait(browser, lambda d: "echo: tapas?" in css(d, "#chat").text)
+    wait(browser, lambda d: "1 turn" in css(d, "#session-meta").text)
     screenshot(browser, tmp_path, "console-chat.png")
     css(browser, "#archive").click()
     wait(browser, lambda d: attr(d, f'.star[data-id="{food_id}"]', "data-status") == "archived")

@@ -105,7 +105,9 @@ async function enteredSocket() {
 
 function onSessionUpdated(frame) {
   refreshTree();
-  if (frame.sessionId === state.sessionId && !state.streaming) loadMessages();
+  if (frame.sessionId === state.sessionId && !state.streaming) {
+    Promise.all([loadMessages(), refreshMeta()]).catch(report);
+  }
 }
 
 // --- Sign in / out -----------------------------------------------------------------------
@@ -347,8 +349,14 @@ async function sendMessage(input) {
     reply.removeAttribute("aria-busy");
   }
   // The stored history shows the tool calls and their results the stream does not carry.
-  await loadMessages().catch(report);
+  await Promise.all([loadMessages(), refreshMeta()]).catch(report);
   refreshTree();
+}
+
+async function refreshMeta() {
+  const id = state.sessionId;
+  const meta = await api("GET", `/spaces/${state.space.id}/sessions/${id}`);
+  if (id === state.sessionId) { state.meta = meta; showMeta(meta); }
 }
 
 // --- Wiring ------------------------------------------------------------------------------
@@ -383,13 +391,19 @@ on("create-form", "submit", async () => {
   say(`Created ${space.label}.`);
 });
 on("space-form", "submit", async () => {
-  const nullable = (v) => (v.trim() ? v : null);
-  const space = await api("PATCH", `/spaces/${state.space.id}`, {
-    label: $("space-label").value, systemPrompt: nullable($("space-system").value),
-    consolidatePrompt: nullable($("space-consolidate").value),
-    integratePrompt: nullable($("space-integrate").value),
-  });
+  // Only what changed: a space's systemPrompt is copied to the main session, whose own prompt
+  // may have been edited in the memory panel since.
+  const fields = { label: "space-label", systemPrompt: "space-system",
+    consolidatePrompt: "space-consolidate", integratePrompt: "space-integrate" };
+  const changes = {};
+  for (const [field, id] of Object.entries(fields)) {
+    const value = $(id).value;
+    const next = field === "label" || value.trim() ? value : null;  // an empty prompt clears it
+    if (next !== state.space[field]) changes[field] = next;
+  }
+  const space = await api("PATCH", `/spaces/${state.space.id}`, changes);
   state.space = space;
+  showSpace(space);
   await loadSpaces();
   say("Space saved.");
 });
