@@ -365,3 +365,28 @@ def test_tool_calls_are_shown_and_the_llms_own_fork_appears(scripted_server: Ser
     assert "tool result (call_1)" in css(browser, "#chat li.tool").text.lower()
     wait(browser, lambda d: any(label.startswith("Hotels,") for label in star_labels(d)))
     assert star_count(browser) == 2
+
+
+def test_staff_continue_from_the_admin_login_with_a_key_of_their_own(
+        server: Server, browser) -> None:
+    from django.contrib.auth import get_user_model
+
+    from spaces.services import space_create
+
+    staff = get_user_model().objects.create_user("console-staff", password="pw-console-9",
+                                                 is_staff=True)
+    space_create(owner=staff, label="staff space")
+    fresh_page(browser, server)
+    assert not csss(browser, "#staff-form")
+    browser.get(server.http("/admin/login/?next=/console/"))
+    css(browser, "#id_username").send_keys("console-staff")
+    css(browser, "#id_password").send_keys("pw-console-9")
+    css(browser, "#login-form [type=submit]").click()
+    wait(browser, lambda d: csss(d, "#staff-form"))
+    css(browser, "#staff-form button").click()
+    wait(browser, lambda d: css(d, "#app").is_displayed())
+    open_space(browser, "staff space")
+    key = browser.execute_script("return sessionStorage.getItem('stello.console.key')")
+    status, spaces = http_json("GET", server.http("/spaces"), key)
+    assert status == 200 and [s["label"] for s in spaces] == ["staff space"]
+    browser.delete_all_cookies()  # the next tests start signed out of the admin too
