@@ -258,11 +258,13 @@ def test_a_star_map_of_200_sessions_renders_and_stays_usable(
     tenant = committed_tenant("console-carol", "big")
     key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
     parents = [root_id]
-    for n in range(199):  # a bushy tree: every fourth child gets children of its own
+    forks = set()
+    for n in range(199):  # a bushy tree: every fourth session gets forks of its own
+        source = parents[n % len(parents)]
         status, child = http_json("POST", server.http(
-            f"/spaces/{space_id}/sessions/{parents[n // 4 % len(parents)]}/fork"), key,
-            {"label": f"s{n}"})
+            f"/spaces/{space_id}/sessions/{source}/fork"), key, {"label": f"s{n}"})
         assert status == 201
+        forks.add(f"{source}>{child['id']}")
         if n % 4 == 0:
             parents.append(child["id"])
     sign_in(browser, server, key)
@@ -273,6 +275,11 @@ def test_a_star_map_of_200_sessions_renders_and_stays_usable(
     print(f"\nstar map first render, 200 sessions: {metrics['totalMs']} ms "
           f"(of which fetching {metrics['fetchMs']} ms)")
     screenshot(browser, tmp_path, "console-star-map-200.png")
+
+    # Each session is joined to the one it was forked from.
+    lines = browser.execute_script("return [...document.querySelectorAll('#map-box line.edge')]"
+                                   ".map(l => l.dataset.from + '>' + l.dataset.to)")
+    assert set(lines) == forks
 
     # Readable: every star is inside the map and big enough to hit, none on top of another.
     rects = browser.execute_script("""

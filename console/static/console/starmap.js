@@ -1,12 +1,14 @@
 // The star map: a radial drawing of a space's session tree (GET /spaces/{id}/sessions).
-// The main session sits at the centre, each depth on its own ring; a subtree gets an angle in
-// proportion to its leaves, so siblings never cross. Plain SVG built with the DOM (no library):
+// The main session sits at the centre; each session is drawn under the one it was forked from,
+// one ring per fork generation; a subtree gets an angle in proportion to its leaves, so lines
+// never cross. Plain SVG built with the DOM (no library):
 // 200 stars take a few milliseconds.
 
 const SVG = "http://www.w3.org/2000/svg";
 const RING = 110;          // distance between depth rings, in viewBox units
 const STAGGER = 42;        // a crowded ring alternates between two radii, this far apart
-const SPACING = 18;        // wanted arc length per star on a ring
+const SPACING = 16;        // wanted arc length per star on a ring
+const MIN_SCALE = 0.45;     // screen pixels per viewBox unit, at least (a star stays >= 5 px wide)
 const LABEL_LIMIT = 40;    // above this many stars, labels only for the main and selected ones
 
 export function starRadius(turnCount, isMain) {
@@ -14,15 +16,51 @@ export function starRadius(turnCount, isMain) {
   return Math.min(isMain ? Math.max(r, 13) : r, 26);
 }
 
-// Flatten the tree into nodes with x, y (centre at 0, 0) and the edges between them.
+// The fork tree: each session under the session it was forked from. With the default `flat`
+// fork strategy every topology parent is the main session, so the source is what shows how the
+// conversation branched; with `tree` the two are the same.
+function forkTree(root) {
+  const all = [];
+  (function flatten(node, parentId) {
+    all.push({ node, parentId });
+    for (const child of node.children || []) flatten(child, node.id);
+  })(root, null);
+  const ids = new Set(all.map((e) => e.node.id));
+  const kids = new Map();
+  for (const { node, parentId } of all.slice(1)) {
+    const from = ids.has(node.sourceSessionId) && node.sourceSessionId !== node.id
+      ? node.sourceSessionId : parentId;
+    if (!kids.has(from)) kids.set(from, []);
+    kids.get(from).push(node);
+  }
+  // Never lose a session to a malformed source chain: what the main session cannot reach
+  // hangs under it.
+  const reached = new Set([root.id]);
+  const queue = [root.id];
+  while (queue.length) {
+    for (const kid of kids.get(queue.shift()) || []) {
+      if (!reached.has(kid.id)) { reached.add(kid.id); queue.push(kid.id); }
+    }
+  }
+  const lost = all.slice(1).map((e) => e.node).filter((n) => !reached.has(n.id));
+  if (lost.length) kids.set(root.id, [...(kids.get(root.id) || []), ...lost]);
+  return kids;
+}
+
+// Place every session: x, y (centre at 0, 0), its fork parent and depth.
 export function layout(root) {
   const nodes = [];
   const byDepth = [];
+  const kidsOf = forkTree(root);
+  const seen = new Set();
   (function walk(node, parent, depth) {
     const item = { node, parent, depth, leaves: 0, kids: [] };
+    seen.add(node.id);
     nodes.push(item);
     (byDepth[depth] ||= []).push(item);
-    for (const child of node.children || []) item.kids.push(walk(child, item, depth + 1));
+    for (const child of kidsOf.get(node.id) || []) {
+      if (!seen.has(child.id)) item.kids.push(walk(child, item, depth + 1));
+    }
     item.leaves = item.kids.length ? item.kids.reduce((n, k) => n + k.leaves, 0) : 1;
     return item;
   })(root, null, 0);
@@ -38,18 +76,21 @@ export function layout(root) {
     }
   })(nodes[0], -Math.PI / 2, 1.5 * Math.PI);
 
-  // Radii: a ring grows until its stars fit; a crowded ring staggers.
+  // Radii: a ring grows until neighbouring stars on it are SPACING apart; a crowded ring
+  // alternates between two radii, so only every other star needs that room.
   let radius = 0;
   const rings = [0];
   for (let d = 1; d < byDepth.length; d++) {
-    const count = byDepth[d].length;
+    const ring = byDepth[d].sort((a, b) => a.angle - b.angle);
+    let gap = 2 * Math.PI;
+    for (let k = 1; k < ring.length; k++) gap = Math.min(gap, ring[k].angle - ring[k - 1].angle);
+    if (ring.length > 1) gap = Math.min(gap, 2 * Math.PI - (ring.at(-1).angle - ring[0].angle));
+    gap = Math.max(gap, 1e-3);
     let r = radius + RING;
-    const need = count * SPACING / (2 * Math.PI);
-    const stagger = need > r;
-    if (stagger) r = Math.max(r, need / 2);
+    const stagger = SPACING / gap > r;
+    if (stagger) r = Math.max(r, SPACING / (2 * gap));
     rings[d] = r;
-    byDepth[d].sort((a, b) => a.angle - b.angle)
-      .forEach((item, k) => { item.r = r + (stagger && k % 2 ? STAGGER : 0); });
+    ring.forEach((item, k) => { item.r = r + (stagger && k % 2 ? STAGGER : 0); });
     radius = r + (stagger ? STAGGER : 0);
   }
   nodes[0].r = 0;
@@ -83,20 +124,9 @@ export function drawStarMap(box, root, { selected, onOpen } = {}) {
   const byId = new Map(nodes.map((n) => [n.node.id, n]));
   for (const item of nodes) {
     if (item.parent) {
-      el("line", { class: "edge", x1: item.parent.x, y1: item.parent.y, x2: item.x, y2: item.y },
-        back);
-    }
-    const source = item.node.sourceSessionId && byId.get(item.node.sourceSessionId);
-    if (source && source !== item.parent) {
-      // Bowed away from the centre, so it never reads as a tree edge.
-      const cx = (source.x + item.x) * 0.75 + (source.y - item.y) * 0.15;
-      const cy = (source.y + item.y) * 0.75 - (source.x - item.x) * 0.15;
-      el("path", {
-        class: "source",
-        d: `M${source.x.toFixed(1)},${source.y.toFixed(1)} Q${cx.toFixed(1)},${cy.toFixed(1)} ` +
-          `${item.x.toFixed(1)},${item.y.toFixed(1)}`,
-        "data-from": source.node.id, "data-to": item.node.id,
-      }, back);
+      el("line", { class: "edge", x1: item.parent.x.toFixed(1), y1: item.parent.y.toFixed(1),
+        x2: item.x.toFixed(1), y2: item.y.toFixed(1), "data-from": item.parent.node.id,
+        "data-to": item.node.id }, back);
     }
   }
   const showLabels = nodes.length <= LABEL_LIMIT;
@@ -135,6 +165,12 @@ export function drawStarMap(box, root, { selected, onOpen } = {}) {
       onOpen(star.dataset.id);
     }
   });
+  // Never shrink a star below a few pixels: a deep tree gets a map larger than its box, which
+  // then scrolls, starting on the main session.
+  const pixels = Math.round(2 * size * MIN_SCALE);
+  svg.style.width = svg.style.height = `max(100%, ${pixels}px)`;
   box.replaceChildren(svg);
+  box.scrollLeft = (box.scrollWidth - box.clientWidth) / 2;
+  box.scrollTop = (box.scrollHeight - box.clientHeight) / 2;
   return nodes.length;
 }
