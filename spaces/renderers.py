@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import BaseRenderer
 
 from . import safejson
@@ -18,3 +19,22 @@ class FastJSONRenderer(BaseRenderer):
         if data is None:
             return b""
         return safejson.dumps(data)
+
+
+# What clients that want JSON send (or nothing at all): answered without parsing the header.
+_JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})
+
+
+class JsonFirstContentNegotiation(DefaultContentNegotiation):
+    """DRF's negotiation, with the common case decided at once: a view with one renderer, asked
+    for JSON or for anything, uses it. Everything else (a view with several renderers, such as
+    the schema's, or a specific Accept header) is negotiated by DRF as usual, 406 included."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        meta = request.META
+        override = self.settings.URL_FORMAT_OVERRIDE
+        if (len(renderers) == 1 and format_suffix is None
+                and meta.get("HTTP_ACCEPT", "") in _JSON_ACCEPTS
+                and not (override and override in meta.get("QUERY_STRING", ""))):
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)

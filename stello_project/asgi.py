@@ -14,7 +14,8 @@ connections live. So here:
   thread-sensitive worker thread, which does not exist yet at that point (a new one is made for
   each request), so they find no connection there; on the loop there is none either (Django
   refuses ORM calls on the loop). Same effect, no hop. Sending it synchronously means an async
-  receiver of `request_started` would fail loudly; none exists.
+  receiver of `request_started` would fail loudly; none exists. And while Django's own two
+  receivers are its only ones, it is not sent at all: they would find nothing to do.
 - the response is closed in the request's worker thread only when the request had one, that is
   when some sync code ran for it (the ORM on SQLite, a cold path, the admin); then the
   connections it opened are closed there exactly as Django does. A request that stayed on the
@@ -47,6 +48,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections, reset_queries
 from django.http import JsonResponse
 from django.urls import set_script_prefix
 
@@ -55,6 +57,26 @@ from stello_project.env import configuration_errors_in_one_line
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stello_project.settings")
 with configuration_errors_in_one_line():
     django.setup(set_prefix=False)  # before the consumers and views are imported
+
+
+def _receiver_key(receiver) -> tuple[int, int]:
+    # How `Signal.connect` identifies a plain function connected for any sender.
+    return (id(receiver), id(None))
+
+
+# Django's own `request_started` receivers act on the calling thread's database connections;
+# the event loop thread has none (Django refuses ORM calls there).
+_LOOP_NOOP_STARTED_RECEIVERS = frozenset(map(_receiver_key, (reset_queries,
+                                                             close_old_connections)))
+
+
+def send_request_started(scope) -> None:
+    """`request_started`, sent on the event loop, unless its only receivers are Django's own,
+    which would find nothing to do there (a walk over the connection handler per request)."""
+    signal = signals.request_started
+    if all(key in _LOOP_NOOP_STARTED_RECEIVERS for key, _, _ in signal.receivers):
+        return
+    signal.send(sender=StelloASGIHandler, scope=scope)
 
 
 def ran_sync_code() -> bool:
@@ -78,7 +100,7 @@ class StelloASGIHandler(ASGIHandler):
             await self.send_response(refusal.response(), send)
             return
         set_script_prefix(get_script_prefix(scope))
-        signals.request_started.send(sender=self.__class__, scope=scope)  # changed: no hop
+        send_request_started(scope)  # changed: on the loop, no hop
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()

@@ -26,8 +26,9 @@ from __future__ import annotations
 import threading
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 
@@ -102,3 +103,15 @@ class RequestPathMiddleware:
         if not response.streaming and "Content-Length" not in response.headers:
             response.headers["Content-Length"] = str(len(response.content))
         return response
+
+
+class CorsMiddlewareWhenConfigured(CorsMiddleware):
+    """django-cors-headers' middleware, used only when some origin is allowed: with none (the
+    default) it would answer no request differently, so Django leaves it out of the chain."""
+
+    def __init__(self, get_response) -> None:
+        if not (settings.CORS_ALLOWED_ORIGINS
+                or getattr(settings, "CORS_ALLOWED_ORIGIN_REGEXES", ())
+                or getattr(settings, "CORS_ALLOW_ALL_ORIGINS", False)):
+            raise MiddlewareNotUsed("no CORS origin is allowed")
+        super().__init__(get_response)

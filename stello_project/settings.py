@@ -84,7 +84,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "corsheaders.middleware.CorsMiddleware",  # async-capable: no thread hop
+    # django-cors-headers' middleware, left out of the chain when no origin is allowed (it would
+    # only cost every request its checks).
+    "stello_project.middleware.CorsMiddlewareWhenConfigured",
     # Everything but the admin (and its static files) skips the sync middleware below and goes
     # straight to its async view, with the hooks of SecurityMiddleware and XFrameOptionsMiddleware
     # applied on the event loop. See the module.
@@ -191,6 +193,7 @@ REST_FRAMEWORK = {
     # Bodies are JSON whatever the Content-Type says (the original server did the same).
     "DEFAULT_PARSER_CLASSES": ["spaces.parsers.AnyJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["spaces.renderers.FastJSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "spaces.renderers.JsonFirstContentNegotiation",
     "EXCEPTION_HANDLER": "sessions_app.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["spaces.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,

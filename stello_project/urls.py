@@ -19,6 +19,10 @@ SWAGGER_UI_PREFIX = f"{settings.STATIC_URL.lstrip('/')}{SWAGGER_UI_APP}/"
 SWAGGER_UI_ROOT = Path(drf_spectacular_sidecar.__file__).parent / "static" / SWAGGER_UI_APP
 
 urlpatterns = [
+    # The API first: Django tries the patterns in order, and these are the hot paths. No pattern
+    # below starts with `spaces`, so the order changes what is tried first, not what matches.
+    path("", include("sessions_app.api.urls")),
+    path("", include("spaces.urls")),
     re_path(rf"^{SWAGGER_UI_PREFIX}(?P<path>swagger-ui-dist/.+)$", serve,
             {"document_root": SWAGGER_UI_ROOT}),
     path("", include("console.urls")),  # /console/ and its static files, whatever DEBUG says
@@ -32,8 +36,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(
         url_name="schema", authentication_classes=[], permission_classes=[AllowAny]),
         name="api-docs"),
-    path("", include("spaces.urls")),
-    path("", include("sessions_app.api.urls")),
     path("", include("spaces.fallback_urls")),  # last: JSON 404 (after auth) under /spaces
 ]
 

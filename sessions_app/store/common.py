@@ -112,16 +112,17 @@ def session_tree_from_rows(rows: Iterable[TreeRow]) -> dict[str, Any]:
     nodes: dict[str, dict[str, Any]] = {}
     root = None
     for sid, parent, source, label, status, turns, metadata in rows:
-        node: dict[str, Any] = {"id": str(sid), "label": label, "status": status,
+        sid = str(sid)  # the PostgreSQL store reads ids as text already: str() returns them
+        node: dict[str, Any] = {"id": sid, "label": label, "status": status,
                                 "turnCount": turns, "children": []}
         source_session = source_id(source, metadata)
         if source_session is not None:
             node["sourceSessionId"] = source_session
-        nodes[str(sid)] = node
+        nodes[sid] = node
         if parent is None:
             root = node
-        elif str(parent) in nodes:
-            nodes[str(parent)]["children"].append(node)
+        elif (parent_node := nodes.get(str(parent))) is not None:
+            parent_node["children"].append(node)
     if root is None:
         raise SessionNotFound("Main session not found")
     return root

@@ -294,8 +294,8 @@ FROM {_SESSION_FROM} WHERE {_THIS_SESSION}
 SQL_CORE_DATA = "SELECT c.path, c.value FROM core_data c WHERE c.space_id = %(space)s"
 
 SQL_SESSION_TREE = """
-SELECT n.session_id, n.parent_id, n.source_session_id, s.label, s.status, s.turn_count,
-       s.metadata
+SELECT n.session_id::text, n.parent_id::text, n.source_session_id::text, s.label, s.status,
+       s.turn_count, s.metadata
 FROM topology_nodes n JOIN sessions s ON s.id = n.session_id
 WHERE n.space_id = %(space)s
 ORDER BY n.depth, n."index"

@@ -1,0 +1,84 @@
+"""The per-request shortcuts of the HTTP path keep Django's and DRF's behaviour.
+
+Each shortcut skips framework work only where it provably has nothing to do; these tests hold
+the cases where it must still happen: content negotiation for a client that asks for something
+else than JSON, `request_started` for a receiver of the project's own or a third party's, and
+CORS once an origin is allowed (tests/test_deploy.py covers its headers).
+"""
+
+from __future__ import annotations
+
+import pytest
+from corsheaders.middleware import CorsMiddleware
+from django.core import signals
+from django.core.exceptions import MiddlewareNotUsed
+
+from stello_project.asgi import StelloASGIHandler
+from stello_project.middleware import CorsMiddlewareWhenConfigured
+from tests.conftest import HOT_PATH_DB
+from tests.test_deploy import asgi_get
+
+
+@HOT_PATH_DB
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json"])
+def test_a_client_that_wants_json_or_anything_gets_json(alice_client, accept) -> None:
+    headers = {"HTTP_ACCEPT": accept} if accept is not None else {}
+    response = alice_client.get("/spaces", **headers)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == []
+
+
+@HOT_PATH_DB
+@pytest.mark.parametrize("accept", ["text/html", "application/xml"])
+def test_a_client_that_accepts_no_json_still_gets_406(alice_client, accept) -> None:
+    response = alice_client.get("/spaces", HTTP_ACCEPT=accept)
+    assert response.status_code == 406
+    assert "error" in response.json()
+
+
+@HOT_PATH_DB
+def test_a_weighted_accept_header_is_negotiated_by_drf(alice_client) -> None:
+    response = alice_client.get("/spaces", HTTP_ACCEPT="text/html;q=0.9, application/json;q=0.8")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+
+
+@HOT_PATH_DB
+def test_the_format_query_parameter_is_still_honoured(alice_client) -> None:
+    assert alice_client.get("/spaces?format=json").status_code == 200
+    assert alice_client.get("/spaces?format=xml").status_code == 404  # DRF: unknown format
+
+
+def test_the_schema_view_with_several_renderers_negotiates_as_drf_does() -> None:
+    from django.test import Client
+
+    response = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+
+
+async def test_request_started_still_reaches_receivers_other_than_djangos() -> None:
+    seen: list[str] = []
+
+    def receiver(sender, scope=None, **kwargs) -> None:
+        seen.append(scope["path"] if scope else "?")
+
+    signals.request_started.connect(receiver)
+    try:
+        status, _ = await asgi_get(StelloASGIHandler(), "/healthz")
+    finally:
+        signals.request_started.disconnect(receiver)
+    assert status == 200
+    assert seen == ["/healthz"]
+
+
+def test_the_cors_middleware_joins_the_chain_only_when_an_origin_is_allowed(settings) -> None:
+    def view(request):  # never called
+        raise AssertionError
+
+    settings.CORS_ALLOWED_ORIGINS = []
+    with pytest.raises(MiddlewareNotUsed):  # Django then leaves it out of the chain
+        CorsMiddlewareWhenConfigured(view)
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
+    assert isinstance(CorsMiddlewareWhenConfigured(view), CorsMiddleware)
