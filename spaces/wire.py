@@ -10,8 +10,9 @@ from .models import Space
 
 def iso_ms(value: datetime) -> str:
     """`2026-11-23T11:24:14.471Z`, like JavaScript's Date.toISOString()."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"  # without "+00:00"
 
 
 def space_json(space: Space) -> dict[str, Any]:

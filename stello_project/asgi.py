@@ -36,6 +36,7 @@ would print as `429 Unknown Status`) are filled in from the standard library's t
 """
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -258,5 +259,10 @@ application = ProtocolTypeRouter(
 
 with configuration_errors_in_one_line():
     log_startup(logging.getLogger("stello"))
+
+# Everything loaded so far (Django, the apps, the URL patterns, the libraries) lives as long as
+# the process: moved out of the collector's sight, the cyclic garbage collector stops walking
+# those objects over and over while requests run (it was about 7% of a request's instructions).
+gc.freeze()
 
 __all__ = ["StelloASGIHandler", "application", "django_asgi_app"]
