@@ -92,6 +92,7 @@ from ..engine.types import StreamChunk, TurnResult
 from ..events import session_group
 from ..runtime.pool import runtimes
 from ..wire import bootstrap_json, fork_child_json
+from . import idempotent
 from . import protocol as p
 from .connections import connections
 
@@ -290,6 +291,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
     connection_id: str | None = None
     space_id: str = ""
     channel_name: str | None = None  # set only once the connection watches a session
+    capture: idempotent.Capture | None = None  # the final frame of a frame with a requestId
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -435,7 +437,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         made_by = events.origin.set(self.connection_id)  # so we are not told of our own turns
         try:
-            await HANDLERS[message["type"]](self, message)
+            handler = HANDLERS[message["type"]]
+            if "requestId" in message:  # at most once per user and id (ws/idempotent.py)
+                await idempotent.run_once(self, message, text, handler)
+            else:
+                await handler(self, message)
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))
         except Exception:
@@ -466,6 +472,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def reply(self, message: p.ServerMessage) -> None:
         """Send one frame; dropped silently once the socket is closed."""
+        if self.capture is not None:  # kept for a retry even if the client has gone
+            message = self.capture.mark(message)
         if self._closed:
             return
         try:
