@@ -230,6 +230,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "sessions_app.api.schema.postprocess_schema",
+        "spaces.idempotency_schema.postprocess_schema",  # Idempotency-Key on mutating routes
     ],
 }
 
