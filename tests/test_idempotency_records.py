@@ -103,3 +103,21 @@ def test_the_command_sweeps_only_expired_records(alice) -> None:
     call_command("sweepidempotencykeys", stdout=out)
     assert out.getvalue() == "Deleted 1 expired idempotency record(s).\n"
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["live"]
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_records_read_only(admin_client, alice) -> None:
+    now = timezone.now()
+    record = IdempotencyRecord.objects.create(
+        user=alice, key="order-7", fingerprint="0" * 64, method="POST", path="/spaces",
+        status=201, body=b'{"secret": 1}', created_at=now, expires_at=now + timedelta(days=1))
+
+    listing = admin_client.get("/admin/spaces/idempotencyrecord/")
+    detail = admin_client.get(f"/admin/spaces/idempotencyrecord/{record.pk}/change/")
+
+    assert listing.status_code == 200 and b"order-7" in listing.content
+    assert detail.status_code == 200 and b"secret" not in detail.content
+    assert admin_client.get("/admin/spaces/idempotencyrecord/add/").status_code == 403
+    admin_client.post(f"/admin/spaces/idempotencyrecord/{record.pk}/change/",
+                      {"key": "forged", "status": 200})
+    assert IdempotencyRecord.objects.get(pk=record.pk).key == "order-7"

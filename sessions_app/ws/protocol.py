@@ -20,6 +20,10 @@ boolean`, like every other payload error). Only a connection that entered with i
 another WebSocket connection, in any server process. A connection never hears of its own turns
 (their answer already says so).
 
+`session.message`, `session.stream` and `session.fork` may carry `"requestId"` (ours, optional;
+1 to 255 visible ASCII characters, else HANDLER_ERROR): the frame then runs at most once per
+user and id, and its final frame carries the id back (`ws/idempotent.py`).
+
 `parse_client_frame` is the one entry point for incoming text: it returns a validated
 `ClientMessage` or raises `ProtocolError` with one of the five codes of the contract. Frames are
 parsed like REST bodies (`spaces.safejson`): invalid JSON, lone surrogates (`"\\ud800"`), NUL

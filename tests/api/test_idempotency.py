@@ -165,6 +165,7 @@ def test_a_server_error_is_not_stored(api: SessionApi, root_id: str, use_llm) ->
     failed = post(api.client, turn_path(api, root_id), {"input": "hi"}, key="k5")
     assert failed.status_code >= 500, failed.content
     assert not IdempotencyRecord.objects.exists()
+    assert history(root_id) == []  # the failed turn saved nothing: running it again is right
 
     use_llm(None)
     ran = post(api.client, turn_path(api, root_id), {"input": "hi"}, key="k5")
