@@ -235,3 +235,12 @@ def test_storing_an_answer_sweeps_expired_records_at_most_once_an_interval(
     post(api.client, turn_path(api, root_id), {"input": "b"}, key="fresh2")
     # Within the interval: no second sweep.
     assert IdempotencyRecord.objects.filter(key="stale2").exists()
+
+
+def test_a_keyed_body_over_the_limit_is_413_not_500(api: SessionApi, root_id: str,
+                                                     settings) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    response = post(api.client, turn_path(api, root_id), {"input": "x" * 2000}, key="big")
+    assert response.status_code == 413
+    assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+    assert history(root_id) == []
