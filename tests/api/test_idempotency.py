@@ -244,3 +244,17 @@ def test_a_keyed_body_over_the_limit_is_413_not_500(api: SessionApi, root_id: st
     assert response.status_code == 413
     assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
     assert history(root_id) == []
+
+
+def test_a_bad_key_on_another_users_space_answers_as_without_a_key(
+        api: SessionApi, bob_client: APIClient) -> None:
+    path = f"/spaces/{api.space_id}"
+    for method in ("patch", "delete"):
+        response = getattr(bob_client, method)(path, {"label": "mine"}, format="json",
+                                               headers={"Idempotency-Key": ""})
+        assert response.status_code == 403, (method, response.content)
+    unknown = bob_client.patch("/spaces/nope", {}, format="json", headers={"Idempotency-Key": ""})
+    assert unknown.status_code == 404
+    own = api.client.patch(path, {"label": "x"}, format="json", headers={"Idempotency-Key": ""})
+    assert own.status_code == 400
+    assert Space.objects.get(pk=api.space_id).label == "Research"
