@@ -180,25 +180,31 @@ def sweep_expired(now: datetime | None = None) -> int:
 # -- the key locks --------------------------------------------------------------------------------
 
 class KeyLocks:
-    """One lock object per event loop, made on first use: the session-lock implementation (an
-    advisory lock on PostgreSQL, through two connections of its own; in-process elsewhere),
-    keyed by user and idempotency key. Only requests with a key ever build it."""
+    """One lock object per event loop, made on first use by the factory that `sessions_app`
+    registers at start-up (its session-lock implementation: an advisory lock on PostgreSQL,
+    through connections of its own; in-process elsewhere), keyed by user and idempotency key.
+    Registered, not imported: `spaces` never depends on `sessions_app`. Only requests with a
+    key ever build one."""
 
     def __init__(self) -> None:
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary())
+        self._factory: Callable[[], Any] | None = None
+        self.busy: type[Exception] = IdempotencyKeyInUse
+
+    def configure(self, factory: Callable[[], Any], *, busy: type[Exception]) -> None:
+        """`factory()` makes a lock object whose `hold(name)` is an async context manager that
+        raises `busy` past its timeout; it may have `aclose()` and `settled()`."""
+        self._factory = factory
+        self.busy = busy
 
     def current(self) -> Any:
-        from sessions_app.runtime.locks import LocalSessionLocks, PostgresSessionLocks
-
         loop = asyncio.get_running_loop()
         locks = self._locks.get(loop)
         if locks is None:
-            conninfo = pgpool.conninfo()
-            timeout = settings.STELLO["SESSION_LOCK_TIMEOUT_SECONDS"]
-            locks = self._locks[loop] = (
-                PostgresSessionLocks(conninfo, timeout, connections=2) if conninfo
-                else LocalSessionLocks(timeout))
+            if self._factory is None:
+                raise RuntimeError("no key-lock factory: sessions_app registers it when ready")
+            locks = self._locks[loop] = self._factory()
         return locks
 
     async def aclose_current(self) -> None:
@@ -224,8 +230,6 @@ async def once(request: Request, run: Callable[[], Awaitable[Answer]]) -> tuple[
 
 
 async def _once(request: Request, run: Callable[[], Awaitable[Answer]]) -> tuple[Answer, bool]:
-    from sessions_app.engine.errors import SessionBusy
-
     store = records()
     try:
         async with key_locks.current().hold(f"idempotency:{request.user_id}:{request.key}"):
@@ -240,7 +244,7 @@ async def _once(request: Request, run: Callable[[], Awaitable[Answer]]) -> tuple
                 await store.aput(request, answer, now=timezone.now())
                 _maybe_sweep(store)
             return answer, False
-    except SessionBusy:
+    except key_locks.busy:
         raise IdempotencyKeyInUse() from None
 
 

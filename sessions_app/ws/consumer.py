@@ -291,7 +291,6 @@ class SessionConsumer(AsyncWebsocketConsumer):
     connection_id: str | None = None
     space_id: str = ""
     channel_name: str | None = None  # set only once the connection watches a session
-    capture: idempotent.Capture | None = None  # the final frame of a frame with a requestId
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -472,8 +471,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def reply(self, message: p.ServerMessage) -> None:
         """Send one frame; dropped silently once the socket is closed."""
-        if self.capture is not None:  # kept for a retry even if the client has gone
-            message = self.capture.mark(message)
+        capture = idempotent.capturing.get()
+        if capture is not None:  # kept for a retry even if the client has gone
+            message = capture.mark(message)
         if self._closed:
             return
         try:

@@ -16,6 +16,7 @@ REST.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,7 +35,9 @@ FINAL_TYPES = frozenset({"turn.complete", "stream.end", "session.forked", "error
 
 
 class Capture:
-    """The final frame an operation sent, set by the consumer's `reply`."""
+    """The final frame an operation sent, set by the consumer's `reply`. Current only in the
+    operation's own task (`capturing`), so a frame the reader sends meanwhile (a refusal of a
+    frame beyond the queue) is neither captured nor marked."""
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
@@ -46,6 +49,9 @@ class Capture:
         marked: Any = {**message, "requestId": self.request_id}
         self.frame = marked
         return marked
+
+
+capturing: ContextVar[Capture | None] = ContextVar("stello_ws_capture", default=None)
 
 
 async def run_once(consumer: SessionConsumer, message: Any, text: str,
@@ -60,15 +66,15 @@ async def run_once(consumer: SessionConsumer, message: Any, text: str,
                                   idempotency.fingerprint(METHOD, path, canonical))
 
     async def run() -> idempotency.Answer:
-        capture = consumer.capture = Capture(request_id)
+        # `once` runs this in a task of its own: the variable is set in that task's context only.
+        capture = Capture(request_id)
+        capturing.set(capture)
         status = 200
         try:
             await handler(consumer, message)
         except StelloError as exc:
             status = exc.status
             await consumer.reply(p.error(p.HANDLER_ERROR, exc.message))
-        finally:
-            consumer.capture = None
         frame = capture.frame if capture.frame is not None else p.error(
             p.HANDLER_ERROR, "no answer")
         return idempotency.Answer(status, "application/json", safejson.dumps(frame))
