@@ -10,3 +10,6 @@ class SessionsAppConfig(AppConfig):
         # Space lifecycle events (root session, prompt sync, runtime eviction) live here
         # because sessions_app depends on spaces, never the reverse.
         from . import receivers  # noqa: F401
+        from .runtime.locks import idempotency_key_locks
+
+        idempotency_key_locks()  # the locks behind Idempotency-Key, which spaces cannot import

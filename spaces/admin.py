@@ -14,7 +14,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from .apikeys import apikey_create, apikey_rename, apikey_revoke
-from .models import ApiKey, Space
+from .models import ApiKey, IdempotencyRecord, Space
 from .services import EDITABLE_FIELDS, space_create, space_delete, space_update
 
 # The admin's "View site" link: the server has no home page, its API documentation is the
@@ -161,3 +161,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
             for prefix in prefixes:
                 apikey_revoke(prefix=prefix)
         self.message_user(request, f"Revoked {len(prefixes)} API key(s).", messages.SUCCESS)
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(admin.ModelAdmin):
+    """Stored answers of idempotent requests: to look at, or delete; never to edit (an edited
+    answer would be replayed as if the server had sent it)."""
+
+    list_display = ("key", "user", "method", "path", "status", "created_at", "expires_at")
+    list_filter = ("method", "status")
+    search_fields = ("key", "path", "user__username")
+    readonly_fields = ("user", "key", "fingerprint", "method", "path", "status", "content_type",
+                       "created_at", "expires_at")
+    exclude = ("body",)
+    list_select_related = ("user",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -16,7 +16,7 @@ from rest_framework import status
 from rest_framework.response import Response
 
 from .schema import JSON, NUL_HELP, RESPONSE_HEADERS, SPACE_ID, error_responses
-from .selectors import aspace_for_user, space_for_user, spaces_of_user
+from .selectors import aspace_for_user, aspace_id_for_user, space_for_user, spaces_of_user
 from .serializers import (
     SPACE_CREATE,
     SPACE_UPDATE,
@@ -54,6 +54,11 @@ def _delete_space(*, user_id: int, space_id: str) -> None:
 
 class SpaceViewSet(AsyncViewSet):
     lookup_url_kwarg = "space_id"
+
+    async def acheck_target(self, request, *args, **kwargs) -> None:
+        """The space must be the caller's (403/404) before a bad Idempotency-Key (400)."""
+        if "space_id" in kwargs:
+            await aspace_id_for_user(user_id=request.user.id, space_id=kwargs["space_id"])
 
     @extend_schema(
         operation_id="listSpaces",

@@ -87,6 +87,30 @@ class ServiceUnavailable(StelloError):
     default_message = "Service temporarily unavailable"
 
 
+class InvalidIdempotencyKey(InvalidInput):
+    """An `Idempotency-Key` header (or a WebSocket `requestId`) that is empty, longer than 255
+    characters, or not visible ASCII."""
+
+    code = "INVALID_IDEMPOTENCY_KEY"
+    default_message = ("Idempotency-Key must be 1 to 255 visible ASCII characters")
+
+
+class IdempotencyKeyReused(StelloError):
+    """The key was used before for a different request (method, path or body): nothing ran."""
+
+    status = 422
+    code = "IDEMPOTENCY_KEY_REUSED"
+    default_message = "This Idempotency-Key was already used for a different request"
+
+
+class IdempotencyKeyInUse(Conflict):
+    """The first request with this key is still running past the lock timeout: nothing ran;
+    retry later to get its answer."""
+
+    code = "IDEMPOTENCY_KEY_IN_USE"
+    default_message = "A request with this Idempotency-Key is still running"
+
+
 # -- validation messages ---------------------------------------------------------------------------
 
 def missing(key: str) -> InvalidInput:

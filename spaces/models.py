@@ -55,3 +55,33 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         state = " (revoked)" if self.revoked else ""
         return f"{self.prefix}… {self.name or ''}{state}".strip()
+
+
+class IdempotencyRecord(models.Model):
+    """The stored answer to one mutating request sent with an `Idempotency-Key` (or a WebSocket
+    frame with a `requestId`), per user, so a retry replays it instead of running again. See
+    `spaces.idempotency`."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+",
+    )
+    key = models.CharField(max_length=255)
+    # SHA-256 (hex) of the method, path and body: the same key with another request is refused.
+    fingerprint = models.CharField(max_length=64)
+    method = models.CharField(max_length=16)
+    path = models.TextField()
+    status = models.PositiveSmallIntegerField()
+    content_type = models.CharField(max_length=100, default="application/json")
+    body = models.BinaryField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "idempotency_records"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_user_key"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expires")]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} [{self.key}] -> {self.status}"

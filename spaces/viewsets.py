@@ -28,12 +28,15 @@ from typing import Any
 
 from adrf.requests import AsyncRequest
 from adrf.viewsets import ViewSet
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
-from . import pgpool
+from . import idempotency, pgpool
+from .errors import InvalidIdempotencyKey
+from .parsers import PayloadTooLarge
 from .throttling import rate_limiter
 
 # Ids are UUIDs, but any one path segment is routed: a malformed id answers 404 from the view
@@ -89,12 +92,12 @@ class AsyncViewSet(ViewSet):
         try:
             try:
                 await self.ainitial(request, *args, **kwargs)
-                method = request.method.lower()
-                handler = (getattr(self, method, None) if method in self.http_method_names
-                           else None) or self.http_method_not_allowed
-                response = handler(request, *args, **kwargs)
-                if inspect.isawaitable(response):
-                    response = await response
+                # A mutating request with an Idempotency-Key runs at most once; one without
+                # costs this lookup and nothing else.
+                if (idempotency.META_HEADER in request._request.META
+                        and request.method in idempotency.MUTATING):
+                    return await self.aidempotent(request, *args, **kwargs)
+                response = await self.ahandle(request, *args, **kwargs)
             except Exception as exc:
                 response = self.handle_exception(exc)
             self.response = self.finalize_response(request, response, *args, **kwargs)
@@ -102,6 +105,61 @@ class AsyncViewSet(ViewSet):
         finally:
             if getattr(request._request, "scope", None) is None:
                 await self.aclose_call_loop()
+
+    async def ahandle(self, request: ApiRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        method = request.method.lower()
+        handler = (getattr(self, method, None) if method in self.http_method_names
+                   else None) or self.http_method_not_allowed
+        response = handler(request, *args, **kwargs)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
+
+    async def aidempotent(self, request: ApiRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """The handler's answer, run at most once per user and key (`spaces.idempotency`): the
+        stored answer is the rendered response, errors included, exactly as first sent."""
+
+        async def run() -> idempotency.Answer:
+            try:
+                response = await self.ahandle(request, *args, **kwargs)
+            except Exception as exc:
+                response = self.handle_exception(exc)
+            self.response = rendered(self.finalize_response(request, response, *args, **kwargs))
+            return idempotency.Answer(self.response.status_code,
+                                      self.response.get("Content-Type", "application/json"),
+                                      self.response.content)
+
+        try:
+            try:
+                key = idempotency.parse_key(request._request.META[idempotency.META_HEADER])
+            except InvalidIdempotencyKey:
+                await self.acheck_target(request, *args, **kwargs)  # 403/404 before the 400
+                raise
+            django_request = request._request
+            try:
+                body = django_request.body  # DRF's parser then reads the same bytes again
+            except RequestDataTooBig:
+                raise PayloadTooLarge() from None
+            path = django_request.get_full_path()
+            answer, replayed = await idempotency.once(idempotency.Request(
+                request.user.id, key, request.method, path,
+                idempotency.fingerprint(request.method, path, body)), run)
+        except Exception as exc:
+            self.response = self.finalize_response(request, self.handle_exception(exc),
+                                                   *args, **kwargs)
+            return rendered(self.response)
+        if not replayed:
+            return self.response
+        response = HttpResponse(answer.body, status=answer.status,
+                                content_type=answer.content_type)
+        response[idempotency.REPLAYED_HEADER] = "true"
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
+
+    async def acheck_target(self, request: ApiRequest, *args: Any, **kwargs: Any) -> None:
+        """Whether the caller may touch what the route names, for viewsets whose handlers
+        check that themselves: a bad Idempotency-Key answers 400 only to the owner. (Routes
+        under a space check it in `ainitial` already.)"""
 
     async def ainitial(self, request: ApiRequest, *args: Any, **kwargs: Any) -> None:
         """`APIView.initial`, with authentication, permissions and throttles on the loop."""
@@ -136,6 +194,8 @@ class AsyncViewSet(ViewSet):
 
     async def aclose_call_loop(self) -> None:
         """Close what was built for the event loop of this one call (see the module doc)."""
+        await idempotency.settled()
+        await idempotency.key_locks.aclose_current()
         await pgpool.pools.aclose_current()
         await rate_limiter.aclose_current()
 

@@ -234,6 +234,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "sessions_app.api.schema.postprocess_schema",
+        "spaces.idempotency_schema.postprocess_schema",  # Idempotency-Key on mutating routes
     ],
 }
 
@@ -307,6 +308,9 @@ STELLO = {
     "AGENT_IDLE_TTL_SECONDS": env_int("STELLO_AGENT_IDLE_TTL_SECONDS", 300, minimum=1),
     "SESSION_LOCK_TIMEOUT_SECONDS": env_float("STELLO_SESSION_LOCK_TIMEOUT_SECONDS", 120.0,
                                               minimum=0.0),
+    # How long a stored answer to an Idempotency-Key (or a WebSocket requestId) is replayed.
+    "IDEMPOTENCY_KEY_TTL_SECONDS": env_int("STELLO_IDEMPOTENCY_KEY_TTL_SECONDS", 86_400,
+                                           minimum=1),
     "SKILLS_DIRS": env_list("STELLO_SKILLS_DIRS", [], separator=os.pathsep),
     "TOOLS": env_list("STELLO_TOOLS", []),
     "BACKGROUND_RETRIES": env_int("STELLO_BACKGROUND_RETRIES", 2, minimum=0),

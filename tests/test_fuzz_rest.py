@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -192,6 +193,23 @@ def flatmap_path_parameters(context, path_parameters: dict[str, Any]):
     return st.fixed_dictionaries(choices)
 
 
+def unique_idempotency_key(case) -> None:
+    """A schema-valid `Idempotency-Key` becomes unique per call: generated keys repeat, and a
+    key reused with another body is a documented 422 that the "valid data is accepted" check
+    would count as a rejection (reuse is tested in tests/api/test_idempotency.py)."""
+    from spaces.errors import InvalidIdempotencyKey
+    from spaces.idempotency import parse_key
+
+    key = (case.headers or {}).get("Idempotency-Key")
+    if key is None:
+        return
+    try:
+        parse_key(key)
+    except InvalidIdempotencyKey:
+        return  # an invalid key stays: it must answer 400
+    case.headers["Idempotency-Key"] = f"fuzz-{uuid.uuid4().hex}"
+
+
 @pytest.fixture
 def world(alice_key: str, bob_key: str) -> Iterator[World]:
     WORLD["current"] = built = World(alice_key, bob_key)
@@ -231,6 +249,7 @@ BOB_TARGETS = SCHEMA.exclude(func=lambda ctx: "{space_id}" not in ctx.operation.
 def test_every_operation_conforms_to_the_schema_as_alice(case, world: World, alice_key) -> None:
     aim(case, world)
     try:
+        unique_idempotency_key(case)
         case.call_and_validate(headers={"X-API-Key": alice_key})
     finally:
         world.ensure()
@@ -242,6 +261,7 @@ def test_bob_never_reaches_alice_s_spaces_and_sessions(case, bob_world: World, b
     world = bob_world
     aim(case, world)
     before = world.alice_snapshot()
+    unique_idempotency_key(case)
     response = case.call_and_validate(headers={"X-API-Key": bob_key})
     # Coverage also probes the methods the schema does not declare: 405, or for OPTIONS DRF's
     # generic view metadata (200, nothing about the space), both without alice's data.

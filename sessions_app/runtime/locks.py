@@ -194,3 +194,19 @@ class PostgresSessionLocks:
             if conn is not None:
                 await conn.close()
                 self._conns[slot] = None
+
+
+def idempotency_key_locks() -> None:
+    """Register the locks of `spaces.idempotency` (one per Idempotency-Key): this module's, with
+    two lock connections per process on PostgreSQL and the session-lock timeout."""
+    from django.conf import settings
+
+    from spaces import idempotency, pgpool
+
+    def make() -> LocalSessionLocks | PostgresSessionLocks:
+        conninfo = pgpool.conninfo()
+        timeout = settings.STELLO["SESSION_LOCK_TIMEOUT_SECONDS"]
+        return (PostgresSessionLocks(conninfo, timeout, connections=2) if conninfo
+                else LocalSessionLocks(timeout))
+
+    idempotency.key_locks.configure(make, busy=SessionBusy)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
-from spaces import pgpool
+from spaces import idempotency, pgpool
 from spaces.models import Space
 from spaces.throttling import rate_limiter
 
@@ -204,6 +204,8 @@ class Runtime:
         self.pool.dispose()
         if isinstance(self.locks, PostgresSessionLocks):
             await self.locks.aclose()
+        await idempotency.settled()
+        await idempotency.key_locks.aclose_current()
         await pgpool.pools.aclose_current()
         await rate_limiter.aclose_current()
         for llm in {id(self.llm): self.llm, id(self.memory_llm): self.memory_llm}.values():

@@ -92,6 +92,7 @@ from ..engine.types import StreamChunk, TurnResult
 from ..events import session_group
 from ..runtime.pool import runtimes
 from ..wire import bootstrap_json, fork_child_json
+from . import idempotent
 from . import protocol as p
 from .connections import connections
 
@@ -435,7 +436,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
             return
         made_by = events.origin.set(self.connection_id)  # so we are not told of our own turns
         try:
-            await HANDLERS[message["type"]](self, message)
+            handler = HANDLERS[message["type"]]
+            if "requestId" in message:  # at most once per user and id (ws/idempotent.py)
+                await idempotent.run_once(self, message, text, handler)
+            else:
+                await handler(self, message)
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))
         except Exception:
@@ -466,6 +471,9 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def reply(self, message: p.ServerMessage) -> None:
         """Send one frame; dropped silently once the socket is closed."""
+        capture = idempotent.capturing.get()
+        if capture is not None:  # kept for a retry even if the client has gone
+            message = capture.mark(message)
         if self._closed:
             return
         try:

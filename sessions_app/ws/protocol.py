@@ -20,6 +20,10 @@ boolean`, like every other payload error). Only a connection that entered with i
 another WebSocket connection, in any server process. A connection never hears of its own turns
 (their answer already says so).
 
+`session.message`, `session.stream` and `session.fork` may carry `"requestId"` (ours, optional;
+1 to 255 visible ASCII characters, else HANDLER_ERROR): the frame then runs at most once per
+user and id, and its final frame carries the id back (`ws/idempotent.py`).
+
 `parse_client_frame` is the one entry point for incoming text: it returns a validated
 `ClientMessage` or raises `ProtocolError` with one of the five codes of the contract. Frames are
 parsed like REST bodies (`spaces.safejson`): invalid JSON, lone surrogates (`"\\ud800"`), NUL
@@ -32,6 +36,8 @@ from __future__ import annotations
 from typing import Any, Literal, NotRequired, TypedDict
 
 from spaces import safejson
+from spaces.errors import InvalidIdempotencyKey
+from spaces.idempotency import parse_key
 
 from ..engine.errors import InvalidInput, missing, required_text, wrong_type
 from ..engine.fork import parse_fork_options
@@ -50,6 +56,8 @@ INVALID_JSON = "Invalid JSON"
 NOT_AN_OBJECT = "Message must be a JSON object"
 ALREADY_ENTERED_MESSAGE = "Already in a session, leave first"
 NOT_ENTERED_MESSAGE = "Not in a session"
+
+REQUEST_ID_MESSAGE = "requestId must be a string of 1 to 255 visible ASCII characters"
 
 _TYPE_ECHO_LIMIT = 100  # an unknown type is echoed back, clipped to this many characters
 _MISSING: Any = object()
@@ -78,6 +86,7 @@ class SessionMessage(TypedDict):
 
     type: Literal["session.message"]
     input: str
+    requestId: NotRequired[str]  # ours: run at most once per user and id (docs/idempotency.md)
 
 
 class SessionStream(TypedDict):
@@ -85,6 +94,7 @@ class SessionStream(TypedDict):
 
     type: Literal["session.stream"]
     input: str
+    requestId: NotRequired[str]
 
 
 class SessionFork(TypedDict):
@@ -93,6 +103,7 @@ class SessionFork(TypedDict):
 
     type: Literal["session.fork"]
     options: ForkOptions
+    requestId: NotRequired[str]
 
 
 ClientMessage = SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
@@ -160,18 +171,32 @@ def _leave(data: dict[str, Any]) -> SessionLeave:
 
 
 def _message(data: dict[str, Any]) -> SessionMessage:
-    return {"type": "session.message", "input": required_text(data, "input")}
+    return _with_request_id(data, {"type": "session.message",
+                                   "input": required_text(data, "input")})
 
 
 def _stream(data: dict[str, Any]) -> SessionStream:
-    return {"type": "session.stream", "input": required_text(data, "input")}
+    return _with_request_id(data, {"type": "session.stream",
+                                   "input": required_text(data, "input")})
 
 
 def _fork(data: dict[str, Any]) -> SessionFork:
     options = data.get("options")
     # Missing options: say what is missing ("label is required"), not "options must be ...".
-    return {"type": "session.fork", "options": parse_fork_options({} if options is None
-                                                                  else options)}
+    return _with_request_id(data, {"type": "session.fork",
+                                   "options": parse_fork_options({} if options is None
+                                                                 else options)})
+
+
+def _with_request_id(data: dict[str, Any], message: Any) -> Any:
+    """The optional `requestId` (ours), validated like an Idempotency-Key header."""
+    request_id = data.get("requestId", _MISSING)
+    if request_id is not _MISSING:
+        try:
+            message["requestId"] = parse_key(request_id)
+        except InvalidIdempotencyKey:
+            raise InvalidInput(REQUEST_ID_MESSAGE) from None
+    return message
 
 
 _PAYLOAD_PARSERS = {
