@@ -146,7 +146,7 @@ def test_the_tree_node_is_recursive_and_messages_have_optional_tool_keys() -> No
         "$ref": "#/components/schemas/SessionTreeNode"}
     assert set(node["required"]) == {"id", "label", "status", "turnCount", "children"}
     message = schemas["Message"]
-    assert set(message["required"]) == {"role", "content", "timestamp", "metadata"}
+    assert set(message["required"]) == {"id", "role", "content", "timestamp", "metadata"}
     assert {"toolCalls", "toolCallId"} <= set(message["properties"])
 
 

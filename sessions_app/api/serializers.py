@@ -93,6 +93,8 @@ class ToolCallSerializer(serializers.Serializer):
 class MessageSerializer(serializers.Serializer):
     """One L3 record, oldest first."""
 
+    id = serializers.IntegerField(help_text="The record's id: what `fromMessage`, the message "
+                                            "edits and the paging cursors refer to.")
     role = serializers.ChoiceField(choices=["system", "user", "assistant", "tool"])
     content = serializers.CharField(allow_blank=True)
     timestamp = serializers.DateTimeField(help_text=TIMESTAMP_HELP)
