@@ -25,14 +25,16 @@ from .postgres import (
 
 _NEWEST = 9_223_372_036_854_775_807  # above every record id
 
-# One page of a session's records next to a cursor (the index records_session_order serves
-# both directions); one extra row tells whether more follow.
+# One page of a session's records next to a cursor, one extra row telling whether more follow.
+# Ordering on (session_id, id) makes the planner walk the records_session_order index and stop
+# after the page: ordered on id alone, it may walk the primary key backwards through other
+# sessions' newer records.
 _PAGE = f"""
 SELECT s.id, p.role, p.content, p."timestamp", p.tool_calls, p.tool_call_id, p.id
 FROM sessions s LEFT JOIN LATERAL (
   SELECT r.role, r.content, r."timestamp", r.tool_calls, r.tool_call_id, r.id
-  FROM records r WHERE r.session_id = s.id AND {{where}}
-  ORDER BY r.id {{order}} LIMIT %(limit)s
+  FROM records r WHERE r.session_id = %(sid)s AND {{where}}
+  ORDER BY r.session_id {{order}}, r.id {{order}} LIMIT %(limit)s
 ) p ON true
 WHERE {_THIS_SESSION}
 """
@@ -46,22 +48,25 @@ _STRETCH = f"""
 WITH src AS (
   SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
 ), tgt AS (
-  SELECT r.id FROM records r JOIN src ON r.session_id = src.id
-  WHERE (%(rid)s::bigint IS NULL OR r.id = %(rid)s::bigint)
-  ORDER BY r.id DESC LIMIT 1
+  SELECT r.id FROM records r, src
+  WHERE r.session_id = %(sid)s AND (%(rid)s::bigint IS NULL OR r.id = %(rid)s::bigint)
+  ORDER BY r.session_id DESC, r.id DESC LIMIT 1
 ), lo AS (
-  SELECT coalesce(max(r.id), 0) AS id FROM records r JOIN src ON r.session_id = src.id, tgt
-  WHERE r.id <= tgt.id AND r.role = 'user' AND NOT %(through)s
+  SELECT r.id FROM records r, tgt
+  WHERE r.session_id = %(sid)s AND r.id <= tgt.id AND r.role = 'user' AND NOT %(through)s
+  ORDER BY r.session_id DESC, r.id DESC LIMIT 1
 ), hi AS (
-  SELECT min(r.id) AS id FROM records r JOIN src ON r.session_id = src.id, tgt
-  WHERE r.id > tgt.id AND r.role = 'user'
+  SELECT r.id FROM records r, tgt
+  WHERE r.session_id = %(sid)s AND r.id > tgt.id AND r.role = 'user'
+  ORDER BY r.session_id, r.id LIMIT 1
 )
 SELECT src.id, (
   SELECT json_agg(json_build_array(r.id, r.role, r.content, r.tool_calls, r.tool_call_id)
                   ORDER BY r.id)
-  FROM records r, tgt, hi, lo
-  WHERE r.session_id = src.id AND r.id >= coalesce(lo.id, 0)
-    AND (hi.id IS NULL OR r.id < hi.id)
+  FROM records r, tgt
+  WHERE r.session_id = %(sid)s
+    AND r.id >= coalesce((SELECT lo.id FROM lo), 0)
+    AND r.id < coalesce((SELECT hi.id FROM hi), 9223372036854775807)
 )
 FROM src
 """
