@@ -53,7 +53,7 @@ def _schema() -> tuple[Any, list[Any]]:
     })
     either = PolymorphicProxySerializer(
         component_name="SpacesOrPage", serializers=[SpaceSerializer(many=True), page],
-        resource_type_field_name=None)
+        resource_type_field_name=None, many=False)
     parameters = [
         OpenApiParameter("limit", int, OpenApiParameter.QUERY, required=False,
                          description=f"Page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})."),

@@ -65,8 +65,9 @@ CURSOR = OpenApiParameter(
     description="The `nextCursor` of the previous page.",
 )
 MESSAGE_ID = OpenApiParameter(
-    "message_id", int, OpenApiParameter.PATH, pattern=SEGMENT_PATTERN,
-    description="A message's `id` (from the message list).",
+    "message_id", str, OpenApiParameter.PATH, pattern=SEGMENT_PATTERN,
+    description="A message's `id` (from the message list). A message of another session, or "
+                "any other value, answers 404.",
 )
 SESSION_FILTERS = [
     OpenApiParameter("status", str, OpenApiParameter.QUERY, required=False,
@@ -99,6 +100,7 @@ MESSAGES_OR_PAGE = PolymorphicProxySerializer(
     component_name="MessagesOrPage",
     serializers=[MessageSerializer(many=True), MESSAGE_PAGE],
     resource_type_field_name=None,
+    many=False,
 )
 MESSAGE_PAGING = [LIMIT, BEFORE, AFTER, DIRECTION]
 

@@ -103,8 +103,8 @@ WITH src AS (
 )
 SELECT src.status, upd.turn_count, upd.record_count, coalesce(
   (SELECT max(ins.id) FROM ins),
-  (SELECT r.id FROM records r WHERE r.session_id = src.id
-     AND r.id <> ALL(%(remove)s::bigint[]) ORDER BY r.id DESC LIMIT 1),
+  (SELECT r.id FROM records r WHERE r.session_id = %(sid)s
+     AND r.id <> ALL(%(remove)s::bigint[]) ORDER BY r.session_id DESC, r.id DESC LIMIT 1),
   0)
 FROM src LEFT JOIN upd ON true
 """
