@@ -55,7 +55,8 @@ def _schema() -> tuple[Any, list[Any]]:
         component_name="SpacesOrPage", serializers=[SpaceSerializer(many=True), page],
         resource_type_field_name=None, many=False)
     parameters = [
-        OpenApiParameter("limit", int, OpenApiParameter.QUERY, required=False,
+        OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                         OpenApiParameter.QUERY, required=False,
                          description=f"Page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})."),
         OpenApiParameter("cursor", str, OpenApiParameter.QUERY, required=False,
                          description="The `nextCursor` of the previous page."),

@@ -32,18 +32,25 @@ from ..runtime.pool import runtimes
 from ..store.common import SERVER_METADATA_KEYS
 from ..wire import session_meta_json
 from .schema import SESSION_PARAMETERS, SPACE_PARAMETERS
-from .serializers import MessageSerializer, SessionMetaSerializer, TurnResponseSerializer
+from .serializers import (
+    NOT_BLANK_PATTERN,
+    MessageSerializer,
+    SessionMetaSerializer,
+    TurnResponseSerializer,
+)
 
 DEFAULT_LIMIT = 50
 MAX_TAGS, MAX_TAG_LENGTH = 32, 64
+MAX_QUERY_TEXT = 200
 
 LOCKED = ("Runs under the session's lock: it waits for a running turn (409 `SESSION_BUSY` "
           "when the lock cannot be had in time) and never interleaves with one.")
 
 # -- query parameters -----------------------------------------------------------------------
 
+LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
 LIMIT = OpenApiParameter(
-    "limit", int, OpenApiParameter.QUERY, required=False,
+    "limit", LIMIT_SCHEMA, OpenApiParameter.QUERY, required=False,
     description=f"Page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT} when paging). Giving "
                 "`limit`, `before` or `after` answers a page object instead of the plain list.",
 )
@@ -74,10 +81,13 @@ SESSION_FILTERS = [
                      enum=["active", "archived"], description="Only sessions in this status."),
     OpenApiParameter("tag", str, OpenApiParameter.QUERY, required=False,
                      description="Only sessions with this tag."),
-    OpenApiParameter("q", str, OpenApiParameter.QUERY, required=False,
+    OpenApiParameter("q", {"type": "string", "maxLength": MAX_QUERY_TEXT},
+                     OpenApiParameter.QUERY, required=False,
                      description="Only sessions whose label contains this text (any case)."),
-    OpenApiParameter("updatedSince", str, OpenApiParameter.QUERY, required=False,
-                     description="Only sessions updated at or after this ISO 8601 time."),
+    OpenApiParameter("updatedSince", {"type": "string", "format": "date-time"},
+                     OpenApiParameter.QUERY, required=False,
+                     description="Only sessions updated at or after this time (ISO 8601 with "
+                                 "an offset)."),
 ]
 
 MESSAGE_PAGE = inline_serializer("MessagePage", {
@@ -108,14 +118,15 @@ MESSAGE_PAGING = [LIMIT, BEFORE, AFTER, DIRECTION]
 class SessionPatchSerializer(serializers.Serializer):
     """Documents the PATCH body; `parse_session_patch` validates it."""
 
-    label = serializers.CharField(required=False)
-    tags = serializers.ListField(child=serializers.CharField(), required=False,
-                                 help_text=f"At most {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} "
-                                           "characters; duplicates are dropped.")
+    label = serializers.RegexField(NOT_BLANK_PATTERN, required=False,
+                                   help_text="Must contain a non-whitespace character.")
+    tags = serializers.ListField(
+        child=serializers.CharField(min_length=1, max_length=MAX_TAG_LENGTH),
+        max_length=MAX_TAGS, required=False, help_text="Duplicates are dropped.")
     metadata = serializers.DictField(required=False, help_text=(
         "Replaces your metadata keys; the server's own keys (" + ", ".join(SERVER_METADATA_KEYS)
-        + ") are kept and may not be set."))
-    scope = serializers.CharField(required=False, allow_null=True)
+        + ") keep their values whatever the body says."))
+    scope = serializers.CharField(required=False, allow_null=True, allow_blank=True)
 
 
 class MessageEditSerializer(serializers.Serializer):
@@ -128,13 +139,9 @@ PATCHABLE = ("label", "tags", "metadata", "scope")
 
 
 def parse_session_patch(data: Any) -> dict[str, Any]:
+    """The fields to change; other keys are ignored, like the fork's options."""
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object")
-    unknown = sorted(set(data) - set(PATCHABLE))
-    if unknown:
-        raise InvalidInput(f"unknown field: {unknown[0]} (allowed: {', '.join(PATCHABLE)})")
-    if not data:
-        raise InvalidInput(f"nothing to change: give one of {', '.join(PATCHABLE)}")
     changes: dict[str, Any] = {}
     if "label" in data:
         changes["label"] = required_text(data, "label", strip=True)
@@ -156,10 +163,8 @@ def parse_session_patch(data: Any) -> dict[str, Any]:
         metadata = data["metadata"]
         if not isinstance(metadata, dict):
             raise wrong_type("metadata", "an object")
-        reserved = sorted(set(metadata) & set(SERVER_METADATA_KEYS))
-        if reserved:
-            raise InvalidInput(f"metadata.{reserved[0]} is set by the server")
-        changes["metadata"] = metadata
+        changes["metadata"] = {k: v for k, v in metadata.items()
+                               if k not in SERVER_METADATA_KEYS}
     return changes
 
 
@@ -226,7 +231,7 @@ class ConversationActions:
         operation_id="updateSession",
         summary="Edit a session",
         description="Changes the given fields among `label`, `tags`, `metadata` (your keys; the "
-                    "server's own are kept) and `scope`; unknown fields answer 400. Archived "
+                    "server's own are kept) and `scope`; other keys are ignored. Archived "
                     f"sessions may be edited too. {NUL_HELP}",
         tags=["sessions"],
         request={JSON: SessionPatchSerializer},
@@ -280,8 +285,8 @@ class ConversationActions:
         if status is not None and status not in ("active", "archived"):
             raise InvalidInput('status must be "active" or "archived"')
         text = params.get("q")
-        if text is not None and len(text) > 200:
-            raise InvalidInput("q must have at most 200 characters")
+        if text is not None and len(text) > MAX_QUERY_TEXT:
+            raise InvalidInput(f"q must have at most {MAX_QUERY_TEXT} characters")
         key = None
         if "cursor" in params:
             key = read_cursor(params["cursor"], "sessions", str(self.space_id))
@@ -326,7 +331,7 @@ class ConversationActions:
         return Response(result.to_json())
 
     @extend_schema(
-        methods=["PATCH"],
+        methods=["PUT"],
         operation_id="editMessage",
         summary="Edit the last user message and run the turn again",
         description="Only the session's last user message can be edited (another message: 409 "
@@ -352,7 +357,7 @@ class ConversationActions:
                    **error_responses(403, 404, 409)},
         parameters=[*SESSION_PARAMETERS, MESSAGE_ID],
     )
-    @action(detail=True, methods=["patch", "delete"],
+    @action(detail=True, methods=["put", "delete"],
             url_path=r"messages/(?P<message_id>[^/]+)")
     async def message(self, request, space_id: str, session_id: str,
                       message_id: str) -> Response:

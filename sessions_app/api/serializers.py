@@ -154,6 +154,12 @@ class ForkOptionsSerializer(BodySerializer):
     skills = serializers.ListField(
         child=serializers.CharField(allow_blank=True), required=False, allow_null=True,
         help_text="Skill whitelist of the child; absent or null keeps the source's.")
+    fromMessage = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True,
+        help_text="Branch from a message: the child gets the source's history up to and "
+                  "including this message `id` (its tool-call group whole), and records it as "
+                  "`metadata.sourceMessageId`. Implies `context: inherit`. A message of another "
+                  "session or space answers 400.")
 
 
 class ConsolidateResponseSerializer(serializers.Serializer):

@@ -181,14 +181,20 @@ class TestSessionEdits:
         assert api.meta(child["id"]).json() == body
         assert api.tree().json()["children"][0]["label"] == "Renamed"
         assert TopologyNode.objects.get(session_id=child["id"]).label == "Renamed"
+        # Other keys are ignored; the server's metadata keys keep their values.
+        same = api.client.patch(api.path(child["id"]), {"nope": 1}, format="json")
+        assert same.status_code == 200 and same.json()["label"] == "Renamed"
+        kept = api.client.patch(api.path(child["id"]), {"metadata": {
+            "sourceSessionId": "forged", "k": 2}}, format="json").json()
+        assert kept["metadata"] == {"k": 2, "sourceSessionId": root_id}
         partial = api.client.patch(api.path(child["id"]), {"scope": None}, format="json").json()
         assert (partial["label"], partial["tags"], partial["scope"]) == ("Renamed", ["a", "b"],
                                                                          None)
 
     @pytest.mark.parametrize("body", [
-        {}, {"nope": 1}, {"label": ""}, {"label": "  "}, {"label": 3}, {"tags": "a"},
+        {"label": ""}, {"label": "  "}, {"label": 3}, {"tags": "a"},
         {"tags": [1]}, {"tags": [""]}, {"tags": ["x" * 65]}, {"tags": [f"t{i}" for i in range(33)]},
-        {"metadata": []}, {"metadata": {"sourceSessionId": "x"}}, {"scope": 5}, [1],
+        {"metadata": []}, {"scope": 5}, [1],
     ])
     def test_a_bad_patch_is_400_and_changes_nothing(self, api, root_id, body) -> None:
         child = api.child(root_id, "Child")["id"]
@@ -303,7 +309,7 @@ class TestMessageEdits:
         api.said(root_id, "first")
         api.said(root_id, "secnod")
         last_user = api.messages(root_id).json()[2]["id"]
-        response = api.client.patch(api.path(root_id, f"messages/{last_user}"),
+        response = api.client.put(api.path(root_id, f"messages/{last_user}"),
                                     {"content": "second"}, format="json")
         assert response.status_code == 200, response.content
         assert [(m["role"], m["content"]) for m in api.messages(root_id).json()] == [
@@ -318,7 +324,7 @@ class TestMessageEdits:
         messages = api.messages(root_id).json()
         before = snapshot(root_id)
         for record in (messages[0], messages[3]):
-            response = api.client.patch(api.path(root_id, f"messages/{record['id']}"),
+            response = api.client.put(api.path(root_id, f"messages/{record['id']}"),
                                         {"content": "x"}, format="json")
             assert response.status_code == 409
             assert response.json()["code"] == "MESSAGE_NOT_EDITABLE"
@@ -330,7 +336,7 @@ class TestMessageEdits:
         use_llm(openai_llm(f"http://127.0.0.1:{closed_port()}/v1"))
         assert api.client.post(api.path(root_id, "regenerate")).status_code == 502
         last_user = before[0][0][0]
-        response = api.client.patch(api.path(root_id, f"messages/{last_user}"),
+        response = api.client.put(api.path(root_id, f"messages/{last_user}"),
                                     {"content": "other"}, format="json")
         assert response.status_code == 502
         assert snapshot(root_id) == before
@@ -368,7 +374,7 @@ class TestMessageEdits:
         response = api.client.delete(api.path(root_id, f"messages/{message_id}"))
         assert response.status_code == 404
         assert response.json()["code"] == "MESSAGE_NOT_FOUND"
-        response = api.client.patch(api.path(root_id, f"messages/{message_id}"),
+        response = api.client.put(api.path(root_id, f"messages/{message_id}"),
                                     {"content": "x"}, format="json")
         assert response.status_code == 404
         assert snapshot(root_id) == before
@@ -380,7 +386,7 @@ class TestMessageEdits:
         theirs = api.messages(child).json()[0]["id"]
         before = snapshot(child)
         assert api.client.delete(api.path(root_id, f"messages/{theirs}")).status_code == 404
-        response = api.client.patch(api.path(root_id, f"messages/{theirs}"),
+        response = api.client.put(api.path(root_id, f"messages/{theirs}"),
                                     {"content": "x"}, format="json")
         assert response.status_code == 404
         assert snapshot(child) == before
@@ -394,7 +400,7 @@ class TestMessageEdits:
         for response in (
             api.client.post(api.path(child, "regenerate")),
             api.client.delete(api.path(child, f"messages/{first}")),
-            api.client.patch(api.path(child, f"messages/{first}"), {"content": "x"},
+            api.client.put(api.path(child, f"messages/{first}"), {"content": "x"},
                              format="json"),
         ):
             assert response.status_code == 409
@@ -406,7 +412,7 @@ class TestMessageEdits:
         api.said(root_id, "hi")
         before = snapshot(root_id)
         last_user = before[0][0][0]
-        response = api.client.patch(api.path(root_id, f"messages/{last_user}"), body,
+        response = api.client.put(api.path(root_id, f"messages/{last_user}"), body,
                                     format="json")
         assert response.status_code == 400
         assert snapshot(root_id) == before
