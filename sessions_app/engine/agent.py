@@ -13,6 +13,7 @@ from contextlib import aclosing
 from . import memory
 from .builtins import turn_toolbox
 from .context import PromptBuilder
+from .editing import history_up_to
 from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
 from .fork import plan_child
 from .history import History, HistoryCache
@@ -145,8 +146,6 @@ class SpaceAgent:
         # Without inherited context the child needs nothing of the source's history.
         inherit = options.context == "inherit"
         if options.from_message is not None:  # a branch from one message
-            from .editing import history_up_to
-
             source = await history_up_to(self.store, source_id, options.from_message)
         else:
             source = await self.store.load_turn_context(source_id,
