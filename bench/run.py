@@ -14,6 +14,9 @@ created. Phases (``--phases``; default the first five, in this order):
   forks   POST .../sessions/{id}/fork, one source session per client              forks/s
   longsession  one session, sequential turns: median latency of --long-sample turns at each
           of --long-turns turns of history (default 10,100,1000), and latency@last/@first
+  messagepage  GET .../messages?limit=50 (newest page and the one before it) in a 100-message
+          session and in a long one (--page-session, seeded with manage.py seedhistory):
+          req/s and latency of each, and longOverSmallP50 (about 1.0: pages do not grow)
   inflight  --inflight turns (default 1000) in flight at once, half REST, half WebSocket, each
           on its own session, against our server on a slow LLM (bench/slow_llm.py); a second
           tenant (--other-api-key) reads its own session tree meanwhile. Ours only.
@@ -53,9 +56,9 @@ Flags default to environment variables: STELLO_BENCH_CLIENTS (16), STELLO_BENCH_
 STELLO_BENCH_WS_CONNECTIONS (16), STELLO_BENCH_WS_TURNS (50), STELLO_BENCH_PHASES,
 STELLO_BENCH_OUTPUT (none), STELLO_BENCH_REPEAT (1), STELLO_COMPARE_BASE_URL,
 STELLO_COMPARE_API_KEY, STELLO_BENCH_INFLIGHT (1000), STELLO_OTHER_API_KEY, STELLO_SLOW_LLM_URL,
-STELLO_BENCH_LONG_TURNS (10,100,1000). Exit status: 0 clean run, 1 errors (on either server) or
-a failed/aborted run, 2 usage. Ctrl-C / SIGTERM stop the phases, clean up and still print the
-JSON. See bench/README.md.
+STELLO_BENCH_LONG_TURNS (10,100,1000), STELLO_BENCH_PAGE_SESSION. Exit status: 0 clean run,
+1 errors (on either server) or a failed/aborted run, 2 usage. Ctrl-C / SIGTERM stop the phases,
+clean up and still print the JSON. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -88,10 +91,12 @@ try:
 except ImportError:  # the openai SDK of this project ships it as `httpx2`
     import httpx2 as httpx
 
-ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight")
+ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight", "messagepage")
 DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the other two are opt-in
 OURS_ONLY_PHASES = {"inflight": "needs our server on the slow LLM (bench/slow_llm.py); the Node "
-                                "original has a fake LLM without delay, so it is not run there"}
+                                "original has a fake LLM without delay, so it is not run there",
+                    "messagepage": "the Node original has no paged message list"}
+PAGE_SMALL_TURNS = 50  # the messagepage phase's short session: 100 messages
 TREE_FORKS = 8
 # Every space of a run is labelled `stello-bench-<run>-...`, so the final cleanup finds them all.
 LABEL = f"stello-bench-{os.getpid():x}{int(time.time()) & 0xFFFF:04x}"
@@ -132,6 +137,7 @@ class Config:
     other_api_key: str | None = None
     slow_llm_url: str | None = None
     long_turns: tuple[int, ...] = (10, 100, 1000)
+    page_session: tuple[str, str] | None = None  # (space, session) of a long seeded history
     long_sample: int = 20
     long_seconds: float = 600.0
 
@@ -188,6 +194,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                         help="longsession phase: measured turns at each history size")
     parser.add_argument("--long-seconds", type=float, default=600.0,
                         help="longsession phase: time limit of one run")
+    parser.add_argument("--page-session", default=env("STELLO_BENCH_PAGE_SESSION", ""),
+                        help="messagepage phase: SPACE_ID/SESSION_ID of a long history, e.g. "
+                             "made by `manage.py seedhistory SPACE_ID --messages 100000`")
     args = parser.parse_args(argv)
 
     api_key = os.environ.get("STELLO_API_KEY", "").strip()
@@ -221,6 +230,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if not long_turns or long_turns[0] < 0:
         parser.error("--long-turns needs at least one history size >= 0")
     phases = tuple(p for p in ALL_PHASES if p in phases)
+    page_session = tuple(args.page_session.strip().split("/")) if args.page_session else None
+    if page_session is not None and len(page_session) != 2:
+        parser.error("--page-session must be SPACE_ID/SESSION_ID")
+    if "messagepage" in phases and page_session is None:
+        parser.error("the messagepage phase needs --page-session (STELLO_BENCH_PAGE_SESSION)")
     targets = 2 if compare else 1
     runs = args.repeat * targets
     per_phase = args.warmup + args.seconds + 2 * args.grace + 5
@@ -228,6 +242,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for phase in phases:
         if phase == "longsession":
             budget += (args.long_seconds + 10) * runs
+        elif phase == "messagepage":  # two measured runs, and 50 turns of setup
+            budget += 2 * per_phase * runs + SETUP_TIMEOUT
         elif phase == "inflight":
             budget += inflight_setup_timeout(args.inflight) + (
                 args.inflight_timeout + 30) * args.repeat + CLEANUP_TIMEOUT
@@ -248,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         inflight_timeout=max(1.0, args.inflight_timeout), other_api_key=args.other_api_key,
         slow_llm_url=args.slow_llm_url.rstrip("/") if args.slow_llm_url else None,
         long_turns=long_turns, long_sample=args.long_sample,
-        long_seconds=max(1.0, args.long_seconds),
+        long_seconds=max(1.0, args.long_seconds), page_session=page_session,
     )
 
 
@@ -482,6 +498,7 @@ class Fixtures:
     turn_sessions: list[str] = field(default_factory=list)
     ws_sessions: list[str] = field(default_factory=list)
     fork_sources: list[str] = field(default_factory=list)
+    page_small: tuple[str, str] | None = None  # the messagepage phase's 100-message session
     shared: Shared = field(default_factory=Shared)
 
     @classmethod
@@ -507,6 +524,12 @@ async def fork_many(api: Api, space_id: str, source_id: str, count: int, prefix:
 
 
 async def build_fixtures(api: Api, config: Config, fixtures: Fixtures) -> None:
+    if "messagepage" in config.phases:
+        space, main = await create_space(api, fixtures, f"{LABEL}-pages")
+        for n in range(PAGE_SMALL_TURNS):
+            await api.call("POST", f"/spaces/{space}/sessions/{main}/turn",
+                           {"input": f"page fixture turn {n}"})
+        fixtures.page_small = (space, main)
     if "tree" in config.phases:
         fixtures.tree_space, main = await create_space(api, fixtures, f"{LABEL}-tree")
         await fork_many(api, fixtures.tree_space, main, TREE_FORKS, "branch")
@@ -610,6 +633,27 @@ async def phase_forks(api: Api, config: Config, fixtures: Fixtures) -> dict[str,
                           body_of=lambda i, n: {"label": f"fork-{i}-{n}"})
     return await run_phase(config, config.clients, worker, "forksPerSec",
                            {"sourceSessions": len(sources)})
+
+
+async def phase_messagepage(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
+    """GET .../messages?limit=50 (the newest page, and the page before it through the cursor)
+    in a 100-message session and in the long seeded one: keyset pages should cost the same."""
+    results: dict[str, Any] = {}
+    assert fixtures.page_small is not None and config.page_session is not None
+    for name, (space, session) in (("small", fixtures.page_small),
+                                   ("long", config.page_session)):
+        base = f"/spaces/{space}/sessions/{session}/messages?limit=50"
+        first = await api.call("GET", base)
+        cursor = first["nextCursor"]
+        paths = [base, f"{base}&before={cursor}" if cursor else base]
+        worker = request_loop(api, "GET", lambda i, paths=paths: paths[i % 2])
+        results[name] = await run_phase(config, config.clients, worker, "reqPerSec",
+                                        {"newestId": first["messages"][-1]["id"]
+                                         if first["messages"] else None})
+    small, long = (results[k].get("latencyMs") or {} for k in ("small", "long"))
+    if small.get("p50") and long.get("p50"):
+        results["longOverSmallP50"] = round(long["p50"] / small["p50"], 3)
+    return results
 
 
 async def phase_longsession(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
@@ -1202,6 +1246,7 @@ PHASES = {
     "forks": ("fork", phase_forks),
     "longsession": ("longSession", phase_longsession),
     "inflight": ("inflight", phase_inflight),
+    "messagepage": ("messagePage", phase_messagepage),
 }
 # The figures compared with --compare-base-url: (rates: more is better, latencies: less is
 # better); dotted paths into a phase's result. For longSession every entry of `medianMs` too.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import JSONField, Q, Value
 
 from spaces.models import Space
 
@@ -28,6 +28,9 @@ class Session(models.Model):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.STANDARD)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     scope = models.TextField(null=True, blank=True)  # given at fork; its one home
+    # A list of strings the owner sets (PATCH); db_default so the SQL store's inserts need not
+    # name the column.
+    tags = models.JSONField(default=list, blank=True, db_default=Value([], JSONField()))
     # `sourceSessionId` for clients of the original server (the topology holds it too).
     metadata = models.JSONField(default=dict, blank=True)
     turn_count = models.PositiveIntegerField(default=0)

@@ -52,6 +52,7 @@ def session_tree(*, space_id) -> dict[str, Any]:
 
 def message_json(record: Record) -> dict[str, Any]:
     message: dict[str, Any] = {
+        "id": record.id,
         "role": record.role,
         "content": record.content,
         "timestamp": iso_ms(record.timestamp),

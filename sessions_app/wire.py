@@ -18,7 +18,7 @@ def session_meta_json(meta: SessionMeta) -> dict[str, Any]:
         "role": meta.role,
         "status": meta.status,
         "scope": meta.scope,
-        "tags": [],  # part of the SessionMeta shape clients know; nothing here sets tags
+        "tags": list(meta.tags),
         "metadata": dict(meta.metadata),
         "turnCount": meta.turn_count,
         "createdAt": iso_ms(meta.created_at),

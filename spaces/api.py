@@ -15,6 +15,8 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
+from .listing import SPACE_PAGING, SPACES_OR_PAGE, spaces_page
+from .paging import paging_requested
 from .schema import JSON, NUL_HELP, RESPONSE_HEADERS, SPACE_ID, error_responses
 from .selectors import aspace_for_user, aspace_id_for_user, space_for_user, spaces_of_user
 from .serializers import (
@@ -63,13 +65,17 @@ class SpaceViewSet(AsyncViewSet):
     @extend_schema(
         operation_id="listSpaces",
         summary="List your spaces",
-        description="The caller's spaces, oldest first.",
+        description="The caller's spaces, oldest first. With `limit` or `cursor`: one page "
+                    "`{spaces, nextCursor}`; a bad limit or cursor answers 400.",
         tags=["spaces"],
-        responses={200: OpenApiResponse(SpaceSerializer(many=True), "Your spaces."),
-                   **error_responses()},
-        parameters=RESPONSE_HEADERS,
+        responses={200: OpenApiResponse(SPACES_OR_PAGE, "Your spaces (or one page of them)."),
+                   **error_responses(400)},
+        parameters=[*RESPONSE_HEADERS, *SPACE_PAGING],
     )
     async def list(self, request) -> Response:
+        if paging_requested(request.query_params, "cursor"):
+            return Response(await sync_to_async(spaces_page)(user_id=request.user.id,
+                                                             params=request.query_params))
         return Response(await sync_to_async(_spaces_json)(user_id=request.user.id))
 
     @extend_schema(

@@ -46,21 +46,27 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 # --- Errors: always {"error": message, "code": CODE}; one component per status ----------------
 
 ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
-    400: ("BadRequestError", ("INVALID_JSON", "INVALID_INPUT"),
-          "Invalid JSON (`INVALID_JSON`, also for NUL characters) or invalid fields "
-          "(`INVALID_INPUT`)."),
+    400: ("BadRequestError", ("INVALID_JSON", "INVALID_INPUT", "INVALID_CURSOR"),
+          "Invalid JSON (`INVALID_JSON`, also for NUL characters), invalid fields "
+          "(`INVALID_INPUT`) or a paging cursor that was altered or is another list's "
+          "(`INVALID_CURSOR`)."),
     401: ("UnauthorizedError", ("UNAUTHENTICATED",),
           'Missing (`"Missing API key"`) or unknown/revoked (`"Invalid API key"`) key, in '
           '`X-API-Key` or `Authorization: Bearer`.'),
     403: ("ForbiddenError", ("FORBIDDEN",), "The space belongs to another user."),
-    404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND"),
+    404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND",
+                            "MESSAGE_NOT_FOUND"),
           "Unknown space (`SPACE_NOT_FOUND`), a session that is not in this space "
-          "(`SESSION_NOT_FOUND`) or an unknown path (`NOT_FOUND`). Malformed ids are simply "
-          "unknown."),
-    409: ("ConflictError", ("SESSION_ARCHIVED", "SESSION_BUSY", "MAIN_SESSION_NOT_ARCHIVABLE"),
+          "(`SESSION_NOT_FOUND`), a message that is not in this session (`MESSAGE_NOT_FOUND`) "
+          "or an unknown path (`NOT_FOUND`). Malformed ids are simply unknown."),
+    409: ("ConflictError", ("SESSION_ARCHIVED", "SESSION_BUSY", "MAIN_SESSION_NOT_ARCHIVABLE",
+                            "MAIN_SESSION_NOT_DELETABLE", "MESSAGE_NOT_EDITABLE",
+                            "NOTHING_TO_REGENERATE"),
           "The session is archived (`SESSION_ARCHIVED`), or busy: it could not be had within "
-          "`STELLO_SESSION_LOCK_TIMEOUT_SECONDS` (`SESSION_BUSY`); archiving the main session "
-          "(`MAIN_SESSION_NOT_ARCHIVABLE`)."),
+          "`STELLO_SESSION_LOCK_TIMEOUT_SECONDS` (`SESSION_BUSY`); archiving or deleting the "
+          "main session (`MAIN_SESSION_NOT_ARCHIVABLE`, `MAIN_SESSION_NOT_DELETABLE`); editing "
+          "a message other than the last user message (`MESSAGE_NOT_EDITABLE`); regenerating "
+          "without a turn (`NOTHING_TO_REGENERATE`)."),
     413: ("PayloadTooLargeError", ("PAYLOAD_TOO_LARGE",),
           "The body is larger than `STELLO_MAX_BODY_BYTES`."),
     429: ("RateLimitedError", ("RATE_LIMITED",),

@@ -145,3 +145,19 @@ def test_listapikeys_without_keys_says_so() -> None:
 def test_listapikeys_for_an_unknown_user_is_a_command_error() -> None:
     with pytest.raises(CommandError, match="No user named 'nobody'"):
         run("listapikeys", "nobody")
+
+
+def test_seedhistory_makes_a_child_session_with_that_many_messages(alice) -> None:
+    from sessions_app.models import Record, Session
+    from spaces.services import space_create
+
+    space = space_create(owner=alice, label="Pages")
+    out = io.StringIO()
+    call_command("seedhistory", str(space.id), "--messages", "7", stdout=out)
+    session = Session.objects.get(pk=out.getvalue().strip().splitlines()[-1])
+    assert (session.space_id, session.role, session.record_count) == (space.id, "standard", 7)
+    roles = list(Record.objects.filter(session=session).values_list("role", flat=True))
+    assert roles == ["user", "assistant"] * 3 + ["user"]
+    assert session.node.parent.session.role == "main"
+    with pytest.raises(CommandError):
+        call_command("seedhistory", "00000000-0000-0000-0000-000000000000", stdout=out)

@@ -67,10 +67,17 @@ CONFIG = schemathesis.Config.from_dict({
     "operations": [{
         # Consolidating the main session is refused with a documented 400 ("the main session
         # integrates"): a rule about which session the id names, which no schema can state.
-        "include-operation-id": "consolidateSession",
+        "include-operation-id": operation,
         "checks": {"positive_data_acceptance": {
             "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "429", "5xx"]}},
-    }],
+    } for operation in (
+        "consolidateSession",
+        # Paging cursors are opaque signed strings: which ones are valid (400 INVALID_CURSOR
+        # otherwise) no schema can state; nor that `before` and `after` exclude each other.
+        "listSpaces", "listMessages", "listSessionsFlat",
+        # `fromMessage` must name a message of the source session (400 otherwise).
+        "forkSession",
+    )],
 })
 APP = WSGIHandler()
 SCHEMA = schemathesis.openapi.from_wsgi("/api/schema/?format=json", APP, config=CONFIG)
@@ -113,6 +120,9 @@ class World:
         self.child = self._post(self.alice, f"{base}/{self.root}/fork", {"label": "Child"},
                                 201)["id"]
         self._post(self.alice, f"{base}/{self.child}/turn", {"input": "Alice's question"})
+        # The child's last user message: what the message routes edit and delete.
+        self.message = str(Record.objects.filter(session_id=self.child, role="user")
+                           .latest("id").id)
         self.archived = self._post(self.alice, f"{base}/{self.root}/fork", {"label": "Old"},
                                    201)["id"]
         self._post(self.alice, f"{base}/{self.archived}/archive")
@@ -131,6 +141,7 @@ class World:
             "space_id": [self.space] * 4 + [self.other_space, self.bob_space],
             "session_id": [self.root, self.root, self.child, self.child, self.archived,
                            self.other_root, self.bob_root],
+            "message_id": [self.message, self.message],
         }
 
     def use_bob_target_pools(self) -> None:
@@ -138,6 +149,7 @@ class World:
         self.pools = {
             "space_id": [self.space, self.space, self.other_space],
             "session_id": [self.root, self.child, self.archived, self.other_root],
+            "message_id": [self.message],
         }
 
     def alice_secrets(self) -> list[str]:
@@ -232,7 +244,8 @@ def aim(case, world: World) -> None:
     if (not case.path_parameters or meta is None or meta.phase.name == TestPhase.FUZZING
             or meta.phase.data.parameter_location == ParameterLocation.PATH):
         return
-    targets = {"space_id": world.space, "session_id": world.child}
+    targets = {"space_id": world.space, "session_id": world.child,
+               "message_id": world.message}
     case.path_parameters.update({name: targets[name] for name in case.path_parameters})
     assert case.meta is not None  # revalidates the case's metadata after the edit
 
@@ -335,4 +348,4 @@ def test_the_fuzzed_schema_covers_every_documented_operation() -> None:
     raw = json.loads(APIClient().get("/api/schema/?format=json").content)
     documented = {(method.upper(), path) for path, item in raw["paths"].items()
                   for method in item if method != "parameters"}
-    assert operations == documented and len(operations) == 24
+    assert operations == documented and len(operations) == 30

@@ -33,15 +33,18 @@ def operations(schema: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 def readme_routes() -> set[tuple[str, str]]:
     """(METHOD, path) of every row of the README's REST table, in the schema's notation."""
-    section = README.read_text(encoding="utf-8").split("## REST API", 1)[1].split("\n## ", 1)[0]
+    readme = README.read_text(encoding="utf-8")
+    sections = [readme.split(heading, 1)[1].split("\n## ", 1)[0]
+                for heading in ("## REST API", "## Conversations as data")]
     routes = set()
-    for line in section.splitlines():
+    for line in "\n".join(sections).splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) < 2 or not re.fullmatch(r"[A-Z]+(, [A-Z]+)*", cells[0]):
             continue
         for path in re.findall(r"`([^`]+)`", cells[1]):
             path = path.replace(".../", "/spaces/{spaceId}/sessions/{id}/")
             path = path.replace("{spaceId}", "{space_id}").replace("{id}", "{session_id}")
+            path = path.replace("{messageId}", "{message_id}")
             routes.update((method, path) for method in cells[0].split(", "))
     return routes
 
@@ -68,7 +71,7 @@ def test_the_schema_is_valid_openapi_3_without_warnings(tmp_path) -> None:
 
 def test_every_readme_route_is_documented_and_nothing_else() -> None:
     routes = readme_routes()
-    assert len(routes) == 22  # guards the README parsing itself
+    assert len(routes) == 28  # guards the README parsing itself
     documented = set(operations(fetch_schema()))
     assert routes <= documented, sorted(routes - documented)
     health = {("GET", "/healthz"), ("GET", "/readyz")}
@@ -146,7 +149,7 @@ def test_the_tree_node_is_recursive_and_messages_have_optional_tool_keys() -> No
         "$ref": "#/components/schemas/SessionTreeNode"}
     assert set(node["required"]) == {"id", "label", "status", "turnCount", "children"}
     message = schemas["Message"]
-    assert set(message["required"]) == {"role", "content", "timestamp", "metadata"}
+    assert set(message["required"]) == {"id", "role", "content", "timestamp", "metadata"}
     assert {"toolCalls", "toolCallId"} <= set(message["properties"])
 
 

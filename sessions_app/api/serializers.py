@@ -93,6 +93,8 @@ class ToolCallSerializer(serializers.Serializer):
 class MessageSerializer(serializers.Serializer):
     """One L3 record, oldest first."""
 
+    id = serializers.IntegerField(help_text="The record's id: what `fromMessage`, the message "
+                                            "edits and the paging cursors refer to.")
     role = serializers.ChoiceField(choices=["system", "user", "assistant", "tool"])
     content = serializers.CharField(allow_blank=True)
     timestamp = serializers.DateTimeField(help_text=TIMESTAMP_HELP)
@@ -152,6 +154,12 @@ class ForkOptionsSerializer(BodySerializer):
     skills = serializers.ListField(
         child=serializers.CharField(allow_blank=True), required=False, allow_null=True,
         help_text="Skill whitelist of the child; absent or null keeps the source's.")
+    fromMessage = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True,
+        help_text="Branch from a message: the child gets the source's history up to and "
+                  "including this message `id` (its tool-call group whole), and records it as "
+                  "`metadata.sourceMessageId`. Implies `context: inherit`. A message of another "
+                  "session or space answers 400.")
 
 
 class ConsolidateResponseSerializer(serializers.Serializer):

@@ -16,6 +16,7 @@ from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from spaces.paging import paging_requested
 from spaces.schema import JSON, NUL_HELP, error_responses
 from spaces.selectors import aspace_id_for_user
 from spaces.viewsets import AsyncViewSet
@@ -26,6 +27,7 @@ from ..models import SessionData
 from ..runtime.pool import runtimes
 from ..store import space_store
 from ..wire import archive_json, fork_child_json, session_meta_json
+from .conversations import MESSAGE_PAGING, MESSAGES_OR_PAGE, ConversationActions
 from .schema import SESSION_PARAMETERS, SPACE_PARAMETERS, SessionSchema, SlotDoc, slot_schema
 from .serializers import (
     FORK_OPTIONS,
@@ -36,7 +38,6 @@ from .serializers import (
     ForkChildSerializer,
     ForkOptionsSerializer,
     IntegrationResultSerializer,
-    MessageSerializer,
     SessionMetaSerializer,
     SessionTreeNodeSerializer,
     TurnInputSerializer,
@@ -107,7 +108,7 @@ def slot_action(key: str, url_path: str, *, writable: bool):
         action(detail=True, methods=methods, url_path=url_path)(slot))
 
 
-class SessionViewSet(SpaceScopedViewSet):
+class SessionViewSet(ConversationActions, SpaceScopedViewSet):
     """`/spaces/{space_id}/sessions[/{session_id}[/...]]`."""
 
     lookup_url_kwarg = "session_id"
@@ -140,15 +141,19 @@ class SessionViewSet(SpaceScopedViewSet):
     @extend_schema(
         operation_id="listMessages",
         summary="A session's messages",
-        description="The session's raw history (L3 records), oldest first.",
+        description="The session's raw history (L3 records), oldest first. With `limit`, "
+                    "`before` or `after`: one page `{messages, nextCursor}` (see the "
+                    "parameters); a bad limit or cursor answers 400.",
         tags=["sessions"],
-        responses={200: OpenApiResponse(MessageSerializer(many=True),
-                                        "The records, oldest first."),
-                   **error_responses(403, 404)},
-        parameters=SESSION_PARAMETERS,
+        responses={200: OpenApiResponse(MESSAGES_OR_PAGE,
+                                        "The records, oldest first (or one page of them)."),
+                   **error_responses(400, 403, 404)},
+        parameters=[*SESSION_PARAMETERS, *MESSAGE_PAGING],
     )
     @action(detail=True, methods=["get"])
     async def messages(self, request, space_id: str, session_id: str) -> Response:
+        if paging_requested(request.query_params, "before", "after", "direction"):
+            return await self.message_page(request, session_id)
         return Response(await self.store().session_messages(session_id))
 
     @extend_schema(

@@ -13,6 +13,7 @@ from contextlib import aclosing
 from . import memory
 from .builtins import turn_toolbox
 from .context import PromptBuilder
+from .editing import history_up_to
 from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
 from .fork import plan_child
 from .history import History, HistoryCache
@@ -92,7 +93,9 @@ class SpaceAgent:
             raise SessionArchived(session_id)
         return ctx, history
 
-    def _turn_loop(self, ctx: TurnContext, history: History, text: str) -> TurnLoop:
+    def _turn_loop(
+        self, ctx: TurnContext, history: History, text: str, store: SpaceStore | None = None
+    ) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
@@ -118,7 +121,7 @@ class SpaceAgent:
             insight=ctx.insight if ctx.session.role == "standard" else None,
             prompt=prompt,
             llm=self.llm,
-            store=self.store,
+            store=store or self.store,  # a message edit's first save rewrites the old turn
             toolbox=toolbox,
             tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
             max_tool_rounds=self.settings.max_tool_rounds,
@@ -142,8 +145,11 @@ class SpaceAgent:
     async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
         # Without inherited context the child needs nothing of the source's history.
         inherit = options.context == "inherit"
-        source = await self.store.load_turn_context(source_id,
-                                                    history_after=0 if inherit else None)
+        if options.from_message is not None:  # a branch from one message
+            source = await history_up_to(self.store, source_id, options.from_message)
+        else:
+            source = await self.store.load_turn_context(source_id,
+                                                        history_after=0 if inherit else None)
         child = plan_child(source, options, self.settings.fork_strategy)
         return await self.store.create_child(child)
 

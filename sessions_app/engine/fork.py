@@ -25,6 +25,13 @@ def parse_fork_options(raw: object) -> ForkOptions:
         context = "none"
     if context not in CONTEXT_MODES:
         raise InvalidInput('context must be "none" or "inherit"')
+    from_message = raw.get("fromMessage")
+    if from_message is not None:
+        if type(from_message) is not int or from_message < 1:
+            raise wrong_type("fromMessage", "a message id (a positive integer) or null")
+        if "context" in raw and context != "inherit":
+            raise InvalidInput('fromMessage copies the history: context must be "inherit"')
+        context = "inherit"
     return ForkOptions(
         label=label,
         scope=_optional_string(raw, "scope"),
@@ -32,6 +39,7 @@ def parse_fork_options(raw: object) -> ForkOptions:
         prompt=_optional_string(raw, "prompt"),
         context=context,
         skills=_optional_names(raw, "skills"),
+        from_message=from_message,
     )
 
 
@@ -71,6 +79,7 @@ def plan_child(
         records=tuple(records),
         placement=placement,
         session_config=_frozen_config(source, options),
+        from_message=options.from_message,
     )
 
 

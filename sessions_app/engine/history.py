@@ -121,6 +121,10 @@ class HistoryCache:
             self._kept.popitem(last=False)
         return ctx, history
 
+    def forget(self, session_id: str) -> None:
+        """The session's history was rewritten (not appended to): read it whole next time."""
+        self._kept.pop(session_id, None)
+
     def saved(self, session_id: str, messages: Sequence[Message], result: SaveResult) -> None:
         """`messages` were appended by one committed save_call."""
         kept = self._kept.get(session_id)

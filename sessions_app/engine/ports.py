@@ -145,6 +145,38 @@ class SpaceStore(Protocol):
 
     async def core_data(self) -> Mapping[str, Any]: ...
 
+    # -- conversations as data (message edits, branches) ----------------------------------------
+
+    async def record_stretch(
+        self, session_id: str, record_id: int | None = None
+    ) -> list[tuple[int, Message]]:
+        """(record id, message) of the stretch holding `record_id` (None: the newest record):
+        from the nearest user message at or before it (else the first record) up to the next
+        user message, excluded. Tool-call groups never cross a user message, so each group the
+        stretch touches is whole. [] when the session has no such record."""
+        ...
+
+    async def history_through(self, session_id: str, record_id: int) -> list[tuple[int, Message]]:
+        """Every record from the first up to the end of `record_id`'s stretch; [] when the
+        session has no such record."""
+        ...
+
+    async def rewrite_records(
+        self,
+        session_id: str,
+        remove: Sequence[int],
+        messages: Sequence[Message] = (),
+        *,
+        consumed_insight: str | None = None,
+        end_turn: bool = False,
+        turns_removed: int = 0,
+    ) -> SaveResult:
+        """ONE transaction: delete the session's records listed in `remove`, append
+        `messages` (record_count follows), turn_count -= `turns_removed` (never below 0) and,
+        like save_call, `consumed_insight` and `end_turn`; updated_at = now. An archived
+        session raises SessionArchived and nothing is written."""
+        ...
+
 
 class SessionLocks(Protocol):
     """Serialises operations on one session, across every server process."""

@@ -102,6 +102,7 @@ class SessionMeta:
     source_session_id: str | None = None
     depth: int = 0
     index: int = 0
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,7 @@ class ForkOptions:
     prompt: str | None = None  # optional opening assistant message
     context: Literal["none", "inherit"] = "none"
     skills: tuple[str, ...] | None = None
+    from_message: int | None = None  # branch: copy the history up to this record id
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,7 @@ class NewChild:
     records: tuple[Message, ...]  # inherited history, then the opening message if any
     placement: Literal["flat", "tree"]
     session_config: Mapping[str, Any] | None = None  # frozen per-session config, if any
+    from_message: int | None = None  # the source's record the history was copied up to
 
 
 @dataclass(frozen=True, slots=True)

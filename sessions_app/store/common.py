@@ -92,6 +92,18 @@ def session_config_text(config: Mapping[str, Any]) -> str:
     return json.dumps(storable(dict(config)))
 
 
+def fork_metadata(source: str, from_message: int | None) -> dict[str, Any]:
+    """A fork's `metadata`: its source session and, for a branch from a message, that record."""
+    metadata: dict[str, Any] = {"sourceSessionId": source}
+    if from_message is not None:
+        metadata["sourceMessageId"] = from_message
+    return metadata
+
+
+# Keys of `sessions.metadata` the server writes; PATCH keeps them whatever the body says.
+SERVER_METADATA_KEYS = ("sourceSessionId", "sourceMessageId")
+
+
 def source_id(node_source: Any, metadata: Mapping[str, Any] | None) -> str | None:
     """The fork source: the topology's, else the legacy `metadata.sourceSessionId`."""
     if node_source:
@@ -134,10 +146,13 @@ def message_json(
     timestamp: datetime,
     tool_calls: Any,
     tool_call_id: str | None,
+    record_id: int | None = None,
 ) -> dict[str, Any]:
     """One record as the REST message list shows it (`metadata` is part of the shape clients
-    know; records carry none)."""
-    message: dict[str, Any] = {
+    know; records carry none). `id` is the record's id: what `fromMessage`, the message edits
+    and the paging cursors refer to."""
+    message: dict[str, Any] = {} if record_id is None else {"id": record_id}
+    message |= {
         "role": role,
         "content": content,
         "timestamp": iso_ms(timestamp),

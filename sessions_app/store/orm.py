@@ -37,6 +37,7 @@ from .common import (
     TurnListener,
     compression_of,
     compression_text,
+    fork_metadata,
     message_from_row,
     message_json,
     parse_uuid,
@@ -86,6 +87,7 @@ def session_meta(session: Session, node: TopologyNode | None) -> SessionMeta:
         source_session_id=source_id(node.source_session_id if node else None, session.metadata),
         depth=node.depth if node else 0,
         index=node.index if node else 0,
+        tags=tuple(session.tags or ()),
     )
 
 
@@ -112,7 +114,10 @@ def _last_record_id(session_pk) -> int:
     return next(iter(last), (0,))[0]
 
 
-class DjangoSpaceStore:
+from .orm_conversations import OrmConversations  # noqa: E402  (it uses the helpers above)
+
+
+class DjangoSpaceStore(OrmConversations):
     """Storage for one space (see `engine.ports.SpaceStore` for the guarantees)."""
 
     def __init__(self, space_id: str, *, on_turn: TurnListener | None = None) -> None:
@@ -247,7 +252,7 @@ class DjangoSpaceStore:
                 label=label,
                 role=Session.Role.STANDARD,
                 scope=scope,
-                metadata={"sourceSessionId": str(source.pk)},
+                metadata=fork_metadata(str(source.pk), child.from_message),
                 record_count=len(child.records),
             )
             node = TopologyNode.objects.create(
@@ -445,7 +450,7 @@ class DjangoSpaceStore:
         if not records:
             self._session_pk(session_id)  # 404 unless it exists here
         return [
-            message_json(r.role, r.content, r.timestamp, r.tool_calls, r.tool_call_id)
+            message_json(r.role, r.content, r.timestamp, r.tool_calls, r.tool_call_id, r.pk)
             for r in records
         ]
 

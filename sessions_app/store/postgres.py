@@ -49,6 +49,7 @@ from .common import (
     TurnListener,
     compression_of,
     compression_text,
+    fork_metadata,
     message_from_row,
     message_json,
     parse_uuid,
@@ -65,7 +66,7 @@ from .common import (
 _META_COLUMNS = (
     "s.id", "s.space_id", "s.label", "s.role", "s.status", "s.scope", "s.metadata",
     "s.turn_count", "s.created_at", "s.updated_at", "s.last_active_at",
-    "n.parent_id", "n.source_session_id", "n.depth", 'n."index"',
+    "n.parent_id", "n.source_session_id", "n.depth", 'n."index"', "s.tags",
 )
 _META = ", ".join(_META_COLUMNS)
 _META_WIDTH = len(_META_COLUMNS)
@@ -301,7 +302,7 @@ WHERE n.space_id = %(space)s
 ORDER BY n.depth, n."index"
 """
 SQL_SESSION_MESSAGES = f"""
-SELECT r.role, r.content, r."timestamp", r.tool_calls, r.tool_call_id
+SELECT r.role, r.content, r."timestamp", r.tool_calls, r.tool_call_id, r.id
 FROM sessions s LEFT JOIN records r ON r.session_id = s.id
 WHERE {_THIS_SESSION}
 ORDER BY r.id
@@ -332,7 +333,7 @@ async def _connection() -> AsyncIterator[psycopg.AsyncConnection]:
 
 def _meta(row: Sequence[Any]) -> SessionMeta:
     (sid, space_id, label, role, status, scope, metadata, turn_count, created_at,
-     updated_at, last_active_at, parent_id, node_source, depth, index) = row[:_META_WIDTH]
+     updated_at, last_active_at, parent_id, node_source, depth, index, tags) = row[:_META_WIDTH]
     return SessionMeta(
         id=str(sid),
         space_id=str(space_id),
@@ -349,6 +350,7 @@ def _meta(row: Sequence[Any]) -> SessionMeta:
         source_session_id=source_id(node_source, metadata),
         depth=depth or 0,
         index=index or 0,
+        tags=tuple(tags or ()),
     )
 
 
@@ -381,7 +383,10 @@ _FORK_ATTEMPTS = 50  # concurrent forks under one parent, each retry wins one in
 
 # -- the store --------------------------------------------------------------------------------
 
-class PgSpaceStore:
+from .pg_conversations import PgConversations  # noqa: E402  (it builds its SQL from the above)
+
+
+class PgSpaceStore(PgConversations):
     """Storage for one space on PostgreSQL (see `engine.ports.SpaceStore` for the guarantees)."""
 
     def __init__(self, space_id: str, *, on_turn: TurnListener | None = None) -> None:
@@ -475,7 +480,7 @@ class PgSpaceStore:
         source = params.pop("sid")
         now = timezone.now()
         label, scope = storable(child.label), storable(child.scope)
-        metadata = {"sourceSessionId": str(source)}
+        metadata = fork_metadata(str(source), child.from_message)
         slots = {SYSTEM_PROMPT: storable(child.system_prompt)}
         if child.session_config:
             slots[SESSION_CONFIG] = session_config_text(child.session_config)

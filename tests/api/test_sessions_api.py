@@ -152,7 +152,8 @@ class TestMessages:
         messages = api.messages(root_id).json()
         assert [(m["role"], m["content"], m["metadata"]) for m in messages] == [
             ("user", "hello", None), ("assistant", "echo: hello", None)]
-        assert all(set(m) == {"role", "content", "timestamp", "metadata"} for m in messages)
+        assert all(set(m) == {"id", "role", "content", "timestamp", "metadata"} for m in messages)
+        assert messages[0]["id"] < messages[1]["id"]  # record ids, in order
         assert all(TIMESTAMP.match(m["timestamp"]) for m in messages)
 
     def test_tool_calls_and_tool_call_ids_appear_only_where_set(
@@ -174,7 +175,7 @@ class TestMessages:
         assert "toolCallId" not in calling
         assert tool["toolCallId"] == "call_1" and "toolCalls" not in tool
         assert json.loads(tool["content"]) == {"sessionId": str(child_id), "label": "Branch"}
-        assert set(final) == {"role", "content", "timestamp", "metadata"}
+        assert set(final) == {"id", "role", "content", "timestamp", "metadata"}
         assert all(m["metadata"] is None for m in messages)
 
     @pytest.mark.parametrize("session_id", UNKNOWN_IDS)
@@ -268,7 +269,7 @@ class TestTurn:
 class TestRouting:
     @pytest.mark.parametrize(("method", "suffix"), [
         ("get", "turn"), ("get", "fork"), ("get", "archive"), ("post", "messages"),
-        ("delete", ""), ("patch", ""), ("post", ""),
+        ("post", ""), ("put", ""),
     ])
     def test_an_unsupported_method_is_405(self, api, root_id, method, suffix) -> None:
         response = getattr(api.client, method)(api.path(root_id, suffix))

@@ -273,7 +273,8 @@ class InMemoryStore:
             role="standard",
             status="active",
             scope=scope,
-            metadata={"sourceSessionId": source.id},
+            metadata={"sourceSessionId": source.id} | (
+                {} if child.from_message is None else {"sourceMessageId": child.from_message}),
             turn_count=0,
             created_at=now,
             updated_at=now,
@@ -382,6 +383,64 @@ class InMemoryStore:
 
     async def core_data(self) -> Mapping[str, Any]:
         return dict(self.core)
+
+    async def record_stretch(
+        self, session_id: str, record_id: int | None = None
+    ) -> list[tuple[int, Message]]:
+        return self._stretch(session_id, record_id, through=False)
+
+    async def history_through(self, session_id: str, record_id: int) -> list[tuple[int, Message]]:
+        return self._stretch(session_id, record_id, through=True)
+
+    def _stretch(
+        self, session_id: str, record_id: int | None, *, through: bool
+    ) -> list[tuple[int, Message]]:
+        stored = self._get(session_id)
+        pairs = list(zip(stored.record_ids, stored.records, strict=True))
+        ids = [rid for rid, _ in pairs]
+        if not pairs or (record_id is not None and record_id not in ids):
+            return []
+        at = ids.index(record_id) if record_id is not None else len(pairs) - 1
+        start = 0
+        if not through:
+            start = max((i for i in range(at + 1) if pairs[i][1].role == "user"), default=0)
+        end = next((i for i in range(at + 1, len(pairs)) if pairs[i][1].role == "user"),
+                   len(pairs))
+        return pairs[start:end]
+
+    async def rewrite_records(
+        self,
+        session_id: str,
+        remove: Sequence[int],
+        messages: Sequence[Message] = (),
+        *,
+        consumed_insight: str | None = None,
+        end_turn: bool = False,
+        turns_removed: int = 0,
+    ) -> SaveResult:
+        stored = self._get(session_id)
+        if stored.meta.status != "active":
+            raise SessionArchived(session_id)
+        kept = [(i, m) for i, m in zip(stored.record_ids, stored.records, strict=True)
+                if i not in set(remove)]
+        stored.record_ids[:] = [i for i, _ in kept]
+        stored.records[:] = [m for _, m in kept]
+        self.add_records(session_id, *messages)
+        if consumed_insight is not None and stored.slots.get("insight") == consumed_insight:
+            del stored.slots["insight"]
+        now = _now()
+        turns = max(stored.meta.turn_count - turns_removed, 0) + (1 if end_turn else 0)
+        changes: dict[str, Any] = {"turn_count": turns, "updated_at": now}
+        if end_turn:
+            changes["last_active_at"] = now
+        self._update(session_id, **changes)
+        result = SaveResult(
+            turn_count=turns, record_count=len(stored.records),
+            last_record_id=stored.record_ids[-1] if stored.record_ids else 0,
+        )
+        if end_turn and self.on_turn is not None:
+            self.on_turn(self.space_id, session_id, result.turn_count)
+        return result
 
 
 def _now() -> datetime:
