@@ -46,9 +46,11 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 # --- Errors: always {"error": message, "code": CODE}; one component per status ----------------
 
 ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
-    400: ("BadRequestError", ("INVALID_JSON", "INVALID_INPUT"),
+    400: ("BadRequestError", ("INVALID_JSON", "INVALID_INPUT", "INVALID_CURSOR",
+                              "INVALID_IMPORT"),
           "Invalid JSON (`INVALID_JSON`, also for NUL characters) or invalid fields "
-          "(`INVALID_INPUT`)."),
+          "(`INVALID_INPUT`); a cursor not given out for this query (`INVALID_CURSOR`); an "
+          "import file refused, with its first bad line (`INVALID_IMPORT`)."),
     401: ("UnauthorizedError", ("UNAUTHENTICATED",),
           'Missing (`"Missing API key"`) or unknown/revoked (`"Invalid API key"`) key, in '
           '`X-API-Key` or `Authorization: Bearer`.'),

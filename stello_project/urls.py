@@ -31,6 +31,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(
         url_name="schema", authentication_classes=[], permission_classes=[AllowAny]),
         name="api-docs"),
+    path("", include("sessions_app.api.data_urls")),  # first: `spaces/import` is no space id
     path("", include("spaces.urls")),
     path("", include("sessions_app.api.urls")),
     path("", include("spaces.fallback_urls")),  # last: JSON 404 (after auth) under /spaces
