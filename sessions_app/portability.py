@@ -341,7 +341,7 @@ def _session(state: _State, line: _Line) -> None:
     times = (line.time("createdAt"), line.time("updatedAt"), line.time("lastActiveAt"))
     session.save(force_insert=True)
     node = TopologyNode.objects.create(
-        session=session, space=state.space, parent=None if parent is None else parent.session,
+        session=session, space=state.space, parent=None if parent is None else parent.node,
         depth=0 if parent is None else parent.node.depth + 1, index=index,
         label=line.text("nodeLabel"))
     state.sessions[ref] = _Imported(session, node, source, line.number, times,
@@ -423,6 +423,10 @@ def _finish(state: _State) -> None:
         raise ImportRefused("the file has no main session")
     sessions = []
     for imported in state.sessions.values():
+        legacy = imported.session.metadata.get("sourceSessionId")
+        if isinstance(legacy, str) and legacy in state.sessions:  # an id of the file: remap
+            imported.session.metadata["sourceSessionId"] = str(
+                state.sessions[legacy].session.id)
         if imported.covered > imported.records:
             raise ImportRefused("memoryCoveredMessages is more than the session's messages",
                                 line=imported.line)
@@ -438,7 +442,7 @@ def _finish(state: _State) -> None:
         session.memory_covered_up_to = imported.covered_id
         sessions.append(session)
     Session.objects.bulk_update(sessions, ["created_at", "updated_at", "last_active_at",
-                                           "record_count", "memory_covered_up_to"],
+                                           "record_count", "memory_covered_up_to", "metadata"],
                                 batch_size=BATCH)
     TopologyNode.objects.bulk_update([i.node for i in state.sessions.values()],
                                      ["source_session"], batch_size=BATCH)
