@@ -57,7 +57,8 @@ def test_memories_and_insights_come_first_and_say_their_kind(
     add(child, "we talked about glaciers")
     SessionData.objects.create(session_id=child, key="memory", content="Glaciers are melting")
     SessionData.objects.create(session_id=child, key="insight", content="Ask about glaciers")
-    SessionData.objects.create(session_id=child, key="consolidate_prompt", content="glaciers expert")
+    SessionData.objects.create(session_id=child, key="consolidate_prompt",
+                               content="glaciers expert")
     results = hits(search(alice_client, space["id"], q="glaciers"))
     assert [r["kind"] for r in results] == ["insight", "memory", "message"]
     assert all(r["sessionId"] == child and r["sessionLabel"] == "Topic" for r in results)
