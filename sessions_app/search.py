@@ -8,7 +8,8 @@ quotes are words like any other. Every word must occur (AND); case does not matt
 
 Order: the memories and insights that match (newest slot first), then the messages (newest
 first). The cursor names the last hit of a page; it is signed, and bound to the space and the
-words, so a tampered or borrowed cursor is refused (400 `INVALID_CURSOR`).
+words, so a tampered or borrowed cursor is refused (400 `INVALID_CURSOR`). A query without
+a word (only punctuation) finds nothing.
 
 The search is a cold path: the caller runs `search_space` in one worker-thread hop.
 """
@@ -33,7 +34,6 @@ from spaces.wire import iso_ms
 from .data_errors import InvalidCursor
 
 MAX_QUERY_CHARS = 256
-MAX_WORDS = 16
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 SNIPPET_CHARS = 160
@@ -61,11 +61,10 @@ def parse_query(space_id: str, params: Any) -> Query:
         raise InvalidInput("q is required")
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidInput(f"q must be at most {MAX_QUERY_CHARS} characters")
+    if not text:
+        raise InvalidInput("q must not be empty")
+    # At most MAX_QUERY_CHARS / 2 words. None at all (only punctuation) finds nothing.
     words = tuple(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
-    if not words:
-        raise InvalidInput("q must contain at least one word")
-    if len(words) > MAX_WORDS:
-        raise InvalidInput(f"q must have at most {MAX_WORDS} words")
     raw_limit = params.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
@@ -179,6 +178,8 @@ def snippet(content: str, words: tuple[str, ...]) -> str:
 def search_space(space_id: str, query: Query) -> dict[str, Any]:
     """One page of hits: `{"results": [...], "nextCursor": str | None}`."""
     results: list[dict[str, Any]] = []
+    if not query.words:
+        return {"results": results, "nextCursor": None}
     phase, before, limit = query.phase, query.before, query.limit
     if phase == 0:
         rows = _fetch(PG_SLOTS, SQLITE_SLOTS, space_id, query, before, limit + 1)

@@ -20,7 +20,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from spaces.errors import InvalidInput
-from spaces.schema import RESPONSE_HEADERS, error_responses
+from spaces.schema import JSON, RESPONSE_HEADERS, error_responses
 from spaces.serializers import SpaceSerializer
 from spaces.viewsets import AsyncViewSet
 from spaces.wire import space_json
@@ -67,10 +67,12 @@ class RetentionSerializer(serializers.Serializer):
 
 
 SEARCH_PARAMETERS = [
-    OpenApiParameter("q", str, required=True, description=f"The words to find (all of them, "
-                     f"any case; at most {MAX_QUERY_CHARS} characters). Operators and quotes "
-                     "are plain text."),
-    OpenApiParameter("limit", int, description=f"Hits per page, 1-{MAX_LIMIT} (20)."),
+    OpenApiParameter("q", {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+                     required=True, description="The words to find (all of them, any case). "
+                     "Operators and quotes are plain text; a query without a word finds "
+                     "nothing."),
+    OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                     description=f"Hits per page, 1-{MAX_LIMIT} (20)."),
     OpenApiParameter("cursor", str, description="`nextCursor` of the previous page."),
 ]
 
@@ -87,9 +89,6 @@ def _read_retention(space_id: str) -> dict[str, Any]:
 def _write_retention(space_id: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("Request body must be a JSON object")
-    unknown = set(data) - {"archiveIdleDays", "deleteArchivedDays"}
-    if unknown:
-        raise InvalidInput(f"unknown field {sorted(unknown)[0][:40]!r}")
     days = {}
     for key in ("archiveIdleDays", "deleteArchivedDays"):
         value = data.get(key)
@@ -169,7 +168,7 @@ class SpaceDataViewSet(SpaceScopedViewSet):
         description="Replaces the policy: a missing key is null (never). Applied by the "
                     "periodic sweep and by `manage.py sweepretention`.",
         tags=["retention"],
-        request=RetentionSerializer,
+        request={JSON: RetentionSerializer},
         responses={200: OpenApiResponse(RetentionSerializer, "The policy."),
                    **error_responses(400, 403, 404, 413)},
         parameters=SPACE_PARAMETERS,

@@ -52,7 +52,7 @@ def test_the_policy_is_set_replaced_and_read_back(alice_client, space) -> None:
 @pytest.mark.parametrize("body", [
     {"archiveIdleDays": 0}, {"archiveIdleDays": -1}, {"archiveIdleDays": 10**9},
     {"archiveIdleDays": "30"}, {"archiveIdleDays": True}, {"archiveIdleDays": 1.5},
-    {"deleteArchivedDays": []}, {"keepForever": True}, [1], "x",
+    {"deleteArchivedDays": []}, [1], "x",
 ])
 def test_bad_policies_are_400_and_change_nothing(alice_client, space, body) -> None:
     url = policy_url(space["id"])
