@@ -114,19 +114,20 @@ FROM records r JOIN sessions s ON s.id = r.session_id
 WHERE s.space_id = %(space)s AND r.id < %(before)s AND {_PG_MATCH.format(col="r.content")}
 ORDER BY r.id DESC LIMIT %(limit)s
 """
+# FTS5 walks its matches in rowid (= record id) order, newest first, and stops at the limit.
 SQLITE_SLOTS = """
 SELECT d.id, d.session_id, s.label, d.key, d.content, d.updated_at
 FROM session_data_fts f JOIN session_data d ON d.id = f.rowid
 JOIN sessions s ON s.id = d.session_id
-WHERE session_data_fts MATCH %(q)s AND s.space_id = %(space)s
-  AND d.key IN ('memory', 'insight') AND d.id < %(before)s
-ORDER BY d.id DESC LIMIT %(limit)s
+WHERE session_data_fts MATCH %(q)s AND f.rowid < %(before)s AND s.space_id = %(space)s
+  AND d.key IN ('memory', 'insight')
+ORDER BY f.rowid DESC LIMIT %(limit)s
 """
 SQLITE_RECORDS = """
 SELECT r.id, r.session_id, s.label, r.role, r.content, r.timestamp
 FROM records_fts f JOIN records r ON r.id = f.rowid JOIN sessions s ON s.id = r.session_id
-WHERE records_fts MATCH %(q)s AND s.space_id = %(space)s AND r.id < %(before)s
-ORDER BY r.id DESC LIMIT %(limit)s
+WHERE records_fts MATCH %(q)s AND f.rowid < %(before)s AND s.space_id = %(space)s
+ORDER BY f.rowid DESC LIMIT %(limit)s
 """
 
 
