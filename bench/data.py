@@ -94,7 +94,7 @@ def fill(space_id: str, sessions: list[str], messages: int, seed: int) -> float:
             session_id=sid).count())
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE records")
+            cursor.execute("ANALYZE")
     return time.perf_counter() - start
 
 

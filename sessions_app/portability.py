@@ -8,7 +8,8 @@ The format (version 1), one JSON object a line, in this order:
                                              before children, the main session first
     {"type": "slot", ...}                    the sessions' data slots (prompts, memory, insight…)
     {"type": "core", ...}                    the space's core data (L1)
-    {"type": "message", ...}                 every record (L3), oldest first
+    {"type": "message", ...}                 every record (L3), session by session (in the
+                                             order of the session lines), oldest first
     {"type": "end", "counts": {...}}         how many of each came before: a file cut short
                                              has no end line, and is refused
 
@@ -107,19 +108,21 @@ def export_lines(space_id: str) -> Iterator[bytes]:
             "path", "value"):
         counts["core"] += 1
         yield _line({"type": "core", "path": path, "value": value})
-    after = 0
-    while True:
-        batch = list(Record.objects.filter(session__space=space, id__gt=after).order_by("id")
-                     .values_list("id", "session_id", "role", "content", "tool_calls",
-                                  "tool_call_id", "timestamp")[:BATCH])
-        if not batch:
-            break
-        after = batch[-1][0]
-        for _, sid, role, content, tool_calls, tool_call_id, ts in batch:
-            counts["messages"] += 1
-            yield _line({"type": "message", "session": str(sid), "role": role,
-                         "content": content, "toolCalls": tool_calls,
-                         "toolCallId": tool_call_id, "timestamp": timestamp(ts)})
+    # Session by session (each a range of the (session, id) index), oldest first in each.
+    for session_id in order:
+        after = 0
+        while True:
+            batch = list(Record.objects.filter(session_id=session_id, id__gt=after)
+                         .order_by("id").values_list("id", "role", "content", "tool_calls",
+                                                     "tool_call_id", "timestamp")[:BATCH])
+            for _, role, content, tool_calls, tool_call_id, ts in batch:
+                counts["messages"] += 1
+                yield _line({"type": "message", "session": str(session_id), "role": role,
+                             "content": content, "toolCalls": tool_calls,
+                             "toolCallId": tool_call_id, "timestamp": timestamp(ts)})
+            if len(batch) < BATCH:
+                break
+            after = batch[-1][0]
     yield _line({"type": "end", "counts": counts})
 
 
