@@ -200,3 +200,31 @@ def test_a_serving_loop_without_the_queue_sweeps_in_process(monkeypatch) -> None
 
     assert asyncio.run(main())
     assert calls == [1]
+
+
+@pytest.fixture
+def idle_child(alice_client, api: SessionApi, root_id, space, settings) -> str:
+    child = api.child(root_id, "Busy")["id"]
+    age(child, idle_days=40)
+    RetentionPolicy.objects.create(space_id=space["id"], archive_idle_days=30)
+    settings.STELLO = {**settings.STELLO, "SESSION_LOCK_TIMEOUT_SECONDS": 0.2}
+    return child
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_in_a_running_turn_is_left_for_the_next_sweep(idle_child) -> None:
+    """Archiving takes the session's lock like any operation: a turn holding it is never
+    interleaved with; past the lock timeout the session is counted busy and stays active."""
+    from sessions_app.runtime.pool import runtimes
+
+    runtime = runtimes.current(one_call=True)
+    try:
+        async with runtime.locks.hold(idle_child):  # what a running turn holds
+            counts = await retention.sweep(runtime.agent)
+            assert (counts.archived, counts.busy) == (0, 1)
+            assert await Session.objects.filter(pk=idle_child, status="active").aexists()
+        counts = await retention.sweep(runtime.agent)
+        assert (counts.archived, counts.busy) == (1, 0)
+        assert await Session.objects.filter(pk=idle_child, status="archived").aexists()
+    finally:
+        await runtimes.aclose_current(drain=True)
