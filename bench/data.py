@@ -50,7 +50,8 @@ from spaces.models import Space  # noqa: E402
 
 # A Zipf-ish vocabulary: a few very common words, many rare ones.
 VOCABULARY = [f"w{i}" for i in range(20_000)]
-COMMON, RARE = "w0", "w19999"
+COMMON, RARE = "w0", "zyzzyva"  # RARE: in one message of every RARE_EVERY
+RARE_EVERY = 50_000
 
 
 def sentence(rng: random.Random) -> str:
@@ -74,7 +75,8 @@ def fill(space_id: str, sessions: list[str], messages: int, seed: int) -> float:
         rows = []
         for i in range(done, min(messages, done + batch)):
             sid = sessions[i % len(sessions)]
-            rows.append((sid, "user" if i % 2 == 0 else "assistant", sentence(rng),
+            text = sentence(rng) + (f" {RARE}" if i % RARE_EVERY == 7 else "")
+            rows.append((sid, "user" if i % 2 == 0 else "assistant", text,
                          base + timedelta(seconds=i)))
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor, cursor.cursor.copy(

@@ -208,9 +208,10 @@ class _Line:
         raw = self.get(key, str)
         try:
             value = datetime.fromisoformat(raw)
-        except ValueError:
+            # In UTC, as the database keeps it: year 1 at -05:00 has no UTC year.
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
             raise self.refuse(f"{key} is not an ISO 8601 timestamp") from None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     def session(self, key: str, state: _State, *, null: bool = False) -> _Imported | None:
         ref = self.text(key, null=null)

@@ -192,6 +192,11 @@ HOSTILE: dict[str, tuple[Any, int | None, str]] = {
     "bad role": (lambda f: _replace(f, -2, lambda o: o.update(role="root")), -2, "role"),
     "bad timestamp": (lambda f: _replace(f, -2, lambda o: o.update(timestamp="yesterday")), -2,
                       "timestamp"),
+    "timestamp overflow": (lambda f: _replace(f, -2, lambda o: o.update(
+        timestamp="0001-01-01T00:00:00+05:00")), -2, "timestamp"),
+    "lone surrogate": (lambda f: b"".join(
+        [*f[:2], f[2].replace(b'"label":"', b'"label":"\\ud800', 1), *f[3:]]), 3,
+        "Invalid JSON"),
     "wrong type": (lambda f: _replace(f, 2, lambda o: o.update(turnCount="3")), 3,
                    "turnCount"),
     "huge count": (lambda f: _replace(f, 2, lambda o: o.update(turnCount=10**30)), 3,
