@@ -183,3 +183,23 @@ class MemoryJobError(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id}, attempt {self.attempt}: {self.error}"
+
+
+class RetentionPolicy(models.Model):
+    """How long a space keeps its sessions (see sessions_app/retention.py). A space without a
+    row, or with both fields null, keeps everything."""
+
+    space = models.OneToOneField(Space, on_delete=models.CASCADE, primary_key=True,
+                                 related_name="retention")
+    # Archive active child sessions nobody has used for this many days.
+    archive_idle_days = models.PositiveIntegerField(null=True, blank=True)
+    # Delete sessions archived this many days ago (with their records, data and node).
+    delete_archived_days = models.PositiveIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "retention_policies"
+        verbose_name_plural = "retention policies"
+
+    def __str__(self) -> str:
+        return f"archive after {self.archive_idle_days}, delete after {self.delete_archived_days}"

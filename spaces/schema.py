@@ -46,10 +46,12 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 # --- Errors: always {"error": message, "code": CODE}; one component per status ----------------
 
 ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
-    400: ("BadRequestError", ("INVALID_JSON", "INVALID_INPUT", "INVALID_CURSOR"),
-          "Invalid JSON (`INVALID_JSON`, also for NUL characters), invalid fields "
-          "(`INVALID_INPUT`) or a paging cursor that was altered or is another list's "
-          "(`INVALID_CURSOR`)."),
+    400: ("BadRequestError", ("INVALID_JSON", "INVALID_INPUT", "INVALID_CURSOR",
+                              "INVALID_IMPORT"),
+          "Invalid JSON (`INVALID_JSON`, also for NUL characters) or invalid fields "
+          "(`INVALID_INPUT`); a paging or search cursor that was altered or given out for "
+          "another list or query (`INVALID_CURSOR`); an import file refused, with its first "
+          "bad line (`INVALID_IMPORT`)."),
     401: ("UnauthorizedError", ("UNAUTHENTICATED",),
           'Missing (`"Missing API key"`) or unknown/revoked (`"Invalid API key"`) key, in '
           '`X-API-Key` or `Authorization: Bearer`.'),

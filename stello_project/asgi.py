@@ -149,6 +149,8 @@ class StelloASGIHandler(ASGIHandler):
         """(body file, scope): Django's `read_body` with the limit and the timeout of the module
         doc; the scope gains a `content-length` header when the request had none."""
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if scope.get("path", "").rstrip("/") == "/spaces/import":  # a whole space: own limit
+            limit = settings.STELLO["IMPORT_MAX_BYTES"]
         declared = _content_length(scope)
         too_large = BodyRefused(413, f"Request body too large (limit {limit} bytes)",
                                 "PAYLOAD_TOO_LARGE")

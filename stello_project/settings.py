@@ -344,6 +344,12 @@ STELLO = {
     "ASYNC_POOL_TIMEOUT_SECONDS": env_float("STELLO_ASYNC_POOL_TIMEOUT_SECONDS", 10.0,
                                             minimum=0.01),
     "ASYNC_POOL_MAX_WAITING": env_int("STELLO_ASYNC_POOL_MAX_WAITING", 5000, minimum=0),
+    # POST /spaces/import and `importspace`: the largest file and the longest line accepted.
+    "IMPORT_MAX_BYTES": env_int("STELLO_IMPORT_MAX_BYTES", 256 * 1024 * 1024, minimum=1024),
+    "IMPORT_MAX_LINE_BYTES": env_int("STELLO_IMPORT_MAX_LINE_BYTES", 8 * 1024 * 1024,
+                                     minimum=1024),
+    # How often the retention sweep runs in a serving process (0: only by `sweepretention`).
+    "RETENTION_SWEEP_MINUTES": env_int("STELLO_RETENTION_SWEEP_MINUTES", 60, minimum=0),
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -19,9 +19,11 @@ SWAGGER_UI_PREFIX = f"{settings.STATIC_URL.lstrip('/')}{SWAGGER_UI_APP}/"
 SWAGGER_UI_ROOT = Path(drf_spectacular_sidecar.__file__).parent / "static" / SWAGGER_UI_APP
 
 urlpatterns = [
-    # The API first: Django tries the patterns in order, and these are the hot paths. No pattern
-    # below starts with `spaces`, so the order changes what is tried first, not what matches.
+    # The API first: Django tries the patterns in order, and these are the hot paths. Below them
+    # only the fallback (last) starts with `spaces`, so the order changes what is tried first,
+    # not what matches.
     path("", include("sessions_app.api.urls")),
+    path("", include("sessions_app.api.data_urls")),  # before spaces.urls: `spaces/import` is no id
     path("", include("spaces.urls")),
     re_path(rf"^{SWAGGER_UI_PREFIX}(?P<path>swagger-ui-dist/.+)$", serve,
             {"document_root": SWAGGER_UI_ROOT}),

@@ -128,6 +128,9 @@ class Runtime:
         ) if conninfo and durable_jobs else None
         self._queue_running = False
         self._queue_start: asyncio.Task[None] | None = None
+        # Without the queue, a serving loop runs the retention sweep itself (not a one-call one).
+        self._sweeps = durable_jobs and self.queue is None
+        self._sweeper: asyncio.Task[None] | None = None
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
         self.detached: set[asyncio.Task[Any]] = set()
 
@@ -150,6 +153,10 @@ class Runtime:
         a database that is away must not hold up or fail the requests that trigger this)."""
         if self.queue is not None and self._queue_start is None:
             self._queue_start = asyncio.get_running_loop().create_task(self._start_queue())
+        if self._sweeps and self._sweeper is None:
+            from .. import retention
+            self._sweeper = asyncio.get_running_loop().create_task(
+                retention.run_periodically(self.agent), name="stello:retention")
 
     async def _start_queue(self) -> None:
         assert self.queue is not None
@@ -196,6 +203,9 @@ class Runtime:
         """Finish detached turns and background work, then release clients and connections."""
         while self.detached:
             await asyncio.wait(list(self.detached))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.jobs.drain()
         if self._queue_start is not None:
             await asyncio.gather(self._queue_start, return_exceptions=True)
