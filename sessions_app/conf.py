@@ -13,6 +13,7 @@ def engine_settings() -> EngineSettings:
     return EngineSettings(
         max_tool_rounds=s["MAX_TOOL_ROUNDS"],
         max_forks_per_turn=s["MAX_FORKS_PER_TURN"],
+        max_parallel_tools=s["MAX_PARALLEL_TOOLS"],
         fork_strategy=s["FORK_STRATEGY"],
         consolidate_every_n_turns=s["CONSOLIDATE_EVERY_N_TURNS"],
         integrate_after_consolidate=s["INTEGRATE_AFTER_CONSOLIDATE"],

@@ -294,6 +294,7 @@ STELLO = {
     "MEMORY_LLM": _llm_settings("STELLO_MEMORY_LLM", _MAIN_LLM),
     "MAX_TOOL_ROUNDS": env_int("STELLO_MAX_TOOL_ROUNDS", 5, minimum=0),
     "MAX_FORKS_PER_TURN": env_int("STELLO_MAX_FORKS_PER_TURN", 3, minimum=0),
+    "MAX_PARALLEL_TOOLS": env_int("STELLO_MAX_PARALLEL_TOOLS", 8, minimum=1),
     "FORK_STRATEGY": env_choice("STELLO_FORK_STRATEGY", "flat", ("flat", "tree")),
     "CONSOLIDATE_EVERY_N_TURNS": env_int("STELLO_CONSOLIDATE_EVERY_N_TURNS", 3, minimum=0),
     "INTEGRATE_AFTER_CONSOLIDATE": env_bool("STELLO_INTEGRATE_AFTER_CONSOLIDATE", True),

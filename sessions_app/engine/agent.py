@@ -103,6 +103,7 @@ class SpaceAgent:
             visible_skills=visible_skills(self.skills, ctx.skills),
             user_tools=self.tools,
             max_forks=self.settings.max_forks_per_turn,
+            max_parallel=self.settings.max_parallel_tools,
         )
         prompt = PromptBuilder(
             ctx,

@@ -276,6 +276,7 @@ class EngineSettings:
 
     max_tool_rounds: int = 5
     max_forks_per_turn: int = 3  # sessions `stello_create_session` may create in one turn
+    max_parallel_tools: int = 8  # tool calls of one round running at the same time
     fork_strategy: Literal["flat", "tree"] = "flat"
     consolidate_every_n_turns: int = 3
     integrate_after_consolidate: bool = True
