@@ -152,6 +152,12 @@ class ForkOptionsSerializer(BodySerializer):
     skills = serializers.ListField(
         child=serializers.CharField(allow_blank=True), required=False, allow_null=True,
         help_text="Skill whitelist of the child; absent or null keeps the source's.")
+    config = serializers.DictField(
+        required=False, allow_null=True,
+        help_text="The child's agent settings, over the source's (a standard source's) and "
+                  "the space's: `model`, `provider`, `temperature` (0-2), `maxOutputTokens`, "
+                  "`tools`, `skills`; a null value goes back to the space's. Checked here, "
+                  "with the field named.")
 
 
 class ConsolidateResponseSerializer(serializers.Serializer):

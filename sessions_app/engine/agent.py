@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
+from typing import Any
 
 from . import memory
+from .agent_config import configured_llm, effective_config
 from .builtins import turn_toolbox
 from .context import PromptBuilder
 from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
 from .fork import plan_child
 from .history import History, HistoryCache
-from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore
+from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore, ToolSource
 from .skills import Skill, visible_skills
 from .tools import Tool, ToolContext
 from .turn import TurnLoop
@@ -51,6 +53,9 @@ class SpaceAgent:
         locks: SessionLocks,
         jobs: BackgroundJobs,
         settings: EngineSettings,
+        space_config: Mapping[str, Any] | None = None,
+        llm_profiles: Mapping[str, LLM] | None = None,
+        tool_source: ToolSource | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -61,15 +66,20 @@ class SpaceAgent:
         self.locks = locks
         self.jobs = jobs
         self.settings = settings
+        # The space's `config` as it was when this agent was built (a space update evicts it).
+        self.space_config = dict(space_config or {})
+        self.llm_profiles = dict(llm_profiles or {})  # provider profile name -> LLM
+        self.tool_source = tool_source  # the space's MCP servers, if it uses any
         self._histories = HistoryCache()
 
     # -- turns -----------------------------------------------------------------------------
 
     async def turn(self, session_id: str, input: str) -> TurnResult:
         text = validate_input(input)
+        extra = await self._extra_tools()
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
+            loop = self._turn_loop(ctx, history, text, extra)
             result = await loop.run()
         await self._after_turn(ctx, loop.turn_count)
         return result
@@ -78,9 +88,10 @@ class SpaceAgent:
         """StreamChunks of every round, then the TurnResult last. The session stays locked for
         the whole stream; closing the generator early releases it."""
         text = validate_input(input)
+        extra = await self._extra_tools()
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
+            loop = self._turn_loop(ctx, history, text, extra)
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
@@ -92,23 +103,36 @@ class SpaceAgent:
             raise SessionArchived(session_id)
         return ctx, history
 
-    def _turn_loop(self, ctx: TurnContext, history: History, text: str) -> TurnLoop:
+    async def _extra_tools(self) -> Sequence[Tool]:
+        # Listed before the session lock is taken: a slow MCP server never holds the session.
+        return await self.tool_source.tools() if self.tool_source is not None else ()
+
+    async def aclose(self) -> None:
+        """Release what the agent holds outside the database (its MCP connections)."""
+        if self.tool_source is not None:
+            await self.tool_source.aclose()
+
+    def _turn_loop(self, ctx: TurnContext, history: History, text: str,
+                   extra_tools: Sequence[Tool] = ()) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
             return await self._fork_unlocked(session_id, options)  # the turn holds the lock
 
+        config = effective_config(self.space_config, ctx.config)
+        llm = configured_llm(self.llm_profiles.get(config.provider or "", self.llm), config)
         toolbox = turn_toolbox(
             fork_from_current=fork_from_current,
-            visible_skills=visible_skills(self.skills, ctx.skills),
-            user_tools=self.tools,
+            visible_skills=visible_skills(self.skills, config.skills),
+            user_tools=(*self.tools, *extra_tools),
             max_forks=self.settings.max_forks_per_turn,
             max_parallel=self.settings.max_parallel_tools,
+            allowed=config.tools,
         )
         prompt = PromptBuilder(
             ctx,
             history=history,
-            llm=self.llm,
+            llm=llm,
             memory_llm=self.memory_llm,
             store=self.store,
             memory_language=self.settings.memory_language,
@@ -118,7 +142,7 @@ class SpaceAgent:
             user_input=text,
             insight=ctx.insight if ctx.session.role == "standard" else None,
             prompt=prompt,
-            llm=self.llm,
+            llm=llm,
             store=self.store,
             toolbox=toolbox,
             tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
@@ -141,6 +165,11 @@ class SpaceAgent:
             return await self._fork_unlocked(source_id, options)
 
     async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
+        provider = (options.config or {}).get("provider")
+        if provider is not None and provider not in self.llm_profiles:
+            known = ", ".join(sorted(self.llm_profiles)) or "none are configured"
+            raise InvalidInput(f"config.provider must name an LLM profile of this server "
+                               f"({known})")
         # Without inherited context the child needs nothing of the source's history.
         inherit = options.context == "inherit"
         source = await self.store.load_turn_context(source_id,

@@ -70,7 +70,9 @@ def create_session_tool(fork_from_current: ForkFromCurrent, *, max_forks: int) -
 
     async def create_session(args: dict[str, Any], context: ToolContext) -> dict[str, str]:
         nonlocal created
-        options = parse_fork_options(args)
+        # The model may not choose its children's agent settings (it could widen its own
+        # tool allowlist that way); they inherit this session's.
+        options = parse_fork_options({k: v for k, v in args.items() if k != "config"})
         async with one_at_a_time:
             if created >= max_forks:
                 raise ForkLimitReached(max_forks)
@@ -113,9 +115,14 @@ def turn_toolbox(
     user_tools: Sequence[Tool],
     max_forks: int,
     max_parallel: int = 8,
+    allowed: Sequence[str] | None = None,
 ) -> ToolBox:
-    """The tools of one turn: built-ins first, then user tools (built-in names win)."""
+    """The tools of one turn: built-ins first, then user tools (built-in names win); only
+    those named in `allowed` when it is given (the space's or session's tool allowlist)."""
     builtins = [create_session_tool(fork_from_current, max_forks=max_forks)]
     if visible_skills:
         builtins.append(activate_skill_tool(visible_skills))
-    return ToolBox.of([*builtins, *user_tools], max_parallel=max_parallel)
+    tools = [*builtins, *user_tools]
+    if allowed is not None:
+        tools = [t for t in tools if t.name in allowed]
+    return ToolBox.of(tools, max_parallel=max_parallel)

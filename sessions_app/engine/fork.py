@@ -6,8 +6,10 @@ gets from its source. The store places the child (flat or tree) and writes it in
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
+from .agent_config import SESSION_KEYS, validate_config
 from .errors import InvalidInput, required_text, wrong_type
 from .history import drop_incomplete_tool_groups
 from .types import ForkOptions, Message, NewChild, TurnContext
@@ -32,7 +34,16 @@ def parse_fork_options(raw: object) -> ForkOptions:
         prompt=_optional_string(raw, "prompt"),
         context=context,
         skills=_optional_names(raw, "skills"),
+        config=_optional_config(raw),
     )
+
+
+def _optional_config(raw: dict[str, Any]) -> dict[str, Any] | None:
+    value = raw.get("config")
+    if value is None:
+        return None
+    # The provider profile's name is checked by the agent, which knows the profiles.
+    return validate_config(value, where="config", space=False, profiles=None)
 
 
 def _optional_string(raw: dict[str, Any], key: str) -> str | None:
@@ -75,10 +86,18 @@ def plan_child(
 
 
 def _frozen_config(source: TurnContext, options: ForkOptions) -> dict[str, Any] | None:
-    """The child's `{systemPrompt?, skills?}`: the fork's own choices over a standard source's
-    whitelist. The main session's own config is never passed on: it configures the root
-    agent, not its children (the original server made the same change)."""
+    """The child's `{systemPrompt?, skills?, <agent settings>}`: the fork's own choices over a
+    standard source's. The main session's own config is never passed on: it configures the
+    root agent, not its children (the original server made the same change)."""
     config: dict[str, Any] = {}
+    if source.session.role == "standard":
+        config.update((k, v) for k, v in source.config.items()
+                      if k in SESSION_KEYS and k != "skills" and v is not None)
+    if options.config:
+        config.update((k, v) for k, v in options.config.items() if k != "skills")
+        config = {k: v for k, v in config.items() if v is not None}  # null: back to the space's
+        if options.skills is None and "skills" in options.config:
+            options = replace(options, skills=_names_or_none(options.config["skills"]))
     if options.system_prompt is not None:
         config["systemPrompt"] = options.system_prompt
     skills = options.skills
@@ -87,3 +106,7 @@ def _frozen_config(source: TurnContext, options: ForkOptions) -> dict[str, Any] 
     if skills is not None:
         config["skills"] = list(skills)
     return config or None
+
+
+def _names_or_none(value: Any) -> tuple[str, ...] | None:
+    return tuple(value) if isinstance(value, list) else None

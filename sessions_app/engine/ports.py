@@ -53,6 +53,17 @@ class LLM(Protocol):
     async def aclose(self) -> None: ...
 
 
+class ToolSource(Protocol):
+    """Tools that come from outside the process (MCP servers): listed per turn, connections
+    kept between turns and closed with the agent."""
+
+    async def tools(self) -> Sequence[Any]:
+        """The Tools available now (a source that fails leaves its tools out)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 class SpaceStore(Protocol):
     """Storage for ONE space. Every session id is checked to belong to that space:
     a session of another space is `SessionNotFound`, exactly like an unknown one."""

@@ -123,6 +123,7 @@ class TurnContext:
     synthesis: str | None  # main session only (its `memory` slot); None for standard
     history: tuple[Message, ...]  # the records with id > history_after, in order
     skills: tuple[str, ...] | None = None  # per-session whitelist; None = all skills
+    config: Mapping[str, Any] = field(default_factory=dict)  # the frozen session_config
     compression: CompressionCache | None = None
     # Where `history` starts: 0 = it is the whole history; N = only the records after record
     # id N (the caller has the earlier ones); None = no history was read (fork, no context).
@@ -151,6 +152,7 @@ class ForkOptions:
     prompt: str | None = None  # optional opening assistant message
     context: Literal["none", "inherit"] = "none"
     skills: tuple[str, ...] | None = None
+    config: Mapping[str, Any] | None = None  # agent settings for the child (agent_config)
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,6 +225,7 @@ class InMemoryStore:
             synthesis=stored.slots.get("memory") if is_main else None,
             history=history,
             skills=tuple(skills) if isinstance(skills, list) else None,
+            config=_json_object(stored.slots.get("session_config")),
             compression=self.compression_of(session_id),
             history_after=history_after,
             record_count=len(stored.records),
