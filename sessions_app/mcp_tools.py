@@ -49,7 +49,8 @@ class MCPServerSpec:
     env: Mapping[str, str] | None = None
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-    timeout_seconds: float = 30.0
+    timeout_seconds: float = 30.0  # one tool call
+    start_timeout_seconds: float = 30.0  # starting/connecting and listing the tools
 
 
 def parse_servers(raw: Mapping[str, Any], *, timeout_seconds: float) -> dict[str, MCPServerSpec]:
@@ -64,8 +65,11 @@ def parse_servers(raw: Mapping[str, Any], *, timeout_seconds: float) -> dict[str
             raise ValueError(f"{where} must be an object")
         transport = entry.get("transport", "stdio" if "command" in entry else "http")
         timeout = entry.get("timeoutSeconds", timeout_seconds)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ValueError(f"{where}.timeoutSeconds must be a positive number")
+        start = entry.get("startTimeoutSeconds", 30.0)
+        for key, value in (("timeoutSeconds", timeout), ("startTimeoutSeconds", start)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{where}.{key} must be a positive number")
+        timeouts = {"timeout_seconds": float(timeout), "start_timeout_seconds": float(start)}
         if transport == "stdio":
             command, args, env = entry.get("command"), entry.get("args", []), entry.get("env")
             if not isinstance(command, str) or not command:
@@ -75,15 +79,14 @@ def parse_servers(raw: Mapping[str, Any], *, timeout_seconds: float) -> dict[str
             if env is not None and not _string_map(env):
                 raise ValueError(f"{where}.env must be an object of strings")
             servers[name] = MCPServerSpec(name, "stdio", command=command, args=tuple(args),
-                                          env=env, timeout_seconds=float(timeout))
+                                          env=env, **timeouts)
         elif transport == "http":
             url, headers = entry.get("url"), entry.get("headers", {})
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ValueError(f"{where}.url must be an http(s) URL")
             if not _string_map(headers):
                 raise ValueError(f"{where}.headers must be an object of strings")
-            servers[name] = MCPServerSpec(name, "http", url=url, headers=headers,
-                                          timeout_seconds=float(timeout))
+            servers[name] = MCPServerSpec(name, "http", url=url, headers=headers, **timeouts)
         else:
             raise ValueError(f'{where}.transport must be "stdio" or "http"')
     return servers
@@ -126,6 +129,7 @@ class MCPConnection:
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[list[Tool]] | None = None
         self._closing = asyncio.Event()
+        self._broken = False  # a call saw the connection fail: reopen it at the next listing
 
     @property
     def alive(self) -> bool:
@@ -134,18 +138,22 @@ class MCPConnection:
     async def tools(self) -> list[Tool]:
         """The server's tools (listed once per connection); opens the connection if needed.
         Raises MCPError when the server cannot be reached or listed in time."""
-        if self._task is None or self._task.done():
+        if self._task is not None and (self._broken or self._task.done()):
+            await self.aclose()  # crashed or dropped: a new connection for this turn
+        if self._task is None:
+            self._broken = False
             self._closing = asyncio.Event()
             self._ready = asyncio.get_running_loop().create_future()
             self._task = asyncio.get_running_loop().create_task(self._run(self._ready))
         assert self._ready is not None
+        seconds = self.spec.start_timeout_seconds
         try:
-            async with asyncio.timeout(self.spec.timeout_seconds):
+            async with asyncio.timeout(seconds):
                 return await asyncio.shield(self._ready)
         except TimeoutError:
             await self.aclose()
             raise MCPError(f"MCP server {self.spec.name!r} did not start within "
-                           f"{self.spec.timeout_seconds:g} s") from None
+                           f"{seconds:g} s") from None
 
     async def _run(self, ready: asyncio.Future[list[Tool]]) -> None:
         import mcp
@@ -225,7 +233,7 @@ class MCPConnection:
 
     async def call(self, name: str, args: dict[str, Any]) -> Any:
         client = self._client
-        if client is None:
+        if client is None or self._broken:
             raise MCPError(f"MCP server {self.spec.name!r} is not connected (it will be "
                            "reconnected at the next turn)")
         seconds = self.spec.timeout_seconds
@@ -237,7 +245,9 @@ class MCPConnection:
         except MCPError:
             raise
         except Exception as exc:
-            if not self.alive:
+            if _connection_lost(exc):
+                self._broken = True
+            if self._broken or not self.alive:
                 raise MCPError(f"MCP server {self.spec.name!r} stopped during the call to "
                                f"{name!r}") from exc
             raise MCPError(f"MCP tool {name!r} failed: {_describe(exc)}") from exc
@@ -259,6 +269,16 @@ class MCPConnection:
                     await task
             except Exception:  # closing never fails
                 pass
+
+
+def _connection_lost(exc: Exception) -> bool:
+    import anyio
+    from mcp.shared.exceptions import MCPError as SDKError
+    from mcp.types.jsonrpc import CONNECTION_CLOSED
+
+    if isinstance(exc, SDKError):
+        return exc.error.code == CONNECTION_CLOSED
+    return isinstance(exc, anyio.ClosedResourceError | anyio.BrokenResourceError | OSError)
 
 
 def _describe(exc: BaseException) -> str:
