@@ -53,10 +53,11 @@ ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
           'Missing (`"Missing API key"`) or unknown/revoked (`"Invalid API key"`) key, in '
           '`X-API-Key` or `Authorization: Bearer`.'),
     403: ("ForbiddenError", ("FORBIDDEN",), "The space belongs to another user."),
-    404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND"),
+    404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND",
+                            "CORE_KEY_NOT_FOUND"),
           "Unknown space (`SPACE_NOT_FOUND`), a session that is not in this space "
-          "(`SESSION_NOT_FOUND`) or an unknown path (`NOT_FOUND`). Malformed ids are simply "
-          "unknown."),
+          "(`SESSION_NOT_FOUND`), a core memory key that is not set (`CORE_KEY_NOT_FOUND`) "
+          "or an unknown path (`NOT_FOUND`). Malformed ids are simply unknown."),
     409: ("ConflictError", ("SESSION_ARCHIVED", "SESSION_BUSY", "MAIN_SESSION_NOT_ARCHIVABLE"),
           "The session is archived (`SESSION_ARCHIVED`), or busy: it could not be had within "
           "`STELLO_SESSION_LOCK_TIMEOUT_SECONDS` (`SESSION_BUSY`); archiving the main session "

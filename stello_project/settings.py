@@ -317,6 +317,11 @@ STELLO = {
     "MCP_SERVERS": _json_object("STELLO_MCP_SERVERS"),
     "MCP_TIMEOUT_SECONDS": env_float("STELLO_MCP_TIMEOUT_SECONDS", 30.0, minimum=0.01),
     "MCP_MAX_RESULT_CHARS": env_int("STELLO_MCP_MAX_RESULT_CHARS", 100_000, minimum=100),
+    # Core memory (L1): size limits, and whether prompts and the agent's tools see it.
+    "CORE_MAX_VALUE_BYTES": env_int("STELLO_CORE_MAX_VALUE_BYTES", 16384, minimum=64),
+    "CORE_MAX_TOTAL_BYTES": env_int("STELLO_CORE_MAX_TOTAL_BYTES", 65536, minimum=64),
+    "CORE_IN_PROMPT": env_bool("STELLO_CORE_IN_PROMPT", False),
+    "CORE_TOOLS": env_bool("STELLO_CORE_TOOLS", False),
     "FORK_STRATEGY": env_choice("STELLO_FORK_STRATEGY", "flat", ("flat", "tree")),
     "CONSOLIDATE_EVERY_N_TURNS": env_int("STELLO_CONSOLIDATE_EVERY_N_TURNS", 3, minimum=0),
     "INTEGRATE_AFTER_CONSOLIDATE": env_bool("STELLO_INTEGRATE_AFTER_CONSOLIDATE", True),

@@ -128,6 +128,27 @@ def _optional_text(help_text: str) -> serializers.CharField:
                                  help_text=help_text)
 
 
+class AgentConfigSerializer(serializers.Serializer):
+    """Documents a session's agent settings (the rules are `engine.agent_config`'s)."""
+
+    model = serializers.CharField(required=False, allow_null=True, min_length=1,
+                                  max_length=200, help_text="The model name sent to the LLM.")
+    provider = serializers.CharField(
+        required=False, allow_null=True,
+        help_text="A named LLM profile of the server (`STELLO_LLM_PROFILES`); another name "
+                  "answers 400.")
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0,
+                                         max_value=2)
+    maxOutputTokens = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                               max_value=1_000_000)
+    tools = serializers.ListField(child=serializers.CharField(min_length=1, max_length=200),
+                                  required=False, allow_null=True, max_length=500,
+                                  help_text="The tools the LLM may see (built-ins included).")
+    skills = serializers.ListField(child=serializers.CharField(min_length=1, max_length=200),
+                                   required=False, allow_null=True, max_length=500,
+                                   help_text="The skills the LLM may see.")
+
+
 class ForkOptionsSerializer(BodySerializer):
     """Fork options; unknown keys are ignored.
 
@@ -152,12 +173,11 @@ class ForkOptionsSerializer(BodySerializer):
     skills = serializers.ListField(
         child=serializers.CharField(allow_blank=True), required=False, allow_null=True,
         help_text="Skill whitelist of the child; absent or null keeps the source's.")
-    config = serializers.DictField(
+    config = AgentConfigSerializer(
         required=False, allow_null=True,
         help_text="The child's agent settings, over the source's (a standard source's) and "
-                  "the space's: `model`, `provider`, `temperature` (0-2), `maxOutputTokens`, "
-                  "`tools`, `skills`; a null value goes back to the space's. Checked here, "
-                  "with the field named.")
+                  "the space's; a null value goes back to the space's. Checked here, with the "
+                  "field named (`config.temperature must be ...`).")
 
 
 class ConsolidateResponseSerializer(serializers.Serializer):

@@ -15,6 +15,7 @@ from . import memory
 from .agent_config import configured_llm, effective_config
 from .builtins import turn_toolbox
 from .context import PromptBuilder
+from .core import CoreMemory, core_prompt_block, core_tools
 from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
 from .fork import plan_child
 from .history import History, HistoryCache
@@ -76,10 +77,10 @@ class SpaceAgent:
 
     async def turn(self, session_id: str, input: str) -> TurnResult:
         text = validate_input(input)
-        extra = await self._extra_tools()
+        extra, notes = await self._extra_tools(), await self._extra_system()
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text, extra)
+            loop = self._turn_loop(ctx, history, text, extra, notes)
             result = await loop.run()
         await self._after_turn(ctx, loop.turn_count)
         return result
@@ -88,10 +89,10 @@ class SpaceAgent:
         """StreamChunks of every round, then the TurnResult last. The session stays locked for
         the whole stream; closing the generator early releases it."""
         text = validate_input(input)
-        extra = await self._extra_tools()
+        extra, notes = await self._extra_tools(), await self._extra_system()
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text, extra)
+            loop = self._turn_loop(ctx, history, text, extra, notes)
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
@@ -105,7 +106,22 @@ class SpaceAgent:
 
     async def _extra_tools(self) -> Sequence[Tool]:
         # Listed before the session lock is taken: a slow MCP server never holds the session.
-        return await self.tool_source.tools() if self.tool_source is not None else ()
+        tools = list(await self.tool_source.tools()) if self.tool_source is not None else []
+        if self.settings.core_tools:
+            tools[:0] = core_tools(self.core())
+        return tools
+
+    async def _extra_system(self) -> tuple[str, ...]:
+        # One more read per turn, only when the core memory is enabled in prompts.
+        if not self.settings.core_in_prompt:
+            return ()
+        block = core_prompt_block(await self.store.core_data())
+        return (block,) if block else ()
+
+    def core(self) -> CoreMemory:
+        """The space's core memory (L1), with the configured limits."""
+        return CoreMemory(self.store, max_value_bytes=self.settings.core_max_value_bytes,
+                          max_total_bytes=self.settings.core_max_total_bytes)
 
     async def aclose(self) -> None:
         """Release what the agent holds outside the database (its MCP connections)."""
@@ -113,7 +129,8 @@ class SpaceAgent:
             await self.tool_source.aclose()
 
     def _turn_loop(self, ctx: TurnContext, history: History, text: str,
-                   extra_tools: Sequence[Tool] = ()) -> TurnLoop:
+                   extra_tools: Sequence[Tool] = (),
+                   extra_system: Sequence[str] = ()) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
@@ -136,6 +153,7 @@ class SpaceAgent:
             memory_llm=self.memory_llm,
             store=self.store,
             memory_language=self.settings.memory_language,
+            extra_system=extra_system,
         )
         return TurnLoop(
             session_id=session_id,

@@ -60,11 +60,8 @@ def validate_config(
     for key in SPACE_KEYS if space else SESSION_KEYS:
         if key in raw:
             _check(key, raw[key], f"{where}.{key}", profiles, mcp_servers)
-    if not space:
-        unknown = sorted(set(raw) - set(SESSION_KEYS))
-        if unknown:
-            raise InvalidInput(f"{where}.{unknown[0]} is not a session setting "
-                               f"(expected one of: {', '.join(SESSION_KEYS)})")
+    if not space:  # unknown keys are ignored, like the fork's other options
+        return {k: v for k, v in raw.items() if k in SESSION_KEYS}
     return dict(raw)
 
 

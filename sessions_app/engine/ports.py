@@ -156,6 +156,13 @@ class SpaceStore(Protocol):
 
     async def core_data(self) -> Mapping[str, Any]: ...
 
+    async def write_core(
+        self, values: Mapping[str, Any], *, delete: Sequence[str] = (), clear: bool = False
+    ) -> None:
+        """Change the space's core data (L1) in one transaction: set every key of `values`,
+        remove the keys in `delete`, and with `clear` every other key too."""
+        ...
+
 
 class SessionLocks(Protocol):
     """Serialises operations on one session, across every server process."""

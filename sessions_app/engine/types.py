@@ -279,6 +279,10 @@ class EngineSettings:
     max_tool_rounds: int = 5
     max_forks_per_turn: int = 3  # sessions `stello_create_session` may create in one turn
     max_parallel_tools: int = 8  # tool calls of one round running at the same time
+    core_max_value_bytes: int = 16384  # one core memory value (compact JSON, UTF-8)
+    core_max_total_bytes: int = 65536  # the whole core memory of a space
+    core_in_prompt: bool = False  # every prompt carries the space's core memory
+    core_tools: bool = False  # the agent may read and update the core memory
     fork_strategy: Literal["flat", "tree"] = "flat"
     consolidate_every_n_turns: int = 3
     integrate_after_consolidate: bool = True

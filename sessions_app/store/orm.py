@@ -421,6 +421,22 @@ class DjangoSpaceStore:
     def core_data(self) -> Mapping[str, Any]:
         return self._core()
 
+    @unit_of_work
+    def write_core(
+        self, values: Mapping[str, Any], *, delete: Sequence[str] = (), clear: bool = False
+    ) -> None:
+        if not Space.objects.filter(pk=self.space_id).exists():
+            raise SpaceNotFound()
+        values = storable(dict(values))
+        with transaction.atomic():
+            gone = CoreData.objects.filter(space_id=self.space_id).exclude(path__in=list(values))
+            if not clear:
+                gone = gone.filter(path__in=list(delete))
+            gone.delete()
+            for path, value in values.items():
+                CoreData.objects.update_or_create(space_id=self.space_id, path=path,
+                                                  defaults={"value": value})
+
     def _core(self) -> dict[str, Any]:
         return dict(CoreData.objects.filter(space_id=self.space_id).values_list("path", "value"))
 

@@ -384,6 +384,15 @@ class InMemoryStore:
     async def core_data(self) -> Mapping[str, Any]:
         return dict(self.core)
 
+    async def write_core(
+        self, values: Mapping[str, Any], *, delete: Sequence[str] = (), clear: bool = False
+    ) -> None:
+        if clear:
+            self.core.clear()
+        for path in delete:
+            self.core.pop(path, None)
+        self.core.update(_storable(dict(values)))
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
