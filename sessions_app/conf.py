@@ -24,6 +24,7 @@ def engine_settings() -> EngineSettings:
         core_max_total_bytes=s["CORE_MAX_TOTAL_BYTES"],
         core_in_prompt=s["CORE_IN_PROMPT"],
         core_tools=s["CORE_TOOLS"],
+        session_identity=s["SESSION_IDENTITY"],
         fork_strategy=s["FORK_STRATEGY"],
         consolidate_every_n_turns=s["CONSOLIDATE_EVERY_N_TURNS"],
         integrate_after_consolidate=s["INTEGRATE_AFTER_CONSOLIDATE"],

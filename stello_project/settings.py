@@ -322,6 +322,8 @@ STELLO = {
     "CORE_MAX_TOTAL_BYTES": env_int("STELLO_CORE_MAX_TOTAL_BYTES", 65536, minimum=64),
     "CORE_IN_PROMPT": env_bool("STELLO_CORE_IN_PROMPT", False),
     "CORE_TOOLS": env_bool("STELLO_CORE_TOOLS", False),
+    # Child sessions get a <session_identity> system note (off: it changes prompts).
+    "SESSION_IDENTITY": env_bool("STELLO_SESSION_IDENTITY", False),
     "FORK_STRATEGY": env_choice("STELLO_FORK_STRATEGY", "flat", ("flat", "tree")),
     "CONSOLIDATE_EVERY_N_TURNS": env_int("STELLO_CONSOLIDATE_EVERY_N_TURNS", 3, minimum=0),
     "INTEGRATE_AFTER_CONSOLIDATE": env_bool("STELLO_INTEGRATE_AFTER_CONSOLIDATE", True),

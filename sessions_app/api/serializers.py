@@ -168,8 +168,10 @@ class ForkOptionsSerializer(BodySerializer):
                                   "the source's.")
     prompt = _optional_text("An opening assistant message for the child.")
     context = serializers.ChoiceField(
-        choices=["none", "inherit"], required=False, allow_null=True,
-        help_text="`inherit` copies the source's history; default `none`.")
+        choices=["none", "inherit", "compress"], required=False, allow_null=True,
+        help_text="`inherit` copies the source's history; `compress` gives the child the "
+                  "memory model's summary of it in a `<parent_context>` block of its system "
+                  "prompt; default `none`.")
     skills = serializers.ListField(
         child=serializers.CharField(allow_blank=True), required=False, allow_null=True,
         help_text="Skill whitelist of the child; absent or null keeps the source's.")

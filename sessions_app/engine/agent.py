@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from . import memory
+from . import compression, memory
 from .agent_config import configured_llm, effective_config
 from .builtins import turn_toolbox
 from .context import PromptBuilder
 from .core import CoreMemory, core_prompt_block, core_tools
 from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
 from .fork import plan_child
-from .history import History, HistoryCache
+from .history import History, HistoryCache, drop_incomplete_tool_groups
 from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore, ToolSource
 from .skills import Skill, visible_skills
 from .tools import Tool, ToolContext
@@ -34,6 +34,14 @@ from .types import (
     TurnContext,
     TurnResult,
 )
+
+
+def session_identity(session: SessionMeta) -> str:
+    """A child session's note of who it is in the tree (STELLO_SESSION_IDENTITY)."""
+    scope = f" Its scope: {session.scope}." if session.scope else ""
+    return (f'<session_identity>\nThis conversation is the session "{session.label}", a '
+            f"branch at depth {session.depth} of a larger session tree; other sessions "
+            f"handle other topics.{scope}\n</session_identity>")
 
 
 def validate_input(value: object) -> str:
@@ -136,6 +144,8 @@ class SpaceAgent:
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
             return await self._fork_unlocked(session_id, options)  # the turn holds the lock
 
+        if self.settings.session_identity and ctx.session.role == "standard":
+            extra_system = (*extra_system, session_identity(ctx.session))
         config = effective_config(self.space_config, ctx.config)
         llm = configured_llm(self.llm_profiles.get(config.provider or "", self.llm), config)
         toolbox = turn_toolbox(
@@ -178,16 +188,41 @@ class SpaceAgent:
     # -- tree ------------------------------------------------------------------------------
 
     async def fork(self, source_id: str, options: ForkOptions) -> SessionMeta:
-        """Fork a child from `source_id` (an archived source is allowed, like the reference)."""
+        """Fork a child from `source_id` (an archived source is allowed, like the reference).
+        With context "compress" the memory model summarises the source's history first,
+        without the source's lock (the model is never called under a session lock); the
+        child gets the summary of the history as it was read."""
+        if options.context == "compress":
+            self._check_provider(options)
+            source = await self.store.load_turn_context(source_id, history_after=0)
+            summary = await self._summarise_for_child(source)
+            async with self.locks.hold(source_id):
+                child = plan_child(source, options, self.settings.fork_strategy,
+                                   parent_context=summary)
+                return await self.store.create_child(child)
         async with self.locks.hold(source_id):
             return await self._fork_unlocked(source_id, options)
 
-    async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
+    async def _summarise_for_child(self, source: TurnContext) -> str | None:
+        history = [m for m in drop_incomplete_tool_groups(source.history)
+                   if m.role in ("user", "assistant") and m.content]
+        if not history:
+            return None
+        prompt = memory.default_compress_prompt(self.settings.memory_language)
+        return await compression.summarize(self.memory_llm, prompt, history,
+                                           self.settings.memory_language)
+
+    def _check_provider(self, options: ForkOptions) -> None:
         provider = (options.config or {}).get("provider")
         if provider is not None and provider not in self.llm_profiles:
             known = ", ".join(sorted(self.llm_profiles)) or "none are configured"
             raise InvalidInput(f"config.provider must name an LLM profile of this server "
                                f"({known})")
+
+    async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
+        self._check_provider(options)
+        if options.context == "compress":  # only the REST/WebSocket fork summarises
+            raise InvalidInput('context "compress" is not available here')
         # Without inherited context the child needs nothing of the source's history.
         inherit = options.context == "inherit"
         source = await self.store.load_turn_context(source_id,

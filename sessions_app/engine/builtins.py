@@ -73,6 +73,9 @@ def create_session_tool(fork_from_current: ForkFromCurrent, *, max_forks: int) -
         # The model may not choose its children's agent settings (it could widen its own
         # tool allowlist that way); they inherit this session's.
         options = parse_fork_options({k: v for k, v in args.items() if k != "config"})
+        if options.context == "compress":
+            raise ValueError('context "compress" is not available to this tool; use "none" '
+                             'or "inherit"')
         async with one_at_a_time:
             if created >= max_forks:
                 raise ForkLimitReached(max_forks)

@@ -14,7 +14,7 @@ from .errors import InvalidInput, required_text, wrong_type
 from .history import drop_incomplete_tool_groups
 from .types import ForkOptions, Message, NewChild, TurnContext
 
-CONTEXT_MODES = ("none", "inherit")
+CONTEXT_MODES = ("none", "inherit", "compress")
 
 
 def parse_fork_options(raw: object) -> ForkOptions:
@@ -26,7 +26,7 @@ def parse_fork_options(raw: object) -> ForkOptions:
     if context is None:
         context = "none"
     if context not in CONTEXT_MODES:
-        raise InvalidInput('context must be "none" or "inherit"')
+        raise InvalidInput('context must be "none", "inherit" or "compress"')
     return ForkOptions(
         label=label,
         scope=_optional_string(raw, "scope"),
@@ -63,12 +63,18 @@ def _optional_names(raw: dict[str, Any], key: str) -> tuple[str, ...] | None:
 
 
 def plan_child(
-    source: TurnContext, options: ForkOptions, placement: Literal["flat", "tree"]
+    source: TurnContext, options: ForkOptions, placement: Literal["flat", "tree"],
+    parent_context: str | None = None,
 ) -> NewChild:
-    """What a fork of `source` creates. Memory, insight, tags and metadata are not inherited."""
+    """What a fork of `source` creates. Memory, insight, tags and metadata are not inherited.
+    `parent_context` (context "compress"): the memory model's summary of the source's history,
+    given to the child in its system prompt instead of the history itself."""
     system_prompt = (
         options.system_prompt if options.system_prompt is not None else source.system_prompt
     )
+    if parent_context is not None:
+        block = f"<parent_context>\n{parent_context}\n</parent_context>"
+        system_prompt = f"{system_prompt}\n\n{block}" if system_prompt else block
     records: list[Message] = []
     if options.context == "inherit":
         records.extend(drop_incomplete_tool_groups(source.history))

@@ -150,7 +150,7 @@ class ForkOptions:
     scope: str | None = None
     system_prompt: str | None = None  # None = inherit the source's system prompt
     prompt: str | None = None  # optional opening assistant message
-    context: Literal["none", "inherit"] = "none"
+    context: Literal["none", "inherit", "compress"] = "none"
     skills: tuple[str, ...] | None = None
     config: Mapping[str, Any] | None = None  # agent settings for the child (agent_config)
 
@@ -283,6 +283,7 @@ class EngineSettings:
     core_max_total_bytes: int = 65536  # the whole core memory of a space
     core_in_prompt: bool = False  # every prompt carries the space's core memory
     core_tools: bool = False  # the agent may read and update the core memory
+    session_identity: bool = False  # child sessions get a <session_identity> system note
     fork_strategy: Literal["flat", "tree"] = "flat"
     consolidate_every_n_turns: int = 3
     integrate_after_consolidate: bool = True
