@@ -51,6 +51,10 @@ class AgentPool:
         self._last_used: dict[str, float] = {}
         self._building: dict[str, asyncio.Future[SpaceAgent]] = {}
         self._closing: set[asyncio.Task[None]] = set()  # evicted agents releasing connections
+        try:  # the loop the agents' connections belong to (evictions may come from elsewhere)
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     @property
     def size(self) -> int:
@@ -87,13 +91,22 @@ class AgentPool:
         self._last_used.clear()
 
     def _release(self, agent: SpaceAgent) -> None:
-        # A turn that is still running keeps the connections it listed until it ends; the
-        # connections close in the background (eviction is called from sync code).
+        # The connections close in the background on their own loop: eviction is called from
+        # sync code, possibly from another thread (a space saved in the admin).
         try:
-            loop = asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
+            running = None
+        loop = self._loop or running
+        if loop is None or loop.is_closed():
             return
-        task = loop.create_task(agent.aclose())
+        if loop is running:
+            self._spawn_close(agent)
+        else:
+            loop.call_soon_threadsafe(self._spawn_close, agent)
+
+    def _spawn_close(self, agent: SpaceAgent) -> None:
+        task = asyncio.get_running_loop().create_task(agent.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
