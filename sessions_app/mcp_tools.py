@@ -179,6 +179,8 @@ class MCPConnection:
             self._client = None
             if not ready.done():
                 ready.set_exception(MCPError(f"MCP server {self.spec.name!r} closed"))
+            if not ready.cancelled():
+                ready.exception()  # a start nobody waits for any more is not an error to log
 
     def _target(self, stack: contextlib.AsyncExitStack) -> Any:
         import mcp

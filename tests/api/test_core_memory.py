@@ -146,7 +146,6 @@ class TestAgentSide:
         assert "core key must be" in tools[2]["content"]  # refused, told to the LLM
 
 
-@pytest.mark.django_db
 def test_the_admin_edits_the_core_within_the_limits(admin_client, space) -> None:
     url = "/admin/sessions_app/coredata/add/"
     response = admin_client.post(url, {"space": space["id"], "path": "motto",
