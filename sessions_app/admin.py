@@ -13,6 +13,7 @@ events), with the last error of each failed run.
 
 from __future__ import annotations
 
+from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -20,8 +21,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
+from . import conf
+from .engine.core import check_key, size_of
 from .engine.errors import StelloError
-from .models import MemoryJobError, Record, Session, SessionData, TopologyNode
+from .models import CoreData, MemoryJobError, Record, Session, SessionData, TopologyNode
 from .services import session_slot_write
 
 
@@ -173,3 +176,45 @@ if apps.is_installed("procrastinate.contrib.django"):  # the job queue (PostgreS
 
     admin.site.unregister(ProcrastinateJob)
     admin.site.register(ProcrastinateJob, MemoryJobAdmin)
+
+
+class CoreDataForm(forms.ModelForm):
+    """The key rule and the size limits of REST and the agent's tools."""
+
+    class Meta:
+        model = CoreData
+        fields = ("space", "path", "value")
+
+    def clean_path(self) -> str:
+        try:
+            return check_key(self.cleaned_data["path"])
+        except StelloError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        space, path = cleaned.get("space"), cleaned.get("path")
+        if space is None or path is None or "value" not in cleaned:
+            return cleaned
+        limits = conf.engine_settings()
+        others = dict(CoreData.objects.filter(space=space).exclude(path=path)
+                      .values_list("path", "value"))
+        size = size_of(cleaned["value"])
+        if size > limits.core_max_value_bytes:
+            self.add_error("value", f"{size} bytes; at most {limits.core_max_value_bytes} "
+                                    "are allowed")
+        elif size_of({**others, path: cleaned["value"]}) > limits.core_max_total_bytes:
+            self.add_error("value", f"the space's core would exceed "
+                                    f"{limits.core_max_total_bytes} bytes")
+        return cleaned
+
+
+@admin.register(CoreData)
+class CoreDataAdmin(admin.ModelAdmin):
+    """The spaces' core memory (L1), one row per key; REST and the agent see edits at once."""
+
+    form = CoreDataForm
+    list_display = ("path", "space")
+    list_select_related = ("space",)
+    search_fields = ("path", "space__label", "space__id")
+    autocomplete_fields = ("space",)

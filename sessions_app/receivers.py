@@ -7,7 +7,13 @@ from typing import Any
 from django.db import transaction
 from django.dispatch import receiver
 
-from spaces.signals import space_created, space_deleted, space_rows, space_updated
+from spaces.signals import (
+    space_config_check,
+    space_created,
+    space_deleted,
+    space_rows,
+    space_updated,
+)
 
 from .models import Session, SessionData, TopologyNode
 from .store.postgres import root_session_statements
@@ -52,3 +58,12 @@ def _evict_after_commit(space_id: str) -> None:
 def root_session_rows(sender, space, **kwargs) -> list[tuple[str, list[Any]]]:
     """The twin of `create_root_session` for `aspace_create`'s one statement (PostgreSQL)."""
     return root_session_statements(space)
+
+
+@receiver(space_config_check)
+def check_space_agent_config(sender, config, **kwargs) -> None:
+    from . import conf
+    from .engine.agent_config import validate_config
+
+    validate_config(config, where="config", space=True, profiles=conf.llm_profile_names(),
+                    mcp_servers=conf.mcp_server_names())

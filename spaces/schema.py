@@ -57,10 +57,11 @@ ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
           '`X-API-Key` or `Authorization: Bearer`.'),
     403: ("ForbiddenError", ("FORBIDDEN",), "The space belongs to another user."),
     404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND",
-                            "MESSAGE_NOT_FOUND"),
+                            "MESSAGE_NOT_FOUND", "CORE_KEY_NOT_FOUND"),
           "Unknown space (`SPACE_NOT_FOUND`), a session that is not in this space "
-          "(`SESSION_NOT_FOUND`), a message that is not in this session (`MESSAGE_NOT_FOUND`) "
-          "or an unknown path (`NOT_FOUND`). Malformed ids are simply unknown."),
+          "(`SESSION_NOT_FOUND`), a message that is not in this session (`MESSAGE_NOT_FOUND`), "
+          "a core memory key that is not set (`CORE_KEY_NOT_FOUND`) or an unknown path "
+          "(`NOT_FOUND`). Malformed ids are simply unknown."),
     409: ("ConflictError", ("SESSION_ARCHIVED", "SESSION_BUSY", "MAIN_SESSION_NOT_ARCHIVABLE",
                             "MAIN_SESSION_NOT_DELETABLE", "MESSAGE_NOT_EDITABLE",
                             "NOTHING_TO_REGENERATE"),

@@ -15,6 +15,7 @@ from typing import Any
 from rest_framework import serializers
 
 from .errors import empty, missing, wrong_type
+from .signals import space_config_check
 
 TIMESTAMP_HELP = "UTC with milliseconds, like `2026-11-23T11:24:14.471Z`."
 BODY_NOT_OBJECT = "Request body must be a JSON object"
@@ -65,7 +66,14 @@ class SpaceCreateSerializer(BodySerializer):
                                      "consolidation prompt")
     integratePrompt = prompt_field("integratePrompt", "integrate_prompt", "integration prompt")
     config = serializers.DictField(required=False, error_messages=messages("config", "an object"),
-                                   help_text="Free-form JSON object.")
+                                   help_text="A JSON object. The keys `model`, `provider`, "
+                                             "`temperature`, `maxOutputTokens`, `tools`, "
+                                             "`skills` and `mcpServers` set the space's agent "
+                                             "(checked when written); others are kept as given.")
+
+    def validate_config(self, value: dict[str, Any]) -> dict[str, Any]:
+        space_config_check.send(sender=type(self), config=value)  # raises InvalidInput
+        return value
 
 
 class SpaceUpdateSerializer(SpaceCreateSerializer):

@@ -15,3 +15,7 @@ space_deleted = Signal()  # kwargs: space_id (str)
 # statement is composed; each receiver returns a list of `(sql, params)`, plain data-modifying
 # statements with positional `%s` parameters, which run as parts of it (kwargs: space).
 space_rows = Signal()
+
+# Sent (synchronously, no I/O) with a space's new `config` before it is written; a receiver
+# that finds it invalid raises `spaces.errors.InvalidInput` naming the field (kwargs: config).
+space_config_check = Signal()

@@ -7,6 +7,7 @@ A bad value stops start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -292,6 +293,21 @@ def _rate_limit(name: str) -> str | None:
     return f"{int(count)}/{period.strip()}"
 
 
+def _json_object(name: str) -> dict:
+    """A JSON object from the environment ({} when unset); its entries are checked at
+    start-up (sessions_app.conf)."""
+    raw = env_str(name)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 _MAIN_LLM = _llm_settings("STELLO_LLM", None)
 
 STELLO = {
@@ -299,6 +315,20 @@ STELLO = {
     "MEMORY_LLM": _llm_settings("STELLO_MEMORY_LLM", _MAIN_LLM),
     "MAX_TOOL_ROUNDS": env_int("STELLO_MAX_TOOL_ROUNDS", 5, minimum=0),
     "MAX_FORKS_PER_TURN": env_int("STELLO_MAX_FORKS_PER_TURN", 3, minimum=0),
+    "MAX_PARALLEL_TOOLS": env_int("STELLO_MAX_PARALLEL_TOOLS", 8, minimum=1),
+    # Named LLM profiles a space or session may pick (`provider` in its config), and the MCP
+    # tool servers spaces may use (`mcpServers`): JSON objects, see docs/agent-control.md.
+    "LLM_PROFILES": _json_object("STELLO_LLM_PROFILES"),
+    "MCP_SERVERS": _json_object("STELLO_MCP_SERVERS"),
+    "MCP_TIMEOUT_SECONDS": env_float("STELLO_MCP_TIMEOUT_SECONDS", 30.0, minimum=0.01),
+    "MCP_MAX_RESULT_CHARS": env_int("STELLO_MCP_MAX_RESULT_CHARS", 100_000, minimum=100),
+    # Core memory (L1): size limits, and whether prompts and the agent's tools see it.
+    "CORE_MAX_VALUE_BYTES": env_int("STELLO_CORE_MAX_VALUE_BYTES", 16384, minimum=64),
+    "CORE_MAX_TOTAL_BYTES": env_int("STELLO_CORE_MAX_TOTAL_BYTES", 65536, minimum=64),
+    "CORE_IN_PROMPT": env_bool("STELLO_CORE_IN_PROMPT", False),
+    "CORE_TOOLS": env_bool("STELLO_CORE_TOOLS", False),
+    # Child sessions get a <session_identity> system note (off: it changes prompts).
+    "SESSION_IDENTITY": env_bool("STELLO_SESSION_IDENTITY", False),
     "FORK_STRATEGY": env_choice("STELLO_FORK_STRATEGY", "flat", ("flat", "tree")),
     "CONSOLIDATE_EVERY_N_TURNS": env_int("STELLO_CONSOLIDATE_EVERY_N_TURNS", 3, minimum=0),
     "INTEGRATE_AFTER_CONSOLIDATE": env_bool("STELLO_INTEGRATE_AFTER_CONSOLIDATE", True),

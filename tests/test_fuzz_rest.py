@@ -75,7 +75,8 @@ CONFIG = schemathesis.Config.from_dict({
         # Paging cursors are opaque signed strings: which ones are valid (400 INVALID_CURSOR
         # otherwise) no schema can state; nor that `before` and `after` exclude each other.
         "listSpaces", "listMessages", "listSessionsFlat",
-        # `fromMessage` must name a message of the source session (400 otherwise).
+        # `fromMessage` must name a message of the source session, and `config.provider` one
+        # of the server's LLM profiles (a setting): 400 otherwise.
         "forkSession",
     )] + [{
         # A search cursor is valid only for the query that gave it out, and an import body
@@ -87,7 +88,13 @@ CONFIG = schemathesis.Config.from_dict({
         "include-operation-id": "importSpace",
         "checks": {"positive_data_acceptance": {
             "expected-statuses": ["2xx", "400", "401", "413", "429", "5xx"]}},
-    }],
+    }, *({
+        # Core memory keys follow a pattern (and values a size limit) that OpenAPI 3.0 cannot
+        # state for an object's property names: a documented 400 for a schema-valid body.
+        "include-operation-id": operation,
+        "checks": {"positive_data_acceptance": {
+            "expected-statuses": ["2xx", "400", "401", "403", "404", "409", "429", "5xx"]}},
+    } for operation in ("replaceCore", "patchCore", "putCoreValue"))],
 })
 
 
@@ -160,6 +167,7 @@ class World:
             "session_id": [self.root, self.root, self.child, self.child, self.archived,
                            self.other_root, self.bob_root],
             "message_id": [self.message, self.message],
+            "key": ["motto", "motto", "unset"],  # core memory keys
         }
 
     def use_bob_target_pools(self) -> None:
@@ -168,6 +176,7 @@ class World:
             "space_id": [self.space, self.space, self.other_space],
             "session_id": [self.root, self.child, self.archived, self.other_root],
             "message_id": [self.message],
+            "key": ["motto", "unset"],
         }
 
     def alice_secrets(self) -> list[str]:
@@ -263,7 +272,7 @@ def aim(case, world: World) -> None:
             or meta.phase.data.parameter_location == ParameterLocation.PATH):
         return
     targets = {"space_id": world.space, "session_id": world.child,
-               "message_id": world.message}
+               "message_id": world.message, "key": "motto"}
     case.path_parameters.update({name: targets[name] for name in case.path_parameters})
     assert case.meta is not None  # revalidates the case's metadata after the edit
 
@@ -366,4 +375,4 @@ def test_the_fuzzed_schema_covers_every_documented_operation() -> None:
     raw = json.loads(APIClient().get("/api/schema/?format=json").content)
     documented = {(method.upper(), path) for path, item in raw["paths"].items()
                   for method in item if method != "parameters"}
-    assert operations == documented and len(operations) == 35
+    assert operations == documented and len(operations) == 44

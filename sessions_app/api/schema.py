@@ -58,8 +58,10 @@ SLOTS: dict[str, tuple[str, str]] = {
     Key.INTEGRATE_PROMPT: ("IntegratePrompt",
                            "the session's integration prompt (used on the main session)"),
     Key.MEMORY: ("Memory", "the session's L2 memory (the synthesis, on the main session); "
-                           "written by consolidation and integration only"),
-    Key.INSIGHT: ("Insight", "the insight integration gave this child; read-only"),
+                           "written by consolidation and integration, and by operators "
+                           "correcting it (the next consolidation builds on it)"),
+    Key.INSIGHT: ("Insight", "the insight integration gave this child (the child's next turn "
+                             "reads it once)"),
 }
 PROMPT_SLOTS = (Key.CONSOLIDATE_PROMPT, Key.INTEGRATE_PROMPT)
 EFFECTIVE = OpenApiParameter(

@@ -130,6 +130,27 @@ def _optional_text(help_text: str) -> serializers.CharField:
                                  help_text=help_text)
 
 
+class AgentConfigSerializer(serializers.Serializer):
+    """Documents a session's agent settings (the rules are `engine.agent_config`'s)."""
+
+    model = serializers.CharField(required=False, allow_null=True, min_length=1,
+                                  max_length=200, help_text="The model name sent to the LLM.")
+    provider = serializers.CharField(
+        required=False, allow_null=True,
+        help_text="A named LLM profile of the server (`STELLO_LLM_PROFILES`); another name "
+                  "answers 400.")
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0,
+                                         max_value=2)
+    maxOutputTokens = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                               max_value=1_000_000)
+    tools = serializers.ListField(child=serializers.CharField(min_length=1, max_length=200),
+                                  required=False, allow_null=True, max_length=500,
+                                  help_text="The tools the LLM may see (built-ins included).")
+    skills = serializers.ListField(child=serializers.CharField(min_length=1, max_length=200),
+                                   required=False, allow_null=True, max_length=500,
+                                   help_text="The skills the LLM may see.")
+
+
 class ForkOptionsSerializer(BodySerializer):
     """Fork options; unknown keys are ignored.
 
@@ -149,8 +170,10 @@ class ForkOptionsSerializer(BodySerializer):
                                   "the source's.")
     prompt = _optional_text("An opening assistant message for the child.")
     context = serializers.ChoiceField(
-        choices=["none", "inherit"], required=False, allow_null=True,
-        help_text="`inherit` copies the source's history; default `none`.")
+        choices=["none", "inherit", "compress"], required=False, allow_null=True,
+        help_text="`inherit` copies the source's history; `compress` gives the child the "
+                  "memory model's summary of it in a `<parent_context>` block of its system "
+                  "prompt; default `none`.")
     skills = serializers.ListField(
         child=serializers.CharField(allow_blank=True), required=False, allow_null=True,
         help_text="Skill whitelist of the child; absent or null keeps the source's.")
@@ -160,6 +183,11 @@ class ForkOptionsSerializer(BodySerializer):
                   "including this message `id` (its tool-call group whole), and records it as "
                   "`metadata.sourceMessageId`. Implies `context: inherit`. A message of another "
                   "session or space answers 400.")
+    config = AgentConfigSerializer(
+        required=False, allow_null=True,
+        help_text="The child's agent settings, over the source's (a standard source's) and "
+                  "the space's; a null value goes back to the space's. Checked here, with the "
+                  "field named (`config.temperature must be ...`).")
 
 
 class ConsolidateResponseSerializer(serializers.Serializer):

@@ -2,6 +2,7 @@
 
 from spaces.viewsets import ID_SEGMENT, OptionalSlashRouter
 
+from .core import CoreRouter, CoreViewSet
 from .views import SessionViewSet, SpaceMemoryViewSet
 
 SPACE = f"spaces/(?P<space_id>{ID_SEGMENT})"
@@ -10,4 +11,7 @@ router = OptionalSlashRouter()
 router.register(f"{SPACE}/sessions", SessionViewSet, basename="session")
 router.register(SPACE, SpaceMemoryViewSet, basename="space-memory")
 
-urlpatterns = router.urls
+core_router = CoreRouter()
+core_router.register(f"{SPACE}/core", CoreViewSet, basename="space-core")
+
+urlpatterns = [*core_router.urls, *router.urls]

@@ -254,8 +254,10 @@ class SessionViewSet(ConversationActions, SpaceScopedViewSet):
     system_prompt = slot_action(Key.SYSTEM_PROMPT, "system-prompt", writable=True)
     consolidate_prompt = slot_action(Key.CONSOLIDATE_PROMPT, "consolidate-prompt", writable=True)
     integrate_prompt = slot_action(Key.INTEGRATE_PROMPT, "integrate-prompt", writable=True)
-    memory = slot_action(Key.MEMORY, "memory", writable=False)
-    insight = slot_action(Key.INSIGHT, "insight", writable=False)
+    # Operators may correct what the agent remembers: the next consolidation builds on the
+    # written memory, the next turn of a child reads the written insight.
+    memory = slot_action(Key.MEMORY, "memory", writable=True)
+    insight = slot_action(Key.INSIGHT, "insight", writable=True)
 
 
 class SpaceMemoryViewSet(SpaceScopedViewSet):

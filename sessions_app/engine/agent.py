@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
+from typing import Any
 
-from . import memory
+from . import compression, memory
+from .agent_config import configured_llm, effective_config
 from .builtins import turn_toolbox
 from .context import PromptBuilder
+from .core import CoreMemory, core_prompt_block, core_tools
 from .editing import history_up_to
 from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
 from .fork import plan_child
-from .history import History, HistoryCache
-from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore
+from .history import History, HistoryCache, drop_incomplete_tool_groups
+from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore, ToolSource
 from .skills import Skill, visible_skills
 from .tools import Tool, ToolContext
 from .turn import TurnLoop
@@ -32,6 +35,14 @@ from .types import (
     TurnContext,
     TurnResult,
 )
+
+
+def session_identity(session: SessionMeta) -> str:
+    """A child session's note of who it is in the tree (STELLO_SESSION_IDENTITY)."""
+    scope = f" Its scope: {session.scope}." if session.scope else ""
+    return (f'<session_identity>\nThis conversation is the session "{session.label}", a '
+            f"branch at depth {session.depth} of a larger session tree; other sessions "
+            f"handle other topics.{scope}\n</session_identity>")
 
 
 def validate_input(value: object) -> str:
@@ -52,6 +63,9 @@ class SpaceAgent:
         locks: SessionLocks,
         jobs: BackgroundJobs,
         settings: EngineSettings,
+        space_config: Mapping[str, Any] | None = None,
+        llm_profiles: Mapping[str, LLM] | None = None,
+        tool_source: ToolSource | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -62,15 +76,20 @@ class SpaceAgent:
         self.locks = locks
         self.jobs = jobs
         self.settings = settings
+        # The space's `config` as it was when this agent was built (a space update evicts it).
+        self.space_config = dict(space_config or {})
+        self.llm_profiles = dict(llm_profiles or {})  # provider profile name -> LLM
+        self.tool_source = tool_source  # the space's MCP servers, if it uses any
         self._histories = HistoryCache()
 
     # -- turns -----------------------------------------------------------------------------
 
     async def turn(self, session_id: str, input: str) -> TurnResult:
         text = validate_input(input)
+        extra, notes = await self._extra_tools(), await self._extra_system()
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
+            loop = self._turn_loop(ctx, history, text, extra_tools=extra, extra_system=notes)
             result = await loop.run()
         await self._after_turn(ctx, loop.turn_count)
         return result
@@ -79,9 +98,10 @@ class SpaceAgent:
         """StreamChunks of every round, then the TurnResult last. The session stays locked for
         the whole stream; closing the generator early releases it."""
         text = validate_input(input)
+        extra, notes = await self._extra_tools(), await self._extra_system()
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
+            loop = self._turn_loop(ctx, history, text, extra_tools=extra, extra_system=notes)
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
@@ -93,34 +113,66 @@ class SpaceAgent:
             raise SessionArchived(session_id)
         return ctx, history
 
-    def _turn_loop(
-        self, ctx: TurnContext, history: History, text: str, store: SpaceStore | None = None
-    ) -> TurnLoop:
+    async def _extra_tools(self) -> Sequence[Tool]:
+        # Listed before the session lock is taken: a slow MCP server never holds the session.
+        tools = list(await self.tool_source.tools()) if self.tool_source is not None else []
+        if self.settings.core_tools:
+            tools[:0] = core_tools(self.core())
+        return tools
+
+    async def _extra_system(self) -> tuple[str, ...]:
+        # One more read per turn, only when the core memory is enabled in prompts.
+        if not self.settings.core_in_prompt:
+            return ()
+        block = core_prompt_block(await self.store.core_data())
+        return (block,) if block else ()
+
+    def core(self) -> CoreMemory:
+        """The space's core memory (L1), with the configured limits."""
+        return CoreMemory(self.store, max_value_bytes=self.settings.core_max_value_bytes,
+                          max_total_bytes=self.settings.core_max_total_bytes)
+
+    async def aclose(self) -> None:
+        """Release what the agent holds outside the database (its MCP connections)."""
+        if self.tool_source is not None:
+            await self.tool_source.aclose()
+
+    def _turn_loop(self, ctx: TurnContext, history: History, text: str,
+                   store: SpaceStore | None = None, *,
+                   extra_tools: Sequence[Tool] = (),
+                   extra_system: Sequence[str] = ()) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
             return await self._fork_unlocked(session_id, options)  # the turn holds the lock
 
+        if self.settings.session_identity and ctx.session.role == "standard":
+            extra_system = (*extra_system, session_identity(ctx.session))
+        config = effective_config(self.space_config, ctx.config)
+        llm = configured_llm(self.llm_profiles.get(config.provider or "", self.llm), config)
         toolbox = turn_toolbox(
             fork_from_current=fork_from_current,
-            visible_skills=visible_skills(self.skills, ctx.skills),
-            user_tools=self.tools,
+            visible_skills=visible_skills(self.skills, config.skills),
+            user_tools=(*self.tools, *extra_tools),
             max_forks=self.settings.max_forks_per_turn,
+            max_parallel=self.settings.max_parallel_tools,
+            allowed=config.tools,
         )
         prompt = PromptBuilder(
             ctx,
             history=history,
-            llm=self.llm,
+            llm=llm,
             memory_llm=self.memory_llm,
             store=self.store,
             memory_language=self.settings.memory_language,
+            extra_system=extra_system,
         )
         return TurnLoop(
             session_id=session_id,
             user_input=text,
             insight=ctx.insight if ctx.session.role == "standard" else None,
             prompt=prompt,
-            llm=self.llm,
+            llm=llm,
             store=store or self.store,  # a message edit's first save rewrites the old turn
             toolbox=toolbox,
             tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
@@ -138,11 +190,41 @@ class SpaceAgent:
     # -- tree ------------------------------------------------------------------------------
 
     async def fork(self, source_id: str, options: ForkOptions) -> SessionMeta:
-        """Fork a child from `source_id` (an archived source is allowed, like the reference)."""
+        """Fork a child from `source_id` (an archived source is allowed, like the reference).
+        With context "compress" the memory model summarises the source's history first,
+        without the source's lock (the model is never called under a session lock); the
+        child gets the summary of the history as it was read."""
+        if options.context == "compress":
+            self._check_provider(options)
+            source = await self.store.load_turn_context(source_id, history_after=0)
+            summary = await self._summarise_for_child(source)
+            async with self.locks.hold(source_id):
+                child = plan_child(source, options, self.settings.fork_strategy,
+                                   parent_context=summary)
+                return await self.store.create_child(child)
         async with self.locks.hold(source_id):
             return await self._fork_unlocked(source_id, options)
 
+    async def _summarise_for_child(self, source: TurnContext) -> str | None:
+        history = [m for m in drop_incomplete_tool_groups(source.history)
+                   if m.role in ("user", "assistant") and m.content]
+        if not history:
+            return None
+        prompt = memory.default_compress_prompt(self.settings.memory_language)
+        return await compression.summarize(self.memory_llm, prompt, history,
+                                           self.settings.memory_language)
+
+    def _check_provider(self, options: ForkOptions) -> None:
+        provider = (options.config or {}).get("provider")
+        if provider is not None and provider not in self.llm_profiles:
+            known = ", ".join(sorted(self.llm_profiles)) or "none are configured"
+            raise InvalidInput(f"config.provider must name an LLM profile of this server "
+                               f"({known})")
+
     async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
+        self._check_provider(options)
+        if options.context == "compress":  # only the REST/WebSocket fork summarises
+            raise InvalidInput('context "compress" is not available here')
         # Without inherited context the child needs nothing of the source's history.
         inherit = options.context == "inherit"
         if options.from_message is not None:  # a branch from one message

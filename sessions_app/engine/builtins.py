@@ -8,6 +8,7 @@ tells the LLM the limit, so a looping model cannot fill the tree."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -63,14 +64,23 @@ class ForkLimitReached(Exception):
 
 def create_session_tool(fork_from_current: ForkFromCurrent, *, max_forks: int) -> Tool:
     created = 0
+    # The calls of a round run concurrently; forks of this session go one at a time, so the
+    # count is exact and the children are placed in call order.
+    one_at_a_time = asyncio.Lock()
 
     async def create_session(args: dict[str, Any], context: ToolContext) -> dict[str, str]:
         nonlocal created
-        options = parse_fork_options(args)
-        if created >= max_forks:
-            raise ForkLimitReached(max_forks)
-        child = await fork_from_current(options)
-        created += 1  # the calls of a turn run one after the other
+        # The model may not choose its children's agent settings (it could widen its own
+        # tool allowlist that way); they inherit this session's.
+        options = parse_fork_options({k: v for k, v in args.items() if k != "config"})
+        if options.context == "compress":
+            raise ValueError('context "compress" is not available to this tool; use "none" '
+                             'or "inherit"')
+        async with one_at_a_time:
+            if created >= max_forks:
+                raise ForkLimitReached(max_forks)
+            child = await fork_from_current(options)
+            created += 1
         return {"sessionId": child.id, "label": child.label}
 
     return Tool(
@@ -107,9 +117,15 @@ def turn_toolbox(
     visible_skills: Mapping[str, Skill],
     user_tools: Sequence[Tool],
     max_forks: int,
+    max_parallel: int = 8,
+    allowed: Sequence[str] | None = None,
 ) -> ToolBox:
-    """The tools of one turn: built-ins first, then user tools (built-in names win)."""
+    """The tools of one turn: built-ins first, then user tools (built-in names win); only
+    those named in `allowed` when it is given (the space's or session's tool allowlist)."""
     builtins = [create_session_tool(fork_from_current, max_forks=max_forks)]
     if visible_skills:
         builtins.append(activate_skill_tool(visible_skills))
-    return ToolBox.of([*builtins, *user_tools])
+    tools = [*builtins, *user_tools]
+    if allowed is not None:
+        tools = [t for t in tools if t.name in allowed]
+    return ToolBox.of(tools, max_parallel=max_parallel)

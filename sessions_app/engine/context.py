@@ -39,9 +39,11 @@ class PromptBuilder:
         memory_llm: LLM,
         store: SpaceStore,
         memory_language: str,
+        extra_system: Sequence[str] = (),
     ) -> None:
         self._session_id = ctx.session.id
-        self._prefix = prompt_prefix(ctx)
+        # `extra_system`: more system notes after the prefix (the core memory, when enabled).
+        self._prefix = [*prompt_prefix(ctx), *(Message("system", t) for t in extra_system if t)]
         # `history` is the session's kept history (the agent's cache); without it, ctx's.
         self._history, self._history_tokens = (history or History(ctx.history)).clean()
         self._cache: CompressionCache | None = ctx.compression

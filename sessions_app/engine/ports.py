@@ -53,6 +53,17 @@ class LLM(Protocol):
     async def aclose(self) -> None: ...
 
 
+class ToolSource(Protocol):
+    """Tools that come from outside the process (MCP servers): listed per turn, connections
+    kept between turns and closed with the agent."""
+
+    async def tools(self) -> Sequence[Any]:
+        """The Tools available now (a source that fails leaves its tools out)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 class SpaceStore(Protocol):
     """Storage for ONE space. Every session id is checked to belong to that space:
     a session of another space is `SessionNotFound`, exactly like an unknown one."""
@@ -175,6 +186,12 @@ class SpaceStore(Protocol):
         `messages` (record_count follows), turn_count -= `turns_removed` (never below 0) and,
         like save_call, `consumed_insight` and `end_turn`; updated_at = now. An archived
         session raises SessionArchived and nothing is written."""
+
+    async def write_core(
+        self, values: Mapping[str, Any], *, delete: Sequence[str] = (), clear: bool = False
+    ) -> None:
+        """Change the space's core data (L1) in one transaction: set every key of `values`,
+        remove the keys in `delete`, and with `clear` every other key too."""
         ...
 
 

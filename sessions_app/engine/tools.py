@@ -1,6 +1,10 @@
 """Tools the LLM may call: the Tool value, the `@tool` decorator, loading by dotted path and
 the runner of one round of tool calls (a failing tool is isolated: its error goes back to the LLM).
 
+The calls of one round run concurrently, at most `ToolBox.max_parallel` at a time; each is
+settled on its own (one failure does not cancel the others) and the results keep call order.
+Cancelling the round cancels every call still running.
+
 A tool function is called as `fn(args, context)`: `args` is the parsed JSON arguments (a dict),
 `context` a `ToolContext`. It may be sync (run in a thread) or async, and returns any JSON-able
 value. If it raises, the error text goes back to the LLM and the turn goes on.
@@ -98,21 +102,32 @@ class ToolBox:
     """The tools of one turn by name, and the specs the LLM sees (in order)."""
 
     tools: Mapping[str, Tool] = field(default_factory=dict)
+    max_parallel: int = 8  # calls of one round running at the same time (1: one by one)
 
     @classmethod
-    def of(cls, tools: Sequence[Tool]) -> ToolBox:
+    def of(cls, tools: Sequence[Tool], *, max_parallel: int = 8) -> ToolBox:
         """The first tool of a name wins (built-ins come first)."""
         by_name: dict[str, Tool] = {}
         for t in tools:
             by_name.setdefault(t.name, t)
-        return cls(by_name)
+        return cls(by_name, max(1, max_parallel))
 
     def specs(self) -> list[ToolSpec]:
         return [t.spec() for t in self.tools.values()]
 
     async def run_all(self, calls: Sequence[ToolCall], context: ToolContext) -> list[ToolResult]:
-        """Run the calls of one round one after the other, in order."""
-        return [await self.run(call, context) for call in calls]
+        """Run the calls of one round concurrently (bounded); the results in call order."""
+        if len(calls) <= 1 or self.max_parallel <= 1:
+            return [await self.run(call, context) for call in calls]
+        gate = asyncio.Semaphore(self.max_parallel)
+
+        async def bounded(call: ToolCall) -> ToolResult:
+            async with gate:
+                return await self.run(call, context)
+
+        # `run` turns every failure into a result, so gather never fails part-way; a
+        # cancellation of the round reaches every call through gather.
+        return list(await asyncio.gather(*(bounded(call) for call in calls)))
 
     async def run(self, call: ToolCall, context: ToolContext) -> ToolResult:
         found = self.tools.get(call.name)

@@ -124,6 +124,7 @@ class TurnContext:
     synthesis: str | None  # main session only (its `memory` slot); None for standard
     history: tuple[Message, ...]  # the records with id > history_after, in order
     skills: tuple[str, ...] | None = None  # per-session whitelist; None = all skills
+    config: Mapping[str, Any] = field(default_factory=dict)  # the frozen session_config
     compression: CompressionCache | None = None
     # Where `history` starts: 0 = it is the whole history; N = only the records after record
     # id N (the caller has the earlier ones); None = no history was read (fork, no context).
@@ -150,9 +151,10 @@ class ForkOptions:
     scope: str | None = None
     system_prompt: str | None = None  # None = inherit the source's system prompt
     prompt: str | None = None  # optional opening assistant message
-    context: Literal["none", "inherit"] = "none"
+    context: Literal["none", "inherit", "compress"] = "none"
     skills: tuple[str, ...] | None = None
     from_message: int | None = None  # branch: copy the history up to this record id
+    config: Mapping[str, Any] | None = None  # agent settings for the child (agent_config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,12 @@ class EngineSettings:
 
     max_tool_rounds: int = 5
     max_forks_per_turn: int = 3  # sessions `stello_create_session` may create in one turn
+    max_parallel_tools: int = 8  # tool calls of one round running at the same time
+    core_max_value_bytes: int = 16384  # one core memory value (compact JSON, UTF-8)
+    core_max_total_bytes: int = 65536  # the whole core memory of a space
+    core_in_prompt: bool = False  # every prompt carries the space's core memory
+    core_tools: bool = False  # the agent may read and update the core memory
+    session_identity: bool = False  # child sessions get a <session_identity> system note
     fork_strategy: Literal["flat", "tree"] = "flat"
     consolidate_every_n_turns: int = 3
     integrate_after_consolidate: bool = True

@@ -29,6 +29,7 @@ from ..engine.llm import build_llm
 from ..engine.skills import load_skills
 from ..engine.tools import load_tools
 from ..events import announce_turn
+from ..mcp_tools import SpaceMCPTools
 from ..store import space_store
 from .jobs import BackgroundRunner, MemoryQueue, SpaceJobs
 from .locks import LocalSessionLocks, PostgresSessionLocks
@@ -49,6 +50,11 @@ class AgentPool:
         self._agents: dict[str, SpaceAgent] = {}
         self._last_used: dict[str, float] = {}
         self._building: dict[str, asyncio.Future[SpaceAgent]] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # evicted agents releasing connections
+        try:  # the loop the agents' connections belong to (evictions may come from elsewhere)
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     @property
     def size(self) -> int:
@@ -72,12 +78,43 @@ class AgentPool:
         return await asyncio.shield(building)
 
     def evict(self, space_id: str) -> None:
-        self._agents.pop(space_id, None)
+        agent = self._agents.pop(space_id, None)
         self._last_used.pop(space_id, None)
+        if getattr(agent, "tool_source", None) is not None:
+            self._release(agent)
 
     def dispose(self) -> None:
+        for agent in self._agents.values():
+            if getattr(agent, "tool_source", None) is not None:
+                self._release(agent)
         self._agents.clear()
         self._last_used.clear()
+
+    def _release(self, agent: SpaceAgent) -> None:
+        # The connections close in the background on their own loop: eviction is called from
+        # sync code, possibly from another thread (a space saved in the admin).
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        loop = self._loop or running
+        if loop is None or loop.is_closed():
+            return
+        if loop is running:
+            self._spawn_close(agent)
+        else:
+            loop.call_soon_threadsafe(self._spawn_close, agent)
+
+    def _spawn_close(self, agent: SpaceAgent) -> None:
+        task = asyncio.get_running_loop().create_task(agent.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        """Evict every agent and wait until their connections are closed."""
+        self.dispose()
+        while self._closing:
+            await asyncio.wait(list(self._closing))
 
     def _evict_idle(self, now: float) -> None:
         for space_id, used in list(self._last_used.items()):
@@ -85,10 +122,14 @@ class AgentPool:
                 self.evict(space_id)
 
 
-async def _space_exists(space_id: str) -> bool:
+async def _space_config(space_id: str) -> dict[str, Any] | None:
+    """The space's `config`, None when there is no such space (one query, at agent build)."""
     if not pgpool.enabled():
-        return await Space.objects.filter(pk=space_id).aexists()  # one hop (embedded SQLite)
-    return await pgpool.fetchone("SELECT 1 FROM spaces WHERE id = %s", (space_id,)) is not None
+        rows = [c async for c in Space.objects.filter(pk=space_id).values_list("config",
+                                                                                flat=True)]
+        return (rows[0] or {}) if rows else None
+    row = await pgpool.fetchone("SELECT config FROM spaces WHERE id = %s", (space_id,))
+    return None if row is None else (row[0] or {})
 
 
 @cache
@@ -113,6 +154,9 @@ class Runtime:
         self.llm = build_llm(conf.llm_settings())
         memory = conf.memory_llm_settings()
         self.memory_llm = build_llm(memory) if memory else self.llm
+        self.llm_profiles = {name: build_llm(profile)
+                             for name, profile in conf.llm_profiles().items()}
+        self.mcp_servers = conf.mcp_servers()
         conninfo = pgpool.conninfo()
         timeout = stello["SESSION_LOCK_TIMEOUT_SECONDS"]
         self.locks = (PostgresSessionLocks(conninfo, timeout) if conninfo
@@ -185,7 +229,8 @@ class Runtime:
             await self.queue.drain()
 
     async def _build_agent(self, space_id: str) -> SpaceAgent:
-        if not await _space_exists(space_id):
+        config = await _space_config(space_id)
+        if config is None:
             raise SpaceNotFound()
         return SpaceAgent(
             space_id=space_id,
@@ -197,7 +242,19 @@ class Runtime:
             locks=self.locks,
             jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent, self.queue_ready),
             settings=self.engine_settings,
+            space_config=config,
+            llm_profiles=self.llm_profiles,
+            tool_source=self._mcp_tools(config),
         )
+
+    def _mcp_tools(self, config: dict[str, Any]) -> SpaceMCPTools | None:
+        names = config.get("mcpServers")
+        if not isinstance(names, list):
+            return None
+        specs = [self.mcp_servers[n] for n in names if n in self.mcp_servers]
+        if not specs:
+            return None
+        return SpaceMCPTools(specs, max_result_chars=settings.STELLO["MCP_MAX_RESULT_CHARS"])
 
     async def aclose(self) -> None:
         """Finish detached turns and background work, then release clients and connections."""
@@ -211,14 +268,15 @@ class Runtime:
             await asyncio.gather(self._queue_start, return_exceptions=True)
         if self._queue_running and self.queue is not None:
             await self.queue.aclose()
-        self.pool.dispose()
+        await self.pool.aclose()
         if isinstance(self.locks, PostgresSessionLocks):
             await self.locks.aclose()
         await idempotency.settled()
         await idempotency.key_locks.aclose_current()
         await pgpool.pools.aclose_current()
         await rate_limiter.aclose_current()
-        for llm in {id(self.llm): self.llm, id(self.memory_llm): self.memory_llm}.values():
+        llms = [self.llm, self.memory_llm, *self.llm_profiles.values()]
+        for llm in {id(llm): llm for llm in llms}.values():
             await llm.aclose()
 
 

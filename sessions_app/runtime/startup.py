@@ -39,6 +39,11 @@ def load_extensions() -> None:
             load()
         except (ValueError, ImportError, AttributeError, OSError) as exc:
             raise ImproperlyConfigured(f"{variable}: {exc}") from exc
+    # Agent-control settings: LLM profiles and MCP servers (they raise ImproperlyConfigured).
+    from .. import conf
+
+    conf.llm_profiles()
+    conf.mcp_servers()
 
 
 def check_llm_scripts() -> None:

@@ -38,6 +38,7 @@ from .common import (
     compression_of,
     compression_text,
     fork_metadata,
+    json_object,
     message_from_row,
     message_json,
     parse_uuid,
@@ -178,6 +179,7 @@ class DjangoSpaceStore(OrmConversations):
             synthesis=slots.get(Key.MEMORY) if is_main else None,
             history=tuple(record_message(r) for r in records),
             skills=skills_of(slots.get(Key.SESSION_CONFIG)),
+            config=json_object(slots.get(Key.SESSION_CONFIG)),
             compression=compression_of(slots.get(Key.COMPRESSION)),
             history_after=history_after,
             record_count=session.record_count,
@@ -423,6 +425,22 @@ class DjangoSpaceStore(OrmConversations):
     @unit_of_work
     def core_data(self) -> Mapping[str, Any]:
         return self._core()
+
+    @unit_of_work
+    def write_core(
+        self, values: Mapping[str, Any], *, delete: Sequence[str] = (), clear: bool = False
+    ) -> None:
+        if not Space.objects.filter(pk=self.space_id).exists():
+            raise SpaceNotFound()
+        values = storable(dict(values))
+        with transaction.atomic():
+            gone = CoreData.objects.filter(space_id=self.space_id).exclude(path__in=list(values))
+            if not clear:
+                gone = gone.filter(path__in=list(delete))
+            gone.delete()
+            for path, value in values.items():
+                CoreData.objects.update_or_create(space_id=self.space_id, path=path,
+                                                  defaults={"value": value})
 
     def _core(self) -> dict[str, Any]:
         return dict(CoreData.objects.filter(space_id=self.space_id).values_list("path", "value"))

@@ -50,6 +50,7 @@ from .common import (
     compression_of,
     compression_text,
     fork_metadata,
+    json_object,
     message_from_row,
     message_json,
     parse_uuid,
@@ -294,6 +295,23 @@ FROM {_SESSION_FROM} WHERE {_THIS_SESSION}
 """
 SQL_CORE_DATA = "SELECT c.path, c.value FROM core_data c WHERE c.space_id = %(space)s"
 
+# One statement: removes what goes (never a key being set, so the upsert below has no row
+# deleted under it), then upserts the new values.
+SQL_WRITE_CORE = """
+WITH removed AS (
+  DELETE FROM core_data WHERE space_id = %(space)s
+    AND (%(clear)s OR path = ANY(%(delete)s))
+    AND NOT (path IN (SELECT jsonb_object_keys(%(values)s::jsonb)))
+  RETURNING 1
+), written AS (
+  INSERT INTO core_data (space_id, path, value)
+  SELECT %(space)s, key, value FROM jsonb_each(%(values)s::jsonb)
+  ON CONFLICT (space_id, path) DO UPDATE SET value = EXCLUDED.value
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM removed), (SELECT count(*) FROM written)
+"""
+
 SQL_SESSION_TREE = """
 SELECT n.session_id::text, n.parent_id::text, n.source_session_id::text, s.label, s.status,
        s.turn_count, s.metadata
@@ -449,6 +467,7 @@ class PgSpaceStore(PgConversations):
             synthesis=slots.get(MEMORY) if is_main else None,
             history=tuple(message_from_row(*r) for r in history or ()),
             skills=skills_of(slots.get(SESSION_CONFIG)),
+            config=json_object(slots.get(SESSION_CONFIG)),
             compression=compression_of(slots.get(COMPRESSION)),
             history_after=history_after,
             record_count=record_count,
@@ -622,6 +641,15 @@ class PgSpaceStore(PgConversations):
         if self._space is None:
             return {}
         return dict(await self._read_all(SQL_CORE_DATA, self._params()))
+
+    async def write_core(
+        self, values: Mapping[str, Any], *, delete: Sequence[str] = (), clear: bool = False
+    ) -> None:
+        if self._space is None:
+            raise SpaceNotFound()
+        params = self._params(values=Jsonb(storable(dict(values))), delete=list(delete),
+                              clear=clear)
+        await self._one(SQL_WRITE_CORE, params)
 
     # -- REST reads (not part of the engine port) ----------------------------------------------
     async def session_tree(self) -> dict[str, Any]:

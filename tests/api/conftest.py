@@ -29,9 +29,9 @@ SESSION_META_KEYS = {"id", "label", "role", "status", "scope", "tags", "metadata
                      "createdAt", "updatedAt", "lastActiveAt"}
 TOPOLOGY_KEYS = {"id", "parentId", "children", "refs", "depth", "index", "label",
                  "sourceSessionId"}
-WRITABLE_SLOTS = ("system-prompt", "consolidate-prompt", "integrate-prompt")
-READ_ONLY_SLOTS = ("memory", "insight")
-SLOTS = WRITABLE_SLOTS + READ_ONLY_SLOTS
+WRITABLE_SLOTS = ("system-prompt", "consolidate-prompt", "integrate-prompt", "memory", "insight")
+MEMORY_SLOTS = ("memory", "insight")
+SLOTS = WRITABLE_SLOTS
 
 
 def create_space(client: APIClient, **body: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from sessions_app.models import Record, Session, SessionData, TopologyNode
 
 from .conftest import (
     HOT_PATH_DB,
-    READ_ONLY_SLOTS,
+    MEMORY_SLOTS,
     SLOTS,
     WRITABLE_SLOTS,
     SessionApi,
@@ -92,8 +92,8 @@ class TestAnotherUsersSpace:
         assert response.json()["error"] == "Forbidden"
         assert snapshot(space_id) == before
 
-    @pytest.mark.parametrize("name", READ_ONLY_SLOTS)
-    def test_read_only_slots_are_403_before_anything_else(
+    @pytest.mark.parametrize("name", MEMORY_SLOTS)
+    def test_memory_slot_writes_are_403_before_anything_else(
         self, api, bob_client, bob_space, alice_child, name
     ) -> None:
         before = snapshot(api.space_id)
@@ -138,14 +138,15 @@ class TestOwnSpaceWithAnotherUsersSession:
         assert snapshot(api.space_id) == before
         assert snapshot(bob_space["id"]) == bobs_before
 
-    def test_read_only_slots_refuse_writes_without_touching_alices_data(
+    def test_memory_slot_writes_through_bobs_space_are_404_and_touch_nothing(
         self, api, bob_client, bob_space, alice_child
     ) -> None:
         before = snapshot(api.space_id)
         bob = SessionApi(bob_client, bob_space["id"])
-        for name in READ_ONLY_SLOTS:
-            # PUT is refused for these slots before the session is even looked up.
-            assert bob.put_slot(alice_child, name, {"content": "forged"}).status_code == 405
+        for name in MEMORY_SLOTS:
+            response = bob.put_slot(alice_child, name, {"content": "forged"})
+            assert response.status_code == 404
+            assert response.json()["error"] == "Session not found"
         assert snapshot(api.space_id) == before
 
     def test_bob_forking_alices_session_into_his_space_gets_nothing_of_hers(

@@ -12,7 +12,6 @@ from spaces.models import Space
 
 from .conftest import (
     HOT_PATH_DB,
-    READ_ONLY_SLOTS,
     SLOTS,
     SPACE_PROMPT,
     WRITABLE_SLOTS,
@@ -145,21 +144,21 @@ class TestWriting:
         assert response.json()["error"] == "Invalid JSON body"
         assert api.slot(root_id, "system-prompt").json() == {"content": SPACE_PROMPT}
 
-    @pytest.mark.parametrize("name", READ_ONLY_SLOTS)
-    def test_memory_and_insight_cannot_be_written(self, api, root_id, name) -> None:
-        response = api.put_slot(root_id, name, {"content": "forged"})
-        assert response.status_code == 405
-        assert "error" in response.json()
-        assert slots_of(root_id) == {"system_prompt": SPACE_PROMPT}
+    def test_an_operator_correction_of_a_childs_memory_replaces_it(self, api, root_id) -> None:
+        child = api.child(root_id, "Child")
+        SessionData.objects.create(session_id=child["id"], key="memory", content="wrong fact")
+        response = api.put_slot(child["id"], "memory", {"content": "right fact"})
+        assert response.status_code == 200 and response.json() == {"content": "right fact"}
+        assert slots_of(child["id"])["memory"] == "right fact"
 
-    @pytest.mark.parametrize("name", READ_ONLY_SLOTS)
-    def test_the_405_of_a_read_only_slot_does_not_advertise_put(
-        self, api, root_id, name
+    def test_a_memory_slot_put_with_a_wrong_body_is_400_and_changes_nothing(
+        self, api, root_id
     ) -> None:
-        response = api.put_slot(root_id, name, {"content": "forged"})
-        assert response.status_code == 405
-        allowed = {m.strip() for m in response.headers["Allow"].split(",")}
-        assert "GET" in allowed and "PUT" not in allowed
+        child = api.child(root_id, "Child")
+        api.put_slot(child["id"], "insight", {"content": "keep"})
+        response = api.put_slot(child["id"], "insight", {"content": 42})
+        assert response.status_code == 400
+        assert slots_of(child["id"])["insight"] == "keep"
 
     @pytest.mark.parametrize("name", WRITABLE_SLOTS)
     @pytest.mark.parametrize("session_id", UNKNOWN_IDS)
@@ -226,6 +225,24 @@ class TestPromptsReachTheLLM:
         api.said(root_id, "hello")
         assert "Answer in French." in system_texts
         assert SPACE_PROMPT not in system_texts
+
+    def test_a_put_insight_reaches_the_childs_next_turn_once(
+        self, api, root_id, monkeypatch
+    ) -> None:
+        system_texts: list[str] = []
+        respond = OfflineLLM._respond
+
+        def recording(llm, messages, tools):
+            system_texts.append("\n".join(m.content for m in messages if m.role == "system"))
+            return respond(llm, messages, tools)
+
+        monkeypatch.setattr(OfflineLLM, "_respond", recording)
+        child = api.child(root_id, "Child")
+        api.put_slot(child["id"], "insight", {"content": "Check the 1998 census first."})
+        api.said(child["id"], "hello")
+        api.said(child["id"], "again")
+        assert "Check the 1998 census first." in system_texts[0]
+        assert "Check the 1998 census first." not in system_texts[1]  # consumed by the first
 
 
 class TestQueryCounts:

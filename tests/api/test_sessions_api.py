@@ -28,6 +28,7 @@ from .conftest import (
     tool_call,
 )
 
+CONTEXT_MESSAGE = 'context must be "none", "inherit" or "compress"'
 pytestmark = HOT_PATH_DB
 
 UNKNOWN_IDS = [str(uuid.UUID(int=0)), "not-a-uuid", "123"]
@@ -482,8 +483,8 @@ class TestFork:
             ({"label": None}, "label must be a string"),
             ({"label": 7}, "label must be a string"),
             ({"label": ["x"]}, "label must be a string"),
-            ({"label": "x", "context": "everything"}, 'context must be "none" or "inherit"'),
-            ({"label": "x", "context": 1}, 'context must be "none" or "inherit"'),
+            ({"label": "x", "context": "everything"}, CONTEXT_MESSAGE),
+            ({"label": "x", "context": 1}, CONTEXT_MESSAGE),
             ({"label": "x", "scope": 3}, "scope must be a string or null"),
             ({"label": "x", "systemPrompt": {"a": 1}}, "systemPrompt must be a string or null"),
             ([], "Request body must be a JSON object"),

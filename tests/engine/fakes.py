@@ -225,6 +225,7 @@ class InMemoryStore:
             synthesis=stored.slots.get("memory") if is_main else None,
             history=history,
             skills=tuple(skills) if isinstance(skills, list) else None,
+            config=_json_object(stored.slots.get("session_config")),
             compression=self.compression_of(session_id),
             history_after=history_after,
             record_count=len(stored.records),
@@ -441,6 +442,15 @@ class InMemoryStore:
         if end_turn and self.on_turn is not None:
             self.on_turn(self.space_id, session_id, result.turn_count)
         return result
+
+    async def write_core(
+        self, values: Mapping[str, Any], *, delete: Sequence[str] = (), clear: bool = False
+    ) -> None:
+        if clear:
+            self.core.clear()
+        for path in delete:
+            self.core.pop(path, None)
+        self.core.update(_storable(dict(values)))
 
 
 def _now() -> datetime:

@@ -48,7 +48,7 @@ def test_parse_fork_options_reads_every_known_key_and_ignores_others() -> None:
         ({"label": "x", "scope": 1}, "scope must be a string"),
         ({"label": "x", "systemPrompt": {}}, "systemPrompt must be a string"),
         ({"label": "x", "prompt": ["hi"]}, "prompt must be a string"),
-        ({"label": "x", "context": "compress"}, "context must be"),
+        ({"label": "x", "context": "summary"}, "context must be"),
         ({"label": "x", "skills": "pdf"}, "skills must be a list of strings"),
     ],
 )

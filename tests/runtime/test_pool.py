@@ -121,3 +121,39 @@ async def test_patch_and_delete_evict_the_space_from_the_pool() -> None:
         assert runtime.pool.size == 0
     finally:
         await runtimes.aclose_current()
+
+
+class ClosingSource:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def tools(self) -> list:
+        return []
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+class AgentWithSource:
+    def __init__(self) -> None:
+        self.tool_source = ClosingSource()
+
+    async def aclose(self) -> None:
+        await self.tool_source.aclose()
+
+
+async def test_evicting_an_agent_closes_its_outside_connections() -> None:
+    agents: dict[str, AgentWithSource] = {}
+
+    async def factory(space_id: str) -> AgentWithSource:
+        agents[space_id] = AgentWithSource()
+        return agents[space_id]
+
+    pool = AgentPool(factory, idle_ttl=300)
+    await pool.get("a")
+    await pool.get("b")
+    pool.evict("a")
+    await pool.aclose()  # waits for the evicted agent's release too, then disposes of "b"
+    assert agents["a"].tool_source.closed == 1
+    assert agents["b"].tool_source.closed == 1
+    assert pool.size == 0

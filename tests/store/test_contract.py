@@ -485,6 +485,20 @@ async def test_core_data(env: Env) -> None:
     assert dict((await env.store.load_bootstrap(env.root_id)).core) == CORE
 
 
+async def test_write_core_sets_deletes_and_clears(env: Env) -> None:
+    await env.store.write_core({"a": 1, "b": {"x": [1, "two"]}, "c": None})
+    assert dict(await env.store.core_data()) == {"a": 1, "b": {"x": [1, "two"]}, "c": None}
+    await env.store.write_core({"a": 2}, delete=["c", "missing"])
+    assert dict(await env.store.core_data()) == {"a": 2, "b": {"x": [1, "two"]}}
+    await env.store.write_core({"d": "new", "a": 3}, clear=True)
+    assert dict(await env.store.core_data()) == {"d": "new", "a": 3}
+    assert dict((await env.store.load_bootstrap(env.root_id)).core) == {"d": "new", "a": 3}
+    await env.store.write_core({}, clear=True)
+    assert dict(await env.store.core_data()) == {}
+    await env.store.write_core({"nul": "a\x00b"})
+    assert dict(await env.store.core_data()) == {"nul": "a\ufffdb"}
+
+
 # -- what cannot be stored ----------------------------------------------------------------------
 
 async def test_nul_is_stored_as_the_replacement_character(env: Env) -> None:

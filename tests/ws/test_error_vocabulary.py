@@ -128,7 +128,8 @@ async def refused(surface: str, *, space_id: str, key: str, session_id: str, ope
         ("fork", {"label": "   "}, "label must not be blank"),
         ("fork", {"label": "x", "scope": 3}, "scope must be a string or null"),
         ("fork", {"label": "x", "skills": "pdf"}, "skills must be a list of strings or null"),
-        ("fork", {"label": "x", "context": "all"}, 'context must be "none" or "inherit"'),
+        ("fork", {"label": "x", "context": "all"},
+         'context must be "none", "inherit" or "compress"'),
     ],
 )
 async def test_invalid_input_says_what_is_wrong_alike_on_rest_and_ws(

@@ -43,6 +43,7 @@ class AnthropicLLM:
     """The LLM port on ``POST {base_url}/v1/messages``."""
 
     provider = "anthropic"
+    temperature: float | None = None  # None: the provider's default
 
     def __init__(
         self,
@@ -134,6 +135,8 @@ class AnthropicLLM:
             "max_tokens": self.max_output_tokens,
             "messages": converted,
         }
+        if self.temperature is not None:  # set per space or session (see agent_config)
+            request["temperature"] = self.temperature
         if system is not None:
             request["system"] = system
         if tools:

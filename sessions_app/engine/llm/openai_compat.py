@@ -53,6 +53,7 @@ class OpenAICompatLLM:
     """The LLM port on ``POST {base_url}/chat/completions``."""
 
     provider = "openai"
+    temperature: float | None = None  # None: the provider's default
 
     def __init__(
         self,
@@ -152,6 +153,8 @@ class OpenAICompatLLM:
             "max_tokens": self.max_output_tokens,
             "messages": to_openai_messages(messages),
         }
+        if self.temperature is not None:  # set per space or session (see agent_config)
+            request["temperature"] = self.temperature
         if tools:
             request["tools"] = [
                 {
