@@ -180,3 +180,7 @@ class MemoryJobError(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id}, attempt {self.attempt}: {self.error}"
+
+
+# Usage accounting lives in its own module (its tables are this app's).
+from .accounting.models import LLMCall, UsageDaily, UsageQuota  # noqa: E402, F401

@@ -31,6 +31,7 @@ from .types import (
     TurnContext,
     TurnResult,
 )
+from .usage import PriceFunction, UsageScope, no_price
 
 
 def validate_input(value: object) -> str:
@@ -51,6 +52,7 @@ class SpaceAgent:
         locks: SessionLocks,
         jobs: BackgroundJobs,
         settings: EngineSettings,
+        price: PriceFunction = no_price,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -61,16 +63,22 @@ class SpaceAgent:
         self.locks = locks
         self.jobs = jobs
         self.settings = settings
+        self.price = price  # what a call costs (usage accounting)
         self._histories = HistoryCache()
 
     # -- turns -----------------------------------------------------------------------------
 
     async def turn(self, session_id: str, input: str) -> TurnResult:
         text = validate_input(input)
-        async with self.locks.hold(session_id):
-            ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
-            result = await loop.run()
+        usage = self._usage_scope(session_id)
+        try:
+            async with self.locks.hold(session_id):
+                ctx, history = await self._active_context(session_id)
+                loop = self._turn_loop(ctx, history, text, usage)
+                result = await loop.run()
+        except BaseException:
+            await usage.flush(self.store, quietly=True)  # calls made before the failure
+            raise
         await self._after_turn(ctx, loop.turn_count)
         return result
 
@@ -78,13 +86,20 @@ class SpaceAgent:
         """StreamChunks of every round, then the TurnResult last. The session stays locked for
         the whole stream; closing the generator early releases it."""
         text = validate_input(input)
-        async with self.locks.hold(session_id):
-            ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
-            async with aclosing(loop.stream()) as items:
-                async for item in items:
-                    yield item
+        usage = self._usage_scope(session_id)
+        try:
+            async with self.locks.hold(session_id):
+                ctx, history = await self._active_context(session_id)
+                loop = self._turn_loop(ctx, history, text, usage)
+                async with aclosing(loop.stream()) as items:
+                    async for item in items:
+                        yield item
+        finally:
+            await usage.flush(self.store, quietly=True)  # calls a failed or closed stream made
         await self._after_turn(ctx, loop.turn_count)
+
+    def _usage_scope(self, session_id: str | None) -> UsageScope:
+        return UsageScope(session_id=session_id, price=self.price)
 
     async def _active_context(self, session_id: str) -> tuple[TurnContext, History]:
         ctx, history = await self._histories.load(self.store, session_id)
@@ -92,7 +107,8 @@ class SpaceAgent:
             raise SessionArchived(session_id)
         return ctx, history
 
-    def _turn_loop(self, ctx: TurnContext, history: History, text: str) -> TurnLoop:
+    def _turn_loop(self, ctx: TurnContext, history: History, text: str,
+                   usage: UsageScope) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
@@ -108,7 +124,7 @@ class SpaceAgent:
             ctx,
             history=history,
             llm=self.llm,
-            memory_llm=self.memory_llm,
+            memory_llm=usage.metered(self.memory_llm, "compression"),
             store=self.store,
             memory_language=self.settings.memory_language,
         )
@@ -117,12 +133,13 @@ class SpaceAgent:
             user_input=text,
             insight=ctx.insight if ctx.session.role == "standard" else None,
             prompt=prompt,
-            llm=self.llm,
+            llm=usage.metered(self.llm, "turn"),
             store=self.store,
             toolbox=toolbox,
             tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
             max_tool_rounds=self.settings.max_tool_rounds,
             on_saved=lambda messages, saved: self._histories.saved(session_id, messages, saved),
+            usage=usage,
         )
 
     async def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
@@ -185,6 +202,15 @@ class SpaceAgent:
         turn on the session never waits for the model, and a result is written only if no
         other consolidation covered more records meanwhile (then that one's memory stands).
         A session with nothing new keeps its memory (no LLM call)."""
+        usage = self._usage_scope(session_id)
+        try:
+            return await self._consolidate(session_id, allow_archived,
+                                           usage.metered(self.memory_llm, "consolidation"))
+        finally:
+            await usage.flush(self.store, quietly=True)  # memory work is charged to the session
+
+    async def _consolidate(self, session_id: str, allow_archived: bool,
+                           memory_llm: LLM) -> str | None:
         language = self.settings.memory_language
         while True:
             data = await self.store.load_consolidation_input(session_id)
@@ -201,10 +227,10 @@ class SpaceAgent:
             )
             pending = [message for _, message in data.records]
             count = memory.records_within_budget(
-                self.memory_llm, prompt, data.memory, pending, language
+                memory_llm, prompt, data.memory, pending, language
             )
             new_memory = await memory.consolidate(
-                self.memory_llm, prompt, data.memory, pending[:count], language
+                memory_llm, prompt, data.memory, pending[:count], language
             )
             written = await self.store.save_consolidation(
                 session_id, new_memory, data.records[count - 1][0]
@@ -220,6 +246,13 @@ class SpaceAgent:
         settled is not lost) but get no insight. Like consolidation, no lock is held while
         the model answers: the synthesis written is the one computed from what was read."""
         main_id = await self.store.main_session_id()
+        usage = self._usage_scope(main_id)  # integration serves the main session
+        try:
+            return await self._integrate(main_id, usage.metered(self.memory_llm, "integration"))
+        finally:
+            await usage.flush(self.store, quietly=True)
+
+    async def _integrate(self, main_id: str, memory_llm: LLM) -> IntegrationResult:
         main = await self.store.get_session(main_id)
         if main.status == "archived":
             raise SessionArchived(main_id)
@@ -232,7 +265,7 @@ class SpaceAgent:
             memory.default_integrate_prompt(language),
         )
         synthesis = await self.store.read_slot(main_id, "memory")
-        result = await memory.integrate(self.memory_llm, prompt, children, synthesis, language)
+        result = await memory.integrate(memory_llm, prompt, children, synthesis, language)
         await self.store.save_integration(main_id, result.synthesis, result.insights)
         return result
 

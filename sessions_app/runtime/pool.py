@@ -23,6 +23,7 @@ from spaces.models import Space
 from spaces.throttling import rate_limiter
 
 from .. import conf
+from ..accounting.prices import price_nanos
 from ..engine.agent import SpaceAgent
 from ..engine.errors import SpaceNotFound, StelloError
 from ..engine.llm import build_llm
@@ -190,6 +191,7 @@ class Runtime:
             locks=self.locks,
             jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent, self.queue_ready),
             settings=self.engine_settings,
+            price=price_nanos,
         )
 
     async def aclose(self) -> None:

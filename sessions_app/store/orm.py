@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from spaces.models import Space
 
+from ..accounting.record import orm_record
 from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
@@ -32,6 +33,7 @@ from ..engine.types import (
     SpacePrompts,
     TurnContext,
 )
+from ..engine.usage import CallUsage
 from ..models import CoreData, Record, Session, SessionData, TopologyNode
 from .common import (
     TurnListener,
@@ -120,6 +122,9 @@ class DjangoSpaceStore:
         self._on_turn = on_turn
 
     # -- helpers (sync, inside a unit of work) ---------------------------------------------
+    def _owner_id(self) -> Any:
+        return Space.objects.filter(pk=self.space_id).values_list("owner_id", flat=True).first()
+
     def _sessions(self):
         return Session.objects.filter(space_id=self.space_id)
 
@@ -186,8 +191,9 @@ class DjangoSpaceStore:
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
-        result = await self._save_call(session_id, messages, consumed_insight, end_turn)
+        result = await self._save_call(session_id, messages, consumed_insight, end_turn, usage)
         if end_turn and self._on_turn is not None:  # committed: the unit of work has returned
             self._on_turn(self.space_id, str(parse_uuid(session_id)), result.turn_count)
         return result
@@ -199,6 +205,7 @@ class DjangoSpaceStore:
         messages: Sequence[Message],
         consumed_insight: str | None,
         end_turn: bool,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
         pk = parse_uuid(session_id)
         now = timezone.now()
@@ -222,6 +229,8 @@ class DjangoSpaceStore:
                 changes.update(turn_count=F("turn_count") + 1, last_active_at=now, updated_at=now)
             if changes:
                 Session.objects.filter(pk=pk).update(**changes)
+            if usage:
+                orm_record(self.space_id, self._owner_id(), usage)
             last = max((r.pk for r in created if r.pk is not None), default=None)
             return SaveResult(
                 turn_count=counts[0] + (1 if end_turn else 0),
@@ -389,6 +398,12 @@ class DjangoSpaceStore:
             ).values_list("pk", flat=True)
             for pk in mine:
                 _write_slot(pk, Key.INSIGHT, wanted[str(pk)])
+
+    @unit_of_work
+    def record_usage(self, calls: Sequence[CallUsage]) -> None:
+        if calls:
+            with transaction.atomic():
+                orm_record(self.space_id, self._owner_id(), calls)
 
     @unit_of_work
     def load_bootstrap(self, session_id: str) -> Bootstrap:

@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 
 from spaces import pgpool
 
+from ..accounting.record import SQL_RECORD_USAGE, usage_params, with_usage
 from ..engine.errors import ServiceUnavailable, SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
@@ -39,6 +40,7 @@ from ..engine.types import (
     SpacePrompts,
     TurnContext,
 )
+from ..engine.usage import CallUsage
 from .common import (
     COMPRESSION,
     CONSOLIDATE_PROMPT,
@@ -98,6 +100,7 @@ _INSERT_RECORDS = (
     'INSERT INTO records AS r (session_id, role, content, tool_calls, tool_call_id, "timestamp")'
 )
 
+SQL_SAVE_CALL_METERED: str  # SQL_SAVE_CALL with the usage rows of the call (below)
 SQL_SAVE_CALL = f"""
 WITH src AS (
   SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
@@ -125,6 +128,8 @@ SELECT upd.turn_count, upd.record_count, coalesce(
   0)
 FROM upd
 """
+
+SQL_SAVE_CALL_METERED = with_usage(SQL_SAVE_CALL)
 
 _SOURCE_EXISTS = (
     "EXISTS (SELECT 1 FROM sessions s WHERE s.id = %(source)s AND s.space_id = %(space)s)"
@@ -457,12 +462,15 @@ class PgSpaceStore:
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
         params = self._params(
             session_id, now=timezone.now(), consumed=consumed_insight, added=len(messages),
             end_turn=end_turn, **_record_arrays(messages),
         )
-        row = await self._one(SQL_SAVE_CALL, params)
+        if usage:  # the calls' usage rides in the same statement: no round trip of its own
+            params.update(usage_params(usage))
+        row = await self._one(SQL_SAVE_CALL_METERED if usage else SQL_SAVE_CALL, params)
         if row is None:
             raise SessionNotFound()
         result = SaveResult(turn_count=row[0], record_count=row[1], last_record_id=row[2])
@@ -598,6 +606,10 @@ class PgSpaceStore:
         row = await self._one(SQL_SAVE_INTEGRATION, params)
         if not row or not row[0]:
             raise SessionNotFound()
+
+    async def record_usage(self, calls: Sequence[CallUsage]) -> None:
+        if calls:
+            await self._one(SQL_RECORD_USAGE, self._params(**usage_params(calls)))
 
     async def load_bootstrap(self, session_id: str) -> Bootstrap:
         row = await self._read(SQL_BOOTSTRAP, self._params(session_id))
