@@ -2,6 +2,7 @@
 
 from spaces.viewsets import ID_SEGMENT, OptionalSlashRouter
 
+from ..accounting.api import SpaceUsageViewSet, UsageViewSet
 from .views import SessionViewSet, SpaceMemoryViewSet
 
 SPACE = f"spaces/(?P<space_id>{ID_SEGMENT})"
@@ -9,5 +10,7 @@ SPACE = f"spaces/(?P<space_id>{ID_SEGMENT})"
 router = OptionalSlashRouter()
 router.register(f"{SPACE}/sessions", SessionViewSet, basename="session")
 router.register(SPACE, SpaceMemoryViewSet, basename="space-memory")
+router.register(f"{SPACE}/usage", SpaceUsageViewSet, basename="space-usage")
+router.register("usage", UsageViewSet, basename="usage")
 
 urlpatterns = router.urls

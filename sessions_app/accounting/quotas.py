@@ -1,0 +1,151 @@
+"""Quotas: a turn (REST or WebSocket) whose user, or key, has spent a budget of the current
+period is refused before any LLM call, with `QuotaExceeded` (429, `Retry-After` = the seconds
+until the period ends); background memory work of such a user waits until then.
+
+A check reads the rollup (`usage_daily`) as it is when the turn starts, so turns already in
+flight may take a user past the budget, by at most what they cost; the next one is refused.
+Periods are UTC calendar days and months, on `engine.usage.clock` (tests move it).
+
+Cost on the hot path: whether a user has quotas at all is cached per process for
+STELLO_AUTH_CACHE_SECONDS, so a user without quotas costs no round trip; a user with quotas
+costs one statement per turn (the quotas and what was spent in their periods, together).
+A quota set in the admin is seen at once by the admin's process and within that TTL by others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db.models import Q, Sum
+
+from spaces import pgpool
+from spaces.apikeys import LookupCache
+from spaces.errors import QuotaExceeded, ServiceUnavailable
+
+from ..engine.usage import clock, current_api_key
+from .models import UsageDaily, UsageQuota
+
+# user id -> whether the user has any quota (a miss or True: read the database).
+has_quotas: LookupCache[bool] = LookupCache()
+
+SQL_QUOTAS = """
+SELECT q.period, q.max_tokens, q.max_cost, q.api_key_id, spent.tokens, spent.nanos
+FROM usage_quotas q CROSS JOIN LATERAL (
+  SELECT coalesce(sum(d.input_tokens + d.output_tokens), 0) AS tokens,
+         coalesce(sum(d.cost_nanos), 0) AS nanos
+  FROM usage_daily d
+  WHERE d.user_id = q.user_id
+    AND d.day BETWEEN (CASE WHEN q.period = 'day' THEN %(today)s ELSE %(month)s END)
+                  AND %(today)s
+    AND (q.api_key_id IS NULL OR d.api_key_id = q.api_key_id)
+) spent
+WHERE q.user_id = %(user)s AND (q.api_key_id IS NULL OR q.api_key_id = %(key)s)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUse:
+    """One quota and what was spent against it in its current period."""
+
+    period: str
+    max_tokens: int | None
+    max_cost: Decimal | None
+    api_key_id: int | None
+    tokens: int
+    nanos: int
+
+    @property
+    def exceeded(self) -> bool:
+        return (self.max_tokens is not None and self.tokens >= self.max_tokens) or (
+            self.max_cost is not None and self.nanos >= int(self.max_cost * 1_000_000_000))
+
+
+def period_start(period: str, today: date) -> date:
+    return today if period == "day" else today.replace(day=1)
+
+
+def period_end(period: str, now: datetime) -> datetime:
+    """The first instant (UTC) after the period that contains `now`."""
+    day = now.astimezone(UTC).date()
+    if period == "day":
+        end = day + timedelta(days=1)
+    else:
+        end = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    return datetime(end.year, end.month, end.day, tzinfo=UTC)
+
+
+def seconds_until_end(period: str, now: datetime) -> int:
+    return max(1, math.ceil((period_end(period, now) - now).total_seconds()))
+
+
+async def quota_uses(user_id: Any, api_key_id: int | None) -> list[QuotaUse]:
+    """The user's quotas that apply to this key (the user's own and the key's), with what was
+    spent in their current periods. One statement on PostgreSQL."""
+    today = clock.now().astimezone(UTC).date()
+    if pgpool.enabled():
+        try:
+            rows = await pgpool.fetchall(SQL_QUOTAS, {
+                "user": user_id, "key": api_key_id, "today": today,
+                "month": today.replace(day=1)})
+        except pgpool.DatabaseUnavailable as exc:
+            raise ServiceUnavailable() from exc
+        return [QuotaUse(*row) for row in rows]
+    return await _orm_quota_uses(user_id, api_key_id, today)
+
+
+@sync_to_async
+def _orm_quota_uses(user_id: Any, api_key_id: int | None, today: date) -> list[QuotaUse]:
+    # The embedded (SQLite) default: one hop to the ORM for the whole check.
+    uses = []
+    quotas = UsageQuota.objects.filter(Q(api_key__isnull=True) | Q(api_key_id=api_key_id),
+                                       user_id=user_id)
+    for quota in quotas:
+        rows = UsageDaily.objects.filter(
+            user_id=user_id, day__gte=period_start(quota.period, today), day__lte=today)
+        if quota.api_key_id is not None:
+            rows = rows.filter(api_key_id=quota.api_key_id)
+        sums = rows.aggregate(inp=Sum("input_tokens"), out=Sum("output_tokens"),
+                              nanos=Sum("cost_nanos"))
+        uses.append(QuotaUse(quota.period, quota.max_tokens, quota.max_cost, quota.api_key_id,
+                             (sums["inp"] or 0) + (sums["out"] or 0), sums["nanos"] or 0))
+    return uses
+
+
+async def over_budget(user_id: Any, api_key_id: int | None) -> int | None:
+    """None when the user (with this key) may run LLM work now; else the seconds until every
+    spent budget's period has ended."""
+    cache_key = str(user_id)
+    if has_quotas.get(cache_key) is False:
+        return None
+    uses = await quota_uses(user_id, api_key_id)
+    has_quotas.put(cache_key, bool(uses))
+    spent = [use for use in uses if use.exceeded]
+    if not spent:
+        return None
+    now = clock.now()
+    return max(seconds_until_end(use.period, now) for use in spent)
+
+
+async def check_turn(user_id: Any, api_key_id: int | None) -> None:
+    """Raise QuotaExceeded when a turn of this user with this key must not start."""
+    retry_after = await over_budget(user_id, api_key_id)
+    if retry_after is not None:
+        raise QuotaExceeded(f"Usage quota exceeded; it renews in {retry_after} seconds",
+                            retry_after=retry_after)
+
+
+def quotas_changed(user_id: Any) -> None:
+    """Forget what this process knows of the user's quotas (the admin saved or deleted one)."""
+    has_quotas.discard(str(user_id))
+
+
+async def admit_turn(user_id: Any, api_key_id: int | None) -> None:
+    """Before a turn (REST or WebSocket): refuse it when a budget is spent, else charge what it
+    calls to this key (`engine.usage.current_api_key`, which follows the turn into its task)."""
+    await check_turn(user_id, api_key_id)
+    current_api_key.set(api_key_id)
