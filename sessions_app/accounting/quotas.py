@@ -6,46 +6,90 @@ A check reads the rollup (`usage_daily`) as it is when the turn starts, so turns
 flight may take a user past the budget, by at most what they cost; the next one is refused.
 Periods are UTC calendar days and months, on `engine.usage.clock` (tests move it).
 
-Cost on the hot path: whether a user has quotas at all is cached per process for
-STELLO_AUTH_CACHE_SECONDS, so a user without quotas costs no round trip; a user with quotas
-costs one statement per turn (the quotas and what was spent in their periods, together).
-A quota set in the admin is seen at once by the admin's process and within that TTL by others.
+Cost on the hot path: every quota (a small table set in the admin) is held per process in
+`quota_book`, loaded when the process builds its first agent and read again when it is older
+than STELLO_AUTH_CACHE_SECONDS, so a user without quotas costs no round trip; a user with quotas
+costs one statement per turn (what was spent in the quotas' periods). A quota saved in the
+admin is seen at once by the admin's process and within that TTL by the others.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db.models import Q, Sum
 
 from spaces import pgpool
-from spaces.apikeys import LookupCache
 from spaces.errors import QuotaExceeded, ServiceUnavailable
 
 from ..engine.usage import clock, current_api_key
 from .models import UsageDaily, UsageQuota
 
-# user id -> whether the user has any quota (a miss or True: read the database).
-has_quotas: LookupCache[bool] = LookupCache()
+SQL_ALL_QUOTAS = "SELECT q.user_id, q.id FROM usage_quotas q"
 
 SQL_QUOTAS = """
 SELECT q.period, q.max_tokens, q.max_cost, q.api_key_id, spent.tokens, spent.nanos
 FROM usage_quotas q CROSS JOIN LATERAL (
-  SELECT coalesce(sum(d.input_tokens + d.output_tokens), 0) AS tokens,
-         coalesce(sum(d.cost_nanos), 0) AS nanos
-  FROM usage_daily d
-  WHERE d.user_id = q.user_id
-    AND d.day BETWEEN (CASE WHEN q.period = 'day' THEN %(today)s ELSE %(month)s END)
-                  AND %(today)s
-    AND (q.api_key_id IS NULL OR d.api_key_id = q.api_key_id)
+  SELECT coalesce(sum(ud.input_tokens + ud.output_tokens), 0) AS tokens,
+         coalesce(sum(ud.cost_nanos), 0) AS nanos
+  FROM usage_daily ud
+  WHERE ud.user_id = q.user_id
+    AND ud.day BETWEEN (CASE WHEN q.period = 'day' THEN %(today)s ELSE %(month)s END)
+                   AND %(today)s
+    AND (q.api_key_id IS NULL OR ud.api_key_id = q.api_key_id)
 ) spent
 WHERE q.user_id = %(user)s AND (q.api_key_id IS NULL OR q.api_key_id = %(key)s)
 """
+
+
+class QuotaBook:
+    """Which users have quotas, per process (see the module's docstring)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._users: frozenset[str] | None = None
+        self._loaded_at = 0.0
+        self._clock = clock
+
+    def invalidate(self) -> None:
+        self._users = None
+
+    def fresh(self) -> bool:
+        ttl = float(settings.STELLO.get("AUTH_CACHE_SECONDS", 5.0))
+        return self._users is not None and self._clock() - self._loaded_at < ttl
+
+    async def load(self) -> None:
+        """Read the table again unless what is held is fresh."""
+        if self.fresh():
+            return
+        loaded_at = self._clock()
+        if pgpool.enabled():
+            try:
+                rows = await pgpool.fetchall(SQL_ALL_QUOTAS)
+            except pgpool.DatabaseUnavailable as exc:
+                raise ServiceUnavailable() from exc
+        else:
+            rows = await sync_to_async(_orm_all_quotas)()
+        self._users, self._loaded_at = frozenset(str(user) for user, _ in rows), loaded_at
+
+    async def has_quotas(self, user_id: Any) -> bool:
+        await self.load()
+        assert self._users is not None
+        return str(user_id) in self._users
+
+
+def _orm_all_quotas() -> list[tuple[Any, Any]]:
+    return list(UsageQuota.objects.values_list("user_id", "id"))
+
+
+quota_book = QuotaBook()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +163,9 @@ def _orm_quota_uses(user_id: Any, api_key_id: int | None, today: date) -> list[Q
 async def over_budget(user_id: Any, api_key_id: int | None) -> int | None:
     """None when the user (with this key) may run LLM work now; else the seconds until every
     spent budget's period has ended."""
-    cache_key = str(user_id)
-    if has_quotas.get(cache_key) is False:
+    if not await quota_book.has_quotas(user_id):
         return None
     uses = await quota_uses(user_id, api_key_id)
-    has_quotas.put(cache_key, bool(uses))
     spent = [use for use in uses if use.exceeded]
     if not spent:
         return None
@@ -139,9 +181,9 @@ async def check_turn(user_id: Any, api_key_id: int | None) -> None:
                             retry_after=retry_after)
 
 
-def quotas_changed(user_id: Any) -> None:
-    """Forget what this process knows of the user's quotas (the admin saved or deleted one)."""
-    has_quotas.discard(str(user_id))
+def quotas_changed() -> None:
+    """Forget what this process knows of quotas (the admin saved or deleted one)."""
+    quota_book.invalidate()
 
 
 async def admit_turn(user_id: Any, api_key_id: int | None) -> None:

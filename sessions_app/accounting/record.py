@@ -10,15 +10,15 @@ store's transaction.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import uuid
 from collections.abc import Sequence
 from datetime import UTC as _UTC
 from typing import Any
 
-from django.db.models import F
+from django.db import connection, models
 
 from ..engine.usage import CallUsage
-from .models import NO_KEY, LLMCall, UsageDaily
+from .models import NO_KEY, LLMCall
 
 _USAGE_ROWS = """unnest(%(u_at)s::timestamptz[], %(u_kind)s::text[], %(u_provider)s::text[],
     %(u_model)s::text[], %(u_in)s::bigint[], %(u_out)s::bigint[], %(u_cached)s::bigint[],
@@ -41,7 +41,7 @@ usage_owner AS (
          o.user_id, %(space)s
   FROM usage_owner o CROSS JOIN {_USAGE_ROWS}
 ), usage_rollup AS (
-  INSERT INTO usage_daily AS d (day, user_id, space_id, session_id, api_key_id, provider, model,
+  INSERT INTO usage_daily AS ud (day, user_id, space_id, session_id, api_key_id, provider, model,
                                 calls, {_SUMS})
   SELECT (u.at AT TIME ZONE 'UTC')::date, o.user_id, %(space)s, u.session_id, u.api_key_id,
          u.provider, u.model, count(*), sum(u.input_tokens), sum(u.output_tokens),
@@ -50,12 +50,12 @@ usage_owner AS (
   WHERE u.session_id IS NOT NULL
   GROUP BY 1, 2, 4, 5, 6, 7
   ON CONFLICT (day, user_id, space_id, session_id, api_key_id, provider, model) DO UPDATE SET
-    calls = d.calls + EXCLUDED.calls,
-    input_tokens = d.input_tokens + EXCLUDED.input_tokens,
-    output_tokens = d.output_tokens + EXCLUDED.output_tokens,
-    cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
-    duration_ms = d.duration_ms + EXCLUDED.duration_ms,
-    cost_nanos = d.cost_nanos + EXCLUDED.cost_nanos
+    calls = ud.calls + EXCLUDED.calls,
+    input_tokens = ud.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = ud.output_tokens + EXCLUDED.output_tokens,
+    cached_tokens = ud.cached_tokens + EXCLUDED.cached_tokens,
+    duration_ms = ud.duration_ms + EXCLUDED.duration_ms,
+    cost_nanos = ud.cost_nanos + EXCLUDED.cost_nanos
 )"""
 
 SQL_RECORD_USAGE = f"WITH {USAGE_CTES}\nSELECT count(*) FROM usage_owner"
@@ -99,23 +99,39 @@ def orm_record(space_id: Any, owner_id: Any, calls: Sequence[CallUsage]) -> None
                 duration_ms=c.duration_ms, cost_nanos=c.cost_nanos)
         for c in calls
     ])
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
+    rows = []
+    ops = connection.ops
     for c in calls:
-        if c.session_id is None:
-            continue
-        key = (c.at.astimezone(_UTC).date(), c.session_id, c.api_key_id or NO_KEY, c.provider,
-               c.model)
-        sums = groups[key]
-        for i, value in enumerate((1, c.input_tokens, c.output_tokens, c.cached_tokens,
-                                   c.duration_ms, c.cost_nanos)):
-            sums[i] += value
-    for (day, session_id, key_id, provider, model), sums in groups.items():
-        match = dict(day=day, user_id=owner_id, space_id=space_id, session_id=session_id,
-                     api_key_id=key_id, provider=provider, model=model)
-        fields = ("calls", "input_tokens", "output_tokens", "cached_tokens", "duration_ms",
-                  "cost_nanos")
-        updated = UsageDaily.objects.filter(**match).update(
-            **{f: F(f) + v for f, v in zip(fields, sums, strict=True)})
-        if not updated:
-            UsageDaily.objects.create(**match, **dict(zip(fields, sums, strict=True)))
+        if c.session_id is not None:
+            rows.append((ops.adapt_datefield_value(c.at.astimezone(_UTC).date()), owner_id,
+                         _uuid(space_id), _uuid(c.session_id), c.api_key_id or NO_KEY,
+                         c.provider, c.model, 1,
+                         c.input_tokens, c.output_tokens, c.cached_tokens, c.duration_ms,
+                         c.cost_nanos))
+    if rows:
+        # One upsert statement for every row (SQLite has the same ON CONFLICT clause); rows of
+        # one key are added up by the database as they come.
+        with connection.cursor() as cursor:
+            cursor.executemany(_ORM_UPSERT, rows)
 
+
+_UUID_FIELD = models.UUIDField()
+
+
+def _uuid(value: Any) -> Any:
+    """A UUID as this database's column holds it (32 hex digits on SQLite)."""
+    return _UUID_FIELD.get_db_prep_value(uuid.UUID(str(value)), connection)
+
+
+_ORM_UPSERT = f"""
+INSERT INTO usage_daily AS ud (day, user_id, space_id, session_id, api_key_id, provider, model,
+                               calls, {_SUMS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (day, user_id, space_id, session_id, api_key_id, provider, model) DO UPDATE SET
+  calls = ud.calls + excluded.calls,
+  input_tokens = ud.input_tokens + excluded.input_tokens,
+  output_tokens = ud.output_tokens + excluded.output_tokens,
+  cached_tokens = ud.cached_tokens + excluded.cached_tokens,
+  duration_ms = ud.duration_ms + excluded.duration_ms,
+  cost_nanos = ud.cost_nanos + excluded.cost_nanos
+"""

@@ -118,7 +118,7 @@ class EngineTurnResultSerializer(serializers.Serializer):
     toolCallsExecuted = serializers.IntegerField(min_value=0)
     rawResponse = serializers.CharField(
         allow_blank=True, help_text="JSON text of the last LLM call (content, toolCalls, usage).")
-    usage = TurnUsageSerializer(required=False, help_text="What every LLM call of the turn used.")
+    usage = TurnUsageSerializer(help_text="What every LLM call of the turn used (our addition).")
 
 
 class TurnResponseSerializer(serializers.Serializer):

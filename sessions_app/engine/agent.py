@@ -204,13 +204,13 @@ class SpaceAgent:
         A session with nothing new keeps its memory (no LLM call)."""
         usage = self._usage_scope(session_id)
         try:
-            return await self._consolidate(session_id, allow_archived,
-                                           usage.metered(self.memory_llm, "consolidation"))
+            return await self._consolidate(session_id, allow_archived, usage)
         finally:
             await usage.flush(self.store, quietly=True)  # memory work is charged to the session
 
     async def _consolidate(self, session_id: str, allow_archived: bool,
-                           memory_llm: LLM) -> str | None:
+                           usage: UsageScope) -> str | None:
+        memory_llm = usage.metered(self.memory_llm, "consolidation")
         language = self.settings.memory_language
         while True:
             data = await self.store.load_consolidation_input(session_id)
@@ -232,9 +232,11 @@ class SpaceAgent:
             new_memory = await memory.consolidate(
                 memory_llm, prompt, data.memory, pending[:count], language
             )
+            calls = tuple(usage.pending)
             written = await self.store.save_consolidation(
-                session_id, new_memory, data.records[count - 1][0]
+                session_id, new_memory, data.records[count - 1][0], usage=calls
             )
+            del usage.pending[:len(calls)]  # stored with the memory
             if written and count == len(pending):
                 return new_memory
             # Either more records wait, or another consolidation moved the marker: read again.
@@ -248,11 +250,12 @@ class SpaceAgent:
         main_id = await self.store.main_session_id()
         usage = self._usage_scope(main_id)  # integration serves the main session
         try:
-            return await self._integrate(main_id, usage.metered(self.memory_llm, "integration"))
+            return await self._integrate(main_id, usage)
         finally:
             await usage.flush(self.store, quietly=True)
 
-    async def _integrate(self, main_id: str, memory_llm: LLM) -> IntegrationResult:
+    async def _integrate(self, main_id: str, usage: UsageScope) -> IntegrationResult:
+        memory_llm = usage.metered(self.memory_llm, "integration")
         main = await self.store.get_session(main_id)
         if main.status == "archived":
             raise SessionArchived(main_id)
@@ -266,7 +269,9 @@ class SpaceAgent:
         )
         synthesis = await self.store.read_slot(main_id, "memory")
         result = await memory.integrate(memory_llm, prompt, children, synthesis, language)
-        await self.store.save_integration(main_id, result.synthesis, result.insights)
+        calls = tuple(usage.pending)
+        await self.store.save_integration(main_id, result.synthesis, result.insights, usage=calls)
+        del usage.pending[:len(calls)]  # stored with the synthesis
         return result
 
     async def write_slot(self, session_id: str, key: str, content: str | None) -> None:

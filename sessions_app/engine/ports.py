@@ -134,16 +134,19 @@ class SpaceStore(Protocol):
         and the records after `memory_covered_up_to`."""
         ...
 
-    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                                 *, usage: Sequence[CallUsage] = ()) -> bool:
         """ONE transaction: write the memory slot and the marker, but only if the stored marker
-        is below `covered_up_to` (no newer consolidation covered more). True when written."""
+        is below `covered_up_to` (no newer consolidation covered more). True when written. The
+        metered `usage` is recorded either way (like `record_usage`): the calls were made."""
         ...
 
     async def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         """ONE transaction: the synthesis into the main memory slot, each insight into its
-        session's insight slot."""
+        session's insight slot, and the metered `usage` (like `record_usage`)."""
         ...
 
     async def record_usage(self, calls: Sequence[CallUsage]) -> None:

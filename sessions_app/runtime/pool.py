@@ -24,6 +24,7 @@ from spaces.throttling import rate_limiter
 
 from .. import conf
 from ..accounting.prices import price_nanos
+from ..accounting.quotas import quota_book
 from ..engine.agent import SpaceAgent
 from ..engine.errors import SpaceNotFound, StelloError
 from ..engine.llm import build_llm
@@ -179,6 +180,7 @@ class Runtime:
             await self.queue.drain()
 
     async def _build_agent(self, space_id: str) -> SpaceAgent:
+        await quota_book.load()  # so turns of users without quotas need no round trip for them
         if not await _space_exists(space_id):
             raise SpaceNotFound()
         return SpaceAgent(

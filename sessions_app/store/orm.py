@@ -17,6 +17,7 @@ from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone
 
 from spaces.models import Space
+from spaces.selectors import space_owners
 
 from ..accounting.record import orm_record
 from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound
@@ -122,8 +123,16 @@ class DjangoSpaceStore:
         self._on_turn = on_turn
 
     # -- helpers (sync, inside a unit of work) ---------------------------------------------
-    def _owner_id(self) -> Any:
-        return Space.objects.filter(pk=self.space_id).values_list("owner_id", flat=True).first()
+    def _owner_id(self, usage: Sequence[CallUsage]) -> Any:
+        """Who pays for `usage`: the space's owner (from the route's space check when cached;
+        no query at all without usage)."""
+        if not usage:
+            return None
+        owner = space_owners.get(self.space_id)
+        if owner is None:
+            owner = Space.objects.filter(pk=self.space_id).values_list(
+                "owner_id", flat=True).first()
+        return owner
 
     def _sessions(self):
         return Session.objects.filter(space_id=self.space_id)
@@ -229,8 +238,7 @@ class DjangoSpaceStore:
                 changes.update(turn_count=F("turn_count") + 1, last_active_at=now, updated_at=now)
             if changes:
                 Session.objects.filter(pk=pk).update(**changes)
-            if usage:
-                orm_record(self.space_id, self._owner_id(), usage)
+            orm_record(self.space_id, self._owner_id(usage), usage)
             last = max((r.pk for r in created if r.pk is not None), default=None)
             return SaveResult(
                 turn_count=counts[0] + (1 if end_turn else 0),
@@ -374,9 +382,11 @@ class DjangoSpaceStore:
         )
 
     @unit_of_work
-    def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                           *, usage: Sequence[CallUsage] = ()) -> bool:
         pk = self._session_pk(session_id)
         with transaction.atomic():
+            orm_record(self.space_id, self._owner_id(usage), usage)
             moved = self._sessions().filter(
                 pk=pk, memory_covered_up_to__lt=covered_up_to
             ).update(memory_covered_up_to=covered_up_to)
@@ -386,9 +396,11 @@ class DjangoSpaceStore:
 
     @unit_of_work
     def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         with transaction.atomic():
+            orm_record(self.space_id, self._owner_id(usage), usage)
             _write_slot(self._session_pk(main_session_id), Key.MEMORY, synthesis)
             wanted = {
                 str(pk): i.content for i in insights if (pk := parse_uuid(i.session_id))
@@ -403,7 +415,7 @@ class DjangoSpaceStore:
     def record_usage(self, calls: Sequence[CallUsage]) -> None:
         if calls:
             with transaction.atomic():
-                orm_record(self.space_id, self._owner_id(), calls)
+                orm_record(self.space_id, self._owner_id(calls), calls)
 
     @unit_of_work
     def load_bootstrap(self, session_id: str) -> Bootstrap:

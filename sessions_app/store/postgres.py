@@ -278,6 +278,8 @@ WITH main AS (
 )
 SELECT count(*) FROM main
 """
+SQL_SAVE_CONSOLIDATION_METERED = with_usage(SQL_SAVE_CONSOLIDATION)
+SQL_SAVE_INTEGRATION_METERED = with_usage(SQL_SAVE_INTEGRATION)
 SQL_BOOTSTRAP = f"""
 WITH RECURSIVE anc (id, hops) AS (
   SELECT t.parent_id, 1 FROM topology_nodes t
@@ -587,23 +589,31 @@ class PgSpaceStore:
             records=tuple((r[0], message_from_row(*r[1:])) for r in records or ()),
         )
 
-    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                                 *, usage: Sequence[CallUsage] = ()) -> bool:
         params = self._params(session_id, covered=covered_up_to, content=storable(memory),
                               now=timezone.now())
-        row = await self._one(SQL_SAVE_CONSOLIDATION, params)
+        if usage:
+            params.update(usage_params(usage))
+        row = await self._one(SQL_SAVE_CONSOLIDATION_METERED if usage else SQL_SAVE_CONSOLIDATION,
+                              params)
         if not row or not row[0]:
             raise SessionNotFound()
         return bool(row[1])
 
     async def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         wanted = {pk: i.content for i in insights if (pk := parse_uuid(i.session_id))}
         params = self._params(
             main_session_id, synthesis=storable(synthesis), now=timezone.now(),
             ids=list(wanted), contents=[storable(c) for c in wanted.values()],
         )
-        row = await self._one(SQL_SAVE_INTEGRATION, params)
+        if usage:
+            params.update(usage_params(usage))
+        row = await self._one(SQL_SAVE_INTEGRATION_METERED if usage else SQL_SAVE_INTEGRATION,
+                              params)
         if not row or not row[0]:
             raise SessionNotFound()
 

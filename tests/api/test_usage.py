@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sessions_app.accounting.models import LLMCall, UsageDaily, UsageQuota
-from sessions_app.accounting.quotas import has_quotas
+from sessions_app.accounting.quotas import quotas_changed
 from sessions_app.engine.usage import clock
 from sessions_app.models import Session
 from tests.api.conftest import HOT_PATH_DB, SessionApi, openai_llm
@@ -25,10 +25,10 @@ PRICES = {"test-model": {"input": 1.0, "output": 2.0, "cached": 0.5}}
 @pytest.fixture(autouse=True)
 def fixed_clock() -> Iterator[None]:
     clock.set(NOON)
-    has_quotas.clear()
+    quotas_changed()
     yield
     clock.set(None)
-    has_quotas.clear()
+    quotas_changed()
 
 
 @pytest.fixture
@@ -125,6 +125,7 @@ def test_a_spent_quota_stops_the_next_turn_until_the_period_ends(
     api: SessionApi, root_id: str, alice, server: OpenAIServer
 ) -> None:
     UsageQuota.objects.create(user=alice, period="day", max_tokens=100)
+    quotas_changed()  # what the admin does when it saves one
     server.reply("first", usage=(80, 30))  # 110 tokens: the budget is spent by this turn
     api.said(root_id, "one")
 
@@ -144,6 +145,7 @@ def test_a_cost_quota_per_key_and_per_month(api: SessionApi, root_id: str, alice
                                             priced: None) -> None:
     key = alice.api_keys.get()
     UsageQuota.objects.create(user=alice, api_key=key, period="month", max_cost="0.0001")
+    quotas_changed()
     server.reply("big", usage=(100_000, 0))  # 0.1 USD
     api.said(root_id, "one")
     refused = api.turn(root_id, "two")
@@ -156,5 +158,6 @@ def test_a_cost_quota_per_key_and_per_month(api: SessionApi, root_id: str, alice
 
 def test_other_users_quotas_do_not_apply(api: SessionApi, root_id: str, bob) -> None:
     UsageQuota.objects.create(user=bob, period="day", max_tokens=0)
+    quotas_changed()
     api.said(root_id, "one")
     assert api.turn(root_id, "two").status_code == 200

@@ -353,8 +353,10 @@ class InMemoryStore:
     async def record_usage(self, calls: Sequence[CallUsage]) -> None:
         self.usage.extend(calls)
 
-    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                                 *, usage: Sequence[CallUsage] = ()) -> bool:
         stored = self._get(session_id)
+        self.usage.extend(usage)
         if stored.memory_covered_up_to >= covered_up_to:
             return False
         stored.memory_covered_up_to = covered_up_to
@@ -362,9 +364,11 @@ class InMemoryStore:
         return True
 
     async def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         self.set_slot(main_session_id, "memory", synthesis)
+        self.usage.extend(usage)
         for insight in insights:
             known = self.sessions.get(insight.session_id)
             if known is not None and known.meta.status == "active":  # like the stores
