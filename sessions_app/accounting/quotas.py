@@ -29,6 +29,8 @@ from django.db.models import Q, Sum
 
 from spaces import pgpool
 from spaces.errors import QuotaExceeded, ServiceUnavailable
+from spaces.models import Space
+from spaces.selectors import space_owners
 
 from ..engine.usage import clock, current_api_key
 from .models import UsageDaily, UsageQuota
@@ -78,6 +80,10 @@ class QuotaBook:
         else:
             rows = await sync_to_async(_orm_all_quotas)()
         self._users, self._loaded_at = frozenset(str(user) for user, _ in rows), loaded_at
+
+    async def any(self) -> bool:
+        await self.load()
+        return bool(self._users)
 
     async def has_quotas(self, user_id: Any) -> bool:
         await self.load()
@@ -191,3 +197,24 @@ async def admit_turn(user_id: Any, api_key_id: int | None) -> None:
     calls to this key (`engine.usage.current_api_key`, which follows the turn into its task)."""
     await check_turn(user_id, api_key_id)
     current_api_key.set(api_key_id)
+
+
+SQL_SPACE_OWNER = "SELECT sp.user_id FROM spaces sp WHERE sp.id = %s"
+
+
+async def space_over_budget(space_id: str) -> int | None:
+    """For background memory work of a space: None when its owner may spend now, else the
+    seconds until their spent budgets renew. Only the user's own quotas apply (the work was
+    asked for by no key). No round trip while nobody has quotas."""
+    if not await quota_book.any():
+        return None
+    owner = space_owners.get(str(space_id))
+    if owner is None:
+        if pgpool.enabled():
+            row = await pgpool.fetchone(SQL_SPACE_OWNER, (space_id,))
+        else:
+            row = await Space.objects.filter(pk=space_id).values_list("owner_id").afirst()
+        if row is None:
+            return None  # the space is gone: the job finds nothing to do
+        owner = row[0]
+    return await over_budget(owner, None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from sessions_app.engine.errors import LLMError
 from sessions_app.engine.types import MemoryJob
 from sessions_app.runtime.jobs import BackgroundRunner, SpaceJobs
@@ -94,6 +96,7 @@ async def test_permanent_failures_are_logged_once_and_not_retried(caplog) -> Non
     assert [r.getMessage() for r in caplog.records] == ["background k failed"]
 
 
+@pytest.mark.django_db(transaction=True)  # a job first checks its owner's usage quotas
 async def test_space_jobs_without_a_queue_run_in_process_with_keys_naming_the_space() -> None:
     runner = BackgroundRunner()
     seen: list[str] = []
