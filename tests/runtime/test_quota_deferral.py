@@ -4,7 +4,7 @@ before any LLM call, never dropped."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +15,7 @@ from sessions_app.accounting.quotas import quotas_changed
 from sessions_app.engine.types import MemoryJob
 from sessions_app.engine.usage import clock
 from sessions_app.runtime.jobs import BackgroundRunner, SpaceJobs
+from spaces import pgpool
 from spaces.models import Space
 from tests.conftest import make_user
 
@@ -24,12 +25,13 @@ NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
-def fixed_clock() -> Iterator[None]:
+async def fixed_clock() -> AsyncIterator[None]:
     clock.set(NOON)
     quotas_changed()
     yield
     clock.set(None)
     quotas_changed()
+    await pgpool.pools.aclose_current()  # this test's loop ends: so does its pool
 
 
 def _space_of_spent_user(spent: int) -> str:
