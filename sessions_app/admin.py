@@ -173,3 +173,6 @@ if apps.is_installed("procrastinate.contrib.django"):  # the job queue (PostgreS
 
     admin.site.unregister(ProcrastinateJob)
     admin.site.register(ProcrastinateJob, MemoryJobAdmin)
+
+
+from .accounting import admin as _usage_admin  # noqa: E402, F401 - registers the usage models
