@@ -88,10 +88,11 @@ try:
 except ImportError:  # the openai SDK of this project ships it as `httpx2`
     import httpx2 as httpx
 
-ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight")
-DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the other two are opt-in
+ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight", "usage")
+DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the others are opt-in
 OURS_ONLY_PHASES = {"inflight": "needs our server on the slow LLM (bench/slow_llm.py); the Node "
-                                "original has a fake LLM without delay, so it is not run there"}
+                                "original has a fake LLM without delay, so it is not run there",
+                    "usage": "usage accounting is ours: the Node original has no usage routes"}
 TREE_FORKS = 8
 # Every space of a run is labelled `stello-bench-<run>-...`, so the final cleanup finds them all.
 LABEL = f"stello-bench-{os.getpid():x}{int(time.time()) & 0xFFFF:04x}"
@@ -610,6 +611,15 @@ async def phase_forks(api: Api, config: Config, fixtures: Fixtures) -> dict[str,
                           body_of=lambda i, n: {"label": f"fork-{i}-{n}"})
     return await run_phase(config, config.clients, worker, "forksPerSec",
                            {"sourceSessions": len(sources)})
+
+
+async def phase_usage(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
+    """Usage reads, alternating the caller's usage by day and the work space's by session:
+    they sum the daily rollup, so they should not slow down as calls pile up (run it after
+    `turns`, or against a database with many recorded calls)."""
+    paths = ("/usage?groupBy=day", f"/spaces/{fixtures.work_space}/usage?groupBy=session")
+    worker = request_loop(api, "GET", lambda i: paths[i % 2])
+    return await run_phase(config, config.clients, worker, "reqPerSec")
 
 
 async def phase_longsession(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
@@ -1202,6 +1212,7 @@ PHASES = {
     "forks": ("fork", phase_forks),
     "longsession": ("longSession", phase_longsession),
     "inflight": ("inflight", phase_inflight),
+    "usage": ("usageRead", phase_usage),
 }
 # The figures compared with --compare-base-url: (rates: more is better, latencies: less is
 # better); dotted paths into a phase's result. For longSession every entry of `medianMs` too.
