@@ -60,3 +60,16 @@ def test_a_quota_saved_in_the_admin_applies_at_once(admin_client: Client) -> Non
     assert response.status_code == 302, response.content
     assert UsageQuota.objects.get().max_tokens == 1000
     assert async_to_sync(_has_quotas)(carol.pk) is True
+
+
+def test_a_quota_needs_a_budget_and_a_key_of_its_own_user(admin_client: Client) -> None:
+    from spaces.apikeys import apikey_create
+
+    carol, dave = make_user("carol"), make_user("dave")
+    daves_key = apikey_create(user=dave, name="k")[0]
+    for form in ({"user": carol.pk, "period": "day", "max_tokens": "", "max_cost": ""},
+                 {"user": carol.pk, "api_key": daves_key.pk, "period": "day",
+                  "max_tokens": "5", "max_cost": ""}):
+        response = admin_client.post("/admin/sessions_app/usagequota/add/", form)
+        assert response.status_code == 200  # the form again, with the error
+    assert UsageQuota.objects.count() == 0

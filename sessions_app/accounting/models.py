@@ -109,5 +109,13 @@ class UsageQuota(models.Model):
                 name="usage_quota_cost_not_negative"),
         ]
 
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.api_key_id is not None and self.api_key.user_id != self.user_id:
+            raise ValidationError({"api_key": "The key must be one of this user's keys."})
+        if self.max_tokens is None and self.max_cost is None:
+            raise ValidationError("Set a token budget, a cost budget or both.")
+
     def __str__(self) -> str:
         return f"{self.period} quota of {self.user}"
