@@ -109,6 +109,9 @@ class UsageQuota(models.Model):
                 name="usage_quota_cost_not_negative"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.period} quota of {self.user}"
+
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
@@ -117,5 +120,3 @@ class UsageQuota(models.Model):
         if self.max_tokens is None and self.max_cost is None:
             raise ValidationError("Set a token budget, a cost budget or both.")
 
-    def __str__(self) -> str:
-        return f"{self.period} quota of {self.user}"
