@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from spaces.signals import space_created, space_deleted, space_rows, space_updated
 
+from .accounting.models import UsageQuota
+from .accounting.quotas import quotas_changed
 from .models import Session, SessionData, TopologyNode
 from .store.postgres import root_session_statements
 
@@ -52,3 +55,8 @@ def _evict_after_commit(space_id: str) -> None:
 def root_session_rows(sender, space, **kwargs) -> list[tuple[str, list[Any]]]:
     """The twin of `create_root_session` for `aspace_create`'s one statement (PostgreSQL)."""
     return root_session_statements(space)
+
+
+# A quota saved or deleted through the ORM (the admin) applies at once in this process.
+post_save.connect(quotas_changed, sender=UsageQuota, dispatch_uid="stello-quota-saved")
+post_delete.connect(quotas_changed, sender=UsageQuota, dispatch_uid="stello-quota-deleted")

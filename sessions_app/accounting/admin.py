@@ -10,7 +10,6 @@ from django.db.models import Sum
 from django.http import HttpRequest
 
 from .models import LLMCall, UsageDaily, UsageQuota
-from .quotas import quotas_changed
 
 TOTALS_SHOWN = 50  # rows per totals table: the biggest spenders
 
@@ -32,19 +31,6 @@ class UsageQuotaAdmin(admin.ModelAdmin):
     list_filter = ("period",)
     search_fields = ("user__username",)
     raw_id_fields = ("user", "api_key")
-
-    # This process sees a change at once; the others within STELLO_AUTH_CACHE_SECONDS.
-    def save_model(self, request: HttpRequest, obj: UsageQuota, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        quotas_changed()
-
-    def delete_model(self, request: HttpRequest, obj: UsageQuota) -> None:
-        super().delete_model(request, obj)
-        quotas_changed()
-
-    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
-        super().delete_queryset(request, queryset)
-        quotas_changed()
 
 
 @admin.register(LLMCall)

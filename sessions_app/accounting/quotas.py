@@ -6,11 +6,12 @@ A check reads the rollup (`usage_daily`) as it is when the turn starts, so turns
 flight may take a user past the budget, by at most what they cost; the next one is refused.
 Periods are UTC calendar days and months, on `engine.usage.clock` (tests move it).
 
-Cost on the hot path: every quota (a small table set in the admin) is held per process in
-`quota_book`, loaded when the process builds its first agent and read again when it is older
-than STELLO_AUTH_CACHE_SECONDS, so a user without quotas costs no round trip; a user with quotas
-costs one statement per turn (what was spent in the quotas' periods). A quota saved in the
-admin is seen at once by the admin's process and within that TTL by the others.
+Cost on the hot path: which users have quotas (a small table set in the admin) is held per
+process in `quota_book`, loaded when the process builds its first agent and, on PostgreSQL,
+read again when older than STELLO_AUTH_CACHE_SECONDS, so a user without quotas costs no round
+trip; a user with quotas costs one statement per turn (what was spent in the quotas' periods).
+A quota saved through the ORM (the admin) applies at once in that process (a signal), within
+that TTL in the others; the embedded default is one process and keeps what it read until then.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q, Sum
 
 from spaces import pgpool
@@ -64,8 +66,18 @@ class QuotaBook:
         self._users = None
 
     def fresh(self) -> bool:
+        if self._users is None:
+            return False
+        if not pgpool.enabled():
+            # The embedded default is one process, whose quota writes all pass the ORM's
+            # signals (`quotas_changed`): what it holds stays right until then.
+            return True
         ttl = float(settings.STELLO.get("AUTH_CACHE_SECONDS", 5.0))
-        return self._users is not None and self._clock() - self._loaded_at < ttl
+        return self._clock() - self._loaded_at < ttl
+
+    def assume(self, user_ids: frozenset[str]) -> None:
+        """Hold `user_ids` as read just now (tests: a fresh database has no quotas)."""
+        self._users, self._loaded_at = user_ids, self._clock()
 
     async def load(self) -> None:
         """Read the table again unless what is held is fresh."""
@@ -187,9 +199,12 @@ async def check_turn(user_id: Any, api_key_id: int | None) -> None:
                             retry_after=retry_after)
 
 
-def quotas_changed() -> None:
-    """Forget what this process knows of quotas (the admin saved or deleted one)."""
+def quotas_changed(**_: Any) -> None:
+    """Forget what this process knows of quotas: connected to UsageQuota's post_save and
+    post_delete, so a quota saved through the ORM (the admin) applies at once here. Again
+    after the commit: a read between the save and the commit would hold the old table."""
     quota_book.invalidate()
+    transaction.on_commit(quota_book.invalidate)
 
 
 async def admit_turn(user_id: Any, api_key_id: int | None) -> None:
