@@ -5,21 +5,22 @@ Cold paths: one hop to the ORM, which sums a few rows of the daily rollup."""
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from spaces.schema import RESPONSE_HEADERS, error_responses
 from spaces.viewsets import AsyncViewSet
 
-from ..api.schema import SPACE_PARAMETERS
+from ..api.schema import SPACE_PARAMETERS, SessionSchema
 from ..api.views import SpaceScopedViewSet
 from .selectors import parse_usage_query, usage_report
 from .serializers import UsageReportSerializer
 
 QUERY_PARAMETERS = [
-    OpenApiParameter("from", str, OpenApiParameter.QUERY, required=False,
+    OpenApiParameter("from", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False,
                      description="First day (YYYY-MM-DD, UTC); default: 29 days before `to`."),
-    OpenApiParameter("to", str, OpenApiParameter.QUERY, required=False,
+    OpenApiParameter("to", OpenApiTypes.DATE, OpenApiParameter.QUERY, required=False,
                      description="Last day, included (YYYY-MM-DD, UTC); default: today."),
     OpenApiParameter("groupBy", str, OpenApiParameter.QUERY, required=False,
                      enum=["day", "session", "model", "key"],
@@ -27,10 +28,12 @@ QUERY_PARAMETERS = [
 ]
 DESCRIPTION = ("Tokens, calls, time and cost of the LLM calls charged to you: turns, streams, "
                "history compression and background memory work. A bad `from`, `to` or "
-               "`groupBy` answers 400 `INVALID_INPUT`.")
+               "`groupBy`, `from` after `to`, or a range of ten years or more answers 400 "
+               "`INVALID_INPUT`.")
 
 
 class UsageViewSet(AsyncViewSet):
+    schema = SessionSchema()  # `list` answers one report object, not an array
     @extend_schema(
         operation_id="getUsage", summary="Your usage", description=DESCRIPTION,
         tags=["usage"], parameters=[*QUERY_PARAMETERS, *RESPONSE_HEADERS],
@@ -43,6 +46,7 @@ class UsageViewSet(AsyncViewSet):
 
 
 class SpaceUsageViewSet(SpaceScopedViewSet):
+    schema = SessionSchema()
     @extend_schema(
         operation_id="getSpaceUsage", summary="A space's usage",
         description=DESCRIPTION + " Another user's space answers 403, an unknown one 404.",

@@ -35,8 +35,9 @@ UsageReportSerializer = type("UsageReportSerializer", (serializers.Serializer,),
     "__doc__": "Usage over a range of days, in total and per group.",
     "from": serializers.DateField(help_text="First day counted (UTC)."),
     "to": serializers.DateField(help_text="Last day counted (UTC), included."),
-    "groupBy": serializers.ChoiceField(choices=["day", "session", "model", "key"],
-                                       allow_null=True),
+    # A plain string: a nullable enum becomes a `oneOf` that null matches twice.
+    "groupBy": serializers.CharField(allow_null=True,
+                                     help_text="`day`, `session`, `model`, `key` or null."),
     "totals": UsageReportTotalsSerializer(),
     "groups": UsageGroupSerializer(many=True, help_text="Empty without `groupBy`."),
 })
