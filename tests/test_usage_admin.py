@@ -46,20 +46,14 @@ def test_calls_and_rollup_are_read_only(admin_client: Client) -> None:
     assert LLMCall.objects.count() == 0
 
 
-async def _has_quotas(user_id: int) -> bool:
-    return await quota_book.has_quotas(user_id)
-
-
 def test_a_quota_saved_in_the_admin_applies_at_once(admin_client: Client) -> None:
-    from asgiref.sync import async_to_sync
-
     carol = make_user("carol")
-    assert async_to_sync(_has_quotas)(carol.pk) is False  # the book is loaded (and fresh)
+    assert quota_book.fresh()  # held as read (no quotas)
     response = admin_client.post("/admin/sessions_app/usagequota/add/", {
         "user": carol.pk, "period": "day", "max_tokens": "1000", "max_cost": ""})
     assert response.status_code == 302, response.content
     assert UsageQuota.objects.get().max_tokens == 1000
-    assert async_to_sync(_has_quotas)(carol.pk) is True
+    assert not quota_book.fresh()  # the next turn reads the quotas again
 
 
 def test_a_quota_needs_a_budget_and_a_key_of_its_own_user(admin_client: Client) -> None:
