@@ -199,12 +199,13 @@ async def check_turn(user_id: Any, api_key_id: int | None) -> None:
                             retry_after=retry_after)
 
 
-def quotas_changed(**_: Any) -> None:
+def quotas_changed(**signal: Any) -> None:
     """Forget what this process knows of quotas: connected to UsageQuota's post_save and
     post_delete, so a quota saved through the ORM (the admin) applies at once here. Again
     after the commit: a read between the save and the commit would hold the old table."""
     quota_book.invalidate()
-    transaction.on_commit(quota_book.invalidate)
+    if signal:  # from an ORM save (sync code): its transaction may still be open
+        transaction.on_commit(quota_book.invalidate)
 
 
 async def admit_turn(user_id: Any, api_key_id: int | None) -> None:
