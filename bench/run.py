@@ -91,11 +91,13 @@ try:
 except ImportError:  # the openai SDK of this project ships it as `httpx2`
     import httpx2 as httpx
 
-ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight", "messagepage")
-DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the other two are opt-in
+ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight", "messagepage",
+              "usage")
+DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the others are opt-in
 OURS_ONLY_PHASES = {"inflight": "needs our server on the slow LLM (bench/slow_llm.py); the Node "
                                 "original has a fake LLM without delay, so it is not run there",
-                    "messagepage": "the Node original has no paged message list"}
+                    "messagepage": "the Node original has no paged message list",
+                    "usage": "usage accounting is ours: the Node original has no usage routes"}
 PAGE_SMALL_TURNS = 50  # the messagepage phase's short session: 100 messages
 TREE_FORKS = 8
 # Every space of a run is labelled `stello-bench-<run>-...`, so the final cleanup finds them all.
@@ -654,6 +656,15 @@ async def phase_messagepage(api: Api, config: Config, fixtures: Fixtures) -> dic
     if small.get("p50") and long.get("p50"):
         results["longOverSmallP50"] = round(long["p50"] / small["p50"], 3)
     return results
+
+
+async def phase_usage(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
+    """Usage reads, alternating the caller's usage by day and the work space's by session:
+    they sum the daily rollup, so they should not slow down as calls pile up (run it after
+    `turns`, or against a database with many recorded calls)."""
+    paths = ("/usage?groupBy=day", f"/spaces/{fixtures.work_space}/usage?groupBy=session")
+    worker = request_loop(api, "GET", lambda i: paths[i % 2])
+    return await run_phase(config, config.clients, worker, "reqPerSec")
 
 
 async def phase_longsession(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
@@ -1247,6 +1258,7 @@ PHASES = {
     "longsession": ("longSession", phase_longsession),
     "inflight": ("inflight", phase_inflight),
     "messagepage": ("messagePage", phase_messagepage),
+    "usage": ("usageRead", phase_usage),
 }
 # The figures compared with --compare-base-url: (rates: more is better, latencies: less is
 # better); dotted paths into a phase's result. For longSession every entry of `medianMs` too.

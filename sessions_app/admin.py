@@ -218,3 +218,6 @@ class CoreDataAdmin(admin.ModelAdmin):
     list_select_related = ("space",)
     search_fields = ("path", "space__label", "space__id")
     autocomplete_fields = ("space",)
+
+
+from .accounting import admin as _usage_admin  # noqa: E402, F401 - registers the usage models

@@ -203,3 +203,7 @@ class RetentionPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"archive after {self.archive_idle_days}, delete after {self.delete_archived_days}"
+
+
+# Usage accounting lives in its own module (its tables are this app's).
+from .accounting.models import LLMCall, UsageDaily, UsageQuota  # noqa: E402, F401

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from spaces.signals import (
@@ -15,6 +16,8 @@ from spaces.signals import (
     space_updated,
 )
 
+from .accounting.models import UsageQuota
+from .accounting.quotas import quotas_changed
 from .models import Session, SessionData, TopologyNode
 from .store.postgres import root_session_statements
 
@@ -67,3 +70,8 @@ def check_space_agent_config(sender, config, **kwargs) -> None:
 
     validate_config(config, where="config", space=True, profiles=conf.llm_profile_names(),
                     mcp_servers=conf.mcp_server_names())
+
+
+# A quota saved or deleted through the ORM (the admin) applies at once in this process.
+post_save.connect(quotas_changed, sender=UsageQuota, dispatch_uid="stello-quota-saved")
+post_delete.connect(quotas_changed, sender=UsageQuota, dispatch_uid="stello-quota-deleted")

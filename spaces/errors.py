@@ -78,6 +78,19 @@ class Conflict(StelloError):
     default_message = "Conflict"
 
 
+class QuotaExceeded(StelloError):
+    """A usage budget of the caller is spent: nothing was run. `retry_after` is the number of
+    seconds until the period ends (REST sends it as `Retry-After`)."""
+
+    status = 429
+    code = "QUOTA_EXCEEDED"
+    default_message = "Usage quota exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(StelloError):
     """The database (or the session-lock backend) cannot be reached or has no free connection
     right now: nothing was done, the caller may retry."""

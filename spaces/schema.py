@@ -72,9 +72,9 @@ ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
           "without a turn (`NOTHING_TO_REGENERATE`)."),
     413: ("PayloadTooLargeError", ("PAYLOAD_TOO_LARGE",),
           "The body is larger than `STELLO_MAX_BODY_BYTES`."),
-    429: ("RateLimitedError", ("RATE_LIMITED",),
-          "Too many requests for this API key (only when `STELLO_RATE_LIMIT` is set); see "
-          "`Retry-After`."),
+    429: ("RateLimitedError", ("RATE_LIMITED", "QUOTA_EXCEEDED"),
+          "Too many requests for this API key (only when `STELLO_RATE_LIMIT` is set), or a "
+          "turn while a usage quota is spent (`QUOTA_EXCEEDED`); see `Retry-After`."),
     502: ("BadGatewayError", ("LLM_ERROR", "TOOL_LOOP_LIMIT"),
           "The LLM failed (`LLM_ERROR`, the message is the provider's) or kept calling tools "
           "past `STELLO_MAX_TOOL_ROUNDS` (`TOOL_LOOP_LIMIT`)."),

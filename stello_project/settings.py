@@ -308,6 +308,32 @@ def _json_object(name: str) -> dict:
     return value
 
 
+def _prices(name: str) -> dict[str, dict[str, float]]:
+    """`{"<model>" or "*": {"input": x, "output": y, "cached": z}}`, prices per million tokens
+    (`cached` defaults to `input`)."""
+    raw = env_str(name)
+    if not raw:
+        return {}
+    try:
+        table = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from exc
+    if not isinstance(table, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object of models")
+    parsed: dict[str, dict[str, float]] = {}
+    for model, price in table.items():
+        if not isinstance(price, dict) or not set(price) <= {"input", "output", "cached"} or any(
+            isinstance(v, bool) or not isinstance(v, int | float) or v < 0
+            for v in price.values()
+        ):
+            raise ImproperlyConfigured(
+                f"{name}: {model!r} must map input/output/cached to non-negative numbers")
+        parsed[model] = {"input": float(price.get("input", 0)),
+                         "output": float(price.get("output", 0)),
+                         "cached": float(price.get("cached", price.get("input", 0)))}
+    return parsed
+
+
 _MAIN_LLM = _llm_settings("STELLO_LLM", None)
 
 STELLO = {
@@ -365,6 +391,7 @@ STELLO = {
     # Deepest nesting accepted in a request body or a WebSocket frame (400 / PARSE_ERROR).
     "MAX_JSON_DEPTH": env_int("STELLO_MAX_JSON_DEPTH", 64, minimum=2),
     "RATE_LIMIT": _rate_limit("STELLO_RATE_LIMIT"),
+    "PRICES": _prices("STELLO_PRICES"),  # usage accounting: per model, per million tokens
     "REDIS_URL": _REDIS_URL,  # checked at start-up (runtime/startup.py)
     # The async pool of the hot paths (PostgreSQL only). A connection is held for one short
     # unit of work, never while a request waits on an LLM or a lock, so a few serve thousands

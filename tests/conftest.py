@@ -131,3 +131,13 @@ def bob_client(bob_key) -> APIClient:
 @pytest.fixture
 def anonymous_client() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def no_quotas_yet() -> None:
+    """Every test starts with a database without usage quotas; tell the per-process quota book
+    so, or its first read could land inside a test's counted queries. A quota a test saves
+    reaches the book through the ORM's signals."""
+    from sessions_app.accounting.quotas import quota_book
+
+    quota_book.assume(frozenset())

@@ -71,7 +71,7 @@ def test_the_schema_is_valid_openapi_3_without_warnings(tmp_path) -> None:
 
 def test_every_readme_route_is_documented_and_nothing_else() -> None:
     routes = readme_routes()
-    assert len(routes) == 42  # guards the README parsing itself
+    assert len(routes) == 44  # guards the README parsing itself
     documented = set(operations(fetch_schema()))
     assert routes <= documented, sorted(routes - documented)
     health = {("GET", "/healthz"), ("GET", "/readyz")}
@@ -98,7 +98,7 @@ def test_every_space_operation_needs_the_key_and_documents_its_errors() -> None:
         "type": "http", "scheme": "bearer"}
     for (method, path), operation in operations(schema).items():
         statuses = set(operation["responses"])
-        if not path.startswith("/spaces"):
+        if not path.startswith(("/spaces", "/usage")):
             assert operation["security"] == [], path
             continue
         assert operation["security"] == [{"ApiKeyAuth": []}, {"BearerAuth": []}], path
@@ -131,7 +131,8 @@ def test_every_space_operation_needs_the_key_and_documents_its_errors() -> None:
                    "sourceSessionId", "role", "status", "scope", "tags", "metadata", "turnCount",
                    "createdAt", "updatedAt", "lastActiveAt"},
      {"parentId", "sourceSessionId", "scope"}),
-    ("EngineTurnResult", {"finalContent", "toolRoundCount", "toolCallsExecuted", "rawResponse"},
+    ("EngineTurnResult", {"finalContent", "toolRoundCount", "toolCallsExecuted", "rawResponse",
+                          "usage"},
      {"finalContent"}),
     ("SlotContent", {"content"}, {"content"}),
 ])

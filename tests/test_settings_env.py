@@ -109,9 +109,23 @@ def test_the_defaults_run_as_is() -> None:
     ("variable", "value"),
     [("STELLO_LLM_PROVIDER", "gpt"), ("STELLO_MAX_TOOL_ROUNDS", "many"),
      ("STELLO_FORK_STRATEGY", "spiral"), ("STELLO_CONSOLIDATE_EVERY_N_TURNS", "-2"),
-     ("STELLO_MAX_JSON_DEPTH", "1"), ("STELLO_MAX_JSON_DEPTH", "deep")],
+     ("STELLO_MAX_JSON_DEPTH", "1"), ("STELLO_MAX_JSON_DEPTH", "deep"),
+     ("STELLO_PRICES", "{not json"), ("STELLO_PRICES", '{"m": {"input": -1}}'),
+     ("STELLO_PRICES", '{"m": {"inputs": 1}}'), ("STELLO_PRICES", "[1]")],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
     result = _check(**{variable: value})
     assert result.returncode != 0
     assert variable in result.stderr
+
+
+def test_the_price_table_parses_with_cached_defaulting_to_input(monkeypatch) -> None:
+    from stello_project import settings as project_settings
+
+    monkeypatch.setenv("STELLO_TEST_PRICES", '{"m": {"input": 2, "output": 8}, '
+                                             '"*": {"input": 1, "output": 1, "cached": 0.5}}')
+    assert project_settings._prices("STELLO_TEST_PRICES") == {
+        "m": {"input": 2.0, "output": 8.0, "cached": 2.0},
+        "*": {"input": 1.0, "output": 1.0, "cached": 0.5}}
+    monkeypatch.delenv("STELLO_TEST_PRICES")
+    assert project_settings._prices("STELLO_TEST_PRICES") == {}

@@ -60,7 +60,9 @@ def exception_handler(exc, context):
         logger.warning("database unavailable: %s", exc)
         exc = errors.ServiceUnavailable()
     if isinstance(exc, errors.StelloError):
-        return Response(error_body(exc.message, exc.code), status=exc.status)
+        retry_after = getattr(exc, "retry_after", None)  # QuotaExceeded: when the period ends
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return Response(error_body(exc.message, exc.code), status=exc.status, headers=headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not Found")
     elif isinstance(exc, DjangoPermissionDenied):

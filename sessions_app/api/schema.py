@@ -115,11 +115,12 @@ def slot_schema(doc: SlotDoc):
 # --- Schema hooks (SPECTACULAR_SETTINGS) -------------------------------------------------------
 
 def preprocess_endpoints(endpoints: list[tuple]) -> list[tuple]:
-    """Document each `/spaces` route once, without its optional trailing slash."""
+    """Document each `/spaces` (and `/usage`) route once, without its optional trailing
+    slash."""
     kept: list[tuple] = []
     seen: set[tuple[str, str]] = set()
     for path, path_regex, method, callback in endpoints:
-        if path.startswith("/spaces") and path.endswith("/"):
+        if path.startswith(("/spaces", "/usage")) and path.endswith("/"):
             path = path.rstrip("/")
         if (path, method) in seen:
             continue

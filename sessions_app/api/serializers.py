@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 from spaces.serializers import TIMESTAMP_HELP, BodySerializer, StrictCharField, messages
 
+from ..accounting.serializers import TurnUsageSerializer
 from ..engine.fork import parse_fork_options
 from ..engine.types import ForkOptions
 
@@ -119,6 +120,7 @@ class EngineTurnResultSerializer(serializers.Serializer):
     toolCallsExecuted = serializers.IntegerField(min_value=0)
     rawResponse = serializers.CharField(
         allow_blank=True, help_text="JSON text of the last LLM call (content, toolCalls, usage).")
+    usage = TurnUsageSerializer(help_text="What every LLM call of the turn used (our addition).")
 
 
 class TurnResponseSerializer(serializers.Serializer):

@@ -21,6 +21,7 @@ from spaces.schema import JSON, NUL_HELP, error_responses
 from spaces.selectors import aspace_id_for_user
 from spaces.viewsets import AsyncViewSet
 
+from ..accounting.quotas import admit_turn
 from ..engine.agent import SpaceAgent
 from ..engine.errors import InvalidInput
 from ..models import SessionData
@@ -166,7 +167,7 @@ class SessionViewSet(ConversationActions, SpaceScopedViewSet):
         tags=["sessions"],
         request={JSON: TurnInputSerializer},
         responses={200: OpenApiResponse(TurnResponseSerializer, "The EngineTurnResult."),
-                   **error_responses(400, 403, 404, 409, 413, 502)},
+                   **error_responses(400, 403, 404, 409, 413, 429, 502)},
         parameters=SESSION_PARAMETERS,
         examples=[OpenApiExample("A question", value={"input": "What did we find?"},
                                  request_only=True)],
@@ -174,6 +175,7 @@ class SessionViewSet(ConversationActions, SpaceScopedViewSet):
     @action(detail=True, methods=["post"])
     async def turn(self, request, space_id: str, session_id: str) -> Response:
         text = TURN_INPUT.run_validation(request.data)["input"]
+        await admit_turn(request.user.id, getattr(request.auth, "pk", None))  # 429 over quota
         agent = await self.aagent()
         # A client that hangs up does not lose the turn: it completes and is saved.
         runtime = runtimes.current(one_call=self.one_call_loop)

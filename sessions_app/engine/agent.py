@@ -35,6 +35,7 @@ from .types import (
     TurnContext,
     TurnResult,
 )
+from .usage import PriceFunction, UsageScope, no_price
 
 
 def session_identity(session: SessionMeta) -> str:
@@ -66,6 +67,7 @@ class SpaceAgent:
         space_config: Mapping[str, Any] | None = None,
         llm_profiles: Mapping[str, LLM] | None = None,
         tool_source: ToolSource | None = None,
+        price: PriceFunction = no_price,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -80,6 +82,7 @@ class SpaceAgent:
         self.space_config = dict(space_config or {})
         self.llm_profiles = dict(llm_profiles or {})  # provider profile name -> LLM
         self.tool_source = tool_source  # the space's MCP servers, if it uses any
+        self.price = price  # what a call costs (usage accounting)
         self._histories = HistoryCache()
 
     # -- turns -----------------------------------------------------------------------------
@@ -87,10 +90,16 @@ class SpaceAgent:
     async def turn(self, session_id: str, input: str) -> TurnResult:
         text = validate_input(input)
         extra, notes = await self._extra_tools(), await self._extra_system()
-        async with self.locks.hold(session_id):
-            ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text, extra_tools=extra, extra_system=notes)
-            result = await loop.run()
+        usage = self._usage_scope(session_id)
+        try:
+            async with self.locks.hold(session_id):
+                ctx, history = await self._active_context(session_id)
+                loop = self._turn_loop(ctx, history, text, usage, extra_tools=extra,
+                                       extra_system=notes)
+                result = await loop.run()
+        except BaseException:
+            await usage.flush(self.store, quietly=True)  # calls made before the failure
+            raise
         await self._after_turn(ctx, loop.turn_count)
         return result
 
@@ -99,13 +108,21 @@ class SpaceAgent:
         the whole stream; closing the generator early releases it."""
         text = validate_input(input)
         extra, notes = await self._extra_tools(), await self._extra_system()
-        async with self.locks.hold(session_id):
-            ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text, extra_tools=extra, extra_system=notes)
-            async with aclosing(loop.stream()) as items:
-                async for item in items:
-                    yield item
+        usage = self._usage_scope(session_id)
+        try:
+            async with self.locks.hold(session_id):
+                ctx, history = await self._active_context(session_id)
+                loop = self._turn_loop(ctx, history, text, usage, extra_tools=extra,
+                                       extra_system=notes)
+                async with aclosing(loop.stream()) as items:
+                    async for item in items:
+                        yield item
+        finally:
+            await usage.flush(self.store, quietly=True)  # calls a failed or closed stream made
         await self._after_turn(ctx, loop.turn_count)
+
+    def _usage_scope(self, session_id: str | None) -> UsageScope:
+        return UsageScope(session_id=session_id, price=self.price)
 
     async def _active_context(self, session_id: str) -> tuple[TurnContext, History]:
         ctx, history = await self._histories.load(self.store, session_id)
@@ -138,7 +155,7 @@ class SpaceAgent:
             await self.tool_source.aclose()
 
     def _turn_loop(self, ctx: TurnContext, history: History, text: str,
-                   store: SpaceStore | None = None, *,
+                   usage: UsageScope, store: SpaceStore | None = None, *,
                    extra_tools: Sequence[Tool] = (),
                    extra_system: Sequence[str] = ()) -> TurnLoop:
         session_id = ctx.session.id
@@ -162,7 +179,7 @@ class SpaceAgent:
             ctx,
             history=history,
             llm=llm,
-            memory_llm=self.memory_llm,
+            memory_llm=usage.metered(self.memory_llm, "compression"),
             store=self.store,
             memory_language=self.settings.memory_language,
             extra_system=extra_system,
@@ -172,12 +189,13 @@ class SpaceAgent:
             user_input=text,
             insight=ctx.insight if ctx.session.role == "standard" else None,
             prompt=prompt,
-            llm=llm,
+            llm=usage.metered(llm, "turn"),
             store=store or self.store,  # a message edit's first save rewrites the old turn
             toolbox=toolbox,
             tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
             max_tool_rounds=self.settings.max_tool_rounds,
             on_saved=lambda messages, saved: self._histories.saved(session_id, messages, saved),
+            usage=usage,
         )
 
     async def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
@@ -197,7 +215,12 @@ class SpaceAgent:
         if options.context == "compress":
             self._check_provider(options)
             source = await self.store.load_turn_context(source_id, history_after=0)
-            summary = await self._summarise_for_child(source)
+            usage = self._usage_scope(source_id)  # the summary is charged to the source
+            try:
+                summary = await self._summarise_for_child(
+                    source, usage.metered(self.memory_llm, "fork"))
+            finally:
+                await usage.flush(self.store, quietly=True)
             async with self.locks.hold(source_id):
                 child = plan_child(source, options, self.settings.fork_strategy,
                                    parent_context=summary)
@@ -205,13 +228,13 @@ class SpaceAgent:
         async with self.locks.hold(source_id):
             return await self._fork_unlocked(source_id, options)
 
-    async def _summarise_for_child(self, source: TurnContext) -> str | None:
+    async def _summarise_for_child(self, source: TurnContext, memory_llm: LLM) -> str | None:
         history = [m for m in drop_incomplete_tool_groups(source.history)
                    if m.role in ("user", "assistant") and m.content]
         if not history:
             return None
         prompt = memory.default_compress_prompt(self.settings.memory_language)
-        return await compression.summarize(self.memory_llm, prompt, history,
+        return await compression.summarize(memory_llm, prompt, history,
                                            self.settings.memory_language)
 
     def _check_provider(self, options: ForkOptions) -> None:
@@ -273,6 +296,15 @@ class SpaceAgent:
         turn on the session never waits for the model, and a result is written only if no
         other consolidation covered more records meanwhile (then that one's memory stands).
         A session with nothing new keeps its memory (no LLM call)."""
+        usage = self._usage_scope(session_id)
+        try:
+            return await self._consolidate(session_id, allow_archived, usage)
+        finally:
+            await usage.flush(self.store, quietly=True)  # memory work is charged to the session
+
+    async def _consolidate(self, session_id: str, allow_archived: bool,
+                           usage: UsageScope) -> str | None:
+        memory_llm = usage.metered(self.memory_llm, "consolidation")
         language = self.settings.memory_language
         while True:
             data = await self.store.load_consolidation_input(session_id)
@@ -289,14 +321,16 @@ class SpaceAgent:
             )
             pending = [message for _, message in data.records]
             count = memory.records_within_budget(
-                self.memory_llm, prompt, data.memory, pending, language
+                memory_llm, prompt, data.memory, pending, language
             )
             new_memory = await memory.consolidate(
-                self.memory_llm, prompt, data.memory, pending[:count], language
+                memory_llm, prompt, data.memory, pending[:count], language
             )
+            calls = tuple(usage.pending)
             written = await self.store.save_consolidation(
-                session_id, new_memory, data.records[count - 1][0]
+                session_id, new_memory, data.records[count - 1][0], usage=calls
             )
+            del usage.pending[:len(calls)]  # stored with the memory
             if written and count == len(pending):
                 return new_memory
             # Either more records wait, or another consolidation moved the marker: read again.
@@ -308,6 +342,14 @@ class SpaceAgent:
         settled is not lost) but get no insight. Like consolidation, no lock is held while
         the model answers: the synthesis written is the one computed from what was read."""
         main_id = await self.store.main_session_id()
+        usage = self._usage_scope(main_id)  # integration serves the main session
+        try:
+            return await self._integrate(main_id, usage)
+        finally:
+            await usage.flush(self.store, quietly=True)
+
+    async def _integrate(self, main_id: str, usage: UsageScope) -> IntegrationResult:
+        memory_llm = usage.metered(self.memory_llm, "integration")
         main = await self.store.get_session(main_id)
         if main.status == "archived":
             raise SessionArchived(main_id)
@@ -320,8 +362,10 @@ class SpaceAgent:
             memory.default_integrate_prompt(language),
         )
         synthesis = await self.store.read_slot(main_id, "memory")
-        result = await memory.integrate(self.memory_llm, prompt, children, synthesis, language)
-        await self.store.save_integration(main_id, result.synthesis, result.insights)
+        result = await memory.integrate(memory_llm, prompt, children, synthesis, language)
+        calls = tuple(usage.pending)
+        await self.store.save_integration(main_id, result.synthesis, result.insights, usage=calls)
+        del usage.pending[:len(calls)]  # stored with the synthesis
         return result
 
     async def write_slot(self, session_id: str, key: str, content: str | None) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import Conflict, InvalidInput, NotFound, SessionArchived
 from .history import History
 from .types import Message, SaveResult, TurnContext, TurnResult
+from .usage import CallUsage
 
 if TYPE_CHECKING:
     from .agent import SpaceAgent
@@ -94,14 +95,19 @@ class _RewritingStore:
     async def save_call(
         self, session_id: str, messages: Sequence[Message], *,
         consumed_insight: str | None = None, end_turn: bool = False,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
         if self._remove is None:
             return await self._store.save_call(
-                session_id, messages, consumed_insight=consumed_insight, end_turn=end_turn)
+                session_id, messages, consumed_insight=consumed_insight, end_turn=end_turn,
+                usage=usage)
         remove, self._remove = self._remove, None
-        return await self._store.rewrite_records(
+        saved = await self._store.rewrite_records(
             session_id, remove, messages, consumed_insight=consumed_insight,
             end_turn=end_turn, turns_removed=self._turns_removed)
+        if usage:  # the re-run's calls are paid for like any turn's
+            await self._store.record_usage(usage)
+        return saved
 
 
 async def rerun_last_turn(
@@ -130,10 +136,14 @@ async def rerun_last_turn(
         kept = ctx.history[: len(ctx.history) - len(stretch)]
         ctx = dataclasses.replace(ctx, history=kept)
         store = _RewritingStore(agent.store, [rid for rid, _ in stretch], int(completed))
+        usage = agent._usage_scope(session_id)
         loop = agent._turn_loop(ctx, History(kept), text if text is not None else old[0].content,
-                                store=store)  # type: ignore[arg-type]
+                                usage, store=store)  # type: ignore[arg-type]
         try:
             result = await loop.run()
+        except BaseException:
+            await usage.flush(agent.store, quietly=True)  # calls made before the failure
+            raise
         finally:
             agent._histories.forget(session_id)
     await agent._after_turn(ctx, loop.turn_count)

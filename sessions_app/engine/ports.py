@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .types import (
     Bootstrap,
@@ -29,6 +29,9 @@ from .types import (
     ToolSpec,
     TurnContext,
 )
+
+if TYPE_CHECKING:
+    from .usage import CallUsage
 
 
 class LLM(Protocol):
@@ -89,12 +92,14 @@ class SpaceStore(Protocol):
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
         """Persist one successful LLM call in ONE transaction: append `messages` in order
         (record_count += len(messages)); if `consumed_insight` is given, delete the insight slot
         (only if it still holds that text); if `end_turn`, turn_count += 1 and last_active_at =
-        updated_at = now, and after commit announce the completed turn to listeners. Returns the
-        counts after the write. One round trip on PostgreSQL."""
+        updated_at = now, and after commit announce the completed turn to listeners; record the
+        metered `usage` calls like `record_usage`. Returns the counts after the write. One round
+        trip on PostgreSQL."""
         ...
 
     async def create_child(self, child: NewChild) -> SessionMeta:
@@ -140,16 +145,24 @@ class SpaceStore(Protocol):
         and the records after `memory_covered_up_to`."""
         ...
 
-    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                                 *, usage: Sequence[CallUsage] = ()) -> bool:
         """ONE transaction: write the memory slot and the marker, but only if the stored marker
-        is below `covered_up_to` (no newer consolidation covered more). True when written."""
+        is below `covered_up_to` (no newer consolidation covered more). True when written. The
+        metered `usage` is recorded either way (like `record_usage`): the calls were made."""
         ...
 
     async def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         """ONE transaction: the synthesis into the main memory slot, each insight into its
-        session's insight slot."""
+        session's insight slot, and the metered `usage` (like `record_usage`)."""
+        ...
+
+    async def record_usage(self, calls: Sequence[CallUsage]) -> None:
+        """ONE transaction: a row per metered LLM call, charged to the space's owner, and the
+        daily rollup of (day, user, space, session, key, provider, model) increased by them."""
         ...
 
     async def load_bootstrap(self, session_id: str) -> Bootstrap: ...

@@ -36,6 +36,7 @@ from .types import (
     Usage,
     dumps_compact,
 )
+from .usage import UsageScope
 
 
 def loop_limit_result(max_rounds: int) -> str:
@@ -126,6 +127,7 @@ class TurnLoop:
         tool_context: ToolContext,
         max_tool_rounds: int,
         on_saved: Callable[[Sequence[Message], SaveResult], None] | None = None,
+        usage: UsageScope | None = None,
     ) -> None:
         self._session_id = session_id
         self._user_message = Message("user", user_input)
@@ -137,6 +139,7 @@ class TurnLoop:
         self._tool_context = tool_context
         self._max_tool_rounds = max_tool_rounds
         self._on_saved = on_saved  # told of every persisted call (the agent's history cache)
+        self._usage = usage  # the metered calls, stored with the save of each call
         self.turn_count: int | None = None
 
     async def run(self) -> TurnResult:
@@ -183,7 +186,9 @@ class TurnLoop:
             result = await self._save(saved, first_call=rounds == 0, end_turn=final)
             if final:
                 self.turn_count = result.turn_count
-                yield TurnResult(response.content, rounds, executed, raw_response(response))
+                summary = self._usage.summary() if self._usage is not None else None
+                yield TurnResult(response.content, rounds, executed, raw_response(response),
+                                 usage=summary)
                 return
             if out_of_rounds:
                 raise ToolLoopLimit(self._max_tool_rounds)
@@ -197,12 +202,16 @@ class TurnLoop:
     async def _save(
         self, messages: list[Message], *, first_call: bool, end_turn: bool
     ) -> SaveResult:
+        calls = tuple(self._usage.pending) if self._usage is not None else ()
         result = await self._store.save_call(
             self._session_id,
             messages,
             consumed_insight=self._insight if first_call else None,  # the first call used it
             end_turn=end_turn,
+            usage=calls,
         )
+        if calls:  # stored with the call; what a failed save leaves pending is kept
+            del self._usage.pending[:len(calls)]  # type: ignore[union-attr]
         if self._on_saved is not None:
             self._on_saved(messages, result)
         return result

@@ -42,8 +42,12 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens of one call as the provider reported them. `prompt_tokens` counts every input
+    token, cached ones included; `cached_tokens` is the part served from the provider's cache."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,16 +259,19 @@ class TurnResult:
     tool_round_count: int
     tool_calls_executed: int
     raw_response: str  # JSON text of the last LLM call: content, toolCalls, usage when given
+    # An added field: what every LLM call of this turn cost (`usage.TurnUsage.to_json()`).
+    usage: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "turn": {
-                "finalContent": self.final_content,
-                "toolRoundCount": self.tool_round_count,
-                "toolCallsExecuted": self.tool_calls_executed,
-                "rawResponse": self.raw_response,
-            }
+        turn: dict[str, Any] = {
+            "finalContent": self.final_content,
+            "toolRoundCount": self.tool_round_count,
+            "toolCallsExecuted": self.tool_calls_executed,
+            "rawResponse": self.raw_response,
         }
+        if self.usage is not None:
+            turn["usage"] = dict(self.usage)
+        return {"turn": turn}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from procrastinate.exceptions import AlreadyEnqueued
 
 from spaces import pgpool
 
+from ..accounting.quotas import space_over_budget
 from ..engine.agent import SpaceAgent
 from ..engine.errors import LLMError, SessionNotFound, SpaceNotFound
 from ..engine.types import MemoryJob
@@ -43,6 +44,8 @@ class BackgroundRunner:
         self._tasks: set[asyncio.Task] = set()
         self._running: set[str] = set()
         self._follow_up: dict[str, Job] = {}
+        # Jobs of users over a usage quota, waiting for the period's end (key -> job, timer).
+        self.deferred: dict[str, tuple[Job, asyncio.TimerHandle]] = {}
 
     def submit(self, key: str, job: Job) -> None:
         if key in self._running:
@@ -86,6 +89,22 @@ class BackgroundRunner:
                 logger.exception("background %s failed", key)
                 return
 
+    def defer(self, key: str, job: Job, seconds: float) -> None:
+        """Submit `job` again in `seconds` (in-process: lost with the process, like every job
+        here). A later deferral of the same key replaces the earlier one."""
+        old = self.deferred.pop(key, None)
+        if old is not None:
+            old[1].cancel()
+        handle = asyncio.get_running_loop().call_later(seconds, self.run_deferred, key)
+        self.deferred[key] = (job, handle)
+
+    def run_deferred(self, key: str) -> None:
+        """Submit a deferred job now (its timer does this when it fires)."""
+        entry = self.deferred.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+            self.submit(key, entry[0])
+
     @property
     def pending(self) -> int:
         return len(self._tasks)
@@ -96,6 +115,9 @@ class BackgroundRunner:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def cancel_all(self) -> None:
+        for _, handle in self.deferred.values():
+            handle.cancel()
+        self.deferred.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -110,9 +132,22 @@ class TransientJobError(Exception):
     """A transient LLM failure inside a queued job: the queue runs the job again later."""
 
 
+class JobDeferred(Exception):
+    """The space's owner is over a usage quota: run the job again in `seconds` (when the
+    period ends), not now and not never."""
+
+    def __init__(self, seconds: int) -> None:
+        super().__init__(f"usage quota spent; deferred by {seconds} s")
+        self.seconds = seconds
+
+
 async def run_memory_job(get_agent: GetAgent, space_id: str, job: MemoryJob) -> None:
     """One job through its space's agent. A space or session deleted since is no error:
-    there is nothing left to do. A transient LLM error asks the queue for a retry."""
+    there is nothing left to do. A transient LLM error asks the queue for a retry; a spent
+    quota of the space's owner defers the job (JobDeferred) before any LLM call."""
+    retry_after = await space_over_budget(space_id)
+    if retry_after is not None:
+        raise JobDeferred(retry_after)
     try:
         agent = await get_agent(space_id)
         await agent.run_job(job)
@@ -185,6 +220,8 @@ class MemoryQueue:
             job = MemoryJob(kind, session_id, allow_archived)  # type: ignore[arg-type]
             try:
                 await run_memory_job(self._get_agent, space_id, job)
+            except JobDeferred as deferred:
+                await self.defer_until_quota_renews(space_id, job, deferred.seconds)
             except Exception as exc:  # (a shutdown's CancelledError is not logged as a failure)
                 attempt = context.job.attempts + 1
                 again = isinstance(exc, TransientJobError) and attempt <= retries
@@ -230,6 +267,19 @@ class MemoryQueue:
             # cancellation that arrives during a query, and `aclose` must not wait for that.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self._stall_seconds / 2)
+
+    async def defer_until_quota_renews(self, space_id: str, job: MemoryJob, seconds: int
+                                       ) -> None:
+        """Queue `job` again to run in `seconds` (it stays in the database meanwhile). Not
+        waited for by `drain`: that would wait for the period's end."""
+        logger.info("background space=%s %s: usage quota spent, deferred by %d s", space_id,
+                    job.key, seconds)
+        with contextlib.suppress(AlreadyEnqueued):  # a queued one will do the same work
+            await self._task.configure(
+                queueing_lock=f"{space_id}:{job.key}", lock=f"{space_id}:{job.key}",
+                schedule_in={"seconds": seconds},
+            ).defer_async(space_id=space_id, kind=job.kind, session_id=job.session_id,
+                          allow_archived=job.allow_archived)
 
     async def submit(self, space_id: str, job: MemoryJob) -> None:
         try:
@@ -295,10 +345,16 @@ class SpaceJobs:
                              self._space_id, job.key)
             return
 
+        key = f"space={self._space_id} {job.key}"
+
         async def run() -> None:
             try:
                 await run_memory_job(self._get_agent, self._space_id, job)
             except TransientJobError as exc:
                 raise exc.__cause__ from None  # the in-process runner retries LLMErrors
+            except JobDeferred as deferred:
+                logger.info("background %s: usage quota spent, deferred by %d s", key,
+                            deferred.seconds)
+                self._runner.defer(key, run, deferred.seconds)
 
-        self._runner.submit(f"space={self._space_id} {job.key}", run)
+        self._runner.submit(key, run)

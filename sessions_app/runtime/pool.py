@@ -23,6 +23,8 @@ from spaces.models import Space
 from spaces.throttling import rate_limiter
 
 from .. import conf
+from ..accounting.prices import price_nanos
+from ..accounting.quotas import quota_book
 from ..engine.agent import SpaceAgent
 from ..engine.errors import SpaceNotFound, StelloError
 from ..engine.llm import build_llm
@@ -229,6 +231,7 @@ class Runtime:
             await self.queue.drain()
 
     async def _build_agent(self, space_id: str) -> SpaceAgent:
+        await quota_book.load()  # so turns of users without quotas need no round trip for them
         config = await _space_config(space_id)
         if config is None:
             raise SpaceNotFound()
@@ -245,6 +248,7 @@ class Runtime:
             space_config=config,
             llm_profiles=self.llm_profiles,
             tool_source=self._mcp_tools(config),
+            price=price_nanos,
         )
 
     def _mcp_tools(self, config: dict[str, Any]) -> SpaceMCPTools | None:

@@ -17,7 +17,9 @@ from django.db.models import F, Max, OuterRef, Subquery
 from django.utils import timezone
 
 from spaces.models import Space
+from spaces.selectors import space_owners
 
+from ..accounting.record import orm_record
 from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
@@ -32,6 +34,7 @@ from ..engine.types import (
     SpacePrompts,
     TurnContext,
 )
+from ..engine.usage import CallUsage
 from ..models import CoreData, Record, Session, SessionData, TopologyNode
 from .common import (
     TurnListener,
@@ -126,6 +129,17 @@ class DjangoSpaceStore(OrmConversations):
         self._on_turn = on_turn
 
     # -- helpers (sync, inside a unit of work) ---------------------------------------------
+    def _owner_id(self, usage: Sequence[CallUsage]) -> Any:
+        """Who pays for `usage`: the space's owner (from the route's space check when cached;
+        no query at all without usage)."""
+        if not usage:
+            return None
+        owner = space_owners.get(self.space_id)
+        if owner is None:
+            owner = Space.objects.filter(pk=self.space_id).values_list(
+                "owner_id", flat=True).first()
+        return owner
+
     def _sessions(self):
         return Session.objects.filter(space_id=self.space_id)
 
@@ -193,8 +207,9 @@ class DjangoSpaceStore(OrmConversations):
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
-        result = await self._save_call(session_id, messages, consumed_insight, end_turn)
+        result = await self._save_call(session_id, messages, consumed_insight, end_turn, usage)
         if end_turn and self._on_turn is not None:  # committed: the unit of work has returned
             self._on_turn(self.space_id, str(parse_uuid(session_id)), result.turn_count)
         return result
@@ -206,6 +221,7 @@ class DjangoSpaceStore(OrmConversations):
         messages: Sequence[Message],
         consumed_insight: str | None,
         end_turn: bool,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
         pk = parse_uuid(session_id)
         now = timezone.now()
@@ -229,6 +245,7 @@ class DjangoSpaceStore(OrmConversations):
                 changes.update(turn_count=F("turn_count") + 1, last_active_at=now, updated_at=now)
             if changes:
                 Session.objects.filter(pk=pk).update(**changes)
+            orm_record(self.space_id, self._owner_id(usage), usage)
             last = max((r.pk for r in created if r.pk is not None), default=None)
             return SaveResult(
                 turn_count=counts[0] + (1 if end_turn else 0),
@@ -372,9 +389,11 @@ class DjangoSpaceStore(OrmConversations):
         )
 
     @unit_of_work
-    def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                           *, usage: Sequence[CallUsage] = ()) -> bool:
         pk = self._session_pk(session_id)
         with transaction.atomic():
+            orm_record(self.space_id, self._owner_id(usage), usage)
             moved = self._sessions().filter(
                 pk=pk, memory_covered_up_to__lt=covered_up_to
             ).update(memory_covered_up_to=covered_up_to)
@@ -384,9 +403,11 @@ class DjangoSpaceStore(OrmConversations):
 
     @unit_of_work
     def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         with transaction.atomic():
+            orm_record(self.space_id, self._owner_id(usage), usage)
             _write_slot(self._session_pk(main_session_id), Key.MEMORY, synthesis)
             wanted = {
                 str(pk): i.content for i in insights if (pk := parse_uuid(i.session_id))
@@ -396,6 +417,12 @@ class DjangoSpaceStore(OrmConversations):
             ).values_list("pk", flat=True)
             for pk in mine:
                 _write_slot(pk, Key.INSIGHT, wanted[str(pk)])
+
+    @unit_of_work
+    def record_usage(self, calls: Sequence[CallUsage]) -> None:
+        if calls:
+            with transaction.atomic():
+                orm_record(self.space_id, self._owner_id(calls), calls)
 
     @unit_of_work
     def load_bootstrap(self, session_id: str) -> Bootstrap:

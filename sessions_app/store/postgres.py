@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 
 from spaces import pgpool
 
+from ..accounting.record import SQL_RECORD_USAGE, usage_params, with_usage
 from ..engine.errors import ServiceUnavailable, SessionArchived, SessionNotFound, SpaceNotFound
 from ..engine.types import (
     Bootstrap,
@@ -39,6 +40,7 @@ from ..engine.types import (
     SpacePrompts,
     TurnContext,
 )
+from ..engine.usage import CallUsage
 from .common import (
     COMPRESSION,
     CONSOLIDATE_PROMPT,
@@ -100,6 +102,7 @@ _INSERT_RECORDS = (
     'INSERT INTO records AS r (session_id, role, content, tool_calls, tool_call_id, "timestamp")'
 )
 
+SQL_SAVE_CALL_METERED: str  # SQL_SAVE_CALL with the usage rows of the call (below)
 SQL_SAVE_CALL = f"""
 WITH src AS (
   SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
@@ -127,6 +130,8 @@ SELECT upd.turn_count, upd.record_count, coalesce(
   0)
 FROM upd
 """
+
+SQL_SAVE_CALL_METERED = with_usage(SQL_SAVE_CALL)
 
 _SOURCE_EXISTS = (
     "EXISTS (SELECT 1 FROM sessions s WHERE s.id = %(source)s AND s.space_id = %(space)s)"
@@ -275,6 +280,8 @@ WITH main AS (
 )
 SELECT count(*) FROM main
 """
+SQL_SAVE_CONSOLIDATION_METERED = with_usage(SQL_SAVE_CONSOLIDATION)
+SQL_SAVE_INTEGRATION_METERED = with_usage(SQL_SAVE_INTEGRATION)
 SQL_BOOTSTRAP = f"""
 WITH RECURSIVE anc (id, hops) AS (
   SELECT t.parent_id, 1 FROM topology_nodes t
@@ -481,12 +488,15 @@ class PgSpaceStore(PgConversations):
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
         params = self._params(
             session_id, now=timezone.now(), consumed=consumed_insight, added=len(messages),
             end_turn=end_turn, **_record_arrays(messages),
         )
-        row = await self._one(SQL_SAVE_CALL, params)
+        if usage:  # the calls' usage rides in the same statement: no round trip of its own
+            params.update(usage_params(usage))
+        row = await self._one(SQL_SAVE_CALL_METERED if usage else SQL_SAVE_CALL, params)
         if row is None:
             raise SessionNotFound()
         result = SaveResult(turn_count=row[0], record_count=row[1], last_record_id=row[2])
@@ -603,25 +613,37 @@ class PgSpaceStore(PgConversations):
             records=tuple((r[0], message_from_row(*r[1:])) for r in records or ()),
         )
 
-    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                                 *, usage: Sequence[CallUsage] = ()) -> bool:
         params = self._params(session_id, covered=covered_up_to, content=storable(memory),
                               now=timezone.now())
-        row = await self._one(SQL_SAVE_CONSOLIDATION, params)
+        if usage:
+            params.update(usage_params(usage))
+        row = await self._one(SQL_SAVE_CONSOLIDATION_METERED if usage else SQL_SAVE_CONSOLIDATION,
+                              params)
         if not row or not row[0]:
             raise SessionNotFound()
         return bool(row[1])
 
     async def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         wanted = {pk: i.content for i in insights if (pk := parse_uuid(i.session_id))}
         params = self._params(
             main_session_id, synthesis=storable(synthesis), now=timezone.now(),
             ids=list(wanted), contents=[storable(c) for c in wanted.values()],
         )
-        row = await self._one(SQL_SAVE_INTEGRATION, params)
+        if usage:
+            params.update(usage_params(usage))
+        row = await self._one(SQL_SAVE_INTEGRATION_METERED if usage else SQL_SAVE_INTEGRATION,
+                              params)
         if not row or not row[0]:
             raise SessionNotFound()
+
+    async def record_usage(self, calls: Sequence[CallUsage]) -> None:
+        if calls:
+            await self._one(SQL_RECORD_USAGE, self._params(**usage_params(calls)))
 
     async def load_bootstrap(self, session_id: str) -> Bootstrap:
         row = await self._read(SQL_BOOTSTRAP, self._params(session_id))

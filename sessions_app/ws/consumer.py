@@ -80,11 +80,12 @@ from django.conf import settings
 
 from spaces.apikeys import looks_like_key
 from spaces.auth import HEADER, aauthenticate_credentials, aauthenticate_key, key_from_headers
-from spaces.errors import Forbidden, Unauthenticated
+from spaces.errors import Forbidden, QuotaExceeded, Unauthenticated
 from spaces.selectors import aspace_id_for_user, parse_uuid
 from spaces.throttling import ahit as rate_limit_hit
 
 from .. import events
+from ..accounting.quotas import admit_turn
 from ..api.errors import error_body
 from ..engine.agent import SpaceAgent
 from ..engine.errors import NotFound, SessionNotFound, StelloError
@@ -441,6 +442,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await idempotent.run_once(self, message, text, handler)
             else:
                 await handler(self, message)
+        except QuotaExceeded as exc:
+            await self.reply(p.quota_exceeded(exc.message, exc.retry_after))
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))
         except Exception:
@@ -566,12 +569,18 @@ class SessionConsumer(AsyncWebsocketConsumer):
             logger.info("leave hook of session %s failed: %s", session_id, exc.message)
         await self.reply(p.session_left(session_id))
 
+    async def admit_turn(self) -> None:
+        """Refuse a turn over the user's quota (QUOTA_EXCEEDED), like REST's 429."""
+        await admit_turn(self.scope["stello"]["user_id"], self.scope["stello"]["apikey_id"])
+
     async def on_message(self, message: p.SessionMessage) -> None:
+        await self.admit_turn()
         result = await (await self.agent()).turn(self._current(), message["input"])
         await self.reply(p.turn_complete(result.to_json()))
 
     async def on_stream(self, message: p.SessionStream) -> None:
         result: TurnResult | None = None
+        await self.admit_turn()
         stream = (await self.agent()).stream(self._current(), message["input"])
         async with aclosing(stream) as items:
             async for item in items:

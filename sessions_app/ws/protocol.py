@@ -44,13 +44,14 @@ from ..engine.fork import parse_fork_options
 from ..engine.types import ForkOptions
 
 ErrorCode = Literal["PARSE_ERROR", "UNKNOWN_TYPE", "ALREADY_ENTERED", "NOT_ENTERED",
-                    "HANDLER_ERROR", "RATE_LIMITED"]
+                    "HANDLER_ERROR", "RATE_LIMITED", "QUOTA_EXCEEDED"]
 PARSE_ERROR: ErrorCode = "PARSE_ERROR"
 UNKNOWN_TYPE: ErrorCode = "UNKNOWN_TYPE"
 ALREADY_ENTERED: ErrorCode = "ALREADY_ENTERED"
 NOT_ENTERED: ErrorCode = "NOT_ENTERED"
 HANDLER_ERROR: ErrorCode = "HANDLER_ERROR"
 RATE_LIMITED: ErrorCode = "RATE_LIMITED"  # REST's 429 code: the API key is over STELLO_RATE_LIMIT
+QUOTA_EXCEEDED: ErrorCode = "QUOTA_EXCEEDED"  # REST's 429 code: a usage budget is spent
 
 INVALID_JSON = "Invalid JSON"
 NOT_AN_OBJECT = "Message must be a JSON object"
@@ -255,6 +256,7 @@ class ErrorMessage(TypedDict):
     type: Literal["error"]
     message: str
     code: NotRequired[ErrorCode]  # every server path sets it
+    retryAfter: NotRequired[int]  # QUOTA_EXCEEDED: seconds until the quota's period ends
 
 
 ServerMessage = (SessionEntered | SessionLeft | TurnComplete | StreamDelta | StreamEnd
@@ -291,6 +293,10 @@ def session_updated(session_id: str, turn_count: int) -> SessionUpdated:
 
 def error(code: ErrorCode, message: str) -> ErrorMessage:
     return {"type": "error", "message": message, "code": code}
+
+
+def quota_exceeded(message: str, retry_after: int) -> ErrorMessage:
+    return {"type": "error", "message": message, "code": QUOTA_EXCEEDED, "retryAfter": retry_after}
 
 
 def encode(message: ServerMessage) -> str:

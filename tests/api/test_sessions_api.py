@@ -195,7 +195,7 @@ class TestTurn:
         body = response.json()
         assert list(body) == ["turn"]
         assert set(body["turn"]) == {"finalContent", "toolRoundCount", "toolCallsExecuted",
-                                     "rawResponse"}
+                                     "rawResponse", "usage"}  # usage: an added field
         assert (body["turn"]["finalContent"], body["turn"]["toolRoundCount"],
                 body["turn"]["toolCallsExecuted"]) == ("echo: hello", 0, 0)
         raw = json.loads(body["turn"]["rawResponse"])

@@ -44,6 +44,7 @@ from sessions_app.engine.types import (
     ToolSpec,
     TurnContext,
 )
+from sessions_app.engine.usage import CallUsage
 
 # --------------------------------------------------------------------------------------------
 # Store
@@ -125,6 +126,7 @@ class InMemoryStore:
         self.core: dict[str, Any] = dict(core or {})
         self.sessions: dict[str, StoredSession] = {}
         self.saved_calls: list[SavedCall] = []
+        self.usage: list[CallUsage] = []  # every metered call recorded, in order
         self.on_turn = on_turn
         self._ids = itertools.count(1)
         self._record_ids = itertools.count(1)  # one sequence for the store, like a table's
@@ -239,8 +241,10 @@ class InMemoryStore:
         *,
         consumed_insight: str | None = None,
         end_turn: bool = False,
+        usage: Sequence[CallUsage] = (),
     ) -> SaveResult:
         stored = self._get(session_id)
+        self.usage.extend(usage)
         self.saved_calls.append(SavedCall(session_id, tuple(messages), consumed_insight, end_turn))
         self.add_records(session_id, *messages)
         if consumed_insight is not None and stored.slots.get("insight") == consumed_insight:
@@ -348,8 +352,13 @@ class InMemoryStore:
             ),
         )
 
-    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int) -> bool:
+    async def record_usage(self, calls: Sequence[CallUsage]) -> None:
+        self.usage.extend(calls)
+
+    async def save_consolidation(self, session_id: str, memory: str, covered_up_to: int,
+                                 *, usage: Sequence[CallUsage] = ()) -> bool:
         stored = self._get(session_id)
+        self.usage.extend(usage)
         if stored.memory_covered_up_to >= covered_up_to:
             return False
         stored.memory_covered_up_to = covered_up_to
@@ -357,9 +366,11 @@ class InMemoryStore:
         return True
 
     async def save_integration(
-        self, main_session_id: str, synthesis: str, insights: Sequence[Insight]
+        self, main_session_id: str, synthesis: str, insights: Sequence[Insight],
+        *, usage: Sequence[CallUsage] = (),
     ) -> None:
         self.set_slot(main_session_id, "memory", synthesis)
+        self.usage.extend(usage)
         for insight in insights:
             known = self.sessions.get(insight.session_id)
             if known is not None and known.meta.status == "active":  # like the stores

@@ -456,3 +456,23 @@ async def test_build_llm_uses_the_settings(anthropic_server: AnthropicServer) ->
     line = describe(settings)
     assert "provider=anthropic" in line and "model=claude-x" in line
     assert "sk-ant-very-secret" not in line
+
+
+# --- cached tokens (usage accounting) ------------------------------------------------------
+
+
+async def test_cache_reads_count_as_input_and_as_cached(
+    anthropic_server: AnthropicServer, make_llm: MakeLLM
+) -> None:
+    # The server sends input_tokens=40 and cache_read_input_tokens=60: 100 input tokens in all.
+    anthropic_server.reply("cached", usage=(100, 5, 60))
+    response = await make_llm().complete(HELLO)
+    assert response.usage == Usage(prompt_tokens=100, completion_tokens=5, cached_tokens=60)
+
+
+async def test_a_stream_takes_cached_tokens_from_message_start(
+    anthropic_server: AnthropicServer, make_llm: MakeLLM
+) -> None:
+    anthropic_server.reply("cached stream", usage=(90, 4, 30))
+    deltas = await collect_stream(make_llm(), HELLO)
+    assert deltas[-1].usage == Usage(prompt_tokens=90, completion_tokens=4, cached_tokens=30)

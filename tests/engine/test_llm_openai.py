@@ -441,3 +441,23 @@ async def test_build_llm_uses_the_settings(openai_server: OpenAIServer) -> None:
     assert "provider=openai" in line and "model=my-model" in line
     assert openai_server.base_url in line
     assert "sk-very-secret" not in line
+
+
+# --- cached tokens (usage accounting) ------------------------------------------------------
+
+
+async def test_cached_tokens_come_from_the_prompt_details(
+    openai_server: OpenAIServer, make_llm: MakeLLM
+) -> None:
+    openai_server.reply("cached", usage=(100, 5, 60))
+    response = await make_llm().complete(HELLO)
+    assert response.usage == Usage(prompt_tokens=100, completion_tokens=5, cached_tokens=60)
+    assert openai_server.requests[-1].body.get("stream_options") is None
+
+
+async def test_a_stream_reports_cached_tokens_in_its_usage_chunk(
+    openai_server: OpenAIServer, make_llm: MakeLLM
+) -> None:
+    openai_server.reply("cached stream", usage=(90, 4, 30))
+    deltas = await collect_stream(make_llm(), HELLO)
+    assert deltas[-1].usage == Usage(prompt_tokens=90, completion_tokens=4, cached_tokens=30)

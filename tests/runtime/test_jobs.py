@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from sessions_app.engine.errors import LLMError
 from sessions_app.engine.types import MemoryJob
 from sessions_app.runtime.jobs import BackgroundRunner, SpaceJobs
+from spaces import pgpool
 
 
 async def test_a_submitted_job_runs_and_the_runner_keeps_it_until_done() -> None:
@@ -94,6 +97,7 @@ async def test_permanent_failures_are_logged_once_and_not_retried(caplog) -> Non
     assert [r.getMessage() for r in caplog.records] == ["background k failed"]
 
 
+@pytest.mark.django_db(transaction=True)  # a job first checks its owner's usage quotas
 async def test_space_jobs_without_a_queue_run_in_process_with_keys_naming_the_space() -> None:
     runner = BackgroundRunner()
     seen: list[str] = []
@@ -114,6 +118,7 @@ async def test_space_jobs_without_a_queue_run_in_process_with_keys_naming_the_sp
     job = MemoryJob("consolidate", "s")
     await SpaceJobs(runner, None, "space-1", get_agent).submit(job)  # type: ignore[arg-type]
     await runner.drain()
+    await pgpool.pools.aclose_current()  # opened by the quota check; this loop ends here
     assert seen == ["space=space-1 consolidate:s"]
     assert ran == [("space-1", job)]
 

@@ -8,20 +8,33 @@ import re
 
 import pytest
 
-from sessions_app.models import CoreData, Record, Session, SessionData, TopologyNode
+from sessions_app.accounting import quotas
+from sessions_app.models import (
+    CoreData,
+    LLMCall,
+    Record,
+    Session,
+    SessionData,
+    TopologyNode,
+    UsageDaily,
+    UsageQuota,
+)
 from sessions_app.store import postgres
 from spaces.models import Space
 
-MODELS = (Session, TopologyNode, Record, SessionData, CoreData, Space)
+MODELS = (Session, TopologyNode, Record, SessionData, CoreData, Space, LLMCall, UsageDaily,
+          UsageQuota)
 TABLES = {m._meta.db_table: {f.column for f in m._meta.concrete_fields} for m in MODELS}
 ALIASES = {"s": "sessions", "n": "topology_nodes", "t": "topology_nodes", "r": "records",
-           "d": "session_data", "c": "core_data", "sp": "spaces"}
+           "d": "session_data", "c": "core_data", "sp": "spaces", "ud": "usage_daily",
+           "q": "usage_quotas"}
 FUNCTIONS = {"unnest"}
 
 
 def statements() -> dict[str, str]:
     found: dict[str, str] = {}
-    for name, value in vars(postgres).items():
+    every = {**vars(postgres), **{k: v for k, v in vars(quotas).items() if k.startswith("SQL_")}}
+    for name, value in every.items():
         if not name.startswith("SQL_"):
             continue
         if isinstance(value, dict):
@@ -65,9 +78,9 @@ def unknown_names(sql: str) -> list[str]:
         for column in re.findall(r"EXCLUDED\.\"?(\w+)\"?", clause):
             if column not in TABLES[table]:
                 problems.append(f"{table}.{column} (EXCLUDED)")
-    for columns in re.findall(r"ON CONFLICT \(([^)]*)\)", sql):
-        table = re.findall(r"INSERT INTO (\w+)", sql.split("ON CONFLICT")[0])[-1]
-        problems += [f"{table}.{c}" for c in re.findall(r"\w+", columns)
+    for conflict in re.finditer(r"ON CONFLICT \(([^)]*)\)", sql):  # the INSERT before each
+        table = re.findall(r"INSERT INTO (\w+)", sql[:conflict.start()])[-1]
+        problems += [f"{table}.{c}" for c in re.findall(r"\w+", conflict[1])
                      if c not in TABLES[table]]
     return problems
 

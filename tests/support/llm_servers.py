@@ -64,7 +64,12 @@ __all__ = [
     "tool_call",
 ]
 
-Usage = tuple[int, int]
+# (prompt, completion) or (prompt, completion, cached): prompt counts the cached tokens too.
+Usage = tuple[int, ...]
+
+
+def _cached(usage: Usage) -> int:
+    return usage[2] if len(usage) > 2 else 0
 _WORDS = re.compile(r"\s*\S+(?:\s+$)?")
 
 
@@ -538,12 +543,23 @@ class OpenAIServer(LoopbackLLMServer):
 
 
 def _openai_usage(usage: Usage) -> dict[str, int]:
-    prompt, completion = usage
-    return {
+    prompt, completion = usage[:2]
+    body: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if len(usage) > 2:
+        body["prompt_tokens_details"] = {"cached_tokens": usage[2]}
+    return body
+
+
+def _anthropic_input(usage: Usage) -> dict[str, int]:
+    """Anthropic counts cache reads apart from `input_tokens`."""
+    body = {"input_tokens": usage[0] - _cached(usage)}
+    if len(usage) > 2:
+        body["cache_read_input_tokens"] = usage[2]
+    return body
 
 
 # --- Anthropic -------------------------------------------------------------------------------
@@ -596,7 +612,7 @@ class AnthropicServer(LoopbackLLMServer):
             "stop_sequence": None,
         }
         if action.usage is not None:
-            body["usage"] = {"input_tokens": action.usage[0], "output_tokens": action.usage[1]}
+            body["usage"] = {**_anthropic_input(action.usage), "output_tokens": action.usage[1]}
         return body
 
     def sse_events(self, action: Action, model: str, include_usage: bool) -> list[bytes]:
@@ -636,7 +652,7 @@ class AnthropicServer(LoopbackLLMServer):
             "stop_sequence": None,
         }
         if action.usage is not None:
-            message["usage"] = {"input_tokens": action.usage[0], "output_tokens": 1}
+            message["usage"] = {**_anthropic_input(action.usage), "output_tokens": 1}
         events = [_event("message_start", {"type": "message_start", "message": message})]
         index = 0
         if action.text:

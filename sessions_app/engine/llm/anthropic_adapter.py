@@ -234,16 +234,29 @@ def _to_response(message: Any) -> LLMResponse:
                 )
             )
     usage = getattr(message, "usage", None)
+    cache_read, cache_write = _cache_tokens(usage)
     return LLMResponse(
         content="".join(texts) if texts else None,
         tool_calls=tuple(calls),
-        usage=_usage(getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)),
+        usage=_usage(getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
+                     cache_read, cache_write),
     )
 
 
-def _usage(prompt: Any, completion: Any) -> Usage | None:
+def _cache_tokens(usage: Any) -> tuple[int, int]:
+    """(cache reads, cache writes) of an Anthropic usage object (absent = 0)."""
+    read = getattr(usage, "cache_read_input_tokens", None)
+    write = getattr(usage, "cache_creation_input_tokens", None)
+    return (read if isinstance(read, int) else 0, write if isinstance(write, int) else 0)
+
+
+def _usage(prompt: Any, completion: Any, cache_read: int = 0, cache_write: int = 0
+           ) -> Usage | None:
+    # Anthropic's `input_tokens` leaves out the tokens read from or written to its cache; the
+    # port counts every input token in `prompt_tokens` (as OpenAI does), the reads as cached.
     if isinstance(prompt, int) and isinstance(completion, int):
-        return Usage(prompt_tokens=prompt, completion_tokens=completion)
+        return Usage(prompt_tokens=prompt + cache_read + cache_write,
+                     completion_tokens=completion, cached_tokens=cache_read)
     return None
 
 
@@ -254,6 +267,8 @@ class _StreamState:
         self.stopped = False
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cache_read = 0
+        self.cache_write = 0
         self.tool_names: dict[int, str] = {}
         self.tool_arguments: dict[int, list[str]] = {}
 
@@ -287,7 +302,8 @@ class _StreamState:
             self._take_usage(getattr(event, "usage", None))
         elif kind == "message_stop":
             self.stopped = True
-            usage = _usage(self.input_tokens, self.output_tokens)
+            usage = _usage(self.input_tokens, self.output_tokens, self.cache_read,
+                           self.cache_write)
             if usage is not None:
                 return StreamDelta(usage=usage)
         return None
@@ -297,6 +313,9 @@ class _StreamState:
             return
         input_tokens = getattr(usage, "input_tokens", None)
         output_tokens = getattr(usage, "output_tokens", None)
+        cache_read, cache_write = _cache_tokens(usage)
+        self.cache_read = cache_read or self.cache_read
+        self.cache_write = cache_write or self.cache_write
         if isinstance(input_tokens, int):
             self.input_tokens = input_tokens
         if isinstance(output_tokens, int):

@@ -254,7 +254,10 @@ def _usage(obj: Any) -> Usage | None:
     completion = getattr(usage, "completion_tokens", None)
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    # `prompt_tokens` includes the cached ones, which the API details separately.
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 cached_tokens=cached if isinstance(cached, int) else 0)
 
 
 def _chunk_finished(chunk: Any) -> bool:
