@@ -300,6 +300,9 @@ STELLO = {
     "CONSOLIDATE_ON_LEAVE": env_bool("STELLO_CONSOLIDATE_ON_LEAVE", False),
     "CONSOLIDATE_ON_ARCHIVE": env_bool("STELLO_CONSOLIDATE_ON_ARCHIVE", True),
     "MEMORY_LANGUAGE": env_str("STELLO_MEMORY_LANGUAGE", "English"),
+    # Event-log entries kept per session (older ones are pruned at the end of a turn; a resume
+    # from before them gets `gap`); 0 keeps everything.
+    "EVENT_RETENTION": env_int("STELLO_EVENT_RETENTION", 10000, minimum=0),
     "AGENT_IDLE_TTL_SECONDS": env_int("STELLO_AGENT_IDLE_TTL_SECONDS", 300, minimum=1),
     "SESSION_LOCK_TIMEOUT_SECONDS": env_float("STELLO_SESSION_LOCK_TIMEOUT_SECONDS", 120.0,
                                               minimum=0.0),

@@ -7,7 +7,7 @@ session's lock; background work (consolidation, integration) only goes through `
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
 from . import memory
@@ -25,6 +25,7 @@ from .types import (
     EngineSettings,
     ForkOptions,
     IntegrationResult,
+    LogEvent,
     MemoryJob,
     SessionMeta,
     StreamChunk,
@@ -51,6 +52,7 @@ class SpaceAgent:
         locks: SessionLocks,
         jobs: BackgroundJobs,
         settings: EngineSettings,
+        on_event: Callable[[str, LogEvent], None] | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -62,25 +64,46 @@ class SpaceAgent:
         self.jobs = jobs
         self.settings = settings
         self._histories = HistoryCache()
+        self.on_event = on_event  # (session_id, event): the session's event log, live
+
+    def _event_sink(
+        self, session_id: str, also: Callable[[LogEvent], None] | None
+    ) -> Callable[[LogEvent], None] | None:
+        publish = self.on_event
+        if publish is None:
+            return also
+        if also is None:
+            return lambda event: publish(session_id, event)
+
+        def both(event: LogEvent) -> None:
+            publish(session_id, event)
+            also(event)
+
+        return both
 
     # -- turns -----------------------------------------------------------------------------
 
-    async def turn(self, session_id: str, input: str) -> TurnResult:
+    async def turn(self, session_id: str, input: str, *, turn_id: str | None = None,
+                   on_event: Callable[[LogEvent], None] | None = None) -> TurnResult:
         text = validate_input(input)
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
+            loop = self._turn_loop(ctx, history, text, turn_id, on_event)
             result = await loop.run()
         await self._after_turn(ctx, loop.turn_count)
         return result
 
-    async def stream(self, session_id: str, input: str) -> AsyncIterator[StreamChunk | TurnResult]:
+    async def stream(
+        self, session_id: str, input: str, *, turn_id: str | None = None,
+        on_event: Callable[[LogEvent], None] | None = None,
+    ) -> AsyncIterator[StreamChunk | TurnResult]:
         """StreamChunks of every round, then the TurnResult last. The session stays locked for
-        the whole stream; closing the generator early releases it."""
+        the whole stream; closing the generator early releases it. `on_event` is told every
+        event of the turn's log as it happens (besides the agent's own sink)."""
         text = validate_input(input)
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text)
+            loop = self._turn_loop(ctx, history, text, turn_id, on_event)
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
@@ -92,7 +115,9 @@ class SpaceAgent:
             raise SessionArchived(session_id)
         return ctx, history
 
-    def _turn_loop(self, ctx: TurnContext, history: History, text: str) -> TurnLoop:
+    def _turn_loop(self, ctx: TurnContext, history: History, text: str,
+                   turn_id: str | None = None,
+                   on_event: Callable[[LogEvent], None] | None = None) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
@@ -123,6 +148,10 @@ class SpaceAgent:
             tool_context=ToolContext(space_id=self.space_id, session_id=session_id),
             max_tool_rounds=self.settings.max_tool_rounds,
             on_saved=lambda messages, saved: self._histories.saved(session_id, messages, saved),
+            turn_id=turn_id,
+            event_seq=ctx.event_seq,
+            abandoned=ctx.running_turns,  # we hold the lock: nobody is running them
+            on_event=self._event_sink(session_id, on_event),
         )
 
     async def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:

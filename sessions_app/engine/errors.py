@@ -22,7 +22,8 @@ from spaces.errors import (
 __all__ = [
     "Conflict", "InvalidInput", "LLMError", "MainSessionNotArchivable", "NotFound",
     "ServiceUnavailable", "SessionArchived",
-    "SessionBusy", "SessionNotFound", "SpaceNotFound", "StelloError", "ToolLoopLimit", "empty",
+    "SessionBusy", "SessionNotFound", "SpaceNotFound", "StelloError", "ToolLoopLimit",
+    "TurnNotFound", "empty",
     "missing", "required_text", "wrong_type",
 ]
 
@@ -32,6 +33,13 @@ class SessionNotFound(NotFound):
 
     code = "SESSION_NOT_FOUND"
     default_message = "Session not found"
+
+
+class TurnNotFound(NotFound):
+    """An unknown turn id, a malformed one, or a turn of another session."""
+
+    code = "TURN_NOT_FOUND"
+    default_message = "Turn not found"
 
 
 class SessionArchived(Conflict):
