@@ -22,7 +22,7 @@ from spaces import pgpool
 from spaces.models import Space
 from spaces.throttling import rate_limiter
 
-from .. import conf
+from .. import conf, live
 from ..engine.agent import SpaceAgent
 from ..engine.errors import SpaceNotFound, StelloError
 from ..engine.llm import build_llm
@@ -190,6 +190,7 @@ class Runtime:
             locks=self.locks,
             jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent, self.queue_ready),
             settings=self.engine_settings,
+            on_event=live.publish,  # the session's event log, live (sessions_app/live.py)
         )
 
     async def aclose(self) -> None:

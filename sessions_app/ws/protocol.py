@@ -58,7 +58,7 @@ _MISSING: Any = object()
 # -- client -> server ---------------------------------------------------------------------------
 
 ClientType = Literal["session.enter", "session.leave", "session.message", "session.stream",
-                     "session.fork"]
+                     "session.fork", "session.resume"]
 
 
 class SessionEnter(TypedDict):
@@ -95,12 +95,23 @@ class SessionFork(TypedDict):
     options: ForkOptions
 
 
-ClientMessage = SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
+class SessionResume(TypedDict):
+    """Ours (docs/live-turns.md): enter the session and receive its events after `since`."""
+
+    type: Literal["session.resume"]
+    sessionId: str
+    since: int
+
+
+ClientMessage = (SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
+                 | SessionResume)
 
 CLIENT_TYPES: tuple[ClientType, ...] = (
     "session.enter", "session.leave", "session.message", "session.stream", "session.fork",
+    "session.resume",
 )
-NEEDS_SESSION: frozenset[str] = frozenset(CLIENT_TYPES) - {"session.enter"}
+ENTERING: frozenset[str] = frozenset({"session.enter", "session.resume"})
+NEEDS_SESSION: frozenset[str] = frozenset(CLIENT_TYPES) - ENTERING
 
 
 class ProtocolError(Exception):
@@ -174,7 +185,17 @@ def _fork(data: dict[str, Any]) -> SessionFork:
                                                                   else options)}
 
 
+def _resume(data: dict[str, Any]) -> SessionResume:
+    from ..live import parse_since
+
+    session_id = required_text(data, "sessionId")
+    if "since" not in data:
+        raise missing("since")
+    return {"type": "session.resume", "sessionId": session_id, "since": parse_since(data["since"])}
+
+
 _PAYLOAD_PARSERS = {
+    "session.resume": _resume,
     "session.enter": _enter,
     "session.leave": _leave,
     "session.message": _message,
