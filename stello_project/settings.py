@@ -303,6 +303,9 @@ STELLO = {
     # Event-log entries kept per session (older ones are pruned at the end of a turn; a resume
     # from before them gets `gap`); 0 keeps everything.
     "EVENT_RETENTION": env_int("STELLO_EVENT_RETENTION", 10000, minimum=0),
+    # Live events a resumed WebSocket or SSE subscriber may have waiting before it gets `gap`.
+    "EVENT_SUBSCRIBER_BUFFER": env_int("STELLO_EVENT_SUBSCRIBER_BUFFER", 1000, minimum=1),
+    "SSE_HEARTBEAT_SECONDS": env_float("STELLO_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.01),
     "AGENT_IDLE_TTL_SECONDS": env_int("STELLO_AGENT_IDLE_TTL_SECONDS", 300, minimum=1),
     "SESSION_LOCK_TIMEOUT_SECONDS": env_float("STELLO_SESSION_LOCK_TIMEOUT_SECONDS", 120.0,
                                               minimum=0.0),

@@ -26,6 +26,7 @@ from ..models import SessionData
 from ..runtime.pool import runtimes
 from ..store import space_store
 from ..wire import archive_json, fork_child_json, session_meta_json
+from .live import LiveTurnsActions
 from .schema import SESSION_PARAMETERS, SPACE_PARAMETERS, SessionSchema, SlotDoc, slot_schema
 from .serializers import (
     FORK_OPTIONS,
@@ -107,7 +108,7 @@ def slot_action(key: str, url_path: str, *, writable: bool):
         action(detail=True, methods=methods, url_path=url_path)(slot))
 
 
-class SessionViewSet(SpaceScopedViewSet):
+class SessionViewSet(LiveTurnsActions, SpaceScopedViewSet):
     """`/spaces/{space_id}/sessions[/{session_id}[/...]]`."""
 
     lookup_url_kwarg = "session_id"
