@@ -175,9 +175,9 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
 
 async def _send(session_id: str, batch: list[LogEvent]) -> None:
     store = buffer()
-    if batch[0].type == "turn.started" or (
-            batch[0].type == "turn.failed" and len(batch) > 1):
-        await store.clear(session_id)  # what a dead process left is in the database or lost
+    if batch[0].type == "turn.started":
+        # A fresh turn with no dead one before it: what the buffer still holds is saved.
+        await store.clear(session_id)
     encoded = [_encode(e) for e in batch]
     await store.append(session_id, encoded)
     layer = get_channel_layer()
@@ -186,6 +186,11 @@ async def _send(session_id: str, batch: list[LogEvent]) -> None:
             "type": "session.events", "sessionId": session_id, "events": encoded})
     if batch[-1].type in TERMINAL:
         await store.clear(session_id)
+
+
+async def recover(session_id: str) -> list[LogEvent]:
+    """The events in the session's live buffer (a dead process's unsaved ones among them)."""
+    return await buffer().read(session_id)
 
 
 async def drain() -> None:

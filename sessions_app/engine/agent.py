@@ -7,7 +7,7 @@ session's lock; background work (consolidation, integration) only goes through `
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 
 from . import memory
@@ -53,6 +53,7 @@ class SpaceAgent:
         jobs: BackgroundJobs,
         settings: EngineSettings,
         on_event: Callable[[str, LogEvent], None] | None = None,
+        recover_events: Callable[[str], Awaitable[Sequence[LogEvent]]] | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -65,6 +66,8 @@ class SpaceAgent:
         self.settings = settings
         self._histories = HistoryCache()
         self.on_event = on_event  # (session_id, event): the session's event log, live
+        # The events a dead process told but never saved (its turn is still marked running).
+        self.recover_events = recover_events
 
     def _event_sink(
         self, session_id: str, also: Callable[[LogEvent], None] | None
@@ -88,7 +91,8 @@ class SpaceAgent:
         text = validate_input(input)
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text, turn_id, on_event)
+            loop = self._turn_loop(ctx, history, text, turn_id, on_event,
+                                   await self._recovered(ctx))
             result = await loop.run()
         await self._after_turn(ctx, loop.turn_count)
         return result
@@ -103,7 +107,8 @@ class SpaceAgent:
         text = validate_input(input)
         async with self.locks.hold(session_id):
             ctx, history = await self._active_context(session_id)
-            loop = self._turn_loop(ctx, history, text, turn_id, on_event)
+            loop = self._turn_loop(ctx, history, text, turn_id, on_event,
+                                   await self._recovered(ctx))
             async with aclosing(loop.stream()) as items:
                 async for item in items:
                     yield item
@@ -115,9 +120,21 @@ class SpaceAgent:
             raise SessionArchived(session_id)
         return ctx, history
 
+    async def _recovered(self, ctx: TurnContext) -> tuple[LogEvent, ...]:
+        """Only after a process died mid-turn (rare): what it told and never saved, so the
+        log keeps the seqs its clients saw."""
+        if not ctx.running_turns or self.recover_events is None:
+            return ()
+        try:
+            told = await self.recover_events(ctx.session.id)
+        except Exception:  # the turn goes on; the dead turn's unsaved events are lost
+            return ()
+        return tuple(sorted((e for e in told if e.seq > ctx.event_seq), key=lambda e: e.seq))
+
     def _turn_loop(self, ctx: TurnContext, history: History, text: str,
                    turn_id: str | None = None,
-                   on_event: Callable[[LogEvent], None] | None = None) -> TurnLoop:
+                   on_event: Callable[[LogEvent], None] | None = None,
+                   recovered: Sequence[LogEvent] = ()) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
@@ -151,6 +168,7 @@ class SpaceAgent:
             turn_id=turn_id,
             event_seq=ctx.event_seq,
             abandoned=ctx.running_turns,  # we hold the lock: nobody is running them
+            recovered=recovered,
             on_event=self._event_sink(session_id, on_event),
         )
 

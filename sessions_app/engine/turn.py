@@ -135,6 +135,7 @@ class TurnLoop:
         event_seq: int = 0,
         abandoned: Sequence[str] = (),
         on_event: Callable[[LogEvent], None] | None = None,
+        recovered: Sequence[LogEvent] = (),
     ) -> None:
         self._session_id = session_id
         self._user_message = Message("user", user_input)
@@ -155,7 +156,9 @@ class TurnLoop:
         self._seq = event_seq
         self._abandoned = tuple(abandoned)
         self._on_event = on_event
-        self._unsaved_events: list[LogEvent] = []
+        # Events a dead process told and never saved: written with our first call.
+        self._unsaved_events: list[LogEvent] = list(recovered)
+        self._seq = max([self._seq, *(e.end for e in recovered)])
 
     def _event(self, type_: str, payload: dict[str, Any], *, emit: bool = True) -> LogEvent:
         self._seq += 1

@@ -191,6 +191,7 @@ class Runtime:
             jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent, self.queue_ready),
             settings=self.engine_settings,
             on_event=live.publish,  # the session's event log, live (sessions_app/live.py)
+            recover_events=live.recover,
         )
 
     async def aclose(self) -> None:

@@ -113,6 +113,7 @@ class Action:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: str = ""
     delay: float = 0.0
+    chunk_delay: float = 0.0  # a streamed reply waits this long before each event
 
 
 class _ClientGone(Exception):
@@ -193,9 +194,11 @@ class LoopbackLLMServer:
         usage: Usage | None = (10, 5),
         delay: float = 0.0,
         times: int = 1,
+        chunk_delay: float = 0.0,
     ) -> Self:
         calls = tuple(_as_tool_call(c) for c in tool_calls)
-        return self._push(Action("reply", text, calls, usage, delay=delay), times)
+        return self._push(Action("reply", text, calls, usage, delay=delay,
+                                 chunk_delay=chunk_delay), times)
 
     def error(
         self,
@@ -378,6 +381,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._start_sse()
             if action.kind == "reply":
                 for event in owner.sse_events(action, model, include_usage):
+                    if action.chunk_delay and owner._stopping.wait(action.chunk_delay):
+                        break
                     self._chunk(event)
                 self._chunk(b"")
             elif action.kind == "malformed":
