@@ -30,8 +30,9 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from .engine.errors import InvalidInput
+from .engine.errors import InvalidInput, TurnNotRunning
 from .engine.ports import SpaceStore
+from .engine.turn import RUNNING
 from .engine.types import LogEvent
 
 logger = logging.getLogger("stello.live")
@@ -144,6 +145,8 @@ pending: set[asyncio.Task[None]] = set()
 
 def publish(session_id: str, event: LogEvent) -> None:
     """File `event` for the session's followers; the turn never waits for it."""
+    if event.type == "turn.started":
+        _listen_for_cancels()
     outbox = _outboxes.setdefault(session_id, _Outbox())
     outbox.events.append(event)
     if outbox.task is None:
@@ -341,3 +344,94 @@ class Follower:
         self.position = await self.newest()
         return LogEvent(self.position, "gap", {"since": since})
 
+
+
+# -- cancel -----------------------------------------------------------------------------------
+
+CANCEL_GROUP = "stello.turn-cancels"
+CANCEL_WAIT_SECONDS = 5.0
+_cancel_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _listen_for_cancels() -> None:
+    """Once per loop (when it first runs a turn): hear cancel requests from every process.
+    One group for all turns: a turn costs nothing, a cancel one publish."""
+    loop = asyncio.get_running_loop()
+    if loop in _cancel_listeners or get_channel_layer() is None:
+        return
+    _cancel_listeners[loop] = loop.create_task(_cancel_listener())
+
+
+async def _cancel_listener() -> None:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(CANCEL_GROUP, channel)
+    while True:
+        try:
+            message = await layer.receive(channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("cancel listener failed", exc_info=True)
+            await asyncio.sleep(0.5)
+            continue
+        running = RUNNING.get(str(message.get("turnId")))
+        if running is not None:
+            running.cancel()
+
+
+def _live_turns(events: list[LogEvent]) -> tuple[dict[str, bool], str | None]:
+    """From the live buffer: the turns it mentions (True = ended) and the one running."""
+    turns: dict[str, bool] = {}
+    current = None
+    for event in sorted(events, key=lambda e: e.seq):
+        turn_id = event.payload.get("turnId")
+        if event.type == "turn.started":
+            turns[turn_id], current = False, turn_id
+        elif event.type in TERMINAL and turn_id is not None:
+            turns[turn_id] = True
+            current = None if current == turn_id else current
+    return turns, current
+
+
+async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str:
+    """Cancel the session's running turn (`turn_id`, or whichever runs), in any process; wait
+    until it has stopped and return its id. TurnNotFound for a turn this session does not
+    know, TurnNotRunning for one that has ended (or no running turn)."""
+    live_turns, current = _live_turns(await buffer().read(session_id))
+    if turn_id is None:
+        local = next((t for t in RUNNING.values() if t.session_id == session_id), None)
+        turn_id = local.turn_id if local is not None else current
+        if turn_id is None:
+            await store.get_session(session_id)  # SessionNotFound first
+            raise TurnNotRunning()
+    elif turn_id not in live_turns and turn_id not in RUNNING:
+        turn = await store.get_turn(session_id, turn_id)  # SessionNotFound, TurnNotFound
+        if turn.status != "running":
+            raise TurnNotRunning(f"Turn {turn_id} has already ended ({turn.status})")
+    elif live_turns.get(turn_id):
+        raise TurnNotRunning(f"Turn {turn_id} has already ended")
+    async with Follower(store, session_id, await _newest_saved(store, session_id)) as follower:
+        local = RUNNING.get(turn_id)
+        if local is not None and local.session_id == session_id:
+            local.cancel()
+        else:
+            layer = get_channel_layer()
+            if layer is not None:
+                await layer.group_send(CANCEL_GROUP, {"type": "turn.cancel", "turnId": turn_id})
+        try:
+            async with asyncio.timeout(CANCEL_WAIT_SECONDS):
+                async for event in follower:
+                    if event.payload.get("turnId") != turn_id or event.type not in TERMINAL:
+                        continue
+                    if event.type == "turn.cancelled":
+                        return turn_id
+                    raise TurnNotRunning(f"Turn {turn_id} ended before it could be cancelled")
+        except TimeoutError:
+            pass
+    raise TurnNotRunning(f"Turn {turn_id} did not stop within {CANCEL_WAIT_SECONDS:g}s")
+
+
+async def _newest_saved(store: SpaceStore, session_id: str) -> int:
+    return (await store.read_events(session_id, 1 << 62)).current

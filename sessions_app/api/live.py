@@ -49,6 +49,11 @@ class TurnSerializer(serializers.Serializer):
     updatedAt = serializers.DateTimeField()
 
 
+class CancelledSerializer(serializers.Serializer):
+    turnId = serializers.CharField()
+    status = serializers.ChoiceField(["cancelled"])
+
+
 TURN_ID = OpenApiParameter(
     "turn_id", str, OpenApiParameter.PATH, pattern=SEGMENT_PATTERN,
     description="The turn's id (`turnId`). A turn of another session, or any other value, "
@@ -94,6 +99,25 @@ class LiveTurnsActions:
                           turn_id: str) -> Response:
         turn = await self.store().get_turn(session_id, turn_id)  # type: ignore[attr-defined]
         return Response(turn.to_json())
+
+    @extend_schema(
+        operation_id="cancelTurn", summary="Cancel a running turn",
+        description="Stops the turn wherever it runs (any server process): its LLM call is "
+                    "abandoned, nothing of it stays in the history (its user message "
+                    "included), the session is free at once and followers get "
+                    "`turn.cancelled`; the turn's own request answers 409 `TURN_CANCELLED`. "
+                    "A turn that has ended answers 409 `TURN_NOT_RUNNING`; an unknown one "
+                    "404 `TURN_NOT_FOUND`. No request body.",
+        tags=["turns"], request=None,
+        responses={200: OpenApiResponse(CancelledSerializer, "The turn was cancelled."),
+                   **error_responses(403, 404, 409)},
+        parameters=[*SESSION_PARAMETERS, TURN_ID],
+    )
+    @action(detail=True, methods=["post"], url_path=r"turns/(?P<turn_id>[^/]+)/cancel")
+    async def cancel_turn(self, request, space_id: str, session_id: str,
+                          turn_id: str) -> Response:
+        cancelled = await live.cancel(self.store(), session_id, turn_id)  # type: ignore
+        return Response({"turnId": cancelled, "status": "cancelled"})
 
     @extend_schema(
         operation_id="sessionEvents", summary="The session's events (SSE)",

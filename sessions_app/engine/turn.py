@@ -13,6 +13,7 @@ before it are stored on the way out (the tools did run: a session they created e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .context import PromptBuilder
-from .errors import LLMError, ToolLoopLimit
+from .errors import LLMError, ToolLoopLimit, TurnCancelled
 from .llm import clean_json
 from .ports import LLM, SpaceStore
 from .tools import ToolBox, ToolContext
@@ -41,6 +42,9 @@ from .types import (
 )
 
 ABANDONED = "the server process running the turn stopped"
+
+# The turns running in this process, by turn id (what a cancel request looks up).
+RUNNING: dict[str, TurnLoop] = {}
 
 
 def loop_limit_result(max_rounds: int) -> str:
@@ -156,6 +160,10 @@ class TurnLoop:
         self._seq = event_seq
         self._abandoned = tuple(abandoned)
         self._on_event = on_event
+        self._task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._chunks: list[str] = []
+        self._round = 0
         # Events a dead process told and never saved: written with our first call.
         self._unsaved_events: list[LogEvent] = list(recovered)
         self._seq = max([self._seq, *(e.end for e in recovered)])
@@ -189,7 +197,54 @@ class TurnLoop:
         """StreamChunks of every round, then the TurnResult as the last item."""
         return self._rounds(streaming=True)
 
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    def cancel(self) -> bool:
+        """Stop the turn where it is (the LLM call is abandoned and its stream closed); it
+        then keeps nothing, tells `turn.cancelled` and raises TurnCancelled."""
+        task = self._task
+        if task is None or task.done() or self._cancel_requested:
+            return False
+        self._cancel_requested = True
+        task.cancel()
+        return True
+
     async def _rounds(self, *, streaming: bool) -> AsyncGenerator[StreamChunk | TurnResult, None]:
+        self._task = asyncio.current_task()
+        RUNNING[self.turn_id] = self
+        try:
+            async with aclosing(self._rounds_inner(streaming=streaming)) as items:
+                async for item in items:
+                    yield item
+        except asyncio.CancelledError:
+            if not self._cancel_requested:
+                raise
+            if self._task is not None:
+                self._task.uncancel()
+            raise TurnCancelled(self.turn_id, await self._cancelled()) from None
+        finally:
+            RUNNING.pop(self.turn_id, None)
+
+    async def _cancelled(self) -> int:
+        """Nothing of the turn stays in the history (its user message included); its row
+        and events say it was cancelled."""
+        if self._chunks:  # the deltas of the round that was cut: clients saw their seqs
+            self._coalesce(self._chunks, self._round)
+        done = self._event("turn.cancelled", {"turnId": self.turn_id}, emit=False)
+        write = self._turn_write("cancelled")
+        try:
+            await asyncio.shield(self._store.finish_turn(self._session_id, write, error=None,
+                                                         discard=True))
+        except Exception:  # the caller learns of the cancel either way
+            pass
+        self._tell(done)
+        return done.seq
+
+    async def _rounds_inner(
+        self, *, streaming: bool
+    ) -> AsyncGenerator[StreamChunk | TurnResult, None]:
         specs = self._toolbox.specs()
         tail: list[Message] = [self._user_message]  # this turn's messages, in prompt order
         unsaved: list[Message] = [self._user_message]  # what the next save_call starts with
@@ -200,6 +255,7 @@ class TurnLoop:
         self._event("turn.started", {"turnId": turn_id, "input": self._user_input})
         while True:
             chunks: list[str] = []
+            self._chunks = chunks  # a cancel mid-round keeps their seqs in the log
             try:
                 messages = await self._prompt.build(tail)
                 if streaming:
@@ -216,11 +272,13 @@ class TurnLoop:
                 else:
                     response = await self._llm.complete(messages, tools=specs)
             except Exception as exc:
+                self._chunks = []
                 self._coalesce(chunks, rounds)
                 if rounds:  # `unsaved` holds the results of tools that ran: keep them
                     await self._save_quietly(unsaved)
                 await self._fail_quietly(exc)
                 raise
+            self._chunks = []
             self._coalesce(chunks, rounds)
 
             reply = Message("assistant", response.content or "", tool_calls=response.tool_calls)
@@ -265,6 +323,7 @@ class TurnLoop:
             self._event("tool.result", {"turnId": turn_id, "round": rounds, "results": [
                 {"toolCallId": m.tool_call_id, "content": m.content} for m in unsaved]})
             rounds += 1
+            self._round = rounds
             tail.extend([reply, *unsaved])
 
     def _coalesce(self, chunks: list[str], round_: int) -> None:

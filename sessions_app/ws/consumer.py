@@ -87,7 +87,7 @@ from spaces.throttling import ahit as rate_limit_hit
 from .. import events, live
 from ..api.errors import error_body
 from ..engine.agent import SpaceAgent
-from ..engine.errors import NotFound, SessionNotFound, StelloError
+from ..engine.errors import NotFound, SessionNotFound, StelloError, TurnCancelled
 from ..engine.types import StreamChunk, TurnResult
 from ..events import session_group
 from ..runtime.pool import runtimes
@@ -353,6 +353,8 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
             await self._enqueue(p.error(p.HANDLER_ERROR,
                                         f"frame too large: at most {limit} bytes"))
             return
+        if '"turn.cancel"' in text_data and self.handle_out_of_band(text_data):
+            return  # a cancel acts on the frame being handled: it cannot wait behind it
         await self._enqueue(text_data)
 
     async def _enqueue(self, item: QueueItem) -> None:
@@ -439,6 +441,11 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
         made_by = events.origin.set(self.connection_id)  # so we are not told of our own turns
         try:
             await HANDLERS[message["type"]](self, message)
+        except TurnCancelled as exc:
+            if self.resumed:  # after the turn's events, `turn.cancelled` included
+                await self.own_answer(p.error(p.HANDLER_ERROR, exc.message), exc.seq)
+            else:
+                await self.reply(p.error(p.HANDLER_ERROR, exc.message))
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))
         except Exception:

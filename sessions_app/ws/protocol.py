@@ -58,7 +58,7 @@ _MISSING: Any = object()
 # -- client -> server ---------------------------------------------------------------------------
 
 ClientType = Literal["session.enter", "session.leave", "session.message", "session.stream",
-                     "session.fork", "session.resume"]
+                     "session.fork", "session.resume", "turn.cancel"]
 
 
 class SessionEnter(TypedDict):
@@ -103,12 +103,19 @@ class SessionResume(TypedDict):
     since: int
 
 
+class TurnCancel(TypedDict):
+    """Ours: cancel the session's running turn (`turnId` optional)."""
+
+    type: Literal["turn.cancel"]
+    turnId: str | None
+
+
 ClientMessage = (SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
-                 | SessionResume)
+                 | SessionResume | TurnCancel)
 
 CLIENT_TYPES: tuple[ClientType, ...] = (
     "session.enter", "session.leave", "session.message", "session.stream", "session.fork",
-    "session.resume",
+    "session.resume", "turn.cancel",
 )
 ENTERING: frozenset[str] = frozenset({"session.enter", "session.resume"})
 NEEDS_SESSION: frozenset[str] = frozenset(CLIENT_TYPES) - ENTERING
@@ -194,7 +201,15 @@ def _resume(data: dict[str, Any]) -> SessionResume:
     return {"type": "session.resume", "sessionId": session_id, "since": parse_since(data["since"])}
 
 
+def _cancel(data: dict[str, Any]) -> TurnCancel:
+    turn_id = data.get("turnId")
+    if turn_id is not None and not isinstance(turn_id, str):
+        raise wrong_type("turnId", "a string")
+    return {"type": "turn.cancel", "turnId": turn_id}
+
+
 _PAYLOAD_PARSERS = {
+    "turn.cancel": _cancel,
     "session.resume": _resume,
     "session.enter": _enter,
     "session.leave": _leave,

@@ -18,7 +18,7 @@ from typing import Any
 from spaces.selectors import parse_uuid
 
 from .. import live
-from ..engine.errors import InvalidInput, SessionNotFound
+from ..engine.errors import InvalidInput, SessionNotFound, StelloError
 from ..engine.types import LogEvent
 from ..wire import bootstrap_json
 from . import protocol as p
@@ -36,10 +36,45 @@ class ResumeMixin:
     _forwarder: asyncio.Task[None] | None = None
     _sent_seq: int = 0
     _seq_moved: asyncio.Event | None = None
+    _cancels: set[asyncio.Task[None]] | None = None
 
     @property
     def resumed(self) -> bool:
         return self._follower is not None
+
+    # -- turn.cancel (out of band: it acts on the frame the worker is handling) ---------------
+
+    def handle_out_of_band(self, text: str) -> bool:
+        try:
+            message = p.parse_client_frame(text)
+        except p.ProtocolError:
+            return False  # the worker answers it in its place
+        if message["type"] != "turn.cancel":
+            return False
+        if self._cancels is None:
+            self._cancels = set()
+        task = asyncio.get_running_loop().create_task(self._on_cancel(message))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+        return True
+
+    async def _on_cancel(self, message: p.TurnCancel) -> None:
+        refusal = self.state_refusal(message["type"])  # type: ignore[attr-defined]
+        if refusal is not None:
+            await self.reply(refusal)  # type: ignore[attr-defined]
+            return
+        try:
+            agent = await self.agent()  # type: ignore[attr-defined]
+            turn_id = await live.cancel(agent.store, self.session_id,  # type: ignore
+                                        message["turnId"])
+        except StelloError as exc:
+            await self.reply(p.error(p.HANDLER_ERROR, exc.message))  # type: ignore
+            return
+        except Exception:
+            logger.exception("turn.cancel failed")
+            await self.reply(p.error(p.HANDLER_ERROR, "Internal server error"))  # type: ignore
+            return
+        await self.reply({"type": "turn.cancelled", "turnId": turn_id})  # type: ignore
 
     async def on_resume(self, message: p.SessionResume) -> None:
         parsed = parse_uuid(message["sessionId"])

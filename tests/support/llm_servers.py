@@ -138,6 +138,7 @@ class LoopbackLLMServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.echo_when_idle = True  # False: an unscripted request gets HTTP 500
+        self.clients_gone = 0  # replies cut short because the client closed the connection
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -358,6 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._perform(action, request)
         except _ClientGone:
+            owner.clients_gone += 1
             self.close_connection = True
 
     def _perform(self, action: Action, request: RecordedRequest) -> None:

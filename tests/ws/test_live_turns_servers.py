@@ -180,3 +180,72 @@ async def test_kill_9_mid_stream_leaves_a_failed_turn_and_no_partial_records(
     assert turn.status == "failed" and turn.error
     assert not await Record.objects.filter(turn_id=turn_id).aexists()
     assert await stored_reply(root_id) == [("user", "next"), ("assistant", "after")]
+
+
+async def test_cancel_from_b_stops_a_stream_on_a_and_keeps_nothing(
+        servers, llm, space_id, root_id, alice_key) -> None:
+    a, b = servers
+    llm.reply(WORDS, chunk_delay=0.1)
+    gone_before = llm.clients_gone
+    base = f"/spaces/{space_id}/sessions/{root_id}"
+    async with asyncio.timeout(60), open_ws(a, space_id, alice_key) as ws:
+        await resume(ws, root_id, 0)
+        await send(ws, {"type": "session.stream", "input": "stop me"})
+        started = await recv(ws)
+        assert started["type"] == "turn.started"
+        turn_id = started["turnId"]
+        while (await recv(ws))["type"] != "stream.delta":
+            pass
+        clock = asyncio.get_running_loop().time
+        t0 = clock()
+        status, body = await asyncio.to_thread(
+            http_json, "POST", b.http(f"{base}/turns/{turn_id}/cancel"), alice_key)
+        assert (status, body) == (200, {"turnId": turn_id, "status": "cancelled"})
+        while (frame := await recv(ws))["type"] == "stream.delta":
+            pass
+        elapsed = clock() - t0
+        assert frame == {"type": "turn.cancelled", "turnId": turn_id, "seq": frame["seq"]}
+        assert elapsed < 1.0, elapsed  # the target is 100 ms; the suite shares CPUs
+        error = await recv(ws)  # the stream's own answer
+        assert error == {"type": "error", "code": "HANDLER_ERROR", "seq": frame["seq"],
+                         "message": f"Turn {turn_id} was cancelled"}
+        for _ in range(50):  # the provider's stream was closed by us
+            if llm.clients_gone > gone_before:
+                break
+            await asyncio.sleep(0.05)
+        assert llm.clients_gone > gone_before
+        assert await stored_reply(root_id) == []  # not even the user message
+        assert (await Turn.objects.aget(pk=turn_id)).status == "cancelled"
+
+        # The session is free at once; a cancel of an ended or unknown turn is refused.
+        status, _ = await asyncio.to_thread(http_json, "POST", b.http(f"{base}/turn"),
+                                            alice_key, {"input": "after"}, timeout=5)
+        assert status == 200
+        status, body = await asyncio.to_thread(
+            http_json, "POST", b.http(f"{base}/turns/{turn_id}/cancel"), alice_key)
+        assert (status, body["code"]) == (409, "TURN_NOT_RUNNING")
+        status, body = await asyncio.to_thread(
+            http_json, "POST", b.http(f"{base}/turns/{uuid.uuid4()}/cancel"), alice_key)
+        assert (status, body["code"]) == (404, "TURN_NOT_FOUND")
+
+    # WebSocket turn.cancel (no id: the session's running turn) from B, a stream on A.
+    llm.reply(WORDS, chunk_delay=0.1)
+    async with asyncio.timeout(60), open_ws(a, space_id, alice_key) as ws, \
+            open_ws(b, space_id, alice_key) as other:
+        await send(ws, {"type": "session.enter", "sessionId": root_id})
+        assert (await recv(ws))["type"] == "session.entered"
+        await send(ws, {"type": "session.stream", "input": "stop me too"})
+        assert (await recv(ws))["type"] == "stream.delta"
+        await send(other, {"type": "turn.cancel"})
+        assert (await recv(other))["code"] == "NOT_ENTERED"
+        await send(other, {"type": "session.enter", "sessionId": root_id})
+        assert (await recv(other))["type"] == "session.entered"
+        await send(other, {"type": "turn.cancel", "turnId": 5})
+        assert (await recv(other))["message"] == "turnId must be a string"
+        await send(other, {"type": "turn.cancel"})
+        answer = await recv(other)
+        assert answer["type"] == "turn.cancelled"
+        while (frame := await recv(ws))["type"] == "stream.delta":
+            pass
+        assert frame["message"] == f"Turn {answer['turnId']} was cancelled"  # strict client
+    assert await stored_reply(root_id) == [("user", "after"), ("assistant", "echo: after")]
