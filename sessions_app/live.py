@@ -433,5 +433,32 @@ async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str
     raise TurnNotRunning(f"Turn {turn_id} did not stop within {CANCEL_WAIT_SECONDS:g}s")
 
 
+# -- busy policy ------------------------------------------------------------------------------
+
+IF_BUSY = ("reject", "enqueue", "interrupt")
+
+
+def parse_if_busy(value: Any) -> str | None:
+    """A turn's `ifBusy` (None when not given: the deployment's STELLO_IF_BUSY applies)."""
+    if value is None:
+        return None
+    if value not in IF_BUSY:
+        raise InvalidInput("ifBusy must be one of reject, enqueue, interrupt")
+    return value
+
+
+async def busy_policy(store: SpaceStore, session_id: str, if_busy: str | None) -> bool:
+    """Apply `ifBusy` before a turn takes the session's lock; returns whether the turn may
+    wait for the lock. `reject`: no wait (SESSION_BUSY at once); `enqueue`: wait, bounded by
+    the lock timeout; `interrupt`: cancel the running turn first, then wait."""
+    policy = if_busy or settings.STELLO.get("IF_BUSY", "enqueue")
+    if policy == "interrupt":
+        try:
+            await cancel(store, session_id, None)
+        except TurnNotRunning:
+            pass
+    return policy != "reject"
+
+
 async def _newest_saved(store: SpaceStore, session_id: str) -> int:
     return (await store.read_events(session_id, 1 << 62)).current

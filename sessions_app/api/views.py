@@ -22,6 +22,7 @@ from spaces.viewsets import AsyncViewSet
 
 from ..engine.agent import SpaceAgent
 from ..engine.errors import InvalidInput
+from ..live import busy_policy, parse_if_busy
 from ..models import SessionData
 from ..runtime.pool import runtimes
 from ..store import space_store
@@ -169,11 +170,13 @@ class SessionViewSet(LiveTurnsActions, SpaceScopedViewSet):
     )
     @action(detail=True, methods=["post"])
     async def turn(self, request, space_id: str, session_id: str) -> Response:
-        text = TURN_INPUT.run_validation(request.data)["input"]
+        body = TURN_INPUT.run_validation(request.data)
+        text, if_busy = body["input"], parse_if_busy(body.get("ifBusy"))
         agent = await self.aagent()
+        wait = await busy_policy(agent.store, session_id, if_busy)
         # A client that hangs up does not lose the turn: it completes and is saved.
         runtime = runtimes.current(one_call=self.one_call_loop)
-        result = await runtime.run_detached(agent.turn(session_id, text))
+        result = await runtime.run_detached(agent.turn(session_id, text, wait=wait))
         return Response(result.to_json())
 
     @extend_schema(

@@ -87,9 +87,11 @@ class SpaceAgent:
     # -- turns -----------------------------------------------------------------------------
 
     async def turn(self, session_id: str, input: str, *, turn_id: str | None = None,
-                   on_event: Callable[[LogEvent], None] | None = None) -> TurnResult:
+                   on_event: Callable[[LogEvent], None] | None = None,
+                   wait: bool = True) -> TurnResult:
+        """One turn; `wait=False` refuses at once (SessionBusy) if the session is busy."""
         text = validate_input(input)
-        async with self.locks.hold(session_id):
+        async with self.locks.hold(session_id, wait=wait):
             ctx, history = await self._active_context(session_id)
             loop = self._turn_loop(ctx, history, text, turn_id, on_event,
                                    await self._recovered(ctx))
@@ -99,13 +101,13 @@ class SpaceAgent:
 
     async def stream(
         self, session_id: str, input: str, *, turn_id: str | None = None,
-        on_event: Callable[[LogEvent], None] | None = None,
+        on_event: Callable[[LogEvent], None] | None = None, wait: bool = True,
     ) -> AsyncIterator[StreamChunk | TurnResult]:
         """StreamChunks of every round, then the TurnResult last. The session stays locked for
         the whole stream; closing the generator early releases it. `on_event` is told every
         event of the turn's log as it happens (besides the agent's own sink)."""
         text = validate_input(input)
-        async with self.locks.hold(session_id):
+        async with self.locks.hold(session_id, wait=wait):
             ctx, history = await self._active_context(session_id)
             loop = self._turn_loop(ctx, history, text, turn_id, on_event,
                                    await self._recovered(ctx))

@@ -178,9 +178,9 @@ class SpaceStore(Protocol):
 class SessionLocks(Protocol):
     """Serialises operations on one session, across every server process."""
 
-    def hold(self, session_id: str) -> AbstractAsyncContextManager[None]:
+    def hold(self, session_id: str, *, wait: bool = True) -> AbstractAsyncContextManager[None]:
         """Hold the session until the block exits; raises SessionBusy when the lock could not
-        be had within the configured timeout."""
+        be had within the configured timeout (at once when not `wait`)."""
         ...
 
 

@@ -90,6 +90,7 @@ from ..engine.agent import SpaceAgent
 from ..engine.errors import NotFound, SessionNotFound, StelloError, TurnCancelled
 from ..engine.types import StreamChunk, TurnResult
 from ..events import session_group
+from ..live import busy_policy
 from ..runtime.pool import runtimes
 from ..wire import bootstrap_json, fork_child_json
 from . import protocol as p
@@ -570,7 +571,9 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
         await self.reply(p.session_left(session_id))
 
     async def on_message(self, message: p.SessionMessage) -> None:
-        result = await (await self.agent()).turn(self._current(), message["input"])
+        agent = await self.agent()
+        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"))
+        result = await agent.turn(self._current(), message["input"], wait=wait)
         if self.resumed:  # the turn's events come through the log; the answer after them
             await self.own_answer(p.turn_complete(result.to_json()), result.seq)
             return
@@ -578,7 +581,9 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
 
     async def on_stream(self, message: p.SessionStream) -> None:
         result: TurnResult | None = None
-        stream = (await self.agent()).stream(self._current(), message["input"])
+        agent = await self.agent()
+        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"))
+        stream = agent.stream(self._current(), message["input"], wait=wait)
         resumed = self.resumed
         async with aclosing(stream) as items:
             async for item in items:

@@ -178,11 +178,21 @@ def _leave(data: dict[str, Any]) -> SessionLeave:
 
 
 def _message(data: dict[str, Any]) -> SessionMessage:
-    return {"type": "session.message", "input": required_text(data, "input")}
+    return {"type": "session.message", "input": required_text(data, "input"),
+            **_if_busy(data)}  # type: ignore[typeddict-item]
 
 
 def _stream(data: dict[str, Any]) -> SessionStream:
-    return {"type": "session.stream", "input": required_text(data, "input")}
+    return {"type": "session.stream", "input": required_text(data, "input"),
+            **_if_busy(data)}  # type: ignore[typeddict-item]
+
+
+def _if_busy(data: dict[str, Any]) -> dict[str, str]:
+    """Ours, optional: the busy policy of this turn (docs/live-turns.md)."""
+    from ..live import parse_if_busy
+
+    policy = parse_if_busy(data.get("ifBusy"))
+    return {} if policy is None else {"ifBusy": policy}
 
 
 def _fork(data: dict[str, Any]) -> SessionFork:

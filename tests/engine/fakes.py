@@ -582,8 +582,10 @@ class AsyncioLocks:
         return lock is not None and lock.locked()
 
     @asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
+    async def hold(self, session_id: str, *, wait: bool = True) -> AsyncIterator[None]:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
+        if not wait and lock.locked():
+            raise SessionBusy()
         try:
             await asyncio.wait_for(lock.acquire(), self.timeout)
         except TimeoutError:

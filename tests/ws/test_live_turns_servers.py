@@ -165,7 +165,9 @@ async def test_kill_9_mid_stream_leaves_a_failed_turn_and_no_partial_records(
             turn_id = frame["turnId"]
             assert await sync_to_async(Record.objects.filter(turn_id=turn_id).count)() >= 2
             a.kill()  # SIGKILL: no cleanup of any kind
-        servers[0] = restart(a, servers)
+        fresh = restart(a, servers)  # appended (so it is stopped at the end) ...
+        servers.remove(fresh)
+        servers[0] = fresh  # ... and A again for the next tests
         # The next turn on B notices the abandoned turn under the (now free) lock.
         llm.reply("after")
         async with open_ws(b, space_id, alice_key) as ws:
@@ -249,3 +251,32 @@ async def test_cancel_from_b_stops_a_stream_on_a_and_keeps_nothing(
             pass
         assert frame["message"] == f"Turn {answer['turnId']} was cancelled"  # strict client
     assert await stored_reply(root_id) == [("user", "after"), ("assistant", "echo: after")]
+
+
+async def test_if_busy_reject_and_interrupt(servers, llm, space_id, root_id, alice_key) -> None:
+    a, b = servers
+    base = f"/spaces/{space_id}/sessions/{root_id}"
+    llm.reply(WORDS, chunk_delay=0.1)
+    async with asyncio.timeout(60), open_ws(a, space_id, alice_key) as ws:
+        await send(ws, {"type": "session.enter", "sessionId": root_id})
+        assert (await recv(ws))["type"] == "session.entered"
+        await send(ws, {"type": "session.stream", "input": "long"})
+        assert (await recv(ws))["type"] == "stream.delta"
+        clock = asyncio.get_running_loop().time
+        t0 = clock()
+        status, body = await asyncio.to_thread(http_json, "POST", b.http(f"{base}/turn"),
+                                               alice_key, {"input": "no", "ifBusy": "reject"})
+        assert (status, body["code"]) == (409, "SESSION_BUSY")
+        assert clock() - t0 < 2  # at once, not after the lock timeout
+        status, body = await asyncio.to_thread(http_json, "POST", b.http(f"{base}/turn"),
+                                               alice_key, {"input": "x", "ifBusy": "maybe"})
+        assert (status, body["code"]) == (400, "INVALID_INPUT")
+        assert body["error"] == "ifBusy must be one of reject, enqueue, interrupt"
+        # interrupt: the running stream is cancelled, then this turn runs.
+        status, body = await asyncio.to_thread(http_json, "POST", b.http(f"{base}/turn"),
+                                               alice_key, {"input": "now", "ifBusy": "interrupt"})
+        assert status == 200 and body["turn"]["finalContent"] == "echo: now"
+        while (frame := await recv(ws))["type"] == "stream.delta":
+            pass
+        assert frame["type"] == "error" and "was cancelled" in frame["message"]
+    assert await stored_reply(root_id) == [("user", "now"), ("assistant", "echo: now")]
