@@ -501,7 +501,7 @@ async def test_message_completes_a_turn_like_rest(space_id, root_id, alice_key,
         "echo: hello", 0, 0)
     rest = await sync_to_async(alice_client.post)(
         f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "hello"}, format="json")
-    assert set(rest.json()) == set(reply["result"]) == {"turn"}
+    assert set(rest.json()) == set(reply["result"]) == {"turn", "turnId"}  # turnId: added
     assert set(rest.json()["turn"]) == set(turn)
     assert json.loads(turn["rawResponse"])["content"] == "echo: hello"
     assert await records_of(root_id) == [("user", "hello"), ("assistant", "echo: hello")] * 2
