@@ -149,12 +149,14 @@ def publish(session_id: str, event: LogEvent) -> None:
         _listen_for_cancels()
     outbox = _outboxes.setdefault(session_id, _Outbox())
     outbox.events.append(event)
-    if outbox.task is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - the engine always runs on a loop
-            outbox.events.clear()
-            return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - the engine always runs on a loop
+        outbox.events.clear()
+        return
+    # A drain left by a loop that has gone (a one-call loop: the sync test client, the admin)
+    # never runs again: start one on this loop.
+    if outbox.task is None or outbox.task.done() or outbox.task.get_loop() is not loop:
         outbox.task = loop.create_task(_drain(session_id, outbox))
         pending.add(outbox.task)
         outbox.task.add_done_callback(pending.discard)
@@ -171,9 +173,10 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
                                exc_info=True)
     finally:
         # No await since the loop saw the outbox empty: nothing was filed meanwhile.
-        outbox.task = None
-        if _outboxes.get(session_id) is outbox:
-            del _outboxes[session_id]
+        if outbox.task is asyncio.current_task():
+            outbox.task = None
+            if not outbox.events and _outboxes.get(session_id) is outbox:
+                del _outboxes[session_id]
 
 
 async def _send(session_id: str, batch: list[LogEvent]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -129,4 +130,51 @@ async def test_resume_refuses_the_future_and_other_spaces(space_id, root_id, ali
     await resume(ws, root_id, 0)
     reply = await ask(ws, {"type": "session.resume", "sessionId": root_id, "since": 0})
     assert reply["code"] == "ALREADY_ENTERED"
+    await ws.disconnect()
+
+
+@bounded()
+async def test_a_resume_from_a_pruned_seq_gets_gap_then_the_snapshot(space_id, root_id,
+                                                                     alice_key,
+                                                                     settings) -> None:
+    settings.STELLO = {**settings.STELLO, "EVENT_RETENTION": 2}
+    ws = await open_ws(space_id, alice_key)
+    await enter(ws, root_id)
+    for text in ("one", "two"):
+        assert (await ask(ws, {"type": "session.message", "input": text}))["type"] == \
+            "turn.complete"
+    assert [e.seq async for e in SessionEvent.objects.filter(session_id=root_id)] == [3, 4]
+    late = await open_ws(space_id, alice_key)
+    await resume(late, root_id, 1)
+    gap = await recv(late)
+    assert (gap["type"], gap["since"], gap["seq"]) == ("gap", 1, 4)
+    assert gap["bootstrap"]["session"]["id"] == root_id  # the snapshot to start again from
+    await nothing_more(late)
+    # From a seq still kept: no gap.
+    kept = await open_ws(space_id, alice_key)
+    await resume(kept, root_id, 2)
+    assert [(await recv(kept))["seq"] for _ in range(2)] == [3, 4]
+    for c in (ws, late, kept):
+        await c.disconnect()
+
+
+@bounded()
+async def test_a_slow_follower_gets_gap_and_holds_no_more_than_its_buffer(space_id, root_id,
+                                                                          alice_key) -> None:
+    from sessions_app import live
+    from sessions_app.engine.types import LogEvent
+    from sessions_app.store import space_store
+
+    ws = await open_ws(space_id, alice_key)
+    await enter(ws, root_id)
+    assert (await ask(ws, {"type": "session.message", "input": "x"}))["type"] == "turn.complete"
+    async with live.Follower(space_store(space_id), root_id, 2, queue_limit=3) as follower:
+        for seq in range(3, 13):  # a burst the follower does not read
+            live.publish(root_id, LogEvent(seq, "stream.delta", {"chunk": str(seq)}))
+        await live.drain()
+        await asyncio.sleep(0.05)
+        assert follower._queue.qsize() <= 3
+        first = await anext(aiter(follower))
+        assert first.type == "gap" and first.payload["since"] == 2
+    await live.buffer().clear(root_id)
     await ws.disconnect()
