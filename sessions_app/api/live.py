@@ -21,6 +21,7 @@ from spaces.renderers import FastJSONRenderer
 from spaces.schema import SEGMENT_PATTERN, error_responses
 
 from .. import live
+from ..engine.errors import InvalidInput
 from ..engine.types import LogEvent
 from ..wire import bootstrap_json
 from .schema import SESSION_PARAMETERS
@@ -152,8 +153,6 @@ class LiveTurnsActions:
             if since is None:
                 follower.position = since = (await store.read_events(session_id, 1 << 62)).current
             elif since > newest:
-                from ..engine.errors import InvalidInput
-
                 raise InvalidInput(f"since is ahead of the session's newest event ({newest})")
         except BaseException:
             await follower.__aexit__(None, None, None)
