@@ -162,6 +162,7 @@ class TurnLoop:
         self._on_event = on_event
         self._task: asyncio.Task[Any] | None = None
         self._cancel_requested = False
+        self._at_yield = False
         self._chunks: list[str] = []
         self._round = 0
         # Events a dead process told and never saved: written with our first call.
@@ -208,7 +209,10 @@ class TurnLoop:
         if task is None or task.done() or self._cancel_requested:
             return False
         self._cancel_requested = True
-        task.cancel()
+        if not self._at_yield:
+            task.cancel()
+        # At a yield the caller's task is busy with our chunk (e.g. sending it): cancelling
+        # it there would hit the caller, so the turn stops as soon as it is resumed.
         return True
 
     async def _rounds(self, *, streaming: bool) -> AsyncGenerator[StreamChunk | TurnResult, None]:
@@ -217,11 +221,17 @@ class TurnLoop:
         try:
             async with aclosing(self._rounds_inner(streaming=streaming)) as items:
                 async for item in items:
-                    yield item
+                    self._at_yield = True
+                    try:
+                        yield item
+                    finally:
+                        self._at_yield = False
+                    if self._cancel_requested:
+                        raise asyncio.CancelledError()
         except asyncio.CancelledError:
             if not self._cancel_requested:
                 raise
-            if self._task is not None:
+            if self._task is not None and self._task.cancelling():
                 self._task.uncancel()
             raise TurnCancelled(self.turn_id, await self._cancelled()) from None
         finally:
