@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from .engine.errors import InvalidInput, TurnNotRunning
+from .engine.errors import InvalidInput, SessionNotFound, TurnNotRunning
 from .engine.ports import SpaceStore
 from .engine.turn import RUNNING
 from .engine.types import LogEvent
@@ -48,6 +49,14 @@ def parse_since(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 62:
         raise InvalidInput("since must be a non-negative integer")
     return value
+
+
+def session_key(session_id: str) -> str:
+    """The session id as the groups and keys spell it; anything but a UUID is not found."""
+    try:
+        return str(uuid.UUID(str(session_id)))
+    except ValueError:
+        raise SessionNotFound() from None
 
 
 def events_group(session_id: str) -> str:
@@ -221,7 +230,7 @@ class Follower:
     def __init__(self, store: SpaceStore, session_id: str, since: int, *,
                  queue_limit: int | None = None) -> None:
         self.store = store
-        self.session_id = session_id
+        self.session_id = session_key(session_id)
         self.position = since
         limit = queue_limit or settings.STELLO.get("EVENT_SUBSCRIBER_BUFFER", 1000)
         self._queue: asyncio.Queue[LogEvent] = asyncio.Queue(limit)
@@ -402,6 +411,7 @@ async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str
     """Cancel the session's running turn (`turn_id`, or whichever runs), in any process; wait
     until it has stopped and return its id. TurnNotFound for a turn this session does not
     know, TurnNotRunning for one that has ended (or no running turn)."""
+    session_id = session_key(session_id)
     live_turns, current = _live_turns(await buffer().read(session_id))
     if turn_id is None:
         local = next((t for t in RUNNING.values() if t.session_id == session_id), None)

@@ -108,8 +108,11 @@ class MessageSerializer(serializers.Serializer):
 class TurnInputSerializer(BodySerializer):
     input = StrictCharField(error_messages=messages("input"),
                             help_text="The user's message; non-empty.")
-    ifBusy = serializers.JSONField(
-        required=False, help_text="Our addition: `reject` (409 `SESSION_BUSY` at once), "
+    ifBusy = serializers.ChoiceField(
+        ["reject", "enqueue", "interrupt"], required=False,
+        error_messages={k: "ifBusy must be one of reject, enqueue, interrupt"
+                        for k in ("invalid_choice", "null", "invalid")},
+        help_text="Our addition: `reject` (409 `SESSION_BUSY` at once), "
                                   "`enqueue` (wait; the default) or `interrupt` (cancel the "
                                   "running turn, then run) when the session runs a turn.")
 
