@@ -225,7 +225,9 @@ def aim(case, world: World) -> None:
             or meta.phase.data.parameter_location == ParameterLocation.PATH):
         return
     targets = {"space_id": world.space, "session_id": world.child}
-    case.path_parameters.update({name: targets[name] for name in case.path_parameters})
+    # A turn id stays as generated (no turn is in the world): TURN_NOT_FOUND, documented.
+    case.path_parameters.update({name: targets.get(name, value)
+                                 for name, value in case.path_parameters.items()})
     assert case.meta is not None  # revalidates the case's metadata after the edit
 
 
