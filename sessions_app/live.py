@@ -51,6 +51,11 @@ def parse_since(value: Any) -> int:
     return value
 
 
+def _stopping() -> bool:
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 def session_key(session_id: str) -> str:
     """The session id as the groups and keys spell it; anything but a UUID is not found."""
     try:
@@ -265,6 +270,8 @@ class Follower:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if _stopping():  # redis-py may turn our cancellation into another error
+                    return
                 logger.warning("event listener failed (session %s)", self.session_id,
                                exc_info=True)
                 await asyncio.sleep(0.5)
@@ -385,6 +392,8 @@ async def _cancel_listener() -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
+            if _stopping():  # redis-py may turn our cancellation into another error
+                return
             logger.warning("cancel listener failed", exc_info=True)
             await asyncio.sleep(0.5)
             continue

@@ -128,6 +128,9 @@ class Runtime:
         ) if conninfo and durable_jobs else None
         self._queue_running = False
         self._queue_start: asyncio.Task[None] | None = None
+        # A loop that lives for one call cannot keep listeners (cancels, followers) running:
+        # its turns are logged, not published live (followers catch up from the log).
+        self.live = durable_jobs
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
         self.detached: set[asyncio.Task[Any]] = set()
 
@@ -190,8 +193,8 @@ class Runtime:
             locks=self.locks,
             jobs=SpaceJobs(self.jobs, self.queue, space_id, self.agent, self.queue_ready),
             settings=self.engine_settings,
-            on_event=live.publish,  # the session's event log, live (sessions_app/live.py)
-            recover_events=live.recover,
+            on_event=live.publish if self.live else None,  # the log, live (live.py)
+            recover_events=live.recover if self.live else None,
         )
 
     async def aclose(self) -> None:
