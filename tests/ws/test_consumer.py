@@ -23,6 +23,7 @@ from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from sessions_app import live
 from sessions_app.engine.errors import LLMError
 from sessions_app.engine.llm.offline import OfflineLLM
 from sessions_app.engine.types import LLMResponse, Message, StreamDelta, ToolCall, ToolSpec
@@ -831,6 +832,10 @@ async def test_only_a_watching_connection_uses_the_channel_layer(
 ) -> None:
     calls: list[str] = []
     layer = get_channel_layer()
+    # The process's one listener for turn cancels (sessions_app/live.py) joins its group once,
+    # with the first turn; it is not a connection's: start it before counting.
+    live._listen_for_cancels()
+    await asyncio.sleep(0.2)
     for name in ("new_channel", "group_add", "group_discard", "receive"):
         original = getattr(layer, name)
 
