@@ -559,12 +559,13 @@ def _write_turn(session_pk: Any, turn: TurnWrite, now, end_turn: bool) -> int:
                                                  error=ABANDONED_ERROR, updated_at=now)
         dropped, _ = Record.objects.filter(session_id=session_pk, turn_id__in=stale).delete()
     result = None if turn.result is None else storable(dict(turn.result))
-    Turn.objects.update_or_create(
-        id=parse_uuid(turn.turn_id),
-        defaults={"status": turn.status, "result": result, "updated_at": now},
-        create_defaults={"session_id": session_pk, "status": turn.status,
-                         "input": storable(turn.input), "result": result,
-                         "created_at": now, "updated_at": now})
+    turn_pk = parse_uuid(turn.turn_id)
+    # One statement each (no savepoint, no read first): the row exists after the first call.
+    if not Turn.objects.filter(id=turn_pk).update(status=turn.status, result=result,
+                                                   updated_at=now):
+        Turn.objects.bulk_create([Turn(id=turn_pk, session_id=session_pk, status=turn.status,
+                                       input=storable(turn.input), result=result,
+                                       created_at=now, updated_at=now)])
     _write_events(session_pk, turn.events, now)
     if end_turn and (below := prune_to(turn.event_seq)):
         SessionEvent.objects.filter(session_id=session_pk, seq__lte=below).delete()
