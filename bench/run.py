@@ -92,12 +92,13 @@ except ImportError:  # the openai SDK of this project ships it as `httpx2`
     import httpx2 as httpx
 
 ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight", "messagepage",
-              "usage")
+              "usage", "resume")
 DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the others are opt-in
 OURS_ONLY_PHASES = {"inflight": "needs our server on the slow LLM (bench/slow_llm.py); the Node "
                                 "original has a fake LLM without delay, so it is not run there",
                     "messagepage": "the Node original has no paged message list",
-                    "usage": "usage accounting is ours: the Node original has no usage routes"}
+                    "usage": "usage accounting is ours: the Node original has no usage routes",
+                    "resume": "session.resume is ours; the Node original cannot resume"}
 PAGE_SMALL_TURNS = 50  # the messagepage phase's short session: 100 messages
 TREE_FORKS = 8
 # Every space of a run is labelled `stello-bench-<run>-...`, so the final cleanup finds them all.
@@ -1247,6 +1248,61 @@ class RssSampler:
         }
 
 
+# --------------------------------------------------------------------------- resume phase
+
+
+async def phase_resume(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
+    """Resume latency (docs/live-turns.md): one streamed turn is logged, then, for --seconds,
+    a fresh connection sends `session.resume` from just before that turn and is timed until the
+    last missed event (`turn.completed`) arrives: connect excluded, every event replayed."""
+    space, main = await create_space(api, fixtures, f"{LABEL}-resume")
+    session = (await fork_many(api, space, main, 1, "resume"))[0]
+    url = ws_url(config.base_urls[0], space)
+    headers = {"X-API-Key": config.api_key}
+    stats = Stats()
+    samples: list[float] = []
+    events = 0
+
+    async def frames_until(ws: Any, wanted: str, deadline: float) -> list[dict[str, Any]]:
+        got = []
+        while True:
+            left = deadline - time.perf_counter()
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), max(left, 0.001)))
+            got.append(frame)
+            if frame.get("type") in (wanted, "error"):
+                return got
+
+    deadline = time.perf_counter() + config.warmup + config.seconds + config.grace + 10
+    async with ws_connect(url, additional_headers=headers, open_timeout=5,
+                          proxy=None) as ws:
+        await ws.send(orjson.dumps({"type": "session.resume", "sessionId": session,
+                                    "since": 0}).decode())
+        await frames_until(ws, "session.entered", deadline)
+        await ws.send(orjson.dumps({"type": "session.stream",
+                                    "input": "a turn to resume " * 8}).decode())
+        logged = await frames_until(ws, "stream.end", deadline)
+    events = len([f for f in logged if "seq" in f and f["type"] != "stream.end"])
+    last = logged[-1].get("seq", 0)
+    stop_at = time.perf_counter() + config.seconds
+    while time.perf_counter() < stop_at:
+        try:
+            async with ws_connect(url, additional_headers=headers, open_timeout=5,
+                                  proxy=None) as ws:
+                started = time.perf_counter()
+                await ws.send(orjson.dumps({"type": "session.resume", "sessionId": session,
+                                            "since": 0}).decode())
+                got = await frames_until(ws, "turn.completed", deadline)
+                if got[-1].get("seq") != last:
+                    stats.error(f"resume ended at {got[-1]}")
+                    continue
+                samples.append((time.perf_counter() - started) * 1000)
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            stats.error(type(exc).__name__)
+    return {"resumes": len(samples), "eventsReplayed": events,
+            "resumeMs": latency_summary(samples),
+            "errors": sum(stats.errors.values()), "errorKinds": dict(stats.errors)}
+
+
 # --------------------------------------------------------------------------- main
 
 PHASES = {
@@ -1259,6 +1315,7 @@ PHASES = {
     "inflight": ("inflight", phase_inflight),
     "messagepage": ("messagePage", phase_messagepage),
     "usage": ("usageRead", phase_usage),
+    "resume": ("resume", phase_resume),
 }
 # The figures compared with --compare-base-url: (rates: more is better, latencies: less is
 # better); dotted paths into a phase's result. For longSession every entry of `medianMs` too.

@@ -40,6 +40,9 @@ class Session(models.Model):
     # The id of the newest record the session's memory (L2) covers: consolidation sends only
     # the records after it, and writes its result only if no other one covered more meanwhile.
     memory_covered_up_to = models.BigIntegerField(default=0, db_default=0)  # SQL inserts too
+    # The seq of the session's last logged event (`SessionEvent`), kept in the transaction
+    # that writes the events so seqs stay gap-free per session.
+    event_seq = models.BigIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_active_at = models.DateTimeField(auto_now_add=True)
@@ -108,6 +111,8 @@ class Record(models.Model):
     tool_calls = models.JSONField(null=True, blank=True)
     tool_call_id = models.TextField(null=True, blank=True)
     timestamp = models.DateTimeField()
+    # The turn that wrote the record (none for forked copies and older records).
+    turn_id = models.UUIDField(null=True, blank=True, db_index=True)
 
     class Meta:
         db_table = "records"
@@ -203,6 +208,62 @@ class RetentionPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"archive after {self.archive_idle_days}, delete after {self.delete_archived_days}"
+
+
+class Turn(models.Model):
+    """One user turn as a resource: created by its first saved call, so a turn that saved
+    nothing leaves no row unless it failed or was cancelled (then it is written with why)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="turns")
+    status = models.CharField(max_length=16, choices=Status.choices)
+    input = models.TextField(default="", blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "turns"
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["session", "created_at"], name="turns_session_order"),
+            # Every turn start asks for the session's running turns (left by a dead process).
+            models.Index(fields=["session"], condition=Q(status="running"),
+                         name="turns_running"),
+        ]
+
+    def __str__(self) -> str:
+        return f"turn {self.id} ({self.status})"
+
+
+class SessionEvent(models.Model):
+    """The session's event log: `seq` counts the session's events one by one. The deltas of
+    one streamed round are kept as ONE row numbered `seq`..`last_seq` (payload `chunks`)."""
+
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
+    seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    type = models.CharField(max_length=32)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "session_events"
+        ordering = ["session", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="unique_session_event_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.seq}"
 
 
 # Usage accounting lives in its own module (its tables are this app's).

@@ -57,19 +57,21 @@ ERROR_CODES: dict[int, tuple[str, tuple[str, ...], str]] = {
           '`X-API-Key` or `Authorization: Bearer`.'),
     403: ("ForbiddenError", ("FORBIDDEN",), "The space belongs to another user."),
     404: ("NotFoundError", ("NOT_FOUND", "SPACE_NOT_FOUND", "SESSION_NOT_FOUND",
-                            "MESSAGE_NOT_FOUND", "CORE_KEY_NOT_FOUND"),
+                            "MESSAGE_NOT_FOUND", "CORE_KEY_NOT_FOUND", "TURN_NOT_FOUND"),
           "Unknown space (`SPACE_NOT_FOUND`), a session that is not in this space "
           "(`SESSION_NOT_FOUND`), a message that is not in this session (`MESSAGE_NOT_FOUND`), "
-          "a core memory key that is not set (`CORE_KEY_NOT_FOUND`) or an unknown path "
-          "(`NOT_FOUND`). Malformed ids are simply unknown."),
+          "a core memory key that is not set (`CORE_KEY_NOT_FOUND`), a turn that is not in "
+          "this session (`TURN_NOT_FOUND`) or an unknown path (`NOT_FOUND`). Malformed ids are "
+          "simply unknown."),
     409: ("ConflictError", ("SESSION_ARCHIVED", "SESSION_BUSY", "MAIN_SESSION_NOT_ARCHIVABLE",
                             "MAIN_SESSION_NOT_DELETABLE", "MESSAGE_NOT_EDITABLE",
-                            "NOTHING_TO_REGENERATE"),
+                            "NOTHING_TO_REGENERATE", "TURN_CANCELLED", "TURN_NOT_RUNNING"),
           "The session is archived (`SESSION_ARCHIVED`), or busy: it could not be had within "
           "`STELLO_SESSION_LOCK_TIMEOUT_SECONDS` (`SESSION_BUSY`); archiving or deleting the "
           "main session (`MAIN_SESSION_NOT_ARCHIVABLE`, `MAIN_SESSION_NOT_DELETABLE`); editing "
           "a message other than the last user message (`MESSAGE_NOT_EDITABLE`); regenerating "
-          "without a turn (`NOTHING_TO_REGENERATE`)."),
+          "without a turn (`NOTHING_TO_REGENERATE`); the turn was cancelled while running "
+          "(`TURN_CANCELLED`); a cancel of a turn that is not running (`TURN_NOT_RUNNING`)."),
     413: ("PayloadTooLargeError", ("PAYLOAD_TOO_LARGE",),
           "The body is larger than `STELLO_MAX_BODY_BYTES`."),
     429: ("RateLimitedError", ("RATE_LIMITED", "QUOTA_EXCEEDED"),

@@ -361,6 +361,14 @@ STELLO = {
     "CONSOLIDATE_ON_LEAVE": env_bool("STELLO_CONSOLIDATE_ON_LEAVE", False),
     "CONSOLIDATE_ON_ARCHIVE": env_bool("STELLO_CONSOLIDATE_ON_ARCHIVE", True),
     "MEMORY_LANGUAGE": env_str("STELLO_MEMORY_LANGUAGE", "English"),
+    # Event-log entries kept per session (older ones are pruned at the end of a turn; a resume
+    # from before them gets `gap`); 0 keeps everything.
+    "EVENT_RETENTION": env_int("STELLO_EVENT_RETENTION", 10000, minimum=0),
+    # Live events a resumed WebSocket or SSE subscriber may have waiting before it gets `gap`.
+    "EVENT_SUBSCRIBER_BUFFER": env_int("STELLO_EVENT_SUBSCRIBER_BUFFER", 1000, minimum=1),
+    # What a turn does when its session runs one (a request's `ifBusy` wins).
+    "IF_BUSY": env_choice("STELLO_IF_BUSY", "enqueue", ("reject", "enqueue", "interrupt")),
+    "SSE_HEARTBEAT_SECONDS": env_float("STELLO_SSE_HEARTBEAT_SECONDS", 15.0, minimum=0.01),
     "AGENT_IDLE_TTL_SECONDS": env_int("STELLO_AGENT_IDLE_TTL_SECONDS", 300, minimum=1),
     "SESSION_LOCK_TIMEOUT_SECONDS": env_float("STELLO_SESSION_LOCK_TIMEOUT_SECONDS", 120.0,
                                               minimum=0.0),

@@ -111,6 +111,13 @@ class MessageSerializer(serializers.Serializer):
 class TurnInputSerializer(BodySerializer):
     input = StrictCharField(error_messages=messages("input"),
                             help_text="The user's message; non-empty.")
+    ifBusy = serializers.ChoiceField(
+        ["reject", "enqueue", "interrupt"], required=False,
+        error_messages={k: "ifBusy must be one of reject, enqueue, interrupt"
+                        for k in ("invalid_choice", "null", "invalid")},
+        help_text="Our addition: `reject` (409 `SESSION_BUSY` at once), "
+                                  "`enqueue` (wait; the default) or `interrupt` (cancel the "
+                                  "running turn, then run) when the session runs a turn.")
 
 
 class EngineTurnResultSerializer(serializers.Serializer):
@@ -125,6 +132,8 @@ class EngineTurnResultSerializer(serializers.Serializer):
 
 class TurnResponseSerializer(serializers.Serializer):
     turn = EngineTurnResultSerializer()
+    turnId = serializers.CharField(help_text="Our addition: the turn's id "
+                                             "(GET .../turns/{turnId}).")
 
 
 def _optional_text(help_text: str) -> serializers.CharField:

@@ -24,11 +24,13 @@ from spaces.viewsets import AsyncViewSet
 from ..accounting.quotas import admit_turn
 from ..engine.agent import SpaceAgent
 from ..engine.errors import InvalidInput
+from ..live import busy_policy, parse_if_busy
 from ..models import SessionData
 from ..runtime.pool import runtimes
 from ..store import space_store
 from ..wire import archive_json, fork_child_json, session_meta_json
 from .conversations import MESSAGE_PAGING, MESSAGES_OR_PAGE, ConversationActions
+from .live import LiveTurnsActions
 from .schema import SESSION_PARAMETERS, SPACE_PARAMETERS, SessionSchema, SlotDoc, slot_schema
 from .serializers import (
     FORK_OPTIONS,
@@ -109,7 +111,7 @@ def slot_action(key: str, url_path: str, *, writable: bool):
         action(detail=True, methods=methods, url_path=url_path)(slot))
 
 
-class SessionViewSet(ConversationActions, SpaceScopedViewSet):
+class SessionViewSet(LiveTurnsActions, ConversationActions, SpaceScopedViewSet):
     """`/spaces/{space_id}/sessions[/{session_id}[/...]]`."""
 
     lookup_url_kwarg = "session_id"
@@ -174,12 +176,14 @@ class SessionViewSet(ConversationActions, SpaceScopedViewSet):
     )
     @action(detail=True, methods=["post"])
     async def turn(self, request, space_id: str, session_id: str) -> Response:
-        text = TURN_INPUT.run_validation(request.data)["input"]
+        body = TURN_INPUT.run_validation(request.data)
+        text, if_busy = body["input"], parse_if_busy(body.get("ifBusy"))
         await admit_turn(request.user.id, getattr(request.auth, "pk", None))  # 429 over quota
         agent = await self.aagent()
+        wait = await busy_policy(agent.store, session_id, if_busy)
         # A client that hangs up does not lose the turn: it completes and is saved.
         runtime = runtimes.current(one_call=self.one_call_loop)
-        result = await runtime.run_detached(agent.turn(session_id, text))
+        result = await runtime.run_detached(agent.turn(session_id, text, wait=wait))
         return Response(result.to_json())
 
     @extend_schema(

@@ -7,7 +7,7 @@ session's lock; background work (consolidation, integration) only goes through `
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -29,6 +29,7 @@ from .types import (
     EngineSettings,
     ForkOptions,
     IntegrationResult,
+    LogEvent,
     MemoryJob,
     SessionMeta,
     StreamChunk,
@@ -68,6 +69,8 @@ class SpaceAgent:
         llm_profiles: Mapping[str, LLM] | None = None,
         tool_source: ToolSource | None = None,
         price: PriceFunction = no_price,
+        on_event: Callable[[str, LogEvent], None] | None = None,
+        recover_events: Callable[[str], Awaitable[Sequence[LogEvent]]] | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -84,18 +87,40 @@ class SpaceAgent:
         self.tool_source = tool_source  # the space's MCP servers, if it uses any
         self.price = price  # what a call costs (usage accounting)
         self._histories = HistoryCache()
+        self.on_event = on_event  # (session_id, event): the session's event log, live
+        # The events a dead process told but never saved (its turn is still marked running).
+        self.recover_events = recover_events
+
+    def _event_sink(
+        self, session_id: str, also: Callable[[LogEvent], None] | None
+    ) -> Callable[[LogEvent], None] | None:
+        publish = self.on_event
+        if publish is None:
+            return also
+        if also is None:
+            return lambda event: publish(session_id, event)
+
+        def both(event: LogEvent) -> None:
+            publish(session_id, event)
+            also(event)
+
+        return both
 
     # -- turns -----------------------------------------------------------------------------
 
-    async def turn(self, session_id: str, input: str) -> TurnResult:
+    async def turn(self, session_id: str, input: str, *, turn_id: str | None = None,
+                   on_event: Callable[[LogEvent], None] | None = None,
+                   wait: bool = True) -> TurnResult:
+        """One turn; `wait=False` refuses at once (SessionBusy) if the session is busy."""
         text = validate_input(input)
         extra, notes = await self._extra_tools(), await self._extra_system()
         usage = self._usage_scope(session_id)
         try:
-            async with self.locks.hold(session_id):
+            async with self.locks.hold(session_id, wait=wait):
                 ctx, history = await self._active_context(session_id)
-                loop = self._turn_loop(ctx, history, text, usage, extra_tools=extra,
-                                       extra_system=notes)
+                loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
+                                       on_event=on_event, recovered=await self._recovered(ctx),
+                                       extra_tools=extra, extra_system=notes)
                 result = await loop.run()
         except BaseException:
             await usage.flush(self.store, quietly=True)  # calls made before the failure
@@ -103,17 +128,22 @@ class SpaceAgent:
         await self._after_turn(ctx, loop.turn_count)
         return result
 
-    async def stream(self, session_id: str, input: str) -> AsyncIterator[StreamChunk | TurnResult]:
+    async def stream(
+        self, session_id: str, input: str, *, turn_id: str | None = None,
+        on_event: Callable[[LogEvent], None] | None = None, wait: bool = True,
+    ) -> AsyncIterator[StreamChunk | TurnResult]:
         """StreamChunks of every round, then the TurnResult last. The session stays locked for
-        the whole stream; closing the generator early releases it."""
+        the whole stream; closing the generator early releases it. `on_event` is told every
+        event of the turn's log as it happens (besides the agent's own sink)."""
         text = validate_input(input)
         extra, notes = await self._extra_tools(), await self._extra_system()
         usage = self._usage_scope(session_id)
         try:
-            async with self.locks.hold(session_id):
+            async with self.locks.hold(session_id, wait=wait):
                 ctx, history = await self._active_context(session_id)
-                loop = self._turn_loop(ctx, history, text, usage, extra_tools=extra,
-                                       extra_system=notes)
+                loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
+                                       on_event=on_event, recovered=await self._recovered(ctx),
+                                       extra_tools=extra, extra_system=notes)
                 async with aclosing(loop.stream()) as items:
                     async for item in items:
                         yield item
@@ -154,8 +184,22 @@ class SpaceAgent:
         if self.tool_source is not None:
             await self.tool_source.aclose()
 
+    async def _recovered(self, ctx: TurnContext) -> tuple[LogEvent, ...]:
+        """Only after a process died mid-turn (rare): what it told and never saved, so the
+        log keeps the seqs its clients saw."""
+        if not ctx.running_turns or self.recover_events is None:
+            return ()
+        try:
+            told = await self.recover_events(ctx.session.id)
+        except Exception:  # the turn goes on; the dead turn's unsaved events are lost
+            return ()
+        return tuple(sorted((e for e in told if e.seq > ctx.event_seq), key=lambda e: e.seq))
+
     def _turn_loop(self, ctx: TurnContext, history: History, text: str,
                    usage: UsageScope, store: SpaceStore | None = None, *,
+                   turn_id: str | None = None,
+                   on_event: Callable[[LogEvent], None] | None = None,
+                   recovered: Sequence[LogEvent] = (),
                    extra_tools: Sequence[Tool] = (),
                    extra_system: Sequence[str] = ()) -> TurnLoop:
         session_id = ctx.session.id
@@ -196,6 +240,11 @@ class SpaceAgent:
             max_tool_rounds=self.settings.max_tool_rounds,
             on_saved=lambda messages, saved: self._histories.saved(session_id, messages, saved),
             usage=usage,
+            turn_id=turn_id,
+            event_seq=ctx.event_seq,
+            abandoned=ctx.running_turns,  # we hold the lock: nobody is running them
+            recovered=recovered,
+            on_event=self._event_sink(session_id, on_event),
         )
 
     async def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:

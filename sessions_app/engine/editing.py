@@ -7,8 +7,8 @@ The rules (docs/conversations.md tells clients):
   interleaves with a turn, a fork or another edit on that session; a running turn makes it wait
   (up to the lock timeout, then 409 SESSION_BUSY). An archived session refuses them (409).
 - Re-running (edit, regenerate) replaces the LAST turn: its user message and everything after
-  it. The new turn runs on the history before it; its first saved call removes the old turn in
-  the same transaction, so a model failure on that call leaves the session exactly as it was.
+  it. The new turn runs on the history before it; the old turn is removed only once its first
+  call has answered, so a model failure on that call leaves the session exactly as it was.
   `turnCount` loses the replaced turn if it had completed (a final reply) and gains the new one.
 - Deleting removes one message, or the whole tool-call group it belongs to (an assistant
   message with tool calls and their results); later messages stay; `turnCount` is unchanged.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Conflict, InvalidInput, NotFound, SessionArchived
 from .history import History
-from .types import Message, SaveResult, TurnContext, TurnResult
+from .types import Message, SaveResult, TurnContext, TurnResult, TurnWrite
 from .usage import CallUsage
 
 if TYPE_CHECKING:
@@ -96,18 +96,18 @@ class _RewritingStore:
         self, session_id: str, messages: Sequence[Message], *,
         consumed_insight: str | None = None, end_turn: bool = False,
         usage: Sequence[CallUsage] = (),
+        turn: TurnWrite | None = None,
     ) -> SaveResult:
-        if self._remove is None:
-            return await self._store.save_call(
-                session_id, messages, consumed_insight=consumed_insight, end_turn=end_turn,
-                usage=usage)
-        remove, self._remove = self._remove, None
-        saved = await self._store.rewrite_records(
-            session_id, remove, messages, consumed_insight=consumed_insight,
-            end_turn=end_turn, turns_removed=self._turns_removed)
-        if usage:  # the re-run's calls are paid for like any turn's
-            await self._store.record_usage(usage)
-        return saved
+        if self._remove is not None:
+            # The old turn goes first; then the new call is saved like any turn's (its turn row,
+            # its events, its usage). Two transactions: if the second fails, the old turn is
+            # gone and the new one was not kept (the client asked for it to be replaced).
+            remove, self._remove = self._remove, None
+            await self._store.rewrite_records(session_id, remove,
+                                              turns_removed=self._turns_removed)
+        return await self._store.save_call(
+            session_id, messages, consumed_insight=consumed_insight, end_turn=end_turn,
+            usage=usage, turn=turn)
 
 
 async def rerun_last_turn(

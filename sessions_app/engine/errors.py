@@ -22,7 +22,8 @@ from spaces.errors import (
 __all__ = [
     "Conflict", "InvalidInput", "LLMError", "MainSessionNotArchivable", "NotFound",
     "ServiceUnavailable", "SessionArchived",
-    "SessionBusy", "SessionNotFound", "SpaceNotFound", "StelloError", "ToolLoopLimit", "empty",
+    "SessionBusy", "SessionNotFound", "SpaceNotFound", "StelloError", "ToolLoopLimit",
+    "TurnCancelled", "TurnNotFound", "TurnNotRunning", "empty",
     "missing", "required_text", "wrong_type",
 ]
 
@@ -32,6 +33,31 @@ class SessionNotFound(NotFound):
 
     code = "SESSION_NOT_FOUND"
     default_message = "Session not found"
+
+
+class TurnNotFound(NotFound):
+    """An unknown turn id, a malformed one, or a turn of another session."""
+
+    code = "TURN_NOT_FOUND"
+    default_message = "Turn not found"
+
+
+class TurnCancelled(Conflict):
+    """The turn was cancelled (by `turn.cancel`, `POST .../cancel` or an `interrupt`)."""
+
+    code = "TURN_CANCELLED"
+
+    def __init__(self, turn_id: str, seq: int = 0) -> None:
+        super().__init__(f"Turn {turn_id} was cancelled")
+        self.turn_id = turn_id
+        self.seq = seq  # of its `turn.cancelled` event
+
+
+class TurnNotRunning(Conflict):
+    """A cancel of a turn that has ended, or of a session that runs none."""
+
+    code = "TURN_NOT_RUNNING"
+    default_message = "No turn is running"
 
 
 class SessionArchived(Conflict):

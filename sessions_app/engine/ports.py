@@ -17,6 +17,7 @@ from .types import (
     ChildMemory,
     CompressionCache,
     ConsolidationInput,
+    EventPage,
     Insight,
     LLMResponse,
     MemoryJob,
@@ -28,6 +29,8 @@ from .types import (
     StreamDelta,
     ToolSpec,
     TurnContext,
+    TurnInfo,
+    TurnWrite,
 )
 
 if TYPE_CHECKING:
@@ -93,13 +96,39 @@ class SpaceStore(Protocol):
         consumed_insight: str | None = None,
         end_turn: bool = False,
         usage: Sequence[CallUsage] = (),
+        turn: TurnWrite | None = None,
     ) -> SaveResult:
         """Persist one successful LLM call in ONE transaction: append `messages` in order
         (record_count += len(messages)); if `consumed_insight` is given, delete the insight slot
         (only if it still holds that text); if `end_turn`, turn_count += 1 and last_active_at =
         updated_at = now, and after commit announce the completed turn to listeners; record the
-        metered `usage` calls like `record_usage`. Returns the counts after the write. One round
-        trip on PostgreSQL."""
+        metered `usage` calls like `record_usage`. With
+        `turn`: the records carry its id, the turn row is created or updated (status, result),
+        its log entries are written and the session's event_seq set; turns in
+        `turn.abandoned` still running become failed and lose their records; at `end_turn`
+        log entries past STELLO_EVENT_RETENTION are pruned. Returns the counts after the
+        write. One round trip on PostgreSQL."""
+        ...
+
+    async def finish_turn(
+        self, session_id: str, turn: TurnWrite, *, error: str | None, discard: bool
+    ) -> None:
+        """ONE transaction for a turn that ends without completing: the turn row with its
+        status and `error`, its log entries, event_seq; with `discard`, the turn's records
+        are removed (record_count follows)."""
+        ...
+
+    async def get_turn(self, session_id: str, turn_id: str) -> TurnInfo:
+        """Raises SessionNotFound, then TurnNotFound (unknown, malformed, other session)."""
+        ...
+
+    async def list_turns(self, session_id: str, *, limit: int = 100) -> list[TurnInfo]:
+        """The session's turns, newest first."""
+        ...
+
+    async def read_events(self, session_id: str, since: int, *, limit: int = 1000) -> EventPage:
+        """The logged events after `since` (coalesced deltas expanded), the session's
+        event_seq and the oldest seq kept. ONE read."""
         ...
 
     async def create_child(self, child: NewChild) -> SessionMeta:
@@ -211,9 +240,9 @@ class SpaceStore(Protocol):
 class SessionLocks(Protocol):
     """Serialises operations on one session, across every server process."""
 
-    def hold(self, session_id: str) -> AbstractAsyncContextManager[None]:
+    def hold(self, session_id: str, *, wait: bool = True) -> AbstractAsyncContextManager[None]:
         """Hold the session until the block exits; raises SessionBusy when the lock could not
-        be had within the configured timeout."""
+        be had within the configured timeout (at once when not `wait`)."""
         ...
 
 

@@ -13,30 +13,39 @@ before it are stored on the way out (the tools did run: a session they created e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .context import PromptBuilder
-from .errors import LLMError, ToolLoopLimit
+from .errors import LLMError, ToolLoopLimit, TurnCancelled
 from .llm import clean_json
 from .ports import LLM, SpaceStore
 from .tools import ToolBox, ToolContext
 from .types import (
     LLMResponse,
+    LogEvent,
     Message,
     SaveResult,
     StreamChunk,
     StreamDelta,
     ToolCall,
     TurnResult,
+    TurnWrite,
     Usage,
     dumps_compact,
 )
 from .usage import UsageScope
+
+ABANDONED = "the server process running the turn stopped"
+
+# The turns running in this process, by turn id (what a cancel request looks up).
+RUNNING: dict[str, TurnLoop] = {}
 
 
 def loop_limit_result(max_rounds: int) -> str:
@@ -128,6 +137,11 @@ class TurnLoop:
         max_tool_rounds: int,
         on_saved: Callable[[Sequence[Message], SaveResult], None] | None = None,
         usage: UsageScope | None = None,
+        turn_id: str | None = None,
+        event_seq: int = 0,
+        abandoned: Sequence[str] = (),
+        on_event: Callable[[LogEvent], None] | None = None,
+        recovered: Sequence[LogEvent] = (),
     ) -> None:
         self._session_id = session_id
         self._user_message = Message("user", user_input)
@@ -141,6 +155,40 @@ class TurnLoop:
         self._on_saved = on_saved  # told of every persisted call (the agent's history cache)
         self._usage = usage  # the metered calls, stored with the save of each call
         self.turn_count: int | None = None
+        # The turn as a resource and its part of the session's event log: seqs are handed out
+        # here, under the session's lock, from the session's event_seq; the events are told
+        # to `on_event` live and written with the round's save_call (no write of their own).
+        self.turn_id = turn_id or str(uuid.uuid4())
+        self._user_input = user_input
+        self._seq = event_seq
+        self._abandoned = tuple(abandoned)
+        self._on_event = on_event
+        self._task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._at_yield = False
+        self._chunks: list[str] = []
+        self._round = 0
+        # Events a dead process told and never saved: written with our first call.
+        self._unsaved_events: list[LogEvent] = list(recovered)
+        self._seq = max([self._seq, *(e.end for e in recovered)])
+
+    def _event(self, type_: str, payload: dict[str, Any], *, emit: bool = True) -> LogEvent:
+        self._seq += 1
+        event = LogEvent(self._seq, type_, payload)
+        self._unsaved_events.append(event)
+        if emit:
+            self._tell(event)
+        return event
+
+    def _tell(self, event: LogEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _turn_write(self, status: str, result: dict[str, Any] | None = None,
+                    *, first: bool = False) -> TurnWrite:
+        events, self._unsaved_events = tuple(self._unsaved_events), []
+        return TurnWrite(self.turn_id, self._user_input, status,  # type: ignore[arg-type]
+                         result, events, self._seq, self._abandoned if first else ())
 
     async def run(self) -> TurnResult:
         async with aclosing(self._rounds(streaming=False)) as items:
@@ -153,12 +201,74 @@ class TurnLoop:
         """StreamChunks of every round, then the TurnResult as the last item."""
         return self._rounds(streaming=True)
 
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    def cancel(self) -> bool:
+        """Stop the turn where it is (the LLM call is abandoned and its stream closed); it
+        then keeps nothing, tells `turn.cancelled` and raises TurnCancelled."""
+        task = self._task
+        if task is None or task.done() or self._cancel_requested:
+            return False
+        self._cancel_requested = True
+        if not self._at_yield:
+            task.cancel()
+        # At a yield the caller's task is busy with our chunk (e.g. sending it): cancelling
+        # it there would hit the caller, so the turn stops as soon as it is resumed.
+        return True
+
     async def _rounds(self, *, streaming: bool) -> AsyncGenerator[StreamChunk | TurnResult, None]:
+        self._task = asyncio.current_task()
+        RUNNING[self.turn_id] = self
+        try:
+            async with aclosing(self._rounds_inner(streaming=streaming)) as items:
+                async for item in items:
+                    self._at_yield = True
+                    try:
+                        yield item
+                    finally:
+                        self._at_yield = False
+                    if self._cancel_requested:
+                        raise asyncio.CancelledError()
+        except asyncio.CancelledError:
+            if not self._cancel_requested:
+                raise
+            if self._task is not None and self._task.cancelling():
+                self._task.uncancel()
+            raise TurnCancelled(self.turn_id, await self._cancelled()) from None
+        finally:
+            RUNNING.pop(self.turn_id, None)
+
+    async def _cancelled(self) -> int:
+        """Nothing of the turn stays in the history (its user message included); its row
+        and events say it was cancelled."""
+        if self._chunks:  # the deltas of the round that was cut: clients saw their seqs
+            self._coalesce(self._chunks, self._round)
+        done = self._event("turn.cancelled", {"turnId": self.turn_id}, emit=False)
+        write = self._turn_write("cancelled")
+        try:
+            await asyncio.shield(self._store.finish_turn(self._session_id, write, error=None,
+                                                         discard=True))
+        except Exception:  # the caller learns of the cancel either way
+            pass
+        self._tell(done)
+        return done.seq
+
+    async def _rounds_inner(
+        self, *, streaming: bool
+    ) -> AsyncGenerator[StreamChunk | TurnResult, None]:
         specs = self._toolbox.specs()
         tail: list[Message] = [self._user_message]  # this turn's messages, in prompt order
         unsaved: list[Message] = [self._user_message]  # what the next save_call starts with
         rounds = executed = 0
+        turn_id = self.turn_id
+        for stale in self._abandoned:  # left running by a process that died
+            self._event("turn.failed", {"turnId": stale, "error": ABANDONED})
+        self._event("turn.started", {"turnId": turn_id, "input": self._user_input})
         while True:
+            chunks: list[str] = []
+            self._chunks = chunks  # a cancel mid-round keeps their seqs in the log
             try:
                 messages = await self._prompt.build(tail)
                 if streaming:
@@ -166,14 +276,23 @@ class TurnLoop:
                     async for delta in self._llm.stream(messages, tools=specs):
                         assembler.add(delta)
                         if delta.text:
-                            yield StreamChunk(delta.text, rounds)
+                            self._seq += 1
+                            chunks.append(delta.text)
+                            self._tell(LogEvent(self._seq, "stream.delta", {
+                                "turnId": turn_id, "round": rounds, "chunk": delta.text}))
+                            yield StreamChunk(delta.text, rounds, self._seq)
                     response = assembler.response()
                 else:
                     response = await self._llm.complete(messages, tools=specs)
-            except Exception:
+            except Exception as exc:
+                self._chunks = []
+                self._coalesce(chunks, rounds)
                 if rounds:  # `unsaved` holds the results of tools that ran: keep them
                     await self._save_quietly(unsaved)
+                await self._fail_quietly(exc)
                 raise
+            self._chunks = []
+            self._coalesce(chunks, rounds)
 
             reply = Message("assistant", response.content or "", tool_calls=response.tool_calls)
             final = not response.tool_calls
@@ -183,32 +302,77 @@ class TurnLoop:
                 not_run = loop_limit_result(self._max_tool_rounds)
                 saved.extend(Message("tool", not_run, tool_call_id=call.id)
                               for call in response.tool_calls)
-            result = await self._save(saved, first_call=rounds == 0, end_turn=final)
+            if final:
+                turn = TurnResult(response.content, rounds, executed, raw_response(response),
+                                  turn_id=turn_id, usage=(self._usage.summary() if self._usage
+                                                          is not None else None))
+                completed = self._event("turn.completed",
+                                        {"turnId": turn_id, "result": turn.to_json()},
+                                        emit=False)  # told once committed
+                write = self._turn_write("completed", turn.to_json(), first=rounds == 0)
+            else:
+                self._event("tool.call", {"turnId": turn_id, "round": rounds,
+                                          "calls": [c.to_json() for c in response.tool_calls]})
+                write = self._turn_write("running", first=rounds == 0)
+            try:
+                result = await self._save(saved, first_call=rounds == 0, end_turn=final,
+                                          turn=write)
+            except Exception as exc:
+                self._unsaved_events = [*write.events, *self._unsaved_events]
+                await self._fail_quietly(exc)
+                raise
             if final:
                 self.turn_count = result.turn_count
-                summary = self._usage.summary() if self._usage is not None else None
-                yield TurnResult(response.content, rounds, executed, raw_response(response),
-                                 usage=summary)
+                self._tell(completed)
+                yield replace(turn, seq=completed.seq)
                 return
             if out_of_rounds:
-                raise ToolLoopLimit(self._max_tool_rounds)
+                limit = ToolLoopLimit(self._max_tool_rounds)
+                await self._fail_quietly(limit)
+                raise limit
 
             results = await self._toolbox.run_all(response.tool_calls, self._tool_context)
             executed += len(results)
-            rounds += 1
             unsaved = [result.to_message() for result in results]
+            self._event("tool.result", {"turnId": turn_id, "round": rounds, "results": [
+                {"toolCallId": m.tool_call_id, "content": m.content} for m in unsaved]})
+            rounds += 1
+            self._round = rounds
             tail.extend([reply, *unsaved])
 
+    def _coalesce(self, chunks: list[str], round_: int) -> None:
+        """The round's deltas, told one by one, are written as ONE log entry."""
+        if chunks:
+            first = self._seq - len(chunks) + 1
+            self._unsaved_events.append(LogEvent(first, "stream.delta", {
+                "turnId": self.turn_id, "round": round_, "chunks": chunks}, self._seq))
+
+    async def _fail_quietly(self, exc: BaseException) -> None:
+        """The turn failed: its row says why, and the events clients saw are kept, with
+        `turn.failed` last. The caller gets the turn's error, never one from here."""
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        failed = self._event("turn.failed", {"turnId": self.turn_id, "error": message},
+                             emit=False)
+        write = self._turn_write("failed")
+        with contextlib.suppress(Exception):
+            await self._store.finish_turn(self._session_id, write, error=message,
+                                          discard=False)
+        self._tell(failed)
+
     async def _save(
-        self, messages: list[Message], *, first_call: bool, end_turn: bool
+        self, messages: list[Message], *, first_call: bool, end_turn: bool,
+        turn: TurnWrite | None = None,
     ) -> SaveResult:
-        calls = tuple(self._usage.pending) if self._usage is not None else ()
+        # The calls are charged to this turn too (the usage rows carry its id).
+        calls = tuple(replace(c, turn_id=c.turn_id or self.turn_id)
+                      for c in self._usage.pending) if self._usage is not None else ()
         result = await self._store.save_call(
             self._session_id,
             messages,
             consumed_insight=self._insight if first_call else None,  # the first call used it
             end_turn=end_turn,
             usage=calls,
+            turn=turn,
         )
         if calls:  # stored with the call; what a failed save leaves pending is kept
             del self._usage.pending[:len(calls)]  # type: ignore[union-attr]
@@ -219,4 +383,5 @@ class TurnLoop:
     async def _save_quietly(self, tool_results: list[Message]) -> None:
         # The turn is failing already: the caller gets that error, not a second one from here.
         with contextlib.suppress(Exception):
-            await self._save(tool_results, first_call=False, end_turn=False)
+            await self._save(tool_results, first_call=False, end_turn=False,
+                             turn=self._turn_write("running"))

@@ -135,6 +135,9 @@ class TurnContext:
     history_after: int | None = 0
     record_count: int = 0  # the session's records in all, whatever `history` holds
     last_record_id: int = 0  # the id of the session's newest record (0: none yet)
+    event_seq: int = 0  # the seq of the session's last logged event
+    # Turns still marked running: under the session's lock, ones a dead process left behind.
+    running_turns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,16 +265,104 @@ class TurnResult:
     # An added field: what every LLM call of this turn cost (`usage.TurnUsage.to_json()`).
     usage: Mapping[str, Any] | None = field(default=None, compare=False)
 
+    # The turn as a resource (an added top-level `turnId`) and the seq of its `turn.completed`
+    # event (not in the JSON); neither is part of what the turn answered, so not compared.
+    turn_id: str | None = field(default=None, compare=False)
+    seq: int = field(default=0, compare=False)
+
     def to_json(self) -> dict[str, Any]:
-        turn: dict[str, Any] = {
-            "finalContent": self.final_content,
-            "toolRoundCount": self.tool_round_count,
-            "toolCallsExecuted": self.tool_calls_executed,
-            "rawResponse": self.raw_response,
+        out: dict[str, Any] = {
+            "turn": {
+                "finalContent": self.final_content,
+                "toolRoundCount": self.tool_round_count,
+                "toolCallsExecuted": self.tool_calls_executed,
+                "rawResponse": self.raw_response,
+            }
         }
         if self.usage is not None:
-            turn["usage"] = dict(self.usage)
-        return {"turn": turn}
+            out["turn"]["usage"] = dict(self.usage)
+        if self.turn_id is not None:
+            out["turnId"] = self.turn_id
+        return out
+
+
+TurnStatus = Literal["running", "completed", "cancelled", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One entry of a session's event log. `seq` numbers the session's events one by one;
+    a coalesced `stream.delta` entry holds the chunks of one round, numbered `seq` ..
+    `last_seq` (payload `chunks`); every other entry has `last_seq == seq`."""
+
+    seq: int
+    type: str
+    payload: Mapping[str, Any]
+    last_seq: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.last_seq or self.seq
+
+    def expand(self) -> list[LogEvent]:
+        """The single events a client sees (a coalesced entry gives one per chunk)."""
+        chunks = self.payload.get("chunks") if self.type == "stream.delta" else None
+        if chunks is None:
+            return [self]
+        base = {k: v for k, v in self.payload.items() if k != "chunks"}
+        return [LogEvent(self.seq + i, "stream.delta", {**base, "chunk": chunk})
+                for i, chunk in enumerate(chunks)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "seq": self.seq, **self.payload}
+
+
+@dataclass(frozen=True, slots=True)
+class TurnWrite:
+    """What a `save_call` of a turn also writes, in the same transaction: the turn row (created
+    by the first call, then updated), the log entries of the round, and the session's new
+    event counter (`event_seq`, the seq of the last event written)."""
+
+    turn_id: str
+    input: str
+    status: TurnStatus = "running"
+    result: Mapping[str, Any] | None = None
+    events: tuple[LogEvent, ...] = ()
+    event_seq: int = 0
+    # Turns a dead process left running: marked failed, their records removed (first call).
+    abandoned: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInfo:
+    """A turn as a resource."""
+
+    id: str
+    session_id: str
+    status: TurnStatus
+    input: str
+    result: Mapping[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "turnId": self.id, "sessionId": self.session_id, "status": self.status,
+            "input": self.input, "result": self.result, "error": self.error,
+            "createdAt": self.created_at.isoformat().replace("+00:00", "Z"),
+            "updatedAt": self.updated_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """Events after a seq: `events` (expanded, in order), `current` (the session's last seq
+    persisted) and `first` (the oldest seq still kept; 0 when none is kept)."""
+
+    events: tuple[LogEvent, ...]
+    current: int
+    first: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +371,7 @@ class StreamChunk:
 
     text: str
     round: int = 0
+    seq: int = field(default=0, compare=False)  # its seq in the session's event log
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,11 +45,11 @@ class LocalSessionLocks:
         self._users: dict[str, int] = {}
 
     @asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
+    async def hold(self, session_id: str, *, wait: bool = True) -> AsyncIterator[None]:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         self._users[session_id] = self._users.get(session_id, 0) + 1
         try:
-            if self.timeout <= 0 and lock.locked():
+            if (self.timeout <= 0 or not wait) and lock.locked():
                 raise SessionBusy()  # a zero timeout means "only if free right now"
             try:
                 await asyncio.wait_for(lock.acquire(), self.timeout if self.timeout > 0 else None)
@@ -86,13 +86,14 @@ class PostgresSessionLocks:
         self._cleanups: set[asyncio.Task[Any]] = set()
 
     @asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
+    async def hold(self, session_id: str, *, wait: bool = True) -> AsyncIterator[None]:
         started = time.monotonic()
         slot = hash(session_id) % len(self._conns)
-        async with self._local.hold(session_id):
+        timeout = self.timeout if wait else 0.0  # not waiting: one try
+        async with self._local.hold(session_id, wait=wait):
             delay = _FIRST_RETRY
             while not await self._shielded(self._try_lock(slot, session_id), slot, session_id):
-                left = self.timeout - (time.monotonic() - started)
+                left = timeout - (time.monotonic() - started)
                 if left <= 0:
                     raise SessionBusy()
                 await asyncio.sleep(min(delay, left))

@@ -22,7 +22,7 @@ from spaces import idempotency, pgpool
 from spaces.models import Space
 from spaces.throttling import rate_limiter
 
-from .. import conf
+from .. import conf, live
 from ..accounting.prices import price_nanos
 from ..accounting.quotas import quota_book
 from ..engine.agent import SpaceAgent
@@ -177,6 +177,9 @@ class Runtime:
         # Without the queue, a serving loop runs the retention sweep itself (not a one-call one).
         self._sweeps = durable_jobs and self.queue is None
         self._sweeper: asyncio.Task[None] | None = None
+        # A loop that lives for one call cannot keep listeners (cancels, followers) running:
+        # its turns are logged, not published live (followers catch up from the log).
+        self.live = durable_jobs
         self.pool = AgentPool(self._build_agent, idle_ttl=stello["AGENT_IDLE_TTL_SECONDS"])
         self.detached: set[asyncio.Task[Any]] = set()
 
@@ -249,6 +252,8 @@ class Runtime:
             llm_profiles=self.llm_profiles,
             tool_source=self._mcp_tools(config),
             price=price_nanos,
+            on_event=live.publish if self.live else None,  # the log, live (live.py)
+            recover_events=live.recover if self.live else None,
         )
 
     def _mcp_tools(self, config: dict[str, Any]) -> SpaceMCPTools | None:

@@ -12,7 +12,8 @@ from typing import Any
 from spaces.wire import iso_ms
 
 from ..engine.errors import SessionNotFound
-from ..engine.types import CompressionCache, Message, ToolCall
+from ..engine.turn import ABANDONED
+from ..engine.types import CompressionCache, EventPage, LogEvent, Message, ToolCall, TurnInfo
 
 TurnListener = Callable[[str, str, int], None]  # (space_id, session_id, turn_count), after commit
 
@@ -163,3 +164,49 @@ def message_json(
     if tool_call_id:
         message["toolCallId"] = tool_call_id
     return message
+
+
+# -- turns and the event log ------------------------------------------------------------------
+
+ABANDONED_ERROR = ABANDONED
+
+
+def event_retention() -> int:
+    """Log entries kept per session (STELLO_EVENT_RETENTION; 0 keeps everything)."""
+    from django.conf import settings
+
+    return int(settings.STELLO.get("EVENT_RETENTION", 0) or 0)
+
+
+def prune_to(event_seq: int) -> int:
+    """Entries numbered up to this are dropped at the end of a turn (0: none)."""
+    keep = event_retention()
+    return max(event_seq - keep, 0) if keep > 0 else 0
+
+
+def event_arrays(events: Iterable[LogEvent]) -> dict[str, list[Any]]:
+    events = list(events)
+    return {
+        "ev_seqs": [e.seq for e in events],
+        "ev_last": [e.end for e in events],
+        "ev_types": [e.type for e in events],
+        "ev_payloads": [json.dumps(storable(dict(e.payload))) for e in events],
+    }
+
+
+def turn_info(tid: Any, sid: Any, status: str, input: str, result: Any, error: str | None,
+              created_at: datetime, updated_at: datetime) -> TurnInfo:
+    return TurnInfo(id=str(tid), session_id=str(sid), status=status,  # type: ignore[arg-type]
+                    input=input, result=result, error=error, created_at=created_at,
+                    updated_at=updated_at)
+
+
+def event_page(current: int, first: int, entries: Iterable[Any], since: int) -> EventPage:
+    """The page of single events after `since` from stored entries (seq, last_seq, type,
+    payload), coalesced deltas expanded."""
+    events: list[LogEvent] = []
+    for seq, last_seq, type_, payload in entries:
+        for event in LogEvent(seq, type_, payload or {}, last_seq).expand():
+            if event.seq > since:
+                events.append(event)
+    return EventPage(tuple(events), current, first)

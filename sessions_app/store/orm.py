@@ -14,43 +14,52 @@ from typing import Any
 from asgiref.sync import SyncToAsync
 from django.db import connections, transaction
 from django.db.models import F, Max, OuterRef, Subquery
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from spaces.models import Space
 from spaces.selectors import space_owners
 
 from ..accounting.record import orm_record
-from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound
+from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound, TurnNotFound
 from ..engine.types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
     ConsolidationInput,
+    EventPage,
     Insight,
+    LogEvent,
     Message,
     NewChild,
     SaveResult,
     SessionMeta,
     SpacePrompts,
     TurnContext,
+    TurnInfo,
+    TurnWrite,
 )
 from ..engine.usage import CallUsage
-from ..models import CoreData, Record, Session, SessionData, TopologyNode
+from ..models import CoreData, Record, Session, SessionData, SessionEvent, TopologyNode, Turn
 from .common import (
+    ABANDONED_ERROR,
     TurnListener,
     compression_of,
     compression_text,
+    event_page,
     fork_metadata,
     json_object,
     message_from_row,
     message_json,
     parse_uuid,
+    prune_to,
     session_config_text,
     session_tree_from_rows,
     skills_of,
     source_id,
     storable,
     stored_tool_calls,
+    turn_info,
 )
 
 Key = SessionData.Key
@@ -99,9 +108,10 @@ def record_message(record: Record) -> Message:
     return message_from_row(record.role, record.content, record.tool_calls, record.tool_call_id)
 
 
-def _record(session_id: Any, message: Message, now) -> Record:
+def _record(session_id: Any, message: Message, now, turn_id: Any = None) -> Record:
     return Record(
         session_id=session_id,
+        turn_id=turn_id,
         role=message.role,
         content=storable(message.content),
         tool_calls=stored_tool_calls(message),
@@ -198,6 +208,9 @@ class DjangoSpaceStore(OrmConversations):
             history_after=history_after,
             record_count=session.record_count,
             last_record_id=max(session.last_record_id or 0, records[-1].pk if records else 0),
+            event_seq=session.event_seq,
+            running_turns=tuple(str(t) for t in Turn.objects.filter(
+                session_id=session.pk, status=Turn.Status.RUNNING).values_list("id", flat=True)),
         )
 
     async def save_call(
@@ -208,8 +221,10 @@ class DjangoSpaceStore(OrmConversations):
         consumed_insight: str | None = None,
         end_turn: bool = False,
         usage: Sequence[CallUsage] = (),
+        turn: TurnWrite | None = None,
     ) -> SaveResult:
-        result = await self._save_call(session_id, messages, consumed_insight, end_turn, usage)
+        result = await self._save_call(session_id, messages, consumed_insight, end_turn, usage,
+                                       turn)
         if end_turn and self._on_turn is not None:  # committed: the unit of work has returned
             self._on_turn(self.space_id, str(parse_uuid(session_id)), result.turn_count)
         return result
@@ -222,6 +237,7 @@ class DjangoSpaceStore(OrmConversations):
         consumed_insight: str | None,
         end_turn: bool,
         usage: Sequence[CallUsage] = (),
+        turn: TurnWrite | None = None,
     ) -> SaveResult:
         pk = parse_uuid(session_id)
         now = timezone.now()
@@ -232,15 +248,23 @@ class DjangoSpaceStore(OrmConversations):
             ).first() if pk else None
             if counts is None:
                 raise SessionNotFound()
-            created = Record.objects.bulk_create([_record(pk, m, now) for m in messages])
+            turn_pk = parse_uuid(turn.turn_id) if turn is not None else None
+            dropped = 0
+            if turn is not None:
+                dropped = _write_turn(pk, turn, now, end_turn)
+                counts = (counts[0], counts[1] - dropped)
+            created = Record.objects.bulk_create(
+                [_record(pk, m, now, turn_pk) for m in messages])
             if consumed_insight is not None:
                 # Only the insight this call used: a newer one from integration survives.
                 SessionData.objects.filter(
                     session_id=pk, key=Key.INSIGHT, content=consumed_insight
                 ).delete()
             changes: dict[str, Any] = {}
-            if messages:
-                changes["record_count"] = F("record_count") + len(messages)
+            if messages or dropped:
+                changes["record_count"] = F("record_count") + len(messages) - dropped
+            if turn is not None:
+                changes["event_seq"] = turn.event_seq
             if end_turn:
                 changes.update(turn_count=F("turn_count") + 1, last_active_at=now, updated_at=now)
             if changes:
@@ -252,6 +276,58 @@ class DjangoSpaceStore(OrmConversations):
                 record_count=counts[1] + len(messages),
                 last_record_id=last if last is not None else _last_record_id(pk),
             )
+
+    async def finish_turn(
+        self, session_id: str, turn: TurnWrite, *, error: str | None, discard: bool
+    ) -> None:
+        await self._finish_turn(session_id, turn, error, discard)
+
+    @unit_of_work
+    def _finish_turn(self, session_id: str, turn: TurnWrite, error: str | None,
+                     discard: bool) -> None:
+        pk, now = self._session_pk(session_id), timezone.now()
+        turn_pk = parse_uuid(turn.turn_id)
+        with transaction.atomic():
+            dropped = 0
+            if discard:
+                dropped, _ = Record.objects.filter(session_id=pk, turn_id=turn_pk).delete()
+            Turn.objects.update_or_create(
+                id=turn_pk, defaults={"status": turn.status, "error": storable(error),
+                                      "updated_at": now},
+                create_defaults={"session_id": pk, "status": turn.status,
+                                 "input": storable(turn.input), "error": storable(error),
+                                 "created_at": now, "updated_at": now})
+            _write_events(pk, turn.events, now)
+            Session.objects.filter(pk=pk).update(
+                record_count=F("record_count") - dropped,
+                event_seq=Greatest(F("event_seq"), turn.event_seq))
+
+    @unit_of_work
+    def get_turn(self, session_id: str, turn_id: str) -> TurnInfo:
+        pk, turn_pk = self._session_pk(session_id), parse_uuid(turn_id)
+        turn = Turn.objects.filter(session_id=pk, id=turn_pk).first() if turn_pk else None
+        if turn is None:
+            raise TurnNotFound()
+        return _turn_info(turn)
+
+    @unit_of_work
+    def list_turns(self, session_id: str, *, limit: int = 100) -> list[TurnInfo]:
+        pk = self._session_pk(session_id)
+        turns = Turn.objects.filter(session_id=pk).order_by("-created_at", "-id")[:limit]
+        return [_turn_info(t) for t in turns]
+
+    @unit_of_work
+    def read_events(self, session_id: str, since: int, *, limit: int = 1000) -> EventPage:
+        pk = parse_uuid(session_id)
+        current = self._sessions().filter(pk=pk).values_list("event_seq", flat=True).first() \
+            if pk else None
+        if current is None:
+            raise SessionNotFound()
+        rows = SessionEvent.objects.filter(session_id=pk)
+        first = rows.order_by("seq").values_list("seq", flat=True).first() or 0
+        entries = rows.filter(last_seq__gt=since).order_by("seq").values_list(
+            "seq", "last_seq", "type", "payload")[:limit]
+        return event_page(current, first, list(entries), since)
 
     @unit_of_work
     def create_child(self, child: NewChild) -> SessionMeta:
@@ -507,3 +583,41 @@ def _write_slot(session_pk, key: str, content: str | None) -> None:
         SessionData.objects.update_or_create(
             session_id=session_pk, key=key, defaults={"content": storable(content)}
         )
+
+
+def _turn_info(turn: Turn) -> TurnInfo:
+    return turn_info(turn.id, turn.session_id, turn.status, turn.input, turn.result,
+                     turn.error, turn.created_at, turn.updated_at)
+
+
+def _write_events(session_pk: Any, events: Sequence[LogEvent], now) -> None:
+    SessionEvent.objects.bulk_create([
+        SessionEvent(session_id=session_pk, seq=e.seq, last_seq=e.end, type=e.type,
+                     payload=storable(dict(e.payload)), created_at=now)
+        for e in events
+    ])
+
+
+def _write_turn(session_pk: Any, turn: TurnWrite, now, end_turn: bool) -> int:
+    """The turn's part of a save_call (see the PostgreSQL store's SQL_SAVE_TURN_CALL); returns
+    how many records of abandoned turns were removed."""
+    dropped = 0
+    stale = [a for a in map(parse_uuid, turn.abandoned) if a]
+    if stale:
+        stale = list(Turn.objects.filter(session_id=session_pk, id__in=stale,
+                                         status=Turn.Status.RUNNING).values_list("id", flat=True))
+        Turn.objects.filter(id__in=stale).update(status=Turn.Status.FAILED,
+                                                 error=ABANDONED_ERROR, updated_at=now)
+        dropped, _ = Record.objects.filter(session_id=session_pk, turn_id__in=stale).delete()
+    result = None if turn.result is None else storable(dict(turn.result))
+    turn_pk = parse_uuid(turn.turn_id)
+    # One statement each (no savepoint, no read first): the row exists after the first call.
+    if not Turn.objects.filter(id=turn_pk).update(status=turn.status, result=result,
+                                                   updated_at=now):
+        Turn.objects.bulk_create([Turn(id=turn_pk, session_id=session_pk, status=turn.status,
+                                       input=storable(turn.input), result=result,
+                                       created_at=now, updated_at=now)])
+    _write_events(session_pk, turn.events, now)
+    if end_turn and (below := prune_to(turn.event_seq)):
+        SessionEvent.objects.filter(session_id=session_pk, seq__lte=below).delete()
+    return dropped

@@ -8,7 +8,8 @@ aggregates and subqueries. The schema is the Django models'; the tables and colu
 are checked against the models' `_meta` by the store tests.
 
 Aliases used throughout (the schema test relies on them): s = sessions, n and t =
-topology_nodes, r = records, d = session_data, c = core_data, sp = spaces.
+topology_nodes, r = records, d = session_data, c = core_data, sp = spaces, tu = turns,
+e = session_events.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ from psycopg.types.json import Jsonb
 from spaces import pgpool
 
 from ..accounting.record import SQL_RECORD_USAGE, usage_params, with_usage
-from ..engine.errors import ServiceUnavailable, SessionArchived, SessionNotFound, SpaceNotFound
+from ..engine.errors import (
+    ServiceUnavailable,
+    SessionArchived,
+    SessionNotFound,
+    SpaceNotFound,
+    TurnNotFound,
+)
 from ..engine.types import (
     Bootstrap,
     ChildMemory,
     CompressionCache,
     ConsolidationInput,
+    EventPage,
     Insight,
     Message,
     NewChild,
@@ -39,9 +47,12 @@ from ..engine.types import (
     SessionMeta,
     SpacePrompts,
     TurnContext,
+    TurnInfo,
+    TurnWrite,
 )
 from ..engine.usage import CallUsage
 from .common import (
+    ABANDONED_ERROR,
     COMPRESSION,
     CONSOLIDATE_PROMPT,
     INSIGHT,
@@ -51,18 +62,22 @@ from .common import (
     TurnListener,
     compression_of,
     compression_text,
+    event_page,
     fork_metadata,
     json_object,
     message_from_row,
     message_json,
     parse_uuid,
+    prune_to,
     session_config_text,
     session_tree_from_rows,
     skills_of,
     source_id,
     storable,
     stored_tool_calls,
+    turn_info,
 )
+from .common import event_arrays as _event_arrays
 
 # -- SQL ------------------------------------------------------------------------------------
 
@@ -82,7 +97,9 @@ _TURN_SLOTS = ", ".join(
     f"'{k}'" for k in (SYSTEM_PROMPT, MEMORY, INSIGHT, SESSION_CONFIG, COMPRESSION)
 )
 _TURN_CONTEXT = f"""
-SELECT {_META}, s.record_count,
+SELECT {_META}, s.record_count, s.event_seq,
+  (SELECT array_agg(tu.id) FROM turns tu WHERE tu.session_id = s.id AND tu.status = 'running')
+    AS running,
   (SELECT json_object_agg(d.key, d.content) FROM session_data d
     WHERE d.session_id = s.id AND d.key IN ({_TURN_SLOTS})) AS slots,
   (SELECT r.id FROM records r WHERE r.session_id = s.id ORDER BY r.id DESC LIMIT 1) AS last_id,
@@ -100,6 +117,10 @@ _RECORD_ROWS = """unnest(%(roles)s::text[], %(contents)s::text[], %(calls)s::tex
          %(call_ids)s::text[]) WITH ORDINALITY AS m(role, content, calls, call_id, ord)"""
 _INSERT_RECORDS = (
     'INSERT INTO records AS r (session_id, role, content, tool_calls, tool_call_id, "timestamp")'
+)
+_INSERT_TURN_RECORDS = (
+    'INSERT INTO records AS r (session_id, role, content, tool_calls, tool_call_id, "timestamp",'
+    ' turn_id)'
 )
 
 SQL_SAVE_CALL_METERED: str  # SQL_SAVE_CALL with the usage rows of the call (below)
@@ -132,6 +153,116 @@ FROM upd
 """
 
 SQL_SAVE_CALL_METERED = with_usage(SQL_SAVE_CALL)
+# A call of a turn: the same, plus (in the same statement, so no extra round trip) the turn
+# row (created by its first call, updated by the others), the round's log entries, the
+# session's event counter, turns a dead process left running (failed, their records removed)
+# and, at the turn's end, the log entries past the retention.
+SQL_SAVE_TURN_CALL = f"""
+WITH src AS (
+  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+), stale AS (
+  UPDATE turns AS tu SET status = 'failed', error = %(stale_error)s, updated_at = %(now)s
+  FROM src WHERE tu.session_id = src.id AND tu.id = ANY(%(abandoned)s::uuid[])
+    AND tu.status = 'running'
+  RETURNING tu.id
+), dropped AS (
+  DELETE FROM records r USING stale WHERE r.turn_id = stale.id
+  RETURNING r.id
+), ins AS (
+  {_INSERT_TURN_RECORDS}
+  SELECT src.id, m.role, m.content, m.calls::jsonb, m.call_id, %(now)s, %(turn)s
+  FROM src CROSS JOIN {_RECORD_ROWS}
+  ORDER BY m.ord
+  RETURNING r.id
+), consumed AS (
+  DELETE FROM session_data d USING src
+  WHERE d.session_id = src.id AND d.key = '{INSIGHT}' AND d.content = %(consumed)s
+), trn AS (
+  INSERT INTO turns AS tu (id, session_id, status, input, result, error, created_at,
+                          updated_at)
+  SELECT %(turn)s, src.id, %(status)s, %(input)s, %(result)s, NULL, %(now)s, %(now)s FROM src
+  ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
+    updated_at = EXCLUDED.updated_at
+), ev AS (
+  INSERT INTO session_events AS e (session_id, seq, last_seq, type, payload, created_at)
+  SELECT src.id, x.seq, x.last_seq, x.type, x.payload::jsonb, %(now)s
+  FROM src CROSS JOIN unnest(%(ev_seqs)s::bigint[], %(ev_last)s::bigint[], %(ev_types)s::text[],
+                             %(ev_payloads)s::text[]) AS x(seq, last_seq, type, payload)
+), pruned AS (
+  DELETE FROM session_events e USING src
+  WHERE e.session_id = src.id AND e.seq <= %(prune_to)s
+), upd AS (
+  UPDATE sessions AS s SET
+    record_count = s.record_count + %(added)s - (SELECT count(*) FROM dropped),
+    event_seq = %(event_seq)s,
+    turn_count = s.turn_count + CASE WHEN %(end_turn)s THEN 1 ELSE 0 END,
+    last_active_at = CASE WHEN %(end_turn)s THEN %(now)s ELSE s.last_active_at END,
+    updated_at = CASE WHEN %(end_turn)s THEN %(now)s ELSE s.updated_at END
+  FROM src WHERE s.id = src.id
+  RETURNING s.turn_count, s.record_count
+)
+SELECT upd.turn_count, upd.record_count, coalesce(
+  (SELECT max(ins.id) FROM ins),
+  (SELECT r.id FROM records r, src WHERE r.session_id = src.id
+     AND NOT EXISTS (SELECT 1 FROM dropped WHERE dropped.id = r.id)
+   ORDER BY r.id DESC LIMIT 1),
+  0)
+FROM upd
+"""
+
+# A turn that ends without completing (failed, cancelled): its row with the reason, its log
+# entries and, when `discard`, none of its records (a cancelled turn leaves no history).
+SQL_FINISH_TURN = f"""
+WITH src AS (
+  SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
+), dropped AS (
+  DELETE FROM records r USING src
+  WHERE r.session_id = src.id AND r.turn_id = %(turn)s AND %(discard)s
+  RETURNING r.id
+), trn AS (
+  INSERT INTO turns AS tu (id, session_id, status, input, result, error, created_at,
+                          updated_at)
+  SELECT %(turn)s, src.id, %(status)s, %(input)s, NULL, %(error)s, %(now)s, %(now)s FROM src
+  ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, error = EXCLUDED.error,
+    updated_at = EXCLUDED.updated_at
+), ev AS (
+  INSERT INTO session_events AS e (session_id, seq, last_seq, type, payload, created_at)
+  SELECT src.id, x.seq, x.last_seq, x.type, x.payload::jsonb, %(now)s
+  FROM src CROSS JOIN unnest(%(ev_seqs)s::bigint[], %(ev_last)s::bigint[], %(ev_types)s::text[],
+                             %(ev_payloads)s::text[]) AS x(seq, last_seq, type, payload)
+), upd AS (
+  UPDATE sessions AS s SET record_count = s.record_count - (SELECT count(*) FROM dropped),
+    event_seq = greatest(s.event_seq, %(event_seq)s)
+  FROM src WHERE s.id = src.id
+  RETURNING s.record_count
+)
+SELECT upd.record_count FROM upd
+"""
+
+_TURN_COLUMNS = "tu.id, tu.session_id, tu.status, tu.input, tu.result, tu.error, tu.created_at, " \
+    "tu.updated_at"
+SQL_GET_TURN = f"""
+SELECT {_TURN_COLUMNS} FROM turns tu JOIN sessions s ON s.id = tu.session_id
+WHERE {_THIS_SESSION} AND tu.id = %(turn)s
+"""
+SQL_LIST_TURNS = f"""
+SELECT {_TURN_COLUMNS}, s.id FROM sessions s LEFT JOIN turns tu ON tu.session_id = s.id
+WHERE {_THIS_SESSION}
+ORDER BY tu.created_at DESC NULLS LAST, tu.id DESC
+LIMIT %(limit)s
+"""
+SQL_READ_EVENTS = f"""
+SELECT s.event_seq,
+  (SELECT min(e.seq) FROM session_events e WHERE e.session_id = s.id),
+  (SELECT json_agg(json_build_array(e.seq, e.last_seq, e.type, e.payload) ORDER BY e.seq)
+   FROM (SELECT e.seq, e.last_seq, e.type, e.payload FROM session_events e
+         WHERE e.session_id = s.id AND e.last_seq > %(since)s
+         ORDER BY e.seq LIMIT %(limit)s) e)
+FROM sessions s WHERE {_THIS_SESSION}
+"""
+# The same statements, also recording the calls' usage (sessions_app/accounting/record.py).
+METERED = {SQL_SAVE_CALL: SQL_SAVE_CALL_METERED,
+           SQL_SAVE_TURN_CALL: with_usage(SQL_SAVE_TURN_CALL)}
 
 _SOURCE_EXISTS = (
     "EXISTS (SELECT 1 FROM sessions s WHERE s.id = %(source)s AND s.space_id = %(space)s)"
@@ -464,7 +595,7 @@ class PgSpaceStore(PgConversations):
         if row is None:
             raise SessionNotFound()
         meta = _meta(row)
-        record_count, slots, last_id, history = row[_META_WIDTH:]
+        record_count, event_seq, running, slots, last_id, history = row[_META_WIDTH:]
         slots = slots or {}
         is_main = meta.role == "main"
         return TurnContext(
@@ -479,6 +610,8 @@ class PgSpaceStore(PgConversations):
             history_after=history_after,
             record_count=record_count,
             last_record_id=last_id or 0,
+            event_seq=event_seq,
+            running_turns=tuple(str(t) for t in running or ()),
         )
 
     async def save_call(
@@ -489,14 +622,28 @@ class PgSpaceStore(PgConversations):
         consumed_insight: str | None = None,
         end_turn: bool = False,
         usage: Sequence[CallUsage] = (),
+        turn: TurnWrite | None = None,
     ) -> SaveResult:
         params = self._params(
             session_id, now=timezone.now(), consumed=consumed_insight, added=len(messages),
             end_turn=end_turn, **_record_arrays(messages),
         )
+        sql = SQL_SAVE_CALL
+        if turn is not None:
+            sql = SQL_SAVE_TURN_CALL
+            turn_pk = parse_uuid(turn.turn_id)
+            params.update(
+                turn=turn_pk, status=turn.status, input=storable(turn.input),
+                result=None if turn.result is None else Jsonb(storable(dict(turn.result))),
+                event_seq=turn.event_seq, stale_error=ABANDONED_ERROR,
+                abandoned=[a for a in map(parse_uuid, turn.abandoned) if a],
+                prune_to=prune_to(turn.event_seq) if end_turn else 0,
+                **_event_arrays(turn.events),
+            )
         if usage:  # the calls' usage rides in the same statement: no round trip of its own
             params.update(usage_params(usage))
-        row = await self._one(SQL_SAVE_CALL_METERED if usage else SQL_SAVE_CALL, params)
+            sql = METERED[sql]
+        row = await self._one(sql, params)
         if row is None:
             raise SessionNotFound()
         result = SaveResult(turn_count=row[0], record_count=row[1], last_record_id=row[2])
@@ -672,6 +819,40 @@ class PgSpaceStore(PgConversations):
         params = self._params(values=Jsonb(storable(dict(values))), delete=list(delete),
                               clear=clear)
         await self._one(SQL_WRITE_CORE, params)
+
+    async def finish_turn(
+        self, session_id: str, turn: TurnWrite, *, error: str | None, discard: bool
+    ) -> None:
+        params = self._params(
+            session_id, now=timezone.now(), turn=parse_uuid(turn.turn_id), status=turn.status,
+            input=storable(turn.input), error=storable(error), discard=discard,
+            event_seq=turn.event_seq, **_event_arrays(turn.events),
+        )
+        if await self._one(SQL_FINISH_TURN, params) is None:
+            raise SessionNotFound()
+
+    async def get_turn(self, session_id: str, turn_id: str) -> TurnInfo:
+        turn = parse_uuid(turn_id)
+        row = await self._read(SQL_GET_TURN, self._params(session_id, turn=turn)) \
+            if turn else None
+        if row is None:
+            await self.get_session(session_id)  # an unknown session says so first
+            raise TurnNotFound()
+        return turn_info(*row)
+
+    async def list_turns(self, session_id: str, *, limit: int = 100) -> list[TurnInfo]:
+        rows = await self._read_all(SQL_LIST_TURNS, self._params(session_id, limit=limit))
+        if not rows:
+            raise SessionNotFound()
+        return [turn_info(*r[:-1]) for r in rows if r[0] is not None]
+
+    async def read_events(self, session_id: str, since: int, *, limit: int = 1000) -> EventPage:
+        row = await self._read(SQL_READ_EVENTS, self._params(session_id, since=since,
+                                                              limit=limit))
+        if row is None:
+            raise SessionNotFound()
+        current, first, entries = row
+        return event_page(current, first or 0, entries or (), since)
 
     # -- REST reads (not part of the engine port) ----------------------------------------------
     async def session_tree(self) -> dict[str, Any]:

@@ -84,18 +84,20 @@ from spaces.errors import Forbidden, QuotaExceeded, Unauthenticated
 from spaces.selectors import aspace_id_for_user, parse_uuid
 from spaces.throttling import ahit as rate_limit_hit
 
-from .. import events
+from .. import events, live
 from ..accounting.quotas import admit_turn
 from ..api.errors import error_body
 from ..engine.agent import SpaceAgent
-from ..engine.errors import NotFound, SessionNotFound, StelloError
+from ..engine.errors import NotFound, SessionNotFound, StelloError, TurnCancelled
 from ..engine.types import StreamChunk, TurnResult
 from ..events import session_group
+from ..live import busy_policy
 from ..runtime.pool import runtimes
 from ..wire import bootstrap_json, fork_child_json
 from . import idempotent
 from . import protocol as p
 from .connections import connections
+from .resume import ResumeMixin
 
 logger = logging.getLogger("stello.ws")
 
@@ -153,6 +155,7 @@ class Operations:
                        if not idle.is_set() and not task.done()]:
             await asyncio.wait([asyncio.ensure_future(idle.wait()) for idle in busy])
         await events.drain()
+        await live.drain()
 
     async def shutdown(self) -> None:
         """Stop every connection of the running loop, let the frames being handled finish,
@@ -286,7 +289,7 @@ STOP = None  # queued to tell the worker that the socket is gone
 QueueItem = str | p.ErrorMessage | None  # a text frame to handle, a refusal to send, or STOP
 
 
-class SessionConsumer(AsyncWebsocketConsumer):
+class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
     MAX_PENDING_FRAMES = 16  # frames waiting behind the one being handled (see the docstring)
 
     connection_id: str | None = None
@@ -353,6 +356,8 @@ class SessionConsumer(AsyncWebsocketConsumer):
             await self._enqueue(p.error(p.HANDLER_ERROR,
                                         f"frame too large: at most {limit} bytes"))
             return
+        if '"turn.cancel"' in text_data and self.handle_out_of_band(text_data):
+            return  # a cancel acts on the frame being handled: it cannot wait behind it
         await self._enqueue(text_data)
 
     async def _enqueue(self, item: QueueItem) -> None:
@@ -404,6 +409,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         if self.connection_id is not None:
             connections.unbind(self.connection_id)
         await self._unwatch()
+        await self.stop_following()
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.wait([self._listener])
@@ -444,6 +450,11 @@ class SessionConsumer(AsyncWebsocketConsumer):
                 await handler(self, message)
         except QuotaExceeded as exc:
             await self.reply(p.quota_exceeded(exc.message, exc.retry_after))
+        except TurnCancelled as exc:
+            if self.resumed:  # after the turn's events, `turn.cancelled` included
+                await self.own_answer(p.error(p.HANDLER_ERROR, exc.message), exc.seq)
+            else:
+                await self.reply(p.error(p.HANDLER_ERROR, exc.message))
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))
         except Exception:
@@ -455,7 +466,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     def state_refusal(self, message_type: str) -> p.ErrorMessage | None:
         entered = self.session_id is not None
-        if message_type == "session.enter" and entered:
+        if message_type in p.ENTERING and entered:
             return p.error(p.ALREADY_ENTERED, p.ALREADY_ENTERED_MESSAGE)
         if message_type in p.NEEDS_SESSION and not entered:
             return p.error(p.NOT_ENTERED, p.NOT_ENTERED_MESSAGE)
@@ -563,6 +574,7 @@ class SessionConsumer(AsyncWebsocketConsumer):
         session_id = connections.detach_session(self.connection_id)
         assert session_id is not None  # state_refusal checked it
         await self._unwatch()
+        await self.stop_following()
         try:
             await (await self.agent()).leave(session_id)  # may schedule consolidation
         except StelloError as exc:  # e.g. the session was deleted: leaving still succeeds
@@ -575,22 +587,33 @@ class SessionConsumer(AsyncWebsocketConsumer):
 
     async def on_message(self, message: p.SessionMessage) -> None:
         await self.admit_turn()
-        result = await (await self.agent()).turn(self._current(), message["input"])
+        agent = await self.agent()
+        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"))
+        result = await agent.turn(self._current(), message["input"], wait=wait)
+        if self.resumed:  # the turn's events come through the log; the answer after them
+            await self.own_answer(p.turn_complete(result.to_json()), result.seq)
+            return
         await self.reply(p.turn_complete(result.to_json()))
 
     async def on_stream(self, message: p.SessionStream) -> None:
         result: TurnResult | None = None
         await self.admit_turn()
-        stream = (await self.agent()).stream(self._current(), message["input"])
+        agent = await self.agent()
+        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"))
+        stream = agent.stream(self._current(), message["input"], wait=wait)
+        resumed = self.resumed
         async with aclosing(stream) as items:
             async for item in items:
                 if isinstance(item, StreamChunk):
-                    if item.text:
+                    if item.text and not resumed:
                         await self.reply(p.stream_delta(item.text))
                 else:
                     result = item
         if result is None:  # pragma: no cover - the engine always ends with the result
             raise RuntimeError("the stream ended without a result")
+        if resumed:
+            await self.own_answer(p.stream_end(result.to_json()), result.seq)
+            return
         await self.reply(p.stream_end(result.to_json()))
 
     async def on_fork(self, message: p.SessionFork) -> None:
@@ -611,4 +634,5 @@ HANDLERS: dict[str, Handler] = {
     "session.message": SessionConsumer.on_message,
     "session.stream": SessionConsumer.on_stream,
     "session.fork": SessionConsumer.on_fork,
+    "session.resume": SessionConsumer.on_resume,
 }

@@ -67,7 +67,7 @@ _MISSING: Any = object()
 # -- client -> server ---------------------------------------------------------------------------
 
 ClientType = Literal["session.enter", "session.leave", "session.message", "session.stream",
-                     "session.fork"]
+                     "session.fork", "session.resume", "turn.cancel"]
 
 
 class SessionEnter(TypedDict):
@@ -107,12 +107,30 @@ class SessionFork(TypedDict):
     requestId: NotRequired[str]
 
 
-ClientMessage = SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
+class SessionResume(TypedDict):
+    """Ours (docs/live-turns.md): enter the session and receive its events after `since`."""
+
+    type: Literal["session.resume"]
+    sessionId: str
+    since: int
+
+
+class TurnCancel(TypedDict):
+    """Ours: cancel the session's running turn (`turnId` optional)."""
+
+    type: Literal["turn.cancel"]
+    turnId: str | None
+
+
+ClientMessage = (SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
+                 | SessionResume | TurnCancel)
 
 CLIENT_TYPES: tuple[ClientType, ...] = (
     "session.enter", "session.leave", "session.message", "session.stream", "session.fork",
+    "session.resume", "turn.cancel",
 )
-NEEDS_SESSION: frozenset[str] = frozenset(CLIENT_TYPES) - {"session.enter"}
+ENTERING: frozenset[str] = frozenset({"session.enter", "session.resume"})
+NEEDS_SESSION: frozenset[str] = frozenset(CLIENT_TYPES) - ENTERING
 
 
 class ProtocolError(Exception):
@@ -173,12 +191,20 @@ def _leave(data: dict[str, Any]) -> SessionLeave:
 
 def _message(data: dict[str, Any]) -> SessionMessage:
     return _with_request_id(data, {"type": "session.message",
-                                   "input": required_text(data, "input")})
+                                   "input": required_text(data, "input"), **_if_busy(data)})
 
 
 def _stream(data: dict[str, Any]) -> SessionStream:
     return _with_request_id(data, {"type": "session.stream",
-                                   "input": required_text(data, "input")})
+                                   "input": required_text(data, "input"), **_if_busy(data)})
+
+
+def _if_busy(data: dict[str, Any]) -> dict[str, str]:
+    """Ours, optional: the busy policy of this turn (docs/live-turns.md)."""
+    from ..live import parse_if_busy
+
+    policy = parse_if_busy(data.get("ifBusy"))
+    return {} if policy is None else {"ifBusy": policy}
 
 
 def _fork(data: dict[str, Any]) -> SessionFork:
@@ -200,7 +226,25 @@ def _with_request_id(data: dict[str, Any], message: Any) -> Any:
     return message
 
 
+def _resume(data: dict[str, Any]) -> SessionResume:
+    from ..live import parse_since
+
+    session_id = required_text(data, "sessionId")
+    if "since" not in data:
+        raise missing("since")
+    return {"type": "session.resume", "sessionId": session_id, "since": parse_since(data["since"])}
+
+
+def _cancel(data: dict[str, Any]) -> TurnCancel:
+    turn_id = data.get("turnId")
+    if turn_id is not None and not isinstance(turn_id, str):
+        raise wrong_type("turnId", "a string")
+    return {"type": "turn.cancel", "turnId": turn_id}
+
+
 _PAYLOAD_PARSERS = {
+    "turn.cancel": _cancel,
+    "session.resume": _resume,
     "session.enter": _enter,
     "session.leave": _leave,
     "session.message": _message,

@@ -21,7 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sessions_app.engine.agent import SpaceAgent
-from sessions_app.engine.errors import LLMError, SessionArchived, SessionBusy, SessionNotFound
+from sessions_app.engine.errors import (
+    LLMError,
+    SessionArchived,
+    SessionBusy,
+    SessionNotFound,
+    TurnNotFound,
+)
 from sessions_app.engine.skills import Skill
 from sessions_app.engine.tools import Tool
 from sessions_app.engine.types import (
@@ -30,8 +36,10 @@ from sessions_app.engine.types import (
     CompressionCache,
     ConsolidationInput,
     EngineSettings,
+    EventPage,
     Insight,
     LLMResponse,
+    LogEvent,
     MemoryJob,
     Message,
     NewChild,
@@ -43,6 +51,8 @@ from sessions_app.engine.types import (
     ToolCallDelta,
     ToolSpec,
     TurnContext,
+    TurnInfo,
+    TurnWrite,
 )
 from sessions_app.engine.usage import CallUsage
 
@@ -56,7 +66,11 @@ class StoredSession:
     slots: dict[str, str] = field(default_factory=dict)
     records: list[Message] = field(default_factory=list)
     record_ids: list[int] = field(default_factory=list)  # parallel to `records`
+    record_turns: list[str | None] = field(default_factory=list)  # parallel to `records`
     memory_covered_up_to: int = 0
+    event_seq: int = 0
+    events: list[LogEvent] = field(default_factory=list)  # stored entries, by seq
+    turns: dict[str, TurnInfo] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,7 @@ class InMemoryStore:
         self.saved_calls: list[SavedCall] = []
         self.usage: list[CallUsage] = []  # every metered call recorded, in order
         self.on_turn = on_turn
+        self.event_retention = 0  # log entries kept per session (0: all)
         self._ids = itertools.count(1)
         self._record_ids = itertools.count(1)  # one sequence for the store, like a table's
         now = _now()
@@ -176,17 +191,36 @@ class InMemoryStore:
         else:
             slots[key] = _storable(content)
 
-    def add_records(self, session_id: str, *messages: Message) -> None:
+    def add_records(self, session_id: str, *messages: Message, turn_id: str | None = None) -> None:
         stored = self._get(session_id)
         for message in messages:
             stored.records.append(_stored_message(message))
             stored.record_ids.append(next(self._record_ids))
+            stored.record_turns.append(turn_id)
+
+    def _drop_turn_records(self, stored: StoredSession, turn_ids: set[str]) -> None:
+        keep = [i for i, t in enumerate(stored.record_turns) if t not in turn_ids]
+        stored.records = [stored.records[i] for i in keep]
+        stored.record_ids = [stored.record_ids[i] for i in keep]
+        stored.record_turns = [stored.record_turns[i] for i in keep]
+
+    def _write_turn(self, stored: StoredSession, turn: TurnWrite, *, error: str | None = None,
+                    result: Any = None) -> None:
+        now = _now()
+        old = stored.turns.get(turn.turn_id)
+        stored.turns[turn.turn_id] = TurnInfo(
+            id=turn.turn_id, session_id=stored.meta.id, status=turn.status,
+            input=old.input if old else _storable(turn.input), result=result, error=error,
+            created_at=old.created_at if old else now, updated_at=now)
+        stored.events.extend(turn.events)
+        stored.event_seq = max(stored.event_seq, turn.event_seq)
 
     def replace_records(self, session_id: str, messages: Sequence[Message]) -> None:
         """Rewrite a session's history behind the store's back (new records, new ids)."""
         stored = self._get(session_id)
         stored.records.clear()
         stored.record_ids.clear()
+        stored.record_turns.clear()
         self.add_records(session_id, *messages)
 
     def children_of(self, session_id: str) -> list[SessionMeta]:
@@ -232,6 +266,8 @@ class InMemoryStore:
             history_after=history_after,
             record_count=len(stored.records),
             last_record_id=stored.record_ids[-1] if stored.record_ids else 0,
+            event_seq=stored.event_seq,
+            running_turns=tuple(t.id for t in stored.turns.values() if t.status == "running"),
         )
 
     async def save_call(
@@ -242,11 +278,24 @@ class InMemoryStore:
         consumed_insight: str | None = None,
         end_turn: bool = False,
         usage: Sequence[CallUsage] = (),
+        turn: TurnWrite | None = None,
     ) -> SaveResult:
         stored = self._get(session_id)
         self.usage.extend(usage)
         self.saved_calls.append(SavedCall(session_id, tuple(messages), consumed_insight, end_turn))
-        self.add_records(session_id, *messages)
+        if turn is not None:
+            stale = {t for t in turn.abandoned
+                     if t in stored.turns and stored.turns[t].status == "running"}
+            for t in stale:
+                stored.turns[t] = replace(stored.turns[t], status="failed",
+                                          error="the server process running the turn stopped")
+            self._drop_turn_records(stored, stale)
+            self._write_turn(stored, turn, result=_storable(dict(turn.result))
+                             if turn.result is not None else None)
+            if end_turn and self.event_retention:
+                below = turn.event_seq - self.event_retention
+                stored.events = [e for e in stored.events if e.seq > below]
+        self.add_records(session_id, *messages, turn_id=turn.turn_id if turn else None)
         if consumed_insight is not None and stored.slots.get("insight") == consumed_insight:
             del stored.slots["insight"]
         if end_turn:
@@ -265,6 +314,31 @@ class InMemoryStore:
         if end_turn and self.on_turn is not None:
             self.on_turn(self.space_id, session_id, result.turn_count)
         return result
+
+    async def finish_turn(
+        self, session_id: str, turn: TurnWrite, *, error: str | None, discard: bool
+    ) -> None:
+        stored = self._get(session_id)
+        if discard:
+            self._drop_turn_records(stored, {turn.turn_id})
+        self._write_turn(stored, turn, error=_storable(error))
+
+    async def get_turn(self, session_id: str, turn_id: str) -> TurnInfo:
+        turn = self._get(session_id).turns.get(str(turn_id))
+        if turn is None:
+            raise TurnNotFound()
+        return turn
+
+    async def list_turns(self, session_id: str, *, limit: int = 100) -> list[TurnInfo]:
+        turns = list(self._get(session_id).turns.values())
+        return sorted(turns, key=lambda t: t.created_at, reverse=True)[:limit]
+
+    async def read_events(self, session_id: str, since: int, *, limit: int = 1000) -> EventPage:
+        stored = self._get(session_id)
+        entries = sorted((e for e in stored.events if e.end > since), key=lambda e: e.seq)
+        first = min((e.seq for e in stored.events), default=0)
+        events = [x for e in entries[:limit] for x in e.expand() if x.seq > since]
+        return EventPage(tuple(events), stored.event_seq, first)
 
     async def create_child(self, child: NewChild) -> SessionMeta:
         source = self.meta(child.source_id)
@@ -588,8 +662,10 @@ class AsyncioLocks:
         return lock is not None and lock.locked()
 
     @asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
+    async def hold(self, session_id: str, *, wait: bool = True) -> AsyncIterator[None]:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
+        if not wait and lock.locked():
+            raise SessionBusy()
         try:
             await asyncio.wait_for(lock.acquire(), self.timeout)
         except TimeoutError:

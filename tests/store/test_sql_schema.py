@@ -15,7 +15,9 @@ from sessions_app.models import (
     Record,
     Session,
     SessionData,
+    SessionEvent,
     TopologyNode,
+    Turn,
     UsageDaily,
     UsageQuota,
 )
@@ -23,11 +25,11 @@ from sessions_app.store import postgres
 from spaces.models import Space
 
 MODELS = (Session, TopologyNode, Record, SessionData, CoreData, Space, LLMCall, UsageDaily,
-          UsageQuota)
+          UsageQuota, Turn, SessionEvent)
 TABLES = {m._meta.db_table: {f.column for f in m._meta.concrete_fields} for m in MODELS}
 ALIASES = {"s": "sessions", "n": "topology_nodes", "t": "topology_nodes", "r": "records",
            "d": "session_data", "c": "core_data", "sp": "spaces", "ud": "usage_daily",
-           "q": "usage_quotas"}
+           "q": "usage_quotas", "tu": "turns", "e": "session_events"}
 FUNCTIONS = {"unnest"}
 
 
@@ -60,7 +62,7 @@ def unknown_names(sql: str) -> list[str]:
             problems.append(f"table {table}")
         elif alias in ALIASES and ALIASES[alias] != table:
             problems.append(f"alias {alias} for {table}")
-    for alias, column in re.findall(r"\b(s|n|t|r|d|c|sp)\.\"?(\w+)\"?", sql):
+    for alias, column in re.findall(r"\b(s|n|t|r|d|c|sp|tu|e)\.\"?(\w+)\"?", sql):
         if column not in TABLES[ALIASES[alias]]:
             problems.append(f"{ALIASES[alias]}.{column}")
     for table, columns in re.findall(r"INSERT INTO (\w+)(?: AS \w+)? \(([^)]*)\)", sql):

@@ -118,6 +118,7 @@ class Action:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: str = ""
     delay: float = 0.0
+    chunk_delay: float = 0.0  # a streamed reply waits this long before each event
 
 
 class _ClientGone(Exception):
@@ -142,6 +143,7 @@ class LoopbackLLMServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.echo_when_idle = True  # False: an unscripted request gets HTTP 500
+        self.clients_gone = 0  # replies cut short because the client closed the connection
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -198,9 +200,11 @@ class LoopbackLLMServer:
         usage: Usage | None = (10, 5),
         delay: float = 0.0,
         times: int = 1,
+        chunk_delay: float = 0.0,
     ) -> Self:
         calls = tuple(_as_tool_call(c) for c in tool_calls)
-        return self._push(Action("reply", text, calls, usage, delay=delay), times)
+        return self._push(Action("reply", text, calls, usage, delay=delay,
+                                 chunk_delay=chunk_delay), times)
 
     def error(
         self,
@@ -360,6 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._perform(action, request)
         except _ClientGone:
+            owner.clients_gone += 1
             self.close_connection = True
 
     def _perform(self, action: Action, request: RecordedRequest) -> None:
@@ -383,6 +388,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._start_sse()
             if action.kind == "reply":
                 for event in owner.sse_events(action, model, include_usage):
+                    if action.chunk_delay and owner._stopping.wait(action.chunk_delay):
+                        break
                     self._chunk(event)
                 self._chunk(b"")
             elif action.kind == "malformed":

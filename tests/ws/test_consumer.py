@@ -23,6 +23,7 @@ from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from sessions_app import live
 from sessions_app.engine.errors import LLMError
 from sessions_app.engine.llm.offline import OfflineLLM
 from sessions_app.engine.types import LLMResponse, Message, StreamDelta, ToolCall, ToolSpec
@@ -501,7 +502,7 @@ async def test_message_completes_a_turn_like_rest(space_id, root_id, alice_key,
         "echo: hello", 0, 0)
     rest = await sync_to_async(alice_client.post)(
         f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "hello"}, format="json")
-    assert set(rest.json()) == set(reply["result"]) == {"turn"}
+    assert set(rest.json()) == set(reply["result"]) == {"turn", "turnId"}  # turnId: added
     assert set(rest.json()["turn"]) == set(turn)
     assert json.loads(turn["rawResponse"])["content"] == "echo: hello"
     assert await records_of(root_id) == [("user", "hello"), ("assistant", "echo: hello")] * 2
@@ -831,6 +832,10 @@ async def test_only_a_watching_connection_uses_the_channel_layer(
 ) -> None:
     calls: list[str] = []
     layer = get_channel_layer()
+    # The process's one listener for turn cancels (sessions_app/live.py) joins its group once,
+    # with the first turn; it is not a connection's: start it before counting.
+    live._listen_for_cancels()
+    await asyncio.sleep(0.2)
     for name in ("new_channel", "group_add", "group_discard", "receive"):
         original = getattr(layer, name)
 

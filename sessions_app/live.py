@@ -1,0 +1,486 @@
+"""The live side of a session's event log: publishing a running turn's events, and following a
+session from a seq (WebSocket `session.resume`, the SSE endpoint).
+
+A turn's events get their seq in the engine, under the session's lock, and reach the database
+with the round's `save_call` (deltas coalesced per round). Until then they live here:
+
+- `publish(session_id, event)` (the agent's event sink; sync, never raises into the turn) files
+  the event in the session's outbox. ONE task per session drains it in batches: the batch is
+  appended to the session's live buffer first (a Redis list shared by every process; a dict in
+  the one-process embedded mode), then sent to the channel-layer group `events.<session>`. A
+  fast stream therefore costs one buffer write and one publish per batch, not per delta. Once
+  the turn's last event (`turn.completed` / `failed` / `cancelled`, told after its commit) is
+  out, the buffer is cleared: the database holds everything by then.
+- `Follower` joins the group FIRST, then reads the buffer, then the database. An event published
+  before the join is in the buffer or (once cleared) in the database; one published after is
+  heard live. Merging by seq gives every event after `since` once, in order, gap-free; a live
+  event beyond the next expected seq triggers the same catch-up read. A subscriber whose queue
+  overflows (a slow reader) gets `gap` and continues from the newest seq (bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from .engine.errors import InvalidInput, SessionNotFound, TurnNotRunning
+from .engine.ports import SpaceStore
+from .engine.turn import RUNNING
+from .engine.types import LogEvent
+
+logger = logging.getLogger("stello.live")
+
+TERMINAL = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
+BUFFER_TTL_SECONDS = 3600  # a buffer a dead process left behind expires
+
+
+def parse_since(value: Any) -> int:
+    """A resume position: a non-negative integer (a digit string too: SSE and query strings)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 62:
+        raise InvalidInput("since must be a non-negative integer")
+    return value
+
+
+def _stopping() -> bool:
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def session_key(session_id: str) -> str:
+    """The session id as the groups and keys spell it; anything but a UUID is not found."""
+    try:
+        return str(uuid.UUID(str(session_id)))
+    except ValueError:
+        raise SessionNotFound() from None
+
+
+def events_group(session_id: str) -> str:
+    return f"events.{session_id}"
+
+
+def _encode(event: LogEvent) -> dict[str, Any]:
+    return {"seq": event.seq, "type": event.type, "payload": dict(event.payload)}
+
+
+def _decode(data: dict[str, Any]) -> LogEvent:
+    return LogEvent(int(data["seq"]), str(data["type"]), data.get("payload") or {})
+
+
+# -- the live buffer ------------------------------------------------------------------------
+
+
+class LocalBuffer:
+    """One process (no Redis): the running turns' unsaved events in memory."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, list[dict[str, Any]]] = {}
+
+    async def append(self, session_id: str, events: list[dict[str, Any]]) -> None:
+        self._events.setdefault(session_id, []).extend(events)
+
+    async def read(self, session_id: str) -> list[LogEvent]:
+        return [_decode(e) for e in self._events.get(session_id, ())]
+
+    async def clear(self, session_id: str) -> None:
+        self._events.pop(session_id, None)
+
+
+class RedisBuffer:
+    """Every process: a Redis list per session with a running turn."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.from_url(url)
+        self._prefix = prefix
+
+    def _key(self, session_id: str) -> str:
+        return f"{self._prefix}:live:{session_id}"
+
+    async def append(self, session_id: str, events: list[dict[str, Any]]) -> None:
+        key = self._key(session_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, *(json.dumps(e) for e in events))
+            pipe.expire(key, BUFFER_TTL_SECONDS)
+            await pipe.execute()
+
+    async def read(self, session_id: str) -> list[LogEvent]:
+        return [_decode(json.loads(e)) for e in await self._redis.lrange(self._key(session_id),
+                                                                          0, -1)]
+
+    async def clear(self, session_id: str) -> None:
+        await self._redis.delete(self._key(session_id))
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+    weakref.WeakKeyDictionary())
+
+
+def buffer() -> LocalBuffer | RedisBuffer:
+    """The live buffer of the running loop (loop-bound: a Redis client belongs to its loop)."""
+    loop = asyncio.get_running_loop()
+    found = _buffers.get(loop)
+    if found is None:
+        url = settings.STELLO.get("REDIS_URL")
+        prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "stello")
+        found = RedisBuffer(url, prefix) if url else _shared_local
+        _buffers[loop] = found
+    return found
+
+
+_shared_local = LocalBuffer()  # embedded mode: one process, every loop sees the same turns
+
+
+# -- publishing -----------------------------------------------------------------------------
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+_outboxes: dict[str, _Outbox] = {}
+pending: set[asyncio.Task[None]] = set()
+
+
+def publish(session_id: str, event: LogEvent) -> None:
+    """File `event` for the session's followers; the turn never waits for it."""
+    if event.type == "turn.started":
+        _listen_for_cancels()
+    outbox = _outboxes.setdefault(session_id, _Outbox())
+    outbox.events.append(event)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - the engine always runs on a loop
+        outbox.events.clear()
+        return
+    # A drain left by a loop that has gone (a one-call loop: the sync test client, the admin)
+    # never runs again: start one on this loop.
+    if outbox.task is None or outbox.task.done() or outbox.task.get_loop() is not loop:
+        outbox.task = loop.create_task(_drain(session_id, outbox))
+        pending.add(outbox.task)
+        outbox.task.add_done_callback(pending.discard)
+
+
+async def _drain(session_id: str, outbox: _Outbox) -> None:
+    try:
+        while outbox.events:
+            batch, outbox.events = outbox.events, []
+            try:
+                await _send(session_id, batch)
+            except Exception:  # a follower catches up from the database; the turn goes on
+                logger.warning("could not publish events of session %s", session_id,
+                               exc_info=True)
+    finally:
+        # No await since the loop saw the outbox empty: nothing was filed meanwhile.
+        if outbox.task is asyncio.current_task():
+            outbox.task = None
+            if not outbox.events and _outboxes.get(session_id) is outbox:
+                del _outboxes[session_id]
+
+
+async def _send(session_id: str, batch: list[LogEvent]) -> None:
+    store = buffer()
+    if batch[0].type == "turn.started":
+        # A fresh turn with no dead one before it: what the buffer still holds is saved.
+        await store.clear(session_id)
+    encoded = [_encode(e) for e in batch]
+    await store.append(session_id, encoded)
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(events_group(session_id), {
+            "type": "session.events", "sessionId": session_id, "events": encoded})
+    if batch[-1].type in TERMINAL:
+        await store.clear(session_id)
+
+
+async def recover(session_id: str) -> list[LogEvent]:
+    """The events in the session's live buffer (a dead process's unsaved ones among them)."""
+    return await buffer().read(session_id)
+
+
+async def drain() -> None:
+    """Wait until the running loop's events have been published (tests, shutdown)."""
+    loop = asyncio.get_running_loop()
+    while waiting := [t for t in pending if t.get_loop() is loop]:
+        await asyncio.wait(waiting)
+
+
+# -- following ------------------------------------------------------------------------------
+
+
+class Gap(Exception):
+    """Events after the follower's position are gone (pruned, or it fell behind)."""
+
+
+class Follower:
+    """Every event of one session after `since`, in order, without gaps or duplicates, then
+    live. Use `async with Follower(...) as f: async for event in f: ...`; a `gap` event (type
+    "gap") says events were lost, and the follower continues from the newest seq."""
+
+    def __init__(self, store: SpaceStore, session_id: str, since: int, *,
+                 queue_limit: int | None = None) -> None:
+        self.store = store
+        self.session_id = session_key(session_id)
+        self.position = since
+        limit = queue_limit or settings.STELLO.get("EVENT_SUBSCRIBER_BUFFER", 1000)
+        self._queue: asyncio.Queue[LogEvent] = asyncio.Queue(limit)
+        self._overflow = False
+        self._wake = asyncio.Event()
+        self._channel: str | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Follower:
+        layer = get_channel_layer()
+        if layer is not None:
+            self._channel = await layer.new_channel()
+            await layer.group_add(events_group(self.session_id), self._channel)
+            self._listener = asyncio.get_running_loop().create_task(self._listen(layer))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        layer = get_channel_layer()
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.wait([self._listener])
+        if layer is not None and self._channel is not None:
+            try:
+                await layer.group_discard(events_group(self.session_id), self._channel)
+            except Exception:  # expires with the layer's group_expiry anyway
+                logger.debug("could not leave the events group", exc_info=True)
+
+    async def _listen(self, layer: Any) -> None:
+        while True:
+            try:
+                message = await layer.receive(self._channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if _stopping():  # redis-py may turn our cancellation into another error
+                    return
+                logger.warning("event listener failed (session %s)", self.session_id,
+                               exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            for data in message.get("events", ()):
+                try:
+                    self._queue.put_nowait(_decode(data))
+                except asyncio.QueueFull:
+                    self._overflow = True
+            self._wake.set()
+
+    async def newest(self) -> int:
+        """The newest seq known: saved, or told live by a running turn."""
+        page = await self.store.read_events(self.session_id, 1 << 62)
+        live = await buffer().read(self.session_id)
+        return max([page.current, *(e.seq for e in live)])
+
+    async def catch_up(self) -> list[LogEvent]:
+        """The events after `position` from the live buffer and the database (in that order:
+        see the module docstring). Raises Gap when some of them are gone."""
+        live = await buffer().read(self.session_id)
+        page = await self.store.read_events(self.session_id, self.position)
+        merged = {e.seq: e for e in page.events}
+        for event in live:
+            if event.seq > self.position:
+                merged.setdefault(event.seq, event)
+        events = [merged[seq] for seq in sorted(merged)]
+        if events and events[0].seq != self.position + 1:
+            raise Gap()
+        if not events and page.current > self.position:
+            raise Gap()
+        # Only the contiguous run: a hole means a batch still on its way (heard live later).
+        run: list[LogEvent] = []
+        for event in events:
+            if event.seq != self.position + len(run) + 1:
+                break
+            run.append(event)
+        return run
+
+    def __aiter__(self) -> AsyncIterator[LogEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[LogEvent]:
+        caught_up = False
+        while True:
+            if self._overflow:
+                yield await self._gap()
+                caught_up = False
+            if not caught_up:
+                caught_up = True
+                try:
+                    for event in await self.catch_up():
+                        self.position = event.seq
+                        yield event
+                except Gap:
+                    yield await self._gap()
+                    continue
+            try:
+                event = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                self._wake.clear()
+                if self._queue.empty() and not self._overflow:
+                    await self._wake.wait()
+                continue
+            if event.seq > self.position + 1:
+                # Heard ahead of what we have: what came first is in the buffer or the
+                # database (published in order, each batch buffered before it is sent).
+                try:
+                    for missed in await self.catch_up():
+                        self.position = missed.seq
+                        yield missed
+                except Gap:
+                    yield await self._gap()
+                    continue
+                if event.seq > self.position + 1:
+                    yield await self._gap()
+                    continue
+            if event.seq <= self.position:
+                continue
+            self.position = event.seq
+            yield event
+
+    async def _gap(self) -> LogEvent:
+        """Drop what is queued and continue from the newest seq."""
+        self._overflow = False
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        since = self.position
+        self.position = await self.newest()
+        return LogEvent(self.position, "gap", {"since": since})
+
+
+
+# -- cancel -----------------------------------------------------------------------------------
+
+CANCEL_GROUP = "stello.turn-cancels"
+CANCEL_WAIT_SECONDS = 5.0
+_cancel_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _listen_for_cancels() -> None:
+    """Once per loop (when it first runs a turn): hear cancel requests from every process.
+    One group for all turns: a turn costs nothing, a cancel one publish."""
+    loop = asyncio.get_running_loop()
+    if loop in _cancel_listeners or get_channel_layer() is None:
+        return
+    _cancel_listeners[loop] = loop.create_task(_cancel_listener())
+
+
+async def _cancel_listener() -> None:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(CANCEL_GROUP, channel)
+    while True:
+        try:
+            message = await layer.receive(channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if _stopping():  # redis-py may turn our cancellation into another error
+                return
+            logger.warning("cancel listener failed", exc_info=True)
+            await asyncio.sleep(0.5)
+            continue
+        running = RUNNING.get(str(message.get("turnId")))
+        if running is not None:
+            running.cancel()
+
+
+def _live_turns(events: list[LogEvent]) -> tuple[dict[str, bool], str | None]:
+    """From the live buffer: the turns it mentions (True = ended) and the one running."""
+    turns: dict[str, bool] = {}
+    current = None
+    for event in sorted(events, key=lambda e: e.seq):
+        turn_id = event.payload.get("turnId")
+        if event.type == "turn.started":
+            turns[turn_id], current = False, turn_id
+        elif event.type in TERMINAL and turn_id is not None:
+            turns[turn_id] = True
+            current = None if current == turn_id else current
+    return turns, current
+
+
+async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str:
+    """Cancel the session's running turn (`turn_id`, or whichever runs), in any process; wait
+    until it has stopped and return its id. TurnNotFound for a turn this session does not
+    know, TurnNotRunning for one that has ended (or no running turn)."""
+    session_id = session_key(session_id)
+    live_turns, current = _live_turns(await buffer().read(session_id))
+    if turn_id is None:
+        local = next((t for t in RUNNING.values() if t.session_id == session_id), None)
+        turn_id = local.turn_id if local is not None else current
+        if turn_id is None:
+            await store.get_session(session_id)  # SessionNotFound first
+            raise TurnNotRunning()
+    elif turn_id not in live_turns and turn_id not in RUNNING:
+        turn = await store.get_turn(session_id, turn_id)  # SessionNotFound, TurnNotFound
+        if turn.status != "running":
+            raise TurnNotRunning(f"Turn {turn_id} has already ended ({turn.status})")
+    elif live_turns.get(turn_id):
+        raise TurnNotRunning(f"Turn {turn_id} has already ended")
+    async with Follower(store, session_id, await _newest_saved(store, session_id)) as follower:
+        local = RUNNING.get(turn_id)
+        if local is not None and local.session_id == session_id:
+            local.cancel()
+        else:
+            layer = get_channel_layer()
+            if layer is not None:
+                await layer.group_send(CANCEL_GROUP, {"type": "turn.cancel", "turnId": turn_id})
+        try:
+            async with asyncio.timeout(CANCEL_WAIT_SECONDS):
+                async for event in follower:
+                    if event.payload.get("turnId") != turn_id or event.type not in TERMINAL:
+                        continue
+                    if event.type == "turn.cancelled":
+                        return turn_id
+                    raise TurnNotRunning(f"Turn {turn_id} ended before it could be cancelled")
+        except TimeoutError:
+            pass
+    raise TurnNotRunning(f"Turn {turn_id} did not stop within {CANCEL_WAIT_SECONDS:g}s")
+
+
+# -- busy policy ------------------------------------------------------------------------------
+
+IF_BUSY = ("reject", "enqueue", "interrupt")
+
+
+def parse_if_busy(value: Any) -> str | None:
+    """A turn's `ifBusy` (None when not given: the deployment's STELLO_IF_BUSY applies)."""
+    if value is None:
+        return None
+    if value not in IF_BUSY:
+        raise InvalidInput("ifBusy must be one of reject, enqueue, interrupt")
+    return value
+
+
+async def busy_policy(store: SpaceStore, session_id: str, if_busy: str | None) -> bool:
+    """Apply `ifBusy` before a turn takes the session's lock; returns whether the turn may
+    wait for the lock. `reject`: no wait (SESSION_BUSY at once); `enqueue`: wait, bounded by
+    the lock timeout; `interrupt`: cancel the running turn first, then wait."""
+    policy = if_busy or settings.STELLO.get("IF_BUSY", "enqueue")
+    if policy == "interrupt":
+        try:
+            await cancel(store, session_id, None)
+        except TurnNotRunning:
+            pass
+    return policy != "reject"
+
+
+async def _newest_saved(store: SpaceStore, session_id: str) -> int:
+    return (await store.read_events(session_id, 1 << 62)).current

@@ -1,0 +1,183 @@
+"""Live turns over the WebSocket, in one process (the real ASGI app, the offline LLM):
+`session.resume`, seq-numbered events, turn ids. Across processes: test_live_turns_servers.py."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from sessions_app.models import Session, SessionEvent, Turn
+from spaces.services import space_create
+from tests.ws.test_consumer import (
+    ask,
+    bounded,
+    enter,
+    nothing_more,
+    open_ws,
+    recv,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def resume(communicator, session_id: str, since: int) -> dict:
+    reply = await ask(communicator, {"type": "session.resume", "sessionId": session_id,
+                                     "since": since})
+    assert reply["type"] == "session.entered", reply
+    assert reply["seq"] == since and reply["sessionId"] == session_id
+    return reply
+
+
+async def frames_until(communicator, last_type: str) -> list[dict]:
+    frames = []
+    while True:
+        frame = await recv(communicator)
+        frames.append(frame)
+        if frame["type"] == last_type:
+            return frames
+
+
+@bounded(40)
+async def test_a_resumed_connection_gets_every_event_with_its_seq(space_id, root_id,
+                                                                  alice_key) -> None:
+    ws = await open_ws(space_id, alice_key)
+    await resume(ws, root_id, 0)
+    await ws.send_json_to({"type": "session.stream", "input": "hello big world"})
+    frames = await frames_until(ws, "stream.end")
+    types = [f["type"] for f in frames]
+    assert types == ["turn.started", *["stream.delta"] * 4, "turn.completed", "stream.end"]
+    assert [f["seq"] for f in frames] == [1, 2, 3, 4, 5, 6, 6]
+    turn_id = frames[0]["turnId"]
+    assert frames[0]["input"] == "hello big world"
+    assert "".join(f["chunk"] for f in frames[1:5]) == "echo: hello big world"
+    assert {f["turnId"] for f in frames[:6]} == {turn_id}
+    assert frames[-1]["result"]["turnId"] == turn_id == frames[-2]["result"]["turnId"]
+    await nothing_more(ws)
+
+    # A late client: everything from the log (deltas were stored as one entry per round).
+    assert await SessionEvent.objects.filter(session_id=root_id).acount() == 3
+    late = await open_ws(space_id, alice_key)
+    await resume(late, root_id, 0)
+    replay = [await recv(late) for _ in range(6)]
+    assert [(f["type"], f["seq"]) for f in replay] == [(f["type"], f["seq"])
+                                                       for f in frames[:6]]
+    assert [f.get("chunk") for f in replay] == [f.get("chunk") for f in frames[:6]]
+    # ... and, resuming mid-stream, exactly what it missed.
+    mid = await open_ws(space_id, alice_key)
+    await resume(mid, root_id, 3)
+    assert [(f := await recv(mid))["seq"] for _ in range(3)] == [4, 5, 6]
+    assert f["type"] == "turn.completed"
+    await nothing_more(mid)
+
+    # The late connection hears the next turn live (made by another connection).
+    await ws.send_json_to({"type": "session.message", "input": "again"})
+    assert [(f["type"], f["seq"]) for f in await frames_until(ws, "turn.complete")] == [
+        ("turn.started", 7), ("turn.completed", 8), ("turn.complete", 8)]
+    assert [(f["type"], f["seq"]) for f in [await recv(late), await recv(late)]] == [
+        ("turn.started", 7), ("turn.completed", 8)]
+    turn = await Turn.objects.aget(pk=turn_id)
+    assert (turn.status, turn.input) == ("completed", "hello big world")
+    for c in (ws, late, mid):
+        await c.disconnect()
+
+
+@bounded()
+async def test_an_original_client_sees_only_an_added_turn_id(space_id, root_id,
+                                                             alice_key) -> None:
+    ws = await open_ws(space_id, alice_key)
+    await enter(ws, root_id)
+    await ws.send_json_to({"type": "session.stream", "input": "hi"})
+    frames = await frames_until(ws, "stream.end")
+    assert [f["type"] for f in frames] == ["stream.delta", "stream.delta", "stream.end"]
+    assert all("seq" not in f for f in frames)
+    assert set(frames[-1]["result"]) == {"turn", "turnId"}
+    assert await Turn.objects.filter(pk=frames[-1]["result"]["turnId"]).aexists()
+    await nothing_more(ws)
+    await ws.disconnect()
+
+
+@bounded()
+@pytest.mark.parametrize("since", [-1, "x", 1.5, True, None, "", "-2", 1 << 70])
+async def test_a_bad_since_is_a_handler_error_and_nothing_is_entered(space_id, root_id,
+                                                                     alice_key, since) -> None:
+    ws = await open_ws(space_id, alice_key)
+    frame = {"type": "session.resume", "sessionId": root_id, "since": since}
+    reply = await ask(ws, frame)
+    assert reply == {"type": "error", "code": "HANDLER_ERROR",
+                     "message": "since must be a non-negative integer"}
+    reply = await ask(ws, {"type": "session.resume", "sessionId": root_id})
+    assert reply["code"] == "HANDLER_ERROR" and reply["message"] == "since is required"
+    # Not entered: a turn is refused.
+    assert (await ask(ws, {"type": "session.message", "input": "x"}))["code"] == "NOT_ENTERED"
+    await ws.disconnect()
+
+
+@bounded()
+async def test_resume_refuses_the_future_and_other_spaces(space_id, root_id, alice_key,
+                                                          bob) -> None:
+    bobs_space = await sync_to_async(space_create)(owner=bob, label="Bob's")
+    bobs_root = str((await Session.objects.aget(space=bobs_space, role="main")).pk)
+    ws = await open_ws(space_id, alice_key)
+    reply = await ask(ws, {"type": "session.resume", "sessionId": root_id, "since": 5})
+    assert reply["code"] == "HANDLER_ERROR" and "ahead" in reply["message"]
+    for other in (str(uuid.uuid4()), "not-a-uuid", bobs_root):
+        reply = await ask(ws, {"type": "session.resume", "sessionId": other, "since": 0})
+        assert reply == {"type": "error", "code": "HANDLER_ERROR",
+                         "message": "Session not found"}
+    await resume(ws, root_id, 0)
+    reply = await ask(ws, {"type": "session.resume", "sessionId": root_id, "since": 0})
+    assert reply["code"] == "ALREADY_ENTERED"
+    await ws.disconnect()
+
+
+@bounded()
+async def test_a_resume_from_a_pruned_seq_gets_gap_then_the_snapshot(space_id, root_id,
+                                                                     alice_key,
+                                                                     settings) -> None:
+    settings.STELLO = {**settings.STELLO, "EVENT_RETENTION": 2}
+    ws = await open_ws(space_id, alice_key)
+    await enter(ws, root_id)
+    for text in ("one", "two"):
+        assert (await ask(ws, {"type": "session.message", "input": text}))["type"] == \
+            "turn.complete"
+    assert [e.seq async for e in SessionEvent.objects.filter(session_id=root_id)] == [3, 4]
+    late = await open_ws(space_id, alice_key)
+    await resume(late, root_id, 1)
+    gap = await recv(late)
+    assert (gap["type"], gap["since"], gap["seq"]) == ("gap", 1, 4)
+    assert gap["bootstrap"]["session"]["id"] == root_id  # the snapshot to start again from
+    await nothing_more(late)
+    # From a seq still kept: no gap.
+    kept = await open_ws(space_id, alice_key)
+    await resume(kept, root_id, 2)
+    assert [(await recv(kept))["seq"] for _ in range(2)] == [3, 4]
+    for c in (ws, late, kept):
+        await c.disconnect()
+
+
+@bounded()
+async def test_a_slow_follower_gets_gap_and_holds_no_more_than_its_buffer(space_id, root_id,
+                                                                          alice_key) -> None:
+    from sessions_app import live
+    from sessions_app.engine.types import LogEvent
+    from sessions_app.store import space_store
+
+    ws = await open_ws(space_id, alice_key)
+    await enter(ws, root_id)
+    assert (await ask(ws, {"type": "session.message", "input": "x"}))["type"] == "turn.complete"
+    async with live.Follower(space_store(space_id), root_id, 2, queue_limit=3) as follower:
+        for seq in range(3, 13):  # a burst the follower does not read
+            live.publish(root_id, LogEvent(seq, "stream.delta", {"chunk": str(seq)}))
+        await live.drain()
+        for _ in range(100):  # on Redis, pub/sub delivers a moment later
+            if follower._overflow:
+                break
+            await asyncio.sleep(0.02)
+        assert follower._overflow and follower._queue.qsize() <= 3
+        first = await anext(aiter(follower))
+        assert first.type == "gap" and first.payload["since"] == 2
+    await live.buffer().clear(root_id)
+    await ws.disconnect()
