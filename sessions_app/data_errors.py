@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from spaces.errors import InvalidInput, StelloError
+from spaces.paging import InvalidCursor  # one class per code: a search cursor is a cursor too
 
-
-class InvalidCursor(InvalidInput):
-    """A cursor that this server did not give out for this query (tampered, or reused)."""
-
-    code = "INVALID_CURSOR"
-    default_message = "Invalid cursor"
+__all__ = ["ImportRefused", "ImportTooLarge", "InvalidCursor"]
 
 
 class ImportRefused(InvalidInput):

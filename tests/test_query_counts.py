@@ -51,8 +51,9 @@ class TestSpaceEndpoints:
                               format="json").status_code == 200
 
     def test_delete(self, warm, space, child, django_assert_max_num_queries) -> None:
-        # 16: the cascade also clears the session's turns and event log (one more DELETE).
-        with django_assert_max_num_queries(16):
+        # 17: the cascade also clears the session's turns and event log, and the space's
+        # retention policy (one more DELETE each).
+        with django_assert_max_num_queries(17):
             assert warm.delete(f"/spaces/{space['id']}").status_code == 204
 
 
@@ -60,12 +61,12 @@ class TestSpaceEndpoints:
 class TestEngineEndpoints:
     def test_turn(self, warm, space, child, django_assert_max_num_queries) -> None:
         # The ORM store (SQLite) reads the running turns and writes the turn row and its log
-        # entries (3 more), and the call's usage and daily rollup (1 more), as statements of
-        # the turn's transaction; PostgreSQL folds them into the store's existing statements
-        # (still 10).
+        # entries (3 more), and the call's usage and its daily rollup (2 more), as statements
+        # of the turn's transaction; PostgreSQL folds them into the store's existing
+        # statements (still 10).
         from django.db import connection
 
-        limit = 10 if connection.vendor == "postgresql" else 14
+        limit = 10 if connection.vendor == "postgresql" else 15
         for session_id in (space["root"], child, space["root"]):
             with django_assert_max_num_queries(limit):
                 response = warm.post(f"/spaces/{space['id']}/sessions/{session_id}/turn",

@@ -507,10 +507,12 @@ class InMemoryStore:
         stored = self._get(session_id)
         if stored.meta.status != "active":
             raise SessionArchived(session_id)
-        kept = [(i, m) for i, m in zip(stored.record_ids, stored.records, strict=True)
+        kept = [(i, m, t) for i, m, t in zip(stored.record_ids, stored.records,
+                                               stored.record_turns, strict=True)
                 if i not in set(remove)]
-        stored.record_ids[:] = [i for i, _ in kept]
-        stored.records[:] = [m for _, m in kept]
+        stored.record_ids[:] = [i for i, _, _ in kept]
+        stored.records[:] = [m for _, m, _ in kept]
+        stored.record_turns[:] = [t for _, _, t in kept]
         self.add_records(session_id, *messages)
         if consumed_insight is not None and stored.slots.get("insight") == consumed_insight:
             del stored.slots["insight"]
