@@ -154,29 +154,10 @@ def interval_minutes() -> int:
     return int(settings.STELLO["RETENTION_SWEEP_MINUTES"])
 
 
-def cron(minutes: int) -> str:
-    """The cron line of a sweep every `minutes` (rounded to what cron can say)."""
-    if minutes < 60:
-        return f"*/{minutes} * * * *"
-    hours = minutes // 60
-    return f"0 */{hours} * * *" if hours < 24 else "0 0 * * *"
-
-
-def register_periodic(app, get_agent: GetAgent, *, queue: str) -> None:
-    """The periodic sweep job of a procrastinate app (its workers run it; procrastinate defers
-    one job per period whatever the number of workers)."""
-    minutes = interval_minutes()
-    if not minutes:
-        return
-
-    @app.periodic(cron=cron(minutes), periodic_id="retention")
-    @app.task(name="stello.retention", queue=queue, queueing_lock="stello.retention")
-    async def retention_sweep(timestamp: int) -> None:
-        await sweep(get_agent)
-
-
 async def run_periodically(get_agent: GetAgent) -> None:
-    """The in-process twin (SQLite): a sweep every interval while the loop serves."""
+    """A sweep every interval while the loop serves (every serving process runs one: sweeps
+    are safe side by side, since each archive takes the session's lock and each delete checks
+    the status and age again)."""
     minutes = interval_minutes()
     if not minutes:
         return

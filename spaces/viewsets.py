@@ -94,8 +94,10 @@ class AsyncViewSet(ViewSet):
                 await self.ainitial(request, *args, **kwargs)
                 # A mutating request with an Idempotency-Key runs at most once; one without
                 # costs this lookup and nothing else.
+                # A method the route does not have answers 405, key or no key.
                 if (idempotency.META_HEADER in request._request.META
-                        and request.method in idempotency.MUTATING):
+                        and request.method in idempotency.MUTATING
+                        and getattr(self, request.method.lower(), None) is not None):
                     return await self.aidempotent(request, *args, **kwargs)
                 response = await self.ahandle(request, *args, **kwargs)
             except Exception as exc:

@@ -7,7 +7,7 @@ engine (`engine.editing`) and the stores. docs/conversations.md describes them f
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
@@ -185,7 +185,11 @@ def _query_time(params: Any, name: str) -> datetime | None:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise InvalidInput(f"{name} must be an ISO 8601 time with a UTC offset")
-    return parsed
+    try:
+        # In UTC: PostgreSQL refuses offsets beyond 15:59 that ISO 8601 allows (up to 23:59).
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{name} is out of range") from None
 
 
 def _page_limit(params: Any) -> int:

@@ -232,9 +232,6 @@ class MemoryQueue:
                 raise
 
         self._task = memory
-        # The periodic retention sweep rides on the same queue and workers.
-        from ..retention import register_periodic
-        register_periodic(self.app, get_agent, queue=MEMORY_QUEUE)
 
     async def start(self) -> None:
         await self.app.open_async()

@@ -174,8 +174,10 @@ class Runtime:
         ) if conninfo and durable_jobs else None
         self._queue_running = False
         self._queue_start: asyncio.Task[None] | None = None
-        # Without the queue, a serving loop runs the retention sweep itself (not a one-call one).
-        self._sweeps = durable_jobs and self.queue is None
+        # A serving loop runs the retention sweep itself (not a one-call one). Not as a
+        # procrastinate periodic task: its deferrer stops the whole worker when the database
+        # goes away for a moment (a restart), and memory jobs with it.
+        self._sweeps = durable_jobs
         self._sweeper: asyncio.Task[None] | None = None
         # A loop that lives for one call cannot keep listeners (cancels, followers) running:
         # its turns are logged, not published live (followers catch up from the log).

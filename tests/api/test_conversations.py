@@ -279,9 +279,17 @@ class TestFlatListing:
     @pytest.mark.parametrize("params", [
         {"limit": "0"}, {"status": "gone"}, {"updatedSince": "yesterday"},
         {"updatedSince": "2026-01-01T00:00:00"}, {"cursor": "bogus"}, {"q": "x" * 201},
+        {"updatedSince": "9999-12-31T23:00:00-05:00"},  # past the last representable time
     ])
     def test_bad_parameters_are_400(self, api, root_id, params) -> None:
         assert api.client.get(api.path() + "/flat", params).status_code == 400
+
+    def test_an_offset_beyond_what_postgresql_takes_is_read_in_utc(self, api, root_id) -> None:
+        # ISO 8601 allows offsets up to 23:59, PostgreSQL up to 15:59: this answered 500 there.
+        response = api.client.get(api.path() + "/flat",
+                                  {"updatedSince": "0603-06-14T10:46:49.0-23:45"})
+        assert response.status_code == 200, response.content
+        assert [s["id"] for s in response.json()["sessions"]] == [root_id]
 
     def test_only_the_spaces_own_sessions_are_listed(self, api, root_id, alice_client) -> None:
         other = create_space(alice_client, label="Other")

@@ -149,36 +149,11 @@ def test_the_sweep_logs_its_counts(alice_client, api: SessionApi, root_id, space
     assert "retention sweep: spaces=1 archived=1 deleted=0 busy=0" in messages
 
 
-def test_the_periodic_schedule() -> None:
-    assert retention.cron(15) == "*/15 * * * *"
-    assert retention.cron(60) == "0 */1 * * *"
-    assert retention.cron(180) == "0 */3 * * *"
-    assert retention.cron(60 * 48) == "0 0 * * *"
-
-
-def test_the_queue_carries_a_periodic_sweep(settings) -> None:
-    """On PostgreSQL the procrastinate app of every serving process registers the sweep as a
-    periodic task (procrastinate defers it once per period across processes)."""
-    from sessions_app.runtime.jobs import MEMORY_QUEUE, MemoryQueue
-
-    async def get_agent(space_id):  # never called here
-        raise AssertionError
-
-    queue = MemoryQueue("postgresql://unused", get_agent, retries=0, retry_delay=0,
-                        stall_seconds=1, shutdown_grace_seconds=0)
-    task = queue.app.tasks["stello.retention"]
-    assert task.queue == MEMORY_QUEUE
-    [periodic] = [p for p in queue.app.periodic_registry.periodic_tasks.values()
-                  if p.task is task]
-    assert periodic.cron == "0 */1 * * *"
-    settings.STELLO = {**settings.STELLO, "RETENTION_SWEEP_MINUTES": 0}
-    queue = MemoryQueue("postgresql://unused", get_agent, retries=0, retry_delay=0,
-                        stall_seconds=1, shutdown_grace_seconds=0)
-    assert "stello.retention" not in queue.app.tasks
-
-
-def test_a_serving_loop_without_the_queue_sweeps_in_process(monkeypatch) -> None:
-    """SQLite: a server's runtime runs the sweep itself, every interval, until it closes."""
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_a_serving_loop_sweeps_in_process(monkeypatch, database) -> None:
+    """A server's runtime runs the sweep itself, every interval, until it closes; on
+    PostgreSQL too, where the memory queue is procrastinate (its periodic deferrer would stop
+    the worker while the database restarts)."""
     from sessions_app.runtime import pool
 
     calls: list[int] = []
@@ -188,7 +163,8 @@ def test_a_serving_loop_without_the_queue_sweeps_in_process(monkeypatch) -> None
         await asyncio.Event().wait()
 
     monkeypatch.setattr(retention, "run_periodically", fake_run_periodically)
-    monkeypatch.setattr(pool.pgpool, "conninfo", lambda: None)
+    monkeypatch.setattr(pool.pgpool, "conninfo",
+                        lambda: "postgresql://unused" if database == "postgresql" else None)
 
     async def main() -> bool:
         runtime = pool.Runtime(durable_jobs=True)
