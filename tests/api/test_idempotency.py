@@ -70,6 +70,15 @@ def test_the_same_key_with_another_body_is_refused_and_runs_nothing(
     assert Session.objects.filter(space_id=api.space_id).count() == 1
 
 
+def test_a_method_the_route_lacks_is_405_even_with_a_used_key(
+        api: SessionApi, root_id: str) -> None:
+    assert post(api.client, turn_path(api, root_id), {"input": "a"}, key="k").status_code == 200
+    # POST on the system prompt (it has GET and PUT), with the key of another request: the
+    # route's 405 comes first, not the key's 422.
+    response = post(api.client, api.path(root_id, "system-prompt"), {"content": "x"}, key="k")
+    assert response.status_code == 405, response.content
+
+
 def test_requests_without_a_key_run_every_time(api: SessionApi, root_id: str) -> None:
     for _ in range(2):
         response = post(api.client, turn_path(api, root_id), {"input": "again"}, key=None)
