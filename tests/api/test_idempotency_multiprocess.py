@@ -32,6 +32,11 @@ CONCURRENT = 50
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def lowered(headers: Any) -> dict[str, str]:
+    """Header names in lower case: servers differ (uvicorn sends them so, daphne does not)."""
+    return {name.lower(): value for name, value in headers.items()}
+
+
 def send(url: str, api_key: str, body: Any, idempotency_key: str,
          timeout: float = 120.0) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(
@@ -40,9 +45,9 @@ def send(url: str, api_key: str, body: Any, idempotency_key: str,
                  "Idempotency-Key": idempotency_key})
     try:
         with NO_PROXY.open(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, lowered(response.headers), response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, lowered(error.headers), error.read()
 
 
 @pytest.fixture
@@ -81,7 +86,7 @@ def test_fifty_concurrent_identical_turns_through_two_processes_run_once(
     bodies = {body for _, _, body in results}
     assert len(bodies) == 1
     assert json.loads(bodies.pop())["turn"]["finalContent"] == "the one answer"
-    replayed = [headers.get("Idempotent-Replayed") for _, headers, _ in results]
+    replayed = [headers.get("idempotent-replayed") for _, headers, _ in results]
     assert replayed.count(None) == 1 and replayed.count("true") == CONCURRENT - 1
     assert len(llm.requests) == 1
     assert list(Record.objects.filter(session_id=tenant["root_id"]).values_list(
@@ -101,7 +106,7 @@ def test_a_turn_retried_after_a_disconnect_gets_the_stored_answer(
     status, headers, body = send(two_servers[1].http(path), tenant["key"], {"input": "go"}, "k1")
 
     assert status == 200
-    assert headers.get("Idempotent-Replayed") == "true"
+    assert headers.get("idempotent-replayed") == "true"
     assert json.loads(body)["turn"]["finalContent"] == "worth the wait"
     assert len(llm.requests) == 1
     assert Session.objects.get(pk=tenant["root_id"]).turn_count == 1
