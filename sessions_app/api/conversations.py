@@ -315,7 +315,7 @@ class ConversationActions:
         summary="Regenerate the last reply",
         description="Runs the session's last turn again with the same user message: the old "
                     "turn (its user message and everything after it) is replaced by the new one "
-                    "in the transaction that saves the new reply, so a model failure changes "
+                    "once the model has answered its first call, so a model failure changes "
                     "nothing. An archived session answers 409 `SESSION_ARCHIVED`, a session "
                     f"without a turn 409 `NOTHING_TO_REGENERATE`. No request body. {LOCKED}",
         tags=["sessions"],
