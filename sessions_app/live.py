@@ -5,12 +5,14 @@ A turn's events get their seq in the engine, under the session's lock, and reach
 with the round's `save_call` (deltas coalesced per round). Until then they live here:
 
 - `publish(session_id, event)` (the agent's event sink; sync, never raises into the turn) files
-  the event in the session's outbox. ONE task per session drains it in batches: the batch is
-  appended to the session's live buffer first (a Redis list shared by every process; a dict in
-  the one-process embedded mode), then sent to the channel-layer group `events.<session>`. A
-  fast stream therefore costs one buffer write and one publish per batch, not per delta. Once
-  the turn's last event (`turn.completed` / `failed` / `cancelled`, told after its commit) is
-  out, the buffer is cleared: the database holds everything by then.
+  the event in the session's outbox. ONE task per session drains it in batches, at most every
+  STELLO_EVENT_FLUSH_MS (a short turn goes out as one batch; a turn's start is not held back):
+  the batch is written to the session's live buffer first (a Redis list shared by every
+  process; a dict in the one-process embedded mode), then sent to the channel-layer group
+  `events.<session>`. A batch costs one buffer round trip and one publish, however many deltas
+  it holds. A turn's last event (`turn.completed` / `failed` / `cancelled`) is told after its
+  commit, so once it is in a batch the database holds everything before it: the buffer is
+  cleared rather than written, and keeps only what follows (a next turn's events).
 - `Follower` joins the group FIRST, then reads the buffer, then the database. An event published
   before the join is in the buffer or (once cleared) in the database; one published after is
   heard live. Merging by seq gives every event after `since` once, in order, gap-free; a live
@@ -85,8 +87,12 @@ class LocalBuffer:
     def __init__(self) -> None:
         self._events: dict[str, list[dict[str, Any]]] = {}
 
-    async def append(self, session_id: str, events: list[dict[str, Any]]) -> None:
-        self._events.setdefault(session_id, []).extend(events)
+    async def write(self, session_id: str, events: list[dict[str, Any]], *,
+                    clear: bool) -> None:
+        if clear:
+            self._events.pop(session_id, None)
+        if events:
+            self._events.setdefault(session_id, []).extend(events)
 
     async def read(self, session_id: str) -> list[LogEvent]:
         return [_decode(e) for e in self._events.get(session_id, ())]
@@ -107,9 +113,17 @@ class RedisBuffer:
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}:live:{session_id}"
 
-    async def append(self, session_id: str, events: list[dict[str, Any]]) -> None:
+    async def write(self, session_id: str, events: list[dict[str, Any]], *,
+                    clear: bool) -> None:
+        """Clear the list first when `clear`, then append `events`: one round trip."""
         key = self._key(session_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        if not events:
+            if clear:
+                await self._redis.delete(key)
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if clear:
+                pipe.delete(key)
             pipe.rpush(key, *(json.dumps(e) for e in events))
             pipe.expire(key, BUFFER_TTL_SECONDS)
             await pipe.execute()
@@ -177,8 +191,13 @@ def publish(session_id: str, event: LogEvent) -> None:
 
 
 async def _drain(session_id: str, outbox: _Outbox) -> None:
+    flush = settings.STELLO.get("EVENT_FLUSH_MS", 20) / 1000
     try:
         while outbox.events:
+            # Let the batch fill (what is told meanwhile goes with it), except a turn's start:
+            # a cancel or resume from another process finds the running turn by it.
+            if flush and not any(e.type == "turn.started" for e in outbox.events):
+                await asyncio.sleep(flush)
             batch, outbox.events = outbox.events, []
             try:
                 await _send(session_id, batch)
@@ -194,18 +213,17 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
 
 
 async def _send(session_id: str, batch: list[LogEvent]) -> None:
-    store = buffer()
-    if batch[0].type == "turn.started":
-        # A fresh turn with no dead one before it: what the buffer still holds is saved.
-        await store.clear(session_id)
     encoded = [_encode(e) for e in batch]
-    await store.append(session_id, encoded)
+    ended = max((i for i, e in enumerate(batch) if e.type in TERMINAL), default=-1)
+    # Buffered: what no commit has saved yet, i.e. what follows the batch's last turn end. The
+    # buffer is cleared at a turn's end (saved by then) and at a fresh turn's start (what it
+    # still holds is saved: a turn after a dead one tells that turn's `turn.failed` first).
+    clear = ended >= 0 or batch[0].type == "turn.started"
+    await buffer().write(session_id, encoded[ended + 1:], clear=clear)
     layer = get_channel_layer()
     if layer is not None:
         await layer.group_send(events_group(session_id), {
             "type": "session.events", "sessionId": session_id, "events": encoded})
-    if batch[-1].type in TERMINAL:
-        await store.clear(session_id)
 
 
 async def recover(session_id: str) -> list[LogEvent]:

@@ -364,6 +364,9 @@ STELLO = {
     # Event-log entries kept per session (older ones are pruned at the end of a turn; a resume
     # from before them gets `gap`); 0 keeps everything.
     "EVENT_RETENTION": env_int("STELLO_EVENT_RETENTION", 10000, minimum=0),
+    # How long a running turn's events may wait to be published together (followers in other
+    # processes hear them this much later; 0: each as soon as the loop gets to it).
+    "EVENT_FLUSH_MS": env_int("STELLO_EVENT_FLUSH_MS", 20, minimum=0),
     # Live events a resumed WebSocket or SSE subscriber may have waiting before it gets `gap`.
     "EVENT_SUBSCRIBER_BUFFER": env_int("STELLO_EVENT_SUBSCRIBER_BUFFER", 1000, minimum=1),
     # What a turn does when its session runs one (a request's `ifBusy` wins).

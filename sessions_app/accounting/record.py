@@ -18,14 +18,14 @@ from typing import Any
 from django.db import connection, models
 
 from ..engine.usage import CallUsage
+from ..store.common import json_rows, storable
 from .models import NO_KEY, LLMCall
 
-_USAGE_ROWS = """unnest(%(u_at)s::timestamptz[], %(u_kind)s::text[], %(u_provider)s::text[],
-    %(u_model)s::text[], %(u_in)s::bigint[], %(u_out)s::bigint[], %(u_cached)s::bigint[],
-    %(u_ms)s::bigint[], %(u_cost)s::bigint[], %(u_key)s::bigint[], %(u_turn)s::text[],
-    %(u_session)s::uuid[])
-  AS u(at, kind, provider, model, input_tokens, output_tokens, cached_tokens, duration_ms,
-       cost_nanos, api_key_id, turn_id, session_id)"""
+# The calls from one JSON parameter (`usage_params`).
+_USAGE_ROWS = """json_to_recordset(%(usage)s::json)
+  AS u(at timestamptz, kind text, provider text, model text, input_tokens bigint,
+       output_tokens bigint, cached_tokens bigint, duration_ms bigint, cost_nanos bigint,
+       api_key_id bigint, turn_id text, session_id uuid)"""
 
 _CALL_COLUMNS = ("at, kind, provider, model, input_tokens, output_tokens, cached_tokens, "
                  "duration_ms, cost_nanos, api_key_id, turn_id, session_id")
@@ -35,18 +35,20 @@ _SUMS = "input_tokens, output_tokens, cached_tokens, duration_ms, cost_nanos"
 USAGE_CTES = f"""
 usage_owner AS (
   SELECT sp.user_id FROM spaces sp WHERE sp.id = %(space)s
+), usage_rows AS (
+  SELECT * FROM {_USAGE_ROWS}
 ), usage_calls AS (
   INSERT INTO llm_calls ({_CALL_COLUMNS}, user_id, space_id)
   SELECT {", ".join("u." + c.strip() for c in _CALL_COLUMNS.split(","))},
          o.user_id, %(space)s
-  FROM usage_owner o CROSS JOIN {_USAGE_ROWS}
+  FROM usage_owner o CROSS JOIN usage_rows u
 ), usage_rollup AS (
   INSERT INTO usage_daily AS ud (day, user_id, space_id, session_id, api_key_id, provider, model,
                                 calls, {_SUMS})
   SELECT (u.at AT TIME ZONE 'UTC')::date, o.user_id, %(space)s, u.session_id, u.api_key_id,
          u.provider, u.model, count(*), sum(u.input_tokens), sum(u.output_tokens),
          sum(u.cached_tokens), sum(u.duration_ms), sum(u.cost_nanos)
-  FROM usage_owner o CROSS JOIN {_USAGE_ROWS}
+  FROM usage_owner o CROSS JOIN usage_rows u
   WHERE u.session_id IS NOT NULL
   GROUP BY 1, 2, 4, 5, 6, 7
   ON CONFLICT (day, user_id, space_id, session_id, api_key_id, provider, model) DO UPDATE SET
@@ -69,22 +71,16 @@ def with_usage(statement: str) -> str:
     return f"WITH {USAGE_CTES},\n{rest}"
 
 
-def usage_params(calls: Sequence[CallUsage]) -> dict[str, list[Any]]:
-    """The parallel arrays `USAGE_CTES` unnests (empty lists: nothing recorded)."""
-    return {
-        "u_at": [c.at for c in calls],
-        "u_kind": [c.kind for c in calls],
-        "u_provider": [c.provider for c in calls],
-        "u_model": [c.model for c in calls],
-        "u_in": [c.input_tokens for c in calls],
-        "u_out": [c.output_tokens for c in calls],
-        "u_cached": [c.cached_tokens for c in calls],
-        "u_ms": [c.duration_ms for c in calls],
-        "u_cost": [c.cost_nanos for c in calls],
-        "u_key": [c.api_key_id or NO_KEY for c in calls],
-        "u_turn": [c.turn_id for c in calls],
-        "u_session": [c.session_id for c in calls],
-    }
+def usage_params(calls: Sequence[CallUsage]) -> dict[str, str]:
+    """The `usage` parameter `USAGE_CTES` reads (an empty list: nothing recorded)."""
+    return {"usage": json_rows([
+        {"at": c.at.isoformat(), "kind": c.kind, "provider": storable(c.provider),
+         "model": storable(c.model), "input_tokens": c.input_tokens,
+         "output_tokens": c.output_tokens, "cached_tokens": c.cached_tokens,
+         "duration_ms": c.duration_ms, "cost_nanos": c.cost_nanos,
+         "api_key_id": c.api_key_id or NO_KEY, "turn_id": c.turn_id,
+         "session_id": None if c.session_id is None else str(c.session_id)}
+        for c in calls])}
 
 
 def orm_record(space_id: Any, owner_id: Any, calls: Sequence[CallUsage]) -> None:

@@ -15,12 +15,11 @@ from django.utils import timezone
 
 from ..engine.errors import SessionArchived, SessionNotFound
 from ..engine.types import Message, SaveResult, SessionMeta
-from .common import INSIGHT, message_from_row, message_json
+from .common import INSIGHT, message_from_row, message_json, record_rows
 from .postgres import (
     _INSERT_RECORDS,
     _RECORD_ROWS,
     _THIS_SESSION,
-    _record_arrays,
 )
 
 _NEWEST = 9_223_372_036_854_775_807  # above every record id
@@ -84,7 +83,7 @@ WITH src AS (
   RETURNING r.id
 ), ins AS (
   {_INSERT_RECORDS}
-  SELECT ok.id, m.role, m.content, m.calls::jsonb, m.call_id, %(now)s
+  SELECT ok.id, m.role, m.content, m.calls, m.call_id, %(now)s
   FROM ok CROSS JOIN {_RECORD_ROWS}
   ORDER BY m.ord
   RETURNING r.id
@@ -170,7 +169,7 @@ class PgConversations:
         params = self._params(
             session_id, remove=list(remove), now=timezone.now(), consumed=consumed_insight,
             added=len(messages), end_turn=end_turn, turns_removed=turns_removed,
-            **_record_arrays(messages),
+            **record_rows(messages),
         )
         row = await self._one(SQL_REWRITE, params)
         if row is None:

@@ -14,7 +14,6 @@ e = session_events.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -60,24 +59,25 @@ from .common import (
     SESSION_CONFIG,
     SYSTEM_PROMPT,
     TurnListener,
+    compact,
     compression_of,
     compression_text,
     event_page,
+    event_rows,
     fork_metadata,
     json_object,
     message_from_row,
     message_json,
     parse_uuid,
     prune_to,
+    record_rows,
     session_config_text,
     session_tree_from_rows,
     skills_of,
     source_id,
     storable,
-    stored_tool_calls,
     turn_info,
 )
-from .common import event_arrays as _event_arrays
 
 # -- SQL ------------------------------------------------------------------------------------
 
@@ -112,9 +112,14 @@ SQL_TURN_CONTEXT = _TURN_CONTEXT.format(history="""(
     FROM records r WHERE r.session_id = s.id AND r.id > %(after)s)""")
 SQL_TURN_CONTEXT_NO_HISTORY = _TURN_CONTEXT.format(history="NULL::json")
 
-# Records from parallel arrays, in order (the ids follow the order: it is the history's order).
-_RECORD_ROWS = """unnest(%(roles)s::text[], %(contents)s::text[], %(calls)s::text[],
-         %(call_ids)s::text[]) WITH ORDINALITY AS m(role, content, calls, call_id, ord)"""
+# Records from one JSON parameter (`record_rows`), in order (the ids follow the order: it is
+# the history's order).
+_RECORD_ROWS = """ROWS FROM (json_to_recordset(%(records)s::json)
+    AS (role text, content text, calls jsonb, call_id text))
+  WITH ORDINALITY AS m(role, content, calls, call_id, ord)"""
+# Log entries from one JSON parameter (`event_rows`).
+_EVENT_ROWS = """json_to_recordset(%(events)s::json)
+    AS x(seq bigint, last_seq bigint, type text, payload jsonb)"""
 _INSERT_RECORDS = (
     'INSERT INTO records AS r (session_id, role, content, tool_calls, tool_call_id, "timestamp")'
 )
@@ -129,7 +134,7 @@ WITH src AS (
   SELECT s.id FROM sessions s WHERE {_THIS_SESSION}
 ), ins AS (
   {_INSERT_RECORDS}
-  SELECT src.id, m.role, m.content, m.calls::jsonb, m.call_id, %(now)s
+  SELECT src.id, m.role, m.content, m.calls, m.call_id, %(now)s
   FROM src CROSS JOIN {_RECORD_ROWS}
   ORDER BY m.ord
   RETURNING r.id
@@ -152,7 +157,7 @@ SELECT upd.turn_count, upd.record_count, coalesce(
 FROM upd
 """
 
-SQL_SAVE_CALL_METERED = with_usage(SQL_SAVE_CALL)
+SQL_SAVE_CALL_METERED = compact(with_usage(SQL_SAVE_CALL))
 # A call of a turn: the same, plus (in the same statement, so no extra round trip) the turn
 # row (created by its first call, updated by the others), the round's log entries, the
 # session's event counter, turns a dead process left running (failed, their records removed)
@@ -170,7 +175,7 @@ WITH src AS (
   RETURNING r.id
 ), ins AS (
   {_INSERT_TURN_RECORDS}
-  SELECT src.id, m.role, m.content, m.calls::jsonb, m.call_id, %(now)s, %(turn)s
+  SELECT src.id, m.role, m.content, m.calls, m.call_id, %(now)s, %(turn)s
   FROM src CROSS JOIN {_RECORD_ROWS}
   ORDER BY m.ord
   RETURNING r.id
@@ -185,9 +190,8 @@ WITH src AS (
     updated_at = EXCLUDED.updated_at
 ), ev AS (
   INSERT INTO session_events AS e (session_id, seq, last_seq, type, payload, created_at)
-  SELECT src.id, x.seq, x.last_seq, x.type, x.payload::jsonb, %(now)s
-  FROM src CROSS JOIN unnest(%(ev_seqs)s::bigint[], %(ev_last)s::bigint[], %(ev_types)s::text[],
-                             %(ev_payloads)s::text[]) AS x(seq, last_seq, type, payload)
+  SELECT src.id, x.seq, x.last_seq, x.type, x.payload, %(now)s
+  FROM src CROSS JOIN {_EVENT_ROWS}
 ), pruned AS (
   DELETE FROM session_events e USING src
   WHERE e.session_id = src.id AND e.seq <= %(prune_to)s
@@ -227,9 +231,8 @@ WITH src AS (
     updated_at = EXCLUDED.updated_at
 ), ev AS (
   INSERT INTO session_events AS e (session_id, seq, last_seq, type, payload, created_at)
-  SELECT src.id, x.seq, x.last_seq, x.type, x.payload::jsonb, %(now)s
-  FROM src CROSS JOIN unnest(%(ev_seqs)s::bigint[], %(ev_last)s::bigint[], %(ev_types)s::text[],
-                             %(ev_payloads)s::text[]) AS x(seq, last_seq, type, payload)
+  SELECT src.id, x.seq, x.last_seq, x.type, x.payload, %(now)s
+  FROM src CROSS JOIN {_EVENT_ROWS}
 ), upd AS (
   UPDATE sessions AS s SET record_count = s.record_count - (SELECT count(*) FROM dropped),
     event_seq = greatest(s.event_seq, %(event_seq)s)
@@ -262,7 +265,7 @@ FROM sessions s WHERE {_THIS_SESSION}
 """
 # The same statements, also recording the calls' usage (sessions_app/accounting/record.py).
 METERED = {SQL_SAVE_CALL: SQL_SAVE_CALL_METERED,
-           SQL_SAVE_TURN_CALL: with_usage(SQL_SAVE_TURN_CALL)}
+           SQL_SAVE_TURN_CALL: compact(with_usage(SQL_SAVE_TURN_CALL))}
 
 _SOURCE_EXISTS = (
     "EXISTS (SELECT 1 FROM sessions s WHERE s.id = %(source)s AND s.space_id = %(space)s)"
@@ -300,7 +303,7 @@ WITH par AS (
   FROM new_session CROSS JOIN unnest(%(keys)s::text[], %(values)s::text[]) AS x(key, content)
 ), new_records AS (
   {_INSERT_RECORDS}
-  SELECT new_session.id, m.role, m.content, m.calls::jsonb, m.call_id, %(now)s
+  SELECT new_session.id, m.role, m.content, m.calls, m.call_id, %(now)s
   FROM new_session CROSS JOIN {_RECORD_ROWS}
   ORDER BY m.ord
 )
@@ -510,16 +513,6 @@ def _meta(row: Sequence[Any]) -> SessionMeta:
     )
 
 
-def _record_arrays(messages: Sequence[Message]) -> dict[str, list[Any]]:
-    calls = [stored_tool_calls(m) for m in messages]
-    return {
-        "roles": [m.role for m in messages],
-        "contents": [storable(m.content) for m in messages],
-        "calls": [None if c is None else json.dumps(c) for c in calls],
-        "call_ids": [storable(m.tool_call_id) for m in messages],
-    }
-
-
 def root_session_statements(space: Any) -> list[tuple[str, list[Any]]]:
     """A new space's main session, its topology node and (if the space has one) its
     system_prompt slot, like `receivers.create_root_session` does with the ORM: statements that
@@ -626,7 +619,7 @@ class PgSpaceStore(PgConversations):
     ) -> SaveResult:
         params = self._params(
             session_id, now=timezone.now(), consumed=consumed_insight, added=len(messages),
-            end_turn=end_turn, **_record_arrays(messages),
+            end_turn=end_turn, **record_rows(messages),
         )
         sql = SQL_SAVE_CALL
         if turn is not None:
@@ -638,7 +631,7 @@ class PgSpaceStore(PgConversations):
                 event_seq=turn.event_seq, stale_error=ABANDONED_ERROR,
                 abandoned=[a for a in map(parse_uuid, turn.abandoned) if a],
                 prune_to=prune_to(turn.event_seq) if end_turn else 0,
-                **_event_arrays(turn.events),
+                **event_rows(turn.events),
             )
         if usage:  # the calls' usage rides in the same statement: no round trip of its own
             params.update(usage_params(usage))
@@ -665,7 +658,7 @@ class PgSpaceStore(PgConversations):
         params.update(
             source=source, id=new_id, label=label, scope=scope, metadata=Jsonb(metadata),
             added=len(child.records), now=now, keys=list(slots), values=list(slots.values()),
-            **_record_arrays(child.records),
+            **record_rows(child.records),
         )
         sql = SQL_INSERT_CHILD[child.placement]
         for attempt in range(_FORK_ATTEMPTS):
@@ -826,7 +819,7 @@ class PgSpaceStore(PgConversations):
         params = self._params(
             session_id, now=timezone.now(), turn=parse_uuid(turn.turn_id), status=turn.status,
             input=storable(turn.input), error=storable(error), discard=discard,
-            event_seq=turn.event_seq, **_event_arrays(turn.events),
+            event_seq=turn.event_seq, **event_rows(turn.events),
         )
         if await self._one(SQL_FINISH_TURN, params) is None:
             raise SessionNotFound()

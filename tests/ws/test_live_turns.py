@@ -181,3 +181,37 @@ async def test_a_slow_follower_gets_gap_and_holds_no_more_than_its_buffer(space_
         assert first.type == "gap" and first.payload["since"] == 2
     await live.buffer().clear(root_id)
     await ws.disconnect()
+
+
+@bounded(40)
+async def test_a_streamed_turn_is_published_in_two_batches_however_many_deltas(
+        space_id, root_id, alice_key, settings, monkeypatch) -> None:
+    """A turn's start goes out at once (a cancel from another process finds it); the rest
+    waits up to STELLO_EVENT_FLUSH_MS and goes as one buffer write and one publish. Before
+    batching, each delta cost a buffer write and a publish of its own."""
+    from sessions_app import live
+
+    settings.STELLO = {**settings.STELLO, "EVENT_FLUSH_MS": 1000}
+    store = live.buffer()
+    writes: list[tuple[list[str], bool]] = []
+    real_write = store.write
+
+    async def counted_write(session_id, events, *, clear):
+        writes.append(([e["type"] for e in events], clear))
+        await real_write(session_id, events, clear=clear)
+
+    monkeypatch.setattr(store, "write", counted_write)
+    ws = await open_ws(space_id, alice_key)
+    await enter(ws, root_id)
+    await ws.send_json_to({"type": "session.stream", "input": "one two three four five six"})
+    frames = await frames_until(ws, "stream.end")
+    assert sum(f["type"] == "stream.delta" for f in frames) >= 4
+    await live.drain()
+    # The start (with the deltas told before the loop got to it) clears the buffer and keeps
+    # its events until the turn's end is saved; the rest goes as one batch, which only
+    # clears the buffer (everything is saved by then).
+    assert len(writes) == 2, writes
+    assert writes[0][0][0] == "turn.started" and writes[0][1] is True
+    assert writes[1] == ([], True)
+    assert await live.buffer().read(root_id) == []
+    await ws.disconnect()
