@@ -85,13 +85,20 @@ def usage_report(*, user_id: Any, query: UsageQuery, space_id: str | None = None
                                      day__lte=query.end)
     if space_id is not None:
         rows = rows.filter(space_id=space_id)
-    totals = _totals(rows.aggregate(**_SUMS))
+    if query.group_by is None:
+        return {"from": query.start.isoformat(), "to": query.end.isoformat(),
+                "groupBy": None, "totals": _totals(rows.aggregate(**_SUMS)), "groups": []}
+    # One scan of the rollup: the totals are the groups' sums (a second aggregate query
+    # doubled the cost of a report over millions of calls).
+    column = GROUPS[query.group_by]
+    sums = dict.fromkeys(_SUMS, 0)
     groups = []
-    if query.group_by is not None:
-        column = GROUPS[query.group_by]
-        for row in rows.values(column).annotate(**_SUMS).order_by(column):
-            value = row.pop(column)
-            groups.append({"key": _key(query.group_by, value), **_totals(row)})
+    for row in rows.values(column).annotate(**_SUMS).order_by(column):
+        value = row.pop(column)
+        for name in sums:
+            sums[name] += row[name]
+        groups.append({"key": _key(query.group_by, value), **_totals(row)})
+    totals = _totals(sums)
     return {"from": query.start.isoformat(), "to": query.end.isoformat(),
             "groupBy": query.group_by, "totals": totals, "groups": groups}
 
