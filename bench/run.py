@@ -20,6 +20,11 @@ created. Phases (``--phases``; default the first five, in this order):
   inflight  --inflight turns (default 1000) in flight at once, half REST, half WebSocket, each
           on its own session, against our server on a slow LLM (bench/slow_llm.py); a second
           tenant (--other-api-key) reads its own session tree meanwhile. Ours only.
+  usage   GET /usage?groupBy=day and GET /spaces/{id}/usage?groupBy=session. Ours only.
+  resume  --ws-connections clients, one session each: stream, drop the connection at the
+          first stream.delta, reconnect and session.resume from its seq; latency to
+          turn.completed (target p50 <= 50 ms), the chunks checked against the reply, and a
+          resume with nothing missed as the baseline. Ours only.
 
 Latencies are exact percentiles (nearest rank) of every successful request. Every phase counts
 its errors: non-2xx answers, exceptions, WebSocket `error` frames, and requests still in flight
