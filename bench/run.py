@@ -97,13 +97,14 @@ except ImportError:  # the openai SDK of this project ships it as `httpx2`
     import httpx2 as httpx
 
 ALL_PHASES = ("tree", "spaces", "turns", "ws", "forks", "longsession", "inflight", "messagepage",
-              "usage", "resume")
+              "usage", "resume", "cancel")
 DEFAULT_PHASES = ("tree", "spaces", "turns", "ws", "forks")  # the others are opt-in
 OURS_ONLY_PHASES = {"inflight": "needs our server on the slow LLM (bench/slow_llm.py); the Node "
                                 "original has a fake LLM without delay, so it is not run there",
                     "messagepage": "the Node original has no paged message list",
                     "usage": "usage accounting is ours: the Node original has no usage routes",
-                    "resume": "session.resume is ours; the Node original cannot resume"}
+                    "resume": "session.resume is ours; the Node original cannot resume",
+                    "cancel": "turn.cancel is ours; the Node original cannot cancel a turn"}
 PAGE_SMALL_TURNS = 50  # the messagepage phase's short session: 100 messages
 TREE_FORKS = 8
 # Every space of a run is labelled `stello-bench-<run>-...`, so the final cleanup finds them all.
@@ -506,6 +507,7 @@ class Fixtures:
     turn_sessions: list[str] = field(default_factory=list)
     ws_sessions: list[str] = field(default_factory=list)
     resume_sessions: list[str] = field(default_factory=list)
+    cancel_sessions: list[str] = field(default_factory=list)
     fork_sources: list[str] = field(default_factory=list)
     page_small: tuple[str, str] | None = None  # the messagepage phase's 100-message session
     shared: Shared = field(default_factory=Shared)
@@ -542,7 +544,7 @@ async def build_fixtures(api: Api, config: Config, fixtures: Fixtures) -> None:
     if "tree" in config.phases:
         fixtures.tree_space, main = await create_space(api, fixtures, f"{LABEL}-tree")
         await fork_many(api, fixtures.tree_space, main, TREE_FORKS, "branch")
-    if not {"turns", "ws", "forks", "resume"} & set(config.phases):
+    if not {"turns", "ws", "forks", "resume", "cancel"} & set(config.phases):
         return
     fixtures.work_space, main = await create_space(api, fixtures, f"{LABEL}-work")
     space = fixtures.work_space
@@ -553,6 +555,9 @@ async def build_fixtures(api: Api, config: Config, fixtures: Fixtures) -> None:
     if "resume" in config.phases:
         fixtures.resume_sessions = await fork_many(api, space, main, config.ws_connections,
                                                    "resume")
+    if "cancel" in config.phases:
+        fixtures.cancel_sessions = await fork_many(api, space, main, config.ws_connections,
+                                                   "cancel")
     if "forks" in config.phases:
         fixtures.fork_sources = await fork_many(api, space, main, config.clients, "forks")
 
@@ -1260,6 +1265,7 @@ class RssSampler:
 # --------------------------------------------------------------------------- resume phase
 
 RESUME_TARGET_P50_MS = 50.0  # the issue's target: missed events within 50 ms p50, one machine
+CANCEL_TARGET_P50_MS = 100.0  # a cancel from another process stops the turn within 100 ms
 RESUME_WORDS = " ".join(f"w{n}" for n in range(32))  # the offline LLM streams one chunk a word
 
 
@@ -1455,6 +1461,99 @@ async def phase_resume(api: Api, config: Config, fixtures: Fixtures) -> dict[str
     }
 
 
+# --------------------------------------------------------------------------- cancel phase
+
+
+@dataclass
+class CancelStats(Stats):
+    stopped_ms: list[float] = field(default_factory=list)  # cancel sent -> runner hears it
+
+
+def cancel_worker(config: Config, space: str, sessions: list[str]) -> Worker:
+    """Client i: a runner connection on the first server streams turns on its own session; a
+    canceller connection on the last server (another process when several are given) cancels
+    each turn as soon as the runner has seen it start."""
+    headers = {"X-API-Key": config.api_key}
+    runner_url = ws_url(config.base_urls[0], space)
+    canceller_url = ws_url(config.base_urls[-1], space)
+    seen = [0] * len(sessions)  # each session's newest seq: a later run resumes after it
+
+    async def frame_of(ws, wanted: str, deadline: float, index: int = -1) -> dict[str, Any]:
+        while True:
+            frame = await next_frame(ws, deadline)
+            if index >= 0 and isinstance(frame.get("seq"), int):
+                seen[index] = max(seen[index], frame["seq"])
+            if frame.get("type") == wanted:
+                return frame
+
+    async def worker(index: int, stats: Stats, stop_at: float) -> None:
+        assert isinstance(stats, CancelStats)
+        session = sessions[index]
+        deadline = stop_at + config.grace
+        try:
+            async with ws_connect(runner_url, additional_headers=headers, open_timeout=5,
+                                  proxy=None) as runner, \
+                    ws_connect(canceller_url, additional_headers=headers, open_timeout=5,
+                               proxy=None) as canceller:
+                await runner.send(orjson.dumps({"type": "session.resume", "sessionId": session,
+                                                "since": seen[index]}).decode())
+                await frame_of(runner, "session.entered", deadline)
+                await enter(canceller, session, deadline)
+                while time.perf_counter() < stop_at:
+                    stats.in_flight += 1
+                    try:
+                        await runner.send(orjson.dumps({"type": "session.stream",
+                                                        "input": "a turn to cancel"}).decode())
+                        started = await frame_of(runner, "turn.started", deadline, index)
+                        sent = time.perf_counter()
+                        await canceller.send(orjson.dumps(
+                            {"type": "turn.cancel", "turnId": started["turnId"]}).decode())
+                        await frame_of(runner, "turn.cancelled", deadline, index)
+                        heard = time.perf_counter()
+                        reply = await frame_of(canceller, "turn.cancelled", deadline)
+                        if reply.get("turnId") != started["turnId"]:
+                            raise FrameError(f"cancelled {reply.get('turnId')}")
+                        stats.stopped_ms.append((heard - sent) * 1000)
+                        stats.latencies_ms.append((time.perf_counter() - sent) * 1000)
+                        try:  # the cancelled request's own answer: an error frame
+                            await next_frame(runner, deadline)
+                        except FrameError:
+                            pass
+                    finally:
+                        stats.in_flight -= 1
+        except FrameError as exc:
+            stats.error(f"frame: {exc}")
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            stats.error(type(exc).__name__)
+
+    return worker
+
+
+async def phase_cancel(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
+    """Cancel latency (docs/live-turns.md): K clients, each streaming turns on its own session
+    through one server and cancelling each from a second connection through the last server
+    (give two base URLs to cross processes). Run it against a server on the slow LLM
+    (bench/slow_llm.py), so every turn is still waiting on the LLM when it is cancelled.
+    Ours only."""
+    sessions = fixtures.cancel_sessions
+    worker = cancel_worker(config, fixtures.work_space or "", sessions)
+    if config.warmup > 0:
+        await run_workers(len(sessions), worker, CancelStats(), config.warmup, config.grace)
+    stats = CancelStats()
+    elapsed = await run_workers(len(sessions), worker, stats, config.seconds, config.grace)
+    p50 = (latency_summary(stats.stopped_ms) or {}).get("p50")
+    return {
+        "concurrency": len(sessions),
+        "acrossProcesses": len(config.base_urls) > 1,
+        **stats.report(elapsed, "cancelsPerSec"),
+        "latencyOf": "turn.cancel sent (second connection) to its turn.cancelled reply",
+        "stoppedMs": with_p95(stats.stopped_ms),
+        "stoppedOf": "turn.cancel sent to the running connection's turn.cancelled event",
+        "target": f"stoppedMs.p50 <= {CANCEL_TARGET_P50_MS:g}",
+        "targetMet": None if p50 is None else p50 <= CANCEL_TARGET_P50_MS,
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 PHASES = {
@@ -1468,6 +1567,7 @@ PHASES = {
     "messagepage": ("messagePage", phase_messagepage),
     "usage": ("usageRead", phase_usage),
     "resume": ("resume", phase_resume),
+    "cancel": ("cancel", phase_cancel),
 }
 # The figures compared with --compare-base-url: (rates: more is better, latencies: less is
 # better); dotted paths into a phase's result. For longSession every entry of `medianMs` too.

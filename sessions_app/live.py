@@ -6,7 +6,7 @@ with the round's `save_call` (deltas coalesced per round). Until then they live 
 
 - `publish(session_id, event)` (the agent's event sink; sync, never raises into the turn) files
   the event in the session's outbox. ONE task per session drains it in batches, at most every
-  STELLO_EVENT_FLUSH_MS (a short turn goes out as one batch; a turn's start is not held back):
+  STELLO_EVENT_FLUSH_MS (a turn's start and end are not held back: the end flushes the rest):
   the batch is written to the session's live buffer first (a Redis list shared by every
   process; a dict in the one-process embedded mode), then sent to the channel-layer group
   `events.<session>`. A batch costs one buffer round trip and one publish, however many deltas
@@ -161,10 +161,21 @@ _shared_local = LocalBuffer()  # embedded mode: one process, every loop sees the
 # -- publishing -----------------------------------------------------------------------------
 
 
+# Events that go out at once: a turn's start (a cancel or resume from another process finds
+# the running turn by it) and its end (nothing follows to wait for; a cancel waits for it).
+URGENT = TERMINAL | {"turn.started"}
+
+
 class _Outbox:
     def __init__(self) -> None:
         self.events: list[LogEvent] = []
         self.task: asyncio.Task[None] | None = None
+        self.wakeup: asyncio.Future[None] | None = None  # ends the drain's wait early
+
+
+def _wake(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 _outboxes: dict[str, _Outbox] = {}
@@ -182,6 +193,8 @@ def publish(session_id: str, event: LogEvent) -> None:
     except RuntimeError:  # pragma: no cover - the engine always runs on a loop
         outbox.events.clear()
         return
+    if event.type in URGENT and outbox.wakeup is not None and outbox.wakeup.get_loop() is loop:
+        _wake(outbox.wakeup)
     # A drain left by a loop that has gone (a one-call loop: the sync test client, the admin)
     # never runs again: start one on this loop.
     if outbox.task is None or outbox.task.done() or outbox.task.get_loop() is not loop:
@@ -192,12 +205,19 @@ def publish(session_id: str, event: LogEvent) -> None:
 
 async def _drain(session_id: str, outbox: _Outbox) -> None:
     flush = settings.STELLO.get("EVENT_FLUSH_MS", 20) / 1000
+    loop = asyncio.get_running_loop()
     try:
         while outbox.events:
-            # Let the batch fill (what is told meanwhile goes with it), except a turn's start:
-            # a cancel or resume from another process finds the running turn by it.
-            if flush and not any(e.type == "turn.started" for e in outbox.events):
-                await asyncio.sleep(flush)
+            # Let the batch fill (what is told meanwhile goes with it) unless it holds an
+            # urgent event, or one arrives meanwhile.
+            if flush and not any(e.type in URGENT for e in outbox.events):
+                outbox.wakeup = loop.create_future()
+                timer = loop.call_later(flush, _wake, outbox.wakeup)
+                try:
+                    await outbox.wakeup
+                finally:
+                    timer.cancel()
+                    outbox.wakeup = None
             batch, outbox.events = outbox.events, []
             try:
                 await _send(session_id, batch)
