@@ -397,3 +397,112 @@ def test_staff_continue_from_the_admin_login_with_a_key_of_their_own(
     status, spaces = http_json("GET", server.http("/spaces"), key)
     assert status == 200 and [s["label"] for s in spaces] == ["staff space"]
     browser.delete_all_cookies()  # the next tests start signed out of the admin too
+
+
+@pytest.fixture(scope="module")
+def slow_llm():
+    """A loopback OpenAI-compatible LLM: a test queues replies streamed slowly enough to stop
+    or to reload the page in the middle of them (unqueued calls answer `echo: ...` at once)."""
+    from tests.support.llm_servers import OpenAIServer
+
+    with OpenAIServer() as llm:
+        yield llm
+
+
+@pytest.fixture(scope="module")
+def slow_server(django_db_setup, slow_llm, tmp_path_factory) -> Iterator[Server]:
+    env = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0", STELLO_CONSOLIDATE_ON_ARCHIVE="0",
+                     STELLO_LLM_PROVIDER="openai", STELLO_LLM_BASE_URL=slow_llm.base_url,
+                     STELLO_LLM_API_KEY="test-key", STELLO_LLM_MODEL="test-model",
+                     STELLO_LLM_MAX_RETRIES="0")
+    with server_processes([env], tmp_path_factory.mktemp("console-slow")) as (one,):
+        yield one
+
+
+def active_id(driver) -> str:
+    return driver.execute_script("return document.activeElement.id")
+
+
+def test_stop_cancels_a_running_reply_and_keeps_nothing(
+        slow_server: Server, slow_llm, browser) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    tenant = committed_tenant("console-frank", "stoppable")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    sign_in(browser, slow_server, key)
+    open_space(browser, "stoppable")
+    open_star(browser, root_id)
+    assert not css(browser, "#stop").is_displayed()  # nothing runs
+
+    words = "one two three four five six seven eight nine ten eleven twelve"
+    slow_llm.reply(words, chunk_delay=0.5)
+    css(browser, "#chat-input").send_keys("take your time", Keys.ENTER)
+    wait(browser, lambda d: "one two" in css(d, "#chat").text)
+    assert css(browser, "#stop").is_displayed()
+    # By keyboard: from the message field, Tab reaches Send, then Stop; Enter presses it.
+    css(browser, "#chat-input").send_keys(Keys.TAB)
+    assert active_id(browser) == "send"
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert active_id(browser) == "stop"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+
+    wait(browser, lambda d: "Turn cancelled" in css(d, "#status").text)
+    wait(browser, lambda d: not css(d, "#stop").is_displayed())
+    assert active_id(browser) == "chat-input"  # the focus is not lost with the button
+    cancelled = csss(browser, "#chat li.cancelled")
+    assert len(cancelled) == 2  # the input and the partial reply, marked as not kept
+    assert "cancelled, not kept" in cancelled[1].text.lower()
+    assert "twelve" not in css(browser, "#chat").text
+    base = f"/spaces/{space_id}/sessions/{root_id}"
+    assert http_json("GET", slow_server.http(f"{base}/messages"), key)[1] == []
+    turns = http_json("GET", slow_server.http(f"{base}/turns"), key)[1]
+    assert [t["status"] for t in turns] == ["cancelled"]
+    assert http_json("GET", slow_server.http(base), key)[1]["turnCount"] == 0
+
+    # The session goes on: the next turn is answered and kept.
+    css(browser, "#chat-input").send_keys("again", Keys.ENTER)
+    wait(browser, lambda d: "echo: again" in css(d, "#chat").text
+         and not csss(d, "#chat li.cancelled"))
+    assert [m["content"] for m in http_json(
+        "GET", slow_server.http(f"{base}/messages"), key)[1]] == ["again", "echo: again"]
+
+
+def test_a_reload_mid_stream_resumes_the_reply_and_usage_is_shown(
+        slow_server: Server, slow_llm, browser) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    tenant = committed_tenant("console-grace", "reloaded")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    sign_in(browser, slow_server, key)
+    open_space(browser, "reloaded")
+    open_star(browser, root_id)
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
+    slow_llm.reply(words, chunk_delay=0.5, usage=(120, 12))
+    css(browser, "#chat-input").send_keys("tell me the letters", Keys.ENTER)
+    wait(browser, lambda d: "alpha beta" in css(d, "#chat").text)
+    stored = browser.execute_script(
+        "return sessionStorage.getItem('stello.console.seq.' + arguments[0])", root_id)
+    assert stored is not None
+
+    browser.refresh()
+    # The page comes back to the same session, the reply still streaming, then whole.
+    wait(browser, lambda d: css(d, "#session-title").text == "Session: reloaded")
+    wait(browser, lambda d: csss(d, "#chat li.assistant[aria-busy=true]"))
+    assert "tell me the letters" in css(browser, "#chat").text
+    wait(browser, lambda d: words in css(d, "#chat").text
+         and not csss(d, "#chat [aria-busy=true]"), timeout=30)
+    assert css(browser, "#chat").text.count("alpha beta") == 1
+    base = f"/spaces/{space_id}/sessions/{root_id}"
+    assert [m["content"] for m in http_json(
+        "GET", slow_server.http(f"{base}/messages"), key)[1]] == ["tell me the letters", words]
+
+    # Usage: this session's and the space's, from GET /spaces/{id}/usage?groupBy=session.
+    def cells(row: str) -> list[str]:
+        return browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0] + ' td')].map(c => c.textContent)",
+            row)
+
+    wait(browser, lambda d: cells("#usage-session")[:3] == ["1", "120", "12"])
+    assert cells("#usage-space")[:3] == ["1", "120", "12"]
+    assert css(browser, "#usage-session td:last-child").text.startswith("$")
