@@ -506,3 +506,26 @@ def test_a_reload_mid_stream_resumes_the_reply_and_usage_is_shown(
     wait(browser, lambda d: cells("#usage-session")[:3] == ["1", "120", "12"])
     assert cells("#usage-space")[:3] == ["1", "120", "12"]
     assert css(browser, "#usage-session td:last-child").text.startswith("$")
+
+
+def test_a_kept_position_ahead_of_the_log_falls_back_to_the_newest(server: Server,
+                                                                   browser) -> None:
+    """A position kept from an earlier database (or a forged one) is refused by the server;
+    the console resumes from the newest seq instead and the chat works."""
+    from selenium.webdriver.common.keys import Keys
+
+    tenant = committed_tenant("console-heidi", "stale")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    sign_in(browser, server, key)
+    browser.execute_script(
+        "sessionStorage.setItem('stello.console.seq.' + arguments[0], '999999');"
+        "sessionStorage.setItem('stello.console.open', JSON.stringify("
+        "{spaceId: arguments[1], sessionId: arguments[0]}))", root_id, space_id)
+    browser.refresh()
+    wait(browser, lambda d: d.execute_script(
+        "return window.stelloConsole.state.socket?.entered") == root_id)
+    css(browser, "#chat-input").send_keys("still here?", Keys.ENTER)
+    wait(browser, lambda d: "echo: still here?" in css(d, "#chat").text)
+    kept = browser.execute_script(
+        "return Number(sessionStorage.getItem('stello.console.seq.' + arguments[0]))", root_id)
+    assert 0 < kept < 100
