@@ -61,8 +61,17 @@ def browser():
 @pytest.fixture(autouse=True)
 def leave_the_page(browser) -> Iterator[None]:
     """After each test the page goes away before the database is flushed: its tree polling
-    and WebSocket would otherwise keep reading the tables being truncated (a deadlock)."""
+    and WebSocket would otherwise keep reading the tables being truncated (a deadlock). It
+    goes once its requests are answered: the server would finish them after it left."""
     yield
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        wait(browser, lambda d: d.execute_script(
+            "const c = window.stelloConsole; return !c || (c.state.inflight === 0"
+            " && !(c.state.socket && c.state.socket.pending.length))"), timeout=10)
+    except TimeoutException:
+        pass  # a test that failed mid-way: leave anyway
     browser.get("about:blank")
 
 
@@ -526,6 +535,15 @@ def test_a_kept_position_ahead_of_the_log_falls_back_to_the_newest(server: Serve
         "return window.stelloConsole.state.socket?.entered") == root_id)
     css(browser, "#chat-input").send_keys("still here?", Keys.ENTER)
     wait(browser, lambda d: "echo: still here?" in css(d, "#chat").text)
-    kept = browser.execute_script(
-        "return Number(sessionStorage.getItem('stello.console.seq.' + arguments[0]))", root_id)
-    assert 0 < kept < 100
+    # Once the turn has ended, the kept position is past it (and nowhere near the forged one).
+    wait(browser, lambda d: 0 < d.execute_script(
+        "return Number(sessionStorage.getItem('stello.console.seq.' + arguments[0]))",
+        root_id) < 100)
+
+    # A cancel that arrives when nothing runs (the reply ended meanwhile) is refused; the
+    # refusal is shown and does not take the place of the next request's answer.
+    browser.execute_script("window.stelloConsole.state.socket.send({type: 'turn.cancel'})")
+    wait(browser, lambda d: "No turn is running" in css(d, "#status").text)
+    css(browser, "#fork-label").send_keys("after the refusal")
+    css(browser, "#fork-form button").click()
+    wait(browser, lambda d: "Forked after the refusal" in css(d, "#status").text)

@@ -25,6 +25,7 @@ const state = {
   // Turns of the open session running now: turnId -> {user, reply, text, from} (their chat
   // items, and the seq just before their turn.started).
   live: new Map(), lastSeq: 0,
+  inflight: 0,  // REST calls not answered yet (the browser tests wait for 0 before leaving)
 };
 // Read by the browser tests (first-render time of the star map).
 window.stelloConsole = { metrics: {}, state };
@@ -44,12 +45,18 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
-  const response = await fetch(path, {
-    method,
-    headers: { "X-API-Key": state.key, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
+  state.inflight += 1;
+  let response, text;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { "X-API-Key": state.key, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    text = await response.text();
+  } finally {
+    state.inflight -= 1;
+  }
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
     if (response.status === 401) signOut("Your API key was refused; sign in again.");
@@ -66,6 +73,7 @@ class Socket {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.ws = new WebSocket(`${scheme}://${location.host}/spaces/${spaceId}/ws`, [state.key]);
     this.pending = [];
+    this.cancels = 0;  // turn.cancel frames sent and not answered yet
     this.entered = null;
     this.ready = new Promise((resolve, reject) => {
       this.ws.onopen = resolve;
@@ -82,10 +90,21 @@ class Socket {
 
   receive(frame) {
     if (frame.type === "session.updated") return onSessionUpdated(frame);
-    if (EVENT_TYPES.has(frame.type) && frame.seq !== undefined) return onEvent(frame);
+    if (EVENT_TYPES.has(frame.type) && frame.seq !== undefined) {
+      // Late events of the session being left are not the next session's.
+      return this.entered === state.sessionId ? onEvent(frame) : undefined;
+    }
     // The answer to our own turn.cancel (no seq; the logged event is what the chat shows). It
     // is sent out of band, so it must not take the place of the pending stream's answer.
-    if (frame.type === "turn.cancelled") return undefined;
+    if (frame.type === "turn.cancelled") { this.cancels = Math.max(0, this.cancels - 1); return; }
+    // A cancel that came too late (the turn had ended) is refused the same way: that refusal
+    // is the cancel's, not the answer the pending stream waits for.
+    if (frame.type === "error" && this.cancels > 0 &&
+        /^(No turn is running|Turn .* (has already ended|ended before it could be cancelled|did not stop within))/
+          .test(frame.message || "")) {
+      this.cancels -= 1;
+      return say(frame.message, true);
+    }
     const head = this.pending[0];
     if (!head) return;
     this.pending.shift();
@@ -102,7 +121,10 @@ class Socket {
   }
 
   // A frame with no answer to wait for (turn.cancel is handled out of band by the server).
-  send(frame) { this.ws.send(JSON.stringify(frame)); }
+  send(frame) {
+    if (frame.type === "turn.cancel") this.cancels += 1;
+    this.ws.send(JSON.stringify(frame));
+  }
 
   close() { this.ws.close(1000); }
 }
@@ -111,7 +133,10 @@ async function enteredSocket() {
   if (!state.socket) state.socket = new Socket(state.space.id);
   const socket = state.socket;
   if (socket.entered !== state.sessionId) {
-    if (socket.entered) await socket.request({ type: "session.leave" });
+    if (socket.entered) {
+      socket.entered = null;
+      await socket.request({ type: "session.leave" });
+    }
     const frame = await resume(socket, state.sessionId);
     socket.entered = state.sessionId;
     $("slot-core").textContent = (frame.bootstrap && frame.bootstrap.context &&
