@@ -89,7 +89,6 @@ class Socket {
   }
 
   receive(frame) {
-    if (frame.type === "session.updated") return onSessionUpdated(frame);
     if (EVENT_TYPES.has(frame.type) && frame.seq !== undefined) {
       // Late events of the session being left are not the next session's.
       return this.entered === state.sessionId ? onEvent(frame) : undefined;
@@ -183,6 +182,8 @@ function onEvent(frame) {
     state.live.clear();
     state.lastSeq = frame.seq;
     showLive();
+    const context = frame.bootstrap && frame.bootstrap.context;
+    if (context) $("slot-core").textContent = context.core || "(none)";
     loadMessages().catch(report);
   } else if (frame.type === "turn.started") {
     const user = messageItem({ role: "user", content: frame.input });
@@ -249,13 +250,6 @@ function stopTurn() {
   if (!state.socket || !state.socket.entered) return;
   state.socket.send({ type: "turn.cancel" });
   say("Stopping…");
-}
-
-function onSessionUpdated(frame) {
-  refreshTree();
-  if (frame.sessionId === state.sessionId && !state.streaming) {
-    Promise.all([loadMessages(), refreshMeta()]).catch(report);
-  }
 }
 
 // --- Sign in / out -----------------------------------------------------------------------
