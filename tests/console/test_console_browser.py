@@ -1,6 +1,8 @@
 """The web console in a real browser (headless Debian Chromium through Selenium) against a real
 server process without DEBUG, as deployed: sign in, spaces, the live star map, streamed chat,
-forks, prompts, and the first-render time of a 200-session star map (printed, not asserted).
+forks, prompts, stopping a reply, a reload mid-stream, usage, and the first-render time of a
+200-session star map (printed, not asserted). A loopback OpenAI-compatible LLM streams slowly
+where a test must act in the middle of a reply.
 
 Screenshots go to the test's tmp dir; with STELLO_CONSOLE_SCREENSHOTS=1 they are also written to
 docs/img/ for the README."""
@@ -61,8 +63,17 @@ def browser():
 @pytest.fixture(autouse=True)
 def leave_the_page(browser) -> Iterator[None]:
     """After each test the page goes away before the database is flushed: its tree polling
-    and WebSocket would otherwise keep reading the tables being truncated (a deadlock)."""
+    and WebSocket would otherwise keep reading the tables being truncated (a deadlock). It
+    goes once its requests are answered: the server would finish them after it left."""
     yield
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        wait(browser, lambda d: d.execute_script(
+            "const c = window.stelloConsole; return !c || (c.state.inflight === 0"
+            " && !(c.state.socket && c.state.socket.pending.length))"), timeout=10)
+    except TimeoutException:
+        pass  # a test that failed mid-way: leave anyway
     browser.get("about:blank")
 
 
@@ -397,3 +408,144 @@ def test_staff_continue_from_the_admin_login_with_a_key_of_their_own(
     status, spaces = http_json("GET", server.http("/spaces"), key)
     assert status == 200 and [s["label"] for s in spaces] == ["staff space"]
     browser.delete_all_cookies()  # the next tests start signed out of the admin too
+
+
+@pytest.fixture(scope="module")
+def slow_llm():
+    """A loopback OpenAI-compatible LLM: a test queues replies streamed slowly enough to stop
+    or to reload the page in the middle of them (unqueued calls answer `echo: ...` at once)."""
+    from tests.support.llm_servers import OpenAIServer
+
+    with OpenAIServer() as llm:
+        yield llm
+
+
+@pytest.fixture(scope="module")
+def slow_server(django_db_setup, slow_llm, tmp_path_factory) -> Iterator[Server]:
+    env = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0", STELLO_CONSOLIDATE_ON_ARCHIVE="0",
+                     STELLO_LLM_PROVIDER="openai", STELLO_LLM_BASE_URL=slow_llm.base_url,
+                     STELLO_LLM_API_KEY="test-key", STELLO_LLM_MODEL="test-model",
+                     STELLO_LLM_MAX_RETRIES="0")
+    with server_processes([env], tmp_path_factory.mktemp("console-slow")) as (one,):
+        yield one
+
+
+def active_id(driver) -> str:
+    return driver.execute_script("return document.activeElement.id")
+
+
+def test_stop_cancels_a_running_reply_and_keeps_nothing(
+        slow_server: Server, slow_llm, browser) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    tenant = committed_tenant("console-frank", "stoppable")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    sign_in(browser, slow_server, key)
+    open_space(browser, "stoppable")
+    open_star(browser, root_id)
+    assert not css(browser, "#stop").is_displayed()  # nothing runs
+
+    words = "one two three four five six seven eight nine ten eleven twelve"
+    slow_llm.reply(words, chunk_delay=0.5)
+    css(browser, "#chat-input").send_keys("take your time", Keys.ENTER)
+    wait(browser, lambda d: "one two" in css(d, "#chat").text)
+    assert css(browser, "#stop").is_displayed()
+    # By keyboard: from the message field, Tab reaches Send, then Stop; Enter presses it.
+    css(browser, "#chat-input").send_keys(Keys.TAB)
+    assert active_id(browser) == "send"
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert active_id(browser) == "stop"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+
+    wait(browser, lambda d: "Turn cancelled" in css(d, "#status").text)
+    wait(browser, lambda d: not css(d, "#stop").is_displayed())
+    assert active_id(browser) == "chat-input"  # the focus is not lost with the button
+    cancelled = csss(browser, "#chat li.cancelled")
+    assert len(cancelled) == 2  # the input and the partial reply, marked as not kept
+    assert "cancelled, not kept" in cancelled[1].text.lower()
+    assert "twelve" not in css(browser, "#chat").text
+    base = f"/spaces/{space_id}/sessions/{root_id}"
+    assert http_json("GET", slow_server.http(f"{base}/messages"), key)[1] == []
+    turns = http_json("GET", slow_server.http(f"{base}/turns"), key)[1]
+    assert [t["status"] for t in turns] == ["cancelled"]
+    assert http_json("GET", slow_server.http(base), key)[1]["turnCount"] == 0
+
+    # The session goes on: the next turn is answered and kept.
+    css(browser, "#chat-input").send_keys("again", Keys.ENTER)
+    wait(browser, lambda d: "echo: again" in css(d, "#chat").text
+         and not csss(d, "#chat li.cancelled"))
+    assert [m["content"] for m in http_json(
+        "GET", slow_server.http(f"{base}/messages"), key)[1]] == ["again", "echo: again"]
+
+
+def test_a_reload_mid_stream_resumes_the_reply_and_usage_is_shown(
+        slow_server: Server, slow_llm, browser) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    tenant = committed_tenant("console-grace", "reloaded")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    sign_in(browser, slow_server, key)
+    open_space(browser, "reloaded")
+    open_star(browser, root_id)
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
+    slow_llm.reply(words, chunk_delay=0.5, usage=(120, 12))
+    css(browser, "#chat-input").send_keys("tell me the letters", Keys.ENTER)
+    wait(browser, lambda d: "alpha beta" in css(d, "#chat").text)
+    stored = browser.execute_script(
+        "return sessionStorage.getItem('stello.console.seq.' + arguments[0])", root_id)
+    assert stored is not None
+
+    browser.refresh()
+    # The page comes back to the same session, the reply still streaming, then whole.
+    wait(browser, lambda d: css(d, "#session-title").text == "Session: reloaded")
+    wait(browser, lambda d: csss(d, "#chat li.assistant[aria-busy=true]"))
+    assert "tell me the letters" in css(browser, "#chat").text
+    wait(browser, lambda d: words in css(d, "#chat").text
+         and not csss(d, "#chat [aria-busy=true]"), timeout=30)
+    assert css(browser, "#chat").text.count("alpha beta") == 1
+    base = f"/spaces/{space_id}/sessions/{root_id}"
+    assert [m["content"] for m in http_json(
+        "GET", slow_server.http(f"{base}/messages"), key)[1]] == ["tell me the letters", words]
+
+    # Usage: this session's and the space's, from GET /spaces/{id}/usage?groupBy=session.
+    def cells(row: str) -> list[str]:
+        return browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0] + ' td')].map(c => c.textContent)",
+            row)
+
+    wait(browser, lambda d: cells("#usage-session")[:3] == ["1", "120", "12"])
+    assert cells("#usage-space")[:3] == ["1", "120", "12"]
+    assert css(browser, "#usage-session td:last-child").text.startswith("$")
+
+
+def test_a_kept_position_ahead_of_the_log_falls_back_to_the_newest(server: Server,
+                                                                   browser) -> None:
+    """A position kept from an earlier database (or a forged one) is refused by the server;
+    the console resumes from the newest seq instead and the chat works."""
+    from selenium.webdriver.common.keys import Keys
+
+    tenant = committed_tenant("console-heidi", "stale")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    sign_in(browser, server, key)
+    browser.execute_script(
+        "sessionStorage.setItem('stello.console.seq.' + arguments[0], '999999');"
+        "sessionStorage.setItem('stello.console.open', JSON.stringify("
+        "{spaceId: arguments[1], sessionId: arguments[0]}))", root_id, space_id)
+    browser.refresh()
+    wait(browser, lambda d: d.execute_script(
+        "return window.stelloConsole.state.socket?.entered") == root_id)
+    css(browser, "#chat-input").send_keys("still here?", Keys.ENTER)
+    wait(browser, lambda d: "echo: still here?" in css(d, "#chat").text)
+    # Once the turn has ended, the kept position is past it (and nowhere near the forged one).
+    wait(browser, lambda d: 0 < d.execute_script(
+        "return Number(sessionStorage.getItem('stello.console.seq.' + arguments[0]))",
+        root_id) < 100)
+
+    # A cancel that arrives when nothing runs (the reply ended meanwhile) is refused; the
+    # refusal is shown and does not take the place of the next request's answer.
+    browser.execute_script("window.stelloConsole.state.socket.send({type: 'turn.cancel'})")
+    wait(browser, lambda d: "No turn is running" in css(d, "#status").text)
+    css(browser, "#fork-label").send_keys("after the refusal")
+    css(browser, "#fork-form button").click()
+    wait(browser, lambda d: "Forked after the refusal" in css(d, "#status").text)

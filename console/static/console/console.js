@@ -4,6 +4,14 @@
 import { drawStarMap } from "./starmap.js";
 
 const KEY_STORE = "stello.console.key";
+// The open space and session, so a reload comes back to them.
+const OPEN_STORE = "stello.console.open";
+// Per session: where to resume its event log from after a reload (see resumePoint).
+const seqStore = (sessionId) => `stello.console.seq.${sessionId}`;
+// The session log's event frames (docs/live-turns.md); everything else answers a request.
+const EVENT_TYPES = new Set(["turn.started", "stream.delta", "tool.call", "tool.result",
+  "turn.completed", "turn.cancelled", "turn.failed", "gap"]);
+const TERMINAL = new Set(["turn.completed", "turn.cancelled", "turn.failed"]);
 const PAGE_SIZE = 10;
 // No server event announces a fork made elsewhere (the watch frame reports turns only), so the
 // tree is polled while a space is open; unchanged trees are not redrawn.
@@ -14,6 +22,10 @@ const state = {
   key: sessionStorage.getItem(KEY_STORE) || "",
   spaces: [], page: 0, space: null, tree: null, treeText: "", mainId: null,
   sessionId: null, meta: null, socket: null, poll: null, streaming: false,
+  // Turns of the open session running now: turnId -> {user, reply, text, from} (their chat
+  // items, and the seq just before their turn.started).
+  live: new Map(), lastSeq: 0,
+  inflight: 0,  // REST calls not answered yet (the browser tests wait for 0 before leaving)
 };
 // Read by the browser tests (first-render time of the star map).
 window.stelloConsole = { metrics: {}, state };
@@ -33,12 +45,18 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
-  const response = await fetch(path, {
-    method,
-    headers: { "X-API-Key": state.key, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
+  state.inflight += 1;
+  let response, text;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { "X-API-Key": state.key, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    text = await response.text();
+  } finally {
+    state.inflight -= 1;
+  }
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
     if (response.status === 401) signOut("Your API key was refused; sign in again.");
@@ -55,6 +73,7 @@ class Socket {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.ws = new WebSocket(`${scheme}://${location.host}/spaces/${spaceId}/ws`, [state.key]);
     this.pending = [];
+    this.cancels = 0;  // turn.cancel frames sent and not answered yet
     this.entered = null;
     this.ready = new Promise((resolve, reject) => {
       this.ws.onopen = resolve;
@@ -70,21 +89,40 @@ class Socket {
   }
 
   receive(frame) {
-    if (frame.type === "session.updated") return onSessionUpdated(frame);
+    if (EVENT_TYPES.has(frame.type) && frame.seq !== undefined) {
+      // Late events of the session being left are not the next session's.
+      return this.entered === state.sessionId ? onEvent(frame) : undefined;
+    }
+    // The answer to our own turn.cancel (no seq; the logged event is what the chat shows). It
+    // is sent out of band, so it must not take the place of the pending stream's answer.
+    if (frame.type === "turn.cancelled") { this.cancels = Math.max(0, this.cancels - 1); return; }
+    // A cancel that came too late (the turn had ended) is refused the same way: that refusal
+    // is the cancel's, not the answer the pending stream waits for.
+    if (frame.type === "error" && this.cancels > 0 &&
+        /^(No turn is running|Turn .* (has already ended|ended before it could be cancelled|did not stop within))/
+          .test(frame.message || "")) {
+      this.cancels -= 1;
+      return say(frame.message, true);
+    }
     const head = this.pending[0];
     if (!head) return;
-    if (frame.type === "stream.delta") return head.onDelta && head.onDelta(frame.chunk);
     this.pending.shift();
     if (frame.type === "error") head.reject(new Error(frame.message || frame.code));
     else head.resolve(frame);
   }
 
-  async request(frame, onDelta) {
+  async request(frame) {
     await this.ready;
     return new Promise((resolve, reject) => {
-      this.pending.push({ resolve, reject, onDelta });
+      this.pending.push({ resolve, reject });
       this.ws.send(JSON.stringify(frame));
     });
+  }
+
+  // A frame with no answer to wait for (turn.cancel is handled out of band by the server).
+  send(frame) {
+    if (frame.type === "turn.cancel") this.cancels += 1;
+    this.ws.send(JSON.stringify(frame));
   }
 
   close() { this.ws.close(1000); }
@@ -94,8 +132,11 @@ async function enteredSocket() {
   if (!state.socket) state.socket = new Socket(state.space.id);
   const socket = state.socket;
   if (socket.entered !== state.sessionId) {
-    if (socket.entered) await socket.request({ type: "session.leave" });
-    const frame = await socket.request({ type: "session.enter", sessionId: state.sessionId, watch: true });
+    if (socket.entered) {
+      socket.entered = null;
+      await socket.request({ type: "session.leave" });
+    }
+    const frame = await resume(socket, state.sessionId);
     socket.entered = state.sessionId;
     $("slot-core").textContent = (frame.bootstrap && frame.bootstrap.context &&
       frame.bootstrap.context.core) || "(none)";
@@ -103,11 +144,112 @@ async function enteredSocket() {
   return socket;
 }
 
-function onSessionUpdated(frame) {
-  refreshTree();
-  if (frame.sessionId === state.sessionId && !state.streaming) {
-    Promise.all([loadMessages(), refreshMeta()]).catch(report);
+// session.resume instead of session.enter: the connection then gets the session's event log
+// (every turn, ours and anyone's, with its seq) from where this tab left it. Without a stored
+// position the newest seq is asked for by resuming from beyond it: the refusal names it.
+async function resume(socket, sessionId) {
+  const stored = sessionStorage.getItem(seqStore(sessionId));
+  let since = stored === null ? Number.MAX_SAFE_INTEGER : Number(stored);
+  let frame;
+  try {
+    frame = await socket.request({ type: "session.resume", sessionId, since });
+  } catch (error) {
+    const newest = /newest event \((\d+)\)/.exec(error.message);
+    if (!newest) throw error;
+    since = Number(newest[1]);
+    frame = await socket.request({ type: "session.resume", sessionId, since });
   }
+  state.lastSeq = since;
+  rememberSeq(sessionId);
+  return frame;
+}
+
+// Resume from before the oldest running turn (else from the last seq seen), so a reloaded
+// page shows a running reply whole, its input and the text already streamed included.
+function resumePoint() {
+  let point = state.lastSeq;
+  for (const turn of state.live.values()) point = Math.min(point, turn.from);
+  return point;
+}
+
+function rememberSeq(sessionId) {
+  sessionStorage.setItem(seqStore(sessionId), String(resumePoint()));
+}
+
+function onEvent(frame) {
+  const chat = $("chat");
+  if (frame.type === "gap") {  // events were missed: start again from the stored history
+    state.live.clear();
+    state.lastSeq = frame.seq;
+    showLive();
+    const context = frame.bootstrap && frame.bootstrap.context;
+    if (context) $("slot-core").textContent = context.core || "(none)";
+    loadMessages().catch(report);
+  } else if (frame.type === "turn.started") {
+    const user = messageItem({ role: "user", content: frame.input });
+    const reply = messageItem({ role: "assistant", content: "" });
+    reply.setAttribute("aria-busy", "true");
+    chat.append(user, reply);
+    state.live.set(frame.turnId, { user, reply, text: reply.querySelector(".content"),
+      from: frame.seq - 1 });
+  } else if (frame.type === "stream.delta") {
+    let turn = state.live.get(frame.turnId);
+    if (!turn) {  // resumed mid-turn from an older position: the start is not ours to show
+      const reply = messageItem({ role: "assistant", content: "" });
+      reply.setAttribute("aria-busy", "true");
+      chat.append(reply);
+      turn = { user: null, reply, text: reply.querySelector(".content"), from: frame.seq - 1 };
+      state.live.set(frame.turnId, turn);
+    }
+    turn.text.textContent += frame.chunk;
+  } else if (TERMINAL.has(frame.type)) {
+    const turn = state.live.get(frame.turnId);
+    state.live.delete(frame.turnId);
+    if (frame.type === "turn.cancelled") markCancelled(turn);
+    else if (turn) turn.reply.removeAttribute("aria-busy");
+    if (frame.type === "turn.failed") say(`The turn failed: ${frame.error}`, true);
+    if (frame.type === "turn.completed" && !state.streaming) say("Reply complete.");
+    // The stored history shows the tool calls and results the stream does not carry; a
+    // cancelled turn left nothing there, so its marked items stay until the next reload.
+    if (frame.type !== "turn.cancelled") {
+      Promise.all([loadMessages(), refreshMeta()]).catch(report);
+    }
+    refreshTree();
+    loadUsage().catch(report);
+  }
+  if (frame.type !== "gap") state.lastSeq = Math.max(state.lastSeq, frame.seq);
+  if (state.sessionId) rememberSeq(state.sessionId);
+  showLive();
+  chat.scrollTop = chat.scrollHeight;
+}
+
+function markCancelled(turn) {
+  say("Turn cancelled: nothing of it was kept.");
+  if (!turn) return;
+  for (const item of [turn.user, turn.reply]) {
+    if (!item) continue;
+    item.classList.add("cancelled");
+    item.removeAttribute("aria-busy");
+  }
+  turn.reply.querySelector(".role").textContent = "assistant (cancelled, not kept)";
+  if (turn.user) turn.user.querySelector(".role").textContent = "user (cancelled, not kept)";
+}
+
+// The Stop button is there while a turn of the open session runs (ours or anyone's).
+function showLive() {
+  const running = state.live.size > 0 || state.streaming;
+  const stop = $("stop");
+  if (stop.hidden === running) {
+    const hadFocus = document.activeElement === stop;
+    stop.hidden = !running;
+    if (hadFocus && !running) $("chat-input").focus();  // keep the keyboard where it was
+  }
+}
+
+function stopTurn() {
+  if (!state.socket || !state.socket.entered) return;
+  state.socket.send({ type: "turn.cancel" });
+  say("Stopping…");
 }
 
 // --- Sign in / out -----------------------------------------------------------------------
@@ -119,8 +261,9 @@ function showApp(signedIn) {
 
 async function signIn(key) {
   state.key = key.trim();
+  let spaces;
   try {
-    await api("GET", "/spaces");
+    spaces = await api("GET", "/spaces");  // checks the key and lists the spaces at once
   } catch (error) {
     state.key = "";
     return report(error);
@@ -129,11 +272,24 @@ async function signIn(key) {
   $("who").textContent = `key ${state.key.slice(0, 15)}…`;
   showApp(true);
   say("Signed in.");
-  await loadSpaces();
+  await loadSpaces(spaces);
+  await reopen();
+}
+
+// After a reload: the space and session that were open (a running reply goes on streaming).
+async function reopen() {
+  let open = null;
+  try { open = JSON.parse(sessionStorage.getItem(OPEN_STORE)); } catch { /* nothing kept */ }
+  if (!open || !state.spaces.some((space) => space.id === open.spaceId)) return;
+  await openSpace(open.spaceId);
+  if (open.sessionId && state.space) await openSession(open.sessionId);
 }
 
 function signOut(message) {
-  sessionStorage.removeItem(KEY_STORE);
+  // The key, the open space and every session's resume position: nothing stays behind.
+  for (const name of Object.keys(sessionStorage)) {
+    if (name.startsWith("stello.console.")) sessionStorage.removeItem(name);
+  }
   state.key = "";
   closeSpace();
   showApp(false);
@@ -142,9 +298,9 @@ function signOut(message) {
 }
 
 // --- Spaces ------------------------------------------------------------------------------
-async function loadSpaces() {
+async function loadSpaces(known) {
   try {
-    state.spaces = await api("GET", "/spaces");
+    state.spaces = known || await api("GET", "/spaces");
   } catch (error) { return report(error); }
   const pages = Math.max(1, Math.ceil(state.spaces.length / PAGE_SIZE));
   state.page = Math.min(state.page, pages - 1);
@@ -176,6 +332,7 @@ function renderSpaces() {
 function closeSpace() {
   clearInterval(state.poll);
   if (state.socket) state.socket.close();
+  state.live.clear();
   Object.assign(state, { space: null, tree: null, treeText: "", sessionId: null, socket: null });
   $("space-detail").hidden = true;
   $("session-body").hidden = true;
@@ -190,6 +347,7 @@ async function openSpace(id) {
     const [space, tree] = await Promise.all([api("GET", `/spaces/${id}`), api("GET", `/spaces/${id}/sessions`)]);
     const fetched = performance.now();
     state.space = space;
+    sessionStorage.setItem(OPEN_STORE, JSON.stringify({ spaceId: space.id }));
     showSpace(space);
     renderTree(tree, JSON.stringify(tree));
     // The time to a drawn (laid out) map: after the next frame.
@@ -197,6 +355,9 @@ async function openSpace(id) {
       window.stelloConsole.metrics.firstRender = {
         sessions: Number($("map-box").querySelector("svg").dataset.count),
         fetchMs: Math.round(fetched - started), totalMs: Math.round(performance.now() - started),
+        // From the navigation's start (performance.now's origin): the whole page load, the
+        // sign-in check and the spaces list included, when the space was opened on load.
+        sinceNavigationMs: Math.round(performance.now()),
       };
     });
     renderSpaces();
@@ -242,6 +403,8 @@ async function refreshTree() {
 // --- Sessions ----------------------------------------------------------------------------
 async function openSession(id) {
   state.sessionId = id;
+  state.live.clear();
+  sessionStorage.setItem(OPEN_STORE, JSON.stringify({ spaceId: state.space.id, sessionId: id }));
   renderTree(state.tree, state.treeText);  // move the selection ring
   $("session-body").hidden = false;
   const base = `/spaces/${state.space.id}/sessions/${id}`;
@@ -249,7 +412,9 @@ async function openSession(id) {
     const meta = await api("GET", base);
     state.meta = meta;
     showMeta(meta);
-    await Promise.all([loadMessages(), loadSlots(base), enteredSocket()]);
+    // The history first, then the live events on top of it.
+    await loadMessages();
+    await Promise.all([loadSlots(base), loadUsage(), enteredSocket()]);
     $("chat-input").focus();
   } catch (error) { report(error); }
 }
@@ -282,7 +447,10 @@ async function loadMessages() {
   const id = state.sessionId;
   const messages = await api("GET", `/spaces/${state.space.id}/sessions/${id}/messages`);
   if (id !== state.sessionId) return;
-  $("chat").replaceChildren(...messages.map(messageItem));
+  // Turns still running are not in the stored history yet: their items stay, at the end.
+  const running = [...state.live.values()].flatMap((turn) => [turn.user, turn.reply])
+    .filter(Boolean);
+  $("chat").replaceChildren(...messages.map(messageItem), ...running);
   $("chat").scrollTop = $("chat").scrollHeight;
 }
 
@@ -328,29 +496,38 @@ async function loadSlots(base) {
 }
 
 async function sendMessage(input) {
-  const chat = $("chat");
-  chat.appendChild(messageItem({ role: "user", content: input }));
-  const reply = messageItem({ role: "assistant", content: "" });
-  reply.setAttribute("aria-busy", "true");
-  chat.appendChild(reply);
-  const text = reply.querySelector(".content");
+  // The chat items come from the turn's events (turn.started, stream.delta, ...), like those
+  // of a turn made elsewhere.
   state.streaming = true;
+  showLive();
   try {
     const socket = await enteredSocket();
-    await socket.request({ type: "session.stream", input }, (chunk) => {
-      text.textContent += chunk;
-      chat.scrollTop = chat.scrollHeight;
-    });
+    await socket.request({ type: "session.stream", input });
     say("Reply complete.");
   } catch (error) {
-    report(error);
+    if (/was cancelled/.test(error.message)) say("Turn cancelled: nothing of it was kept.");
+    else report(error);
   } finally {
     state.streaming = false;
-    reply.removeAttribute("aria-busy");
+    showLive();
   }
-  // The stored history shows the tool calls and their results the stream does not carry.
-  await Promise.all([loadMessages(), refreshMeta()]).catch(report);
-  refreshTree();
+}
+
+async function loadUsage() {
+  if (!state.space) return;
+  const spaceId = state.space.id;
+  const usage = await api("GET", `/spaces/${spaceId}/usage?groupBy=session`);
+  if (!state.space || state.space.id !== spaceId) return;
+  const mine = usage.groups.find((g) => g.key === state.sessionId);
+  showUsage("usage-session", mine || { calls: 0, inputTokens: 0, outputTokens: 0, cost: 0 });
+  showUsage("usage-space", usage.totals);
+}
+
+function showUsage(rowId, sums) {
+  const cells = $(rowId).querySelectorAll("td");
+  const values = [sums.calls, sums.inputTokens, sums.outputTokens];
+  values.forEach((value, n) => { cells[n].textContent = value.toLocaleString("en"); });
+  cells[3].textContent = `$${sums.cost.toFixed(sums.cost && sums.cost < 0.01 ? 6 : 4)}`;
 }
 
 async function refreshMeta() {
@@ -426,9 +603,11 @@ on("chat-form", "submit", async () => {
   await sendMessage(input);
 });
 $("chat-input").addEventListener("keydown", (e) => {
-  // Enter sends, Shift+Enter is a new line.
+  // Enter sends, Shift+Enter is a new line, Escape stops a running reply.
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); }
+  if (e.key === "Escape" && !$("stop").hidden) { e.preventDefault(); stopTurn(); }
 });
+on("stop", "click", stopTurn);
 on("fork-form", "submit", async () => {
   const socket = await enteredSocket();
   const frame = await socket.request({ type: "session.fork", options: { label: $("fork-label").value } });
