@@ -112,7 +112,7 @@ class SessionResume(TypedDict):
 
     type: Literal["session.resume"]
     sessionId: str
-    since: int
+    since: int | None  # None: "newest"
 
 
 class TurnCancel(TypedDict):
@@ -232,7 +232,10 @@ def _resume(data: dict[str, Any]) -> SessionResume:
     session_id = required_text(data, "sessionId")
     if "since" not in data:
         raise missing("since")
-    return {"type": "session.resume", "sessionId": session_id, "since": parse_since(data["since"])}
+    # "newest": from the newest saved event (a running turn's events are replayed), as the SSE
+    # endpoint without `since` does; a client learns the seq from `session.entered`.
+    since = None if data["since"] == "newest" else parse_since(data["since"])
+    return {"type": "session.resume", "sessionId": session_id, "since": since}
 
 
 def _cancel(data: dict[str, Any]) -> TurnCancel:

@@ -82,11 +82,14 @@ class ResumeMixin:
             raise SessionNotFound()
         session_id, since = str(parsed), message["since"]
         agent = await self.agent()  # type: ignore[attr-defined]
-        follower = live.Follower(agent.store, session_id, since)
+        follower = live.Follower(agent.store, session_id, since or 0)
         await follower.__aenter__()  # join first, read second (see live.py)
         try:
             newest = await follower.newest()  # this space only: SessionNotFound otherwise
-            if since > newest:
+            if since is None:
+                saved = await agent.store.read_events(session_id, 1 << 62)
+                follower.position = since = saved.current
+            elif since > newest:
                 raise InvalidInput(f"since is ahead of the session's newest event ({newest})")
             bootstrap = await agent.bootstrap(session_id)
         except BaseException:

@@ -215,3 +215,25 @@ async def test_a_streamed_turn_is_published_in_two_batches_however_many_deltas(
     assert writes[1] == ([], True)
     assert await live.buffer().read(root_id) == []
     await ws.disconnect()
+
+
+@bounded()
+async def test_a_resume_from_newest_starts_at_the_newest_saved_event(space_id, root_id,
+                                                                    alice_key) -> None:
+    """A client with no position (a console opening a session) follows from now on and learns
+    the seq from `session.entered`."""
+    ws = await open_ws(space_id, alice_key)
+    await enter(ws, root_id)
+    assert (await ask(ws, {"type": "session.message", "input": "x"}))["type"] == "turn.complete"
+    await ws.disconnect()
+    ws = await open_ws(space_id, alice_key)
+    entered = await ask(ws, {"type": "session.resume", "sessionId": root_id, "since": "newest"})
+    assert entered["type"] == "session.entered" and entered["seq"] == 2  # started, completed
+    await nothing_more(ws)  # nothing replayed
+    await ws.send_json_to({"type": "session.message", "input": "y"})
+    frames = await frames_until(ws, "turn.complete")
+    assert [f.get("seq") for f in frames] == [3, 4, 4]
+    refused = await ask(await open_ws(space_id, alice_key),
+                        {"type": "session.resume", "sessionId": root_id, "since": "oldest"})
+    assert refused["type"] == "error" and "since" in refused["message"]
+    await ws.disconnect()

@@ -145,21 +145,19 @@ async function enteredSocket() {
 }
 
 // session.resume instead of session.enter: the connection then gets the session's event log
-// (every turn, ours and anyone's, with its seq) from where this tab left it. Without a stored
-// position the newest seq is asked for by resuming from beyond it: the refusal names it.
+// (every turn, ours and anyone's, with its seq) from where this tab left it, or from the
+// newest event when it has no position (or a stale one, e.g. after the database was reset).
 async function resume(socket, sessionId) {
   const stored = sessionStorage.getItem(seqStore(sessionId));
-  let since = stored === null ? Number.MAX_SAFE_INTEGER : Number(stored);
   let frame;
   try {
-    frame = await socket.request({ type: "session.resume", sessionId, since });
+    frame = await socket.request({ type: "session.resume", sessionId,
+                                   since: stored === null ? "newest" : Number(stored) });
   } catch (error) {
-    const newest = /newest event \((\d+)\)/.exec(error.message);
-    if (!newest) throw error;
-    since = Number(newest[1]);
-    frame = await socket.request({ type: "session.resume", sessionId, since });
+    if (stored === null) throw error;
+    frame = await socket.request({ type: "session.resume", sessionId, since: "newest" });
   }
-  state.lastSeq = since;
+  state.lastSeq = frame.seq;
   rememberSeq(sessionId);
   return frame;
 }
