@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.servers import committed_tenant, server_env, server_processes
+from tests.support.bench import run_phase_on_two_processes
+from tests.support.servers import committed_tenant
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 120  # seconds for the whole benchmark run (it takes a few)
@@ -113,21 +111,7 @@ def test_events_before_the_own_turn_are_a_duplicate_after_a_resume_from_the_newe
 @pytest.mark.django_db(transaction=True)
 def test_the_resume_phase_runs_clean_across_two_processes(tmp_path) -> None:
     tenant = committed_tenant("bench-resume", "bench resume")
-    env = server_env(REDIS_URL=os.environ["REDIS_URL"],
-                     STELLO_REDIS_PREFIX=f"stello-test-{uuid.uuid4().hex[:12]}",
-                     STELLO_CONSOLIDATE_EVERY_N_TURNS="0",
-                     DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="4")
-    with server_processes([env, env], tmp_path) as (a, b):
-        run_env = {k: v for k, v in os.environ.items() if not k.startswith("STELLO_")}
-        run_env["STELLO_API_KEY"] = tenant["key"]
-        done = subprocess.run(
-            [sys.executable, "bench/run.py", "--base-urls", f"{a.http('')},{b.http('')}",
-             "--phases", "resume", "--seconds", "1.5", "--warmup", "0.3",
-             "--ws-connections", "2"],
-            cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    report = json.loads(done.stdout)
-    phase = report["phases"]["resume"]
-    assert done.returncode == 0, (phase, done.stderr[-2000:], a.output(), b.output())
+    report, phase = run_phase_on_two_processes("resume", tenant["key"], tmp_path)
     assert report["failure"] is None and report["errors"] == 0
     assert phase["concurrency"] == 2 and phase["ok"] >= 2
     # each timed resume replayed the turn after its first delta (32 words and more), in order

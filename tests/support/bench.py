@@ -1,0 +1,39 @@
+"""Running bench/run.py for a moment against two real server processes (tests of its phases)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.support.servers import server_env, server_processes
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 120  # seconds for the whole benchmark run (it takes a few)
+
+
+def run_phase_on_two_processes(phase: str, key: str, logs: Path,
+                               **env: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`phase` for 1.5 s with 2 clients on two processes sharing the test database and Redis
+    (`env` added to theirs); returns the whole report and the phase's part, once the run is
+    known to have exited cleanly."""
+    server = server_env(REDIS_URL=os.environ["REDIS_URL"],
+                        STELLO_REDIS_PREFIX=f"stello-test-{uuid.uuid4().hex[:12]}",
+                        STELLO_CONSOLIDATE_EVERY_N_TURNS="0",
+                        DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="4", **env)
+    with server_processes([server, server], logs) as (a, b):
+        run_env = {k: v for k, v in os.environ.items() if not k.startswith("STELLO_")}
+        run_env["STELLO_API_KEY"] = key
+        done = subprocess.run(
+            [sys.executable, "bench/run.py", "--base-urls", f"{a.http('')},{b.http('')}",
+             "--phases", phase, "--seconds", "1.5", "--warmup", "0.3",
+             "--ws-connections", "2"],
+            cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        report = json.loads(done.stdout)
+        assert done.returncode == 0, (report["phases"], done.stderr[-2000:], a.output(),
+                                      b.output())
+    return report, report["phases"][phase]
