@@ -17,7 +17,6 @@ from tests.support.bench import run_phase_on_two_processes
 from tests.support.servers import committed_tenant
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_TIMEOUT = 120  # seconds for the whole benchmark run (it takes a few)
 
 
 def load_bench() -> Any:
