@@ -33,6 +33,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from .engine.agent_config import IF_BUSY
 from .engine.errors import InvalidInput, SessionNotFound, TurnNotRunning
 from .engine.ports import SpaceStore
 from .engine.turn import RUNNING
@@ -475,11 +476,8 @@ async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str
 
 # -- busy policy ------------------------------------------------------------------------------
 
-IF_BUSY = ("reject", "enqueue", "interrupt")
-
-
 def parse_if_busy(value: Any) -> str | None:
-    """A turn's `ifBusy` (None when not given: the deployment's STELLO_IF_BUSY applies)."""
+    """A turn's `ifBusy` (None when not given: the space's default, else STELLO_IF_BUSY)."""
     if value is None:
         return None
     if value not in IF_BUSY:
@@ -487,11 +485,13 @@ def parse_if_busy(value: Any) -> str | None:
     return value
 
 
-async def busy_policy(store: SpaceStore, session_id: str, if_busy: str | None) -> bool:
+async def busy_policy(store: SpaceStore, session_id: str, if_busy: str | None,
+                      space_default: str | None = None) -> bool:
     """Apply `ifBusy` before a turn takes the session's lock; returns whether the turn may
     wait for the lock. `reject`: no wait (SESSION_BUSY at once); `enqueue`: wait, bounded by
-    the lock timeout; `interrupt`: cancel the running turn first, then wait."""
-    policy = if_busy or settings.STELLO.get("IF_BUSY", "enqueue")
+    the lock timeout; `interrupt`: cancel the running turn first, then wait. The turn's own
+    value wins, then the space's (`config.ifBusy`), then STELLO_IF_BUSY."""
+    policy = if_busy or space_default or settings.STELLO.get("IF_BUSY", "enqueue")
     if policy == "interrupt":
         try:
             await cancel(store, session_id, None)

@@ -12,7 +12,7 @@ from contextlib import aclosing
 from typing import Any
 
 from . import compression, memory
-from .agent_config import configured_llm, effective_config
+from .agent_config import configured_llm, effective_config, space_if_busy
 from .builtins import turn_toolbox
 from .context import PromptBuilder
 from .core import CoreMemory, core_prompt_block, core_tools
@@ -83,6 +83,8 @@ class SpaceAgent:
         self.settings = settings
         # The space's `config` as it was when this agent was built (a space update evicts it).
         self.space_config = dict(space_config or {})
+        # The space's default busy policy: read with the config, so a turn pays no read for it.
+        self.if_busy = space_if_busy(self.space_config)
         self.llm_profiles = dict(llm_profiles or {})  # provider profile name -> LLM
         self.tool_source = tool_source  # the space's MCP servers, if it uses any
         self.price = price  # what a call costs (usage accounting)

@@ -10,7 +10,9 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from sessions_app.models import Session, SessionEvent, Turn
+from sessions_app.runtime.pool import runtimes
 from spaces.services import space_create
+from tests.ws.conftest import finish_ws_work
 from tests.ws.test_consumer import (
     ask,
     bounded,
@@ -215,3 +217,30 @@ async def test_a_streamed_turn_is_published_in_two_batches_however_many_deltas(
     assert writes[1] == ([], True)
     assert await live.buffer().read(root_id) == []
     await ws.disconnect()
+
+
+@bounded(40)
+async def test_the_space_default_busy_policy_and_a_frame_that_overrides_it(
+        space, root_id, alice_key, settings) -> None:
+    runtime = runtimes.current()
+    settings.STELLO = {**settings.STELLO, "SESSION_LOCK_TIMEOUT_SECONDS": 30.0,
+                       "IF_BUSY": "enqueue"}
+    space.config = {"ifBusy": "reject"}  # before the space's agent is built
+    await space.asave(update_fields=["config"])
+    ws = await open_ws(str(space.pk), alice_key)
+    await enter(ws, root_id)
+    clock = asyncio.get_running_loop().time
+    async with runtime.locks.hold(root_id):
+        started = clock()
+        for frame_type in ("session.message", "session.stream"):
+            reply = await ask(ws, {"type": frame_type, "input": "no"})
+            assert reply["type"] == "error" and reply["message"] == "session busy", reply
+        assert clock() - started < 5  # at once, not after the 30 s wait
+        await ws.send_json_to({"type": "session.message", "input": "wait",
+                               "ifBusy": "enqueue"})
+        assert await ws.receive_nothing(0.3)  # waiting for the lock
+    reply = await recv(ws)
+    assert reply["type"] == "turn.complete"
+    assert reply["result"]["turn"]["finalContent"] == "echo: wait"
+    await ws.disconnect()
+    await finish_ws_work()
