@@ -27,7 +27,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Set
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -165,6 +165,7 @@ _shared_local = LocalBuffer()  # embedded mode: one process, every loop sees the
 class _Outbox:
     def __init__(self) -> None:
         self.events: list[LogEvent] = []
+        self.saved: set[int] = set()  # seqs of events committed before they were told
         self.task: asyncio.Task[None] | None = None
 
 
@@ -172,16 +173,21 @@ _outboxes: dict[str, _Outbox] = {}
 pending: set[asyncio.Task[None]] = set()
 
 
-def publish(session_id: str, event: LogEvent) -> None:
-    """File `event` for the session's followers; the turn never waits for it."""
+def publish(session_id: str, event: LogEvent, *, saved: bool = False) -> None:
+    """File `event` for the session's followers; the turn never waits for it. `saved`: the
+    event is committed already (a fork or archive logs its entry with its own write), so it
+    is only sent, never buffered."""
     if event.type == "turn.started":
         _listen_for_cancels()
     outbox = _outboxes.setdefault(session_id, _Outbox())
     outbox.events.append(event)
+    if saved:
+        outbox.saved.add(event.seq)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # pragma: no cover - the engine always runs on a loop
         outbox.events.clear()
+        outbox.saved.clear()
         return
     # A drain left by a loop that has gone (a one-call loop: the sync test client, the admin)
     # never runs again: start one on this loop.
@@ -200,8 +206,9 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
             if flush and not any(e.type == "turn.started" for e in outbox.events):
                 await asyncio.sleep(flush)
             batch, outbox.events = outbox.events, []
+            saved, outbox.saved = outbox.saved, set()
             try:
-                await _send(session_id, batch)
+                await _send(session_id, batch, saved)
             except Exception:  # a follower catches up from the database; the turn goes on
                 logger.warning("could not publish events of session %s", session_id,
                                exc_info=True)
@@ -213,14 +220,18 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
                 del _outboxes[session_id]
 
 
-async def _send(session_id: str, batch: list[LogEvent]) -> None:
+async def _send(session_id: str, batch: list[LogEvent], saved: Set[int] = frozenset()
+                ) -> None:
     encoded = [_encode(e) for e in batch]
     ended = max((i for i, e in enumerate(batch) if e.type in TERMINAL), default=-1)
-    # Buffered: what no commit has saved yet, i.e. what follows the batch's last turn end. The
-    # buffer is cleared at a turn's end (saved by then) and at a fresh turn's start (what it
-    # still holds is saved: a turn after a dead one tells that turn's `turn.failed` first).
+    # Buffered: what no commit has saved yet, i.e. what follows the batch's last turn end
+    # (less the events committed before they were told). The buffer is cleared at a turn's
+    # end (saved by then) and at a fresh turn's start (what it still holds is saved: a turn
+    # after a dead one tells that turn's `turn.failed` first).
     clear = ended >= 0 or batch[0].type == "turn.started"
-    await buffer().write(session_id, encoded[ended + 1:], clear=clear)
+    unsaved = [data for data, event in zip(encoded[ended + 1:], batch[ended + 1:], strict=True)
+               if event.seq not in saved]
+    await buffer().write(session_id, unsaved, clear=clear)
     layer = get_channel_layer()
     if layer is not None:
         await layer.group_send(events_group(session_id), {
