@@ -285,7 +285,7 @@ _PARENT_WHERE = {
 _LOG_ENTRY = """INSERT INTO session_events AS e (session_id, seq, last_seq, type, payload,
                                        created_at)
   SELECT {session}, logged.event_seq, logged.event_seq, {type}, %(payload)s, %(now)s
-  FROM logged
+  FROM logged WHERE %(log)s
   RETURNING e.seq"""
 
 # A fork is ONE statement (atomic in autocommit). Two concurrent forks under one parent may
@@ -343,8 +343,7 @@ WITH logged AS (
     AND (%(status)s = 'active' OR s.role <> 'main')
   RETURNING s.id, s.status, s.updated_at, s.event_seq
 ), ev AS (
-  {_LOG_ENTRY.format(session="logged.id", type="%(event)s").replace(
-      "FROM logged", "FROM logged WHERE %(log)s")}
+  {_LOG_ENTRY.format(session="logged.id", type="%(event)s")}
 )
 SELECT {_META.replace("s.status", "coalesce(logged.status, s.status)")
               .replace("s.updated_at", "coalesce(logged.updated_at, s.updated_at)")},
