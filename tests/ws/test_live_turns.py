@@ -11,6 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
+from sessions_app import live
 from sessions_app.models import Session, SessionEvent, Turn
 from sessions_app.runtime.pool import runtimes
 from spaces.services import space_create
@@ -297,6 +298,8 @@ async def test_forks_and_archives_are_logged_for_followers(space_id, root_id, al
     logged = await recv(follower)
     assert (logged["type"], logged["seq"]) == ("session.forked", 7)
     assert logged["child"] == {"id": response.json()["id"], "label": "REST", "scope": "s"}
+    await live.drain()
+    assert await live.recover(root_id) == []  # committed before told: never in the buffer
 
     # Archive and unarchive a child: logged on the child, for its followers.
     child_id = response.json()["id"]
