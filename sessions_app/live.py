@@ -27,12 +27,13 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Set
 from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from .engine.agent_config import IF_BUSY
 from .engine.errors import InvalidInput, SessionNotFound, TurnNotRunning
 from .engine.ports import SpaceStore
 from .engine.turn import RUNNING
@@ -169,6 +170,7 @@ URGENT = TERMINAL | {"turn.started"}
 class _Outbox:
     def __init__(self) -> None:
         self.events: list[LogEvent] = []
+        self.saved: set[int] = set()  # seqs of events committed before they were told
         self.task: asyncio.Task[None] | None = None
         self.wakeup: asyncio.Future[None] | None = None  # ends the drain's wait early
 
@@ -182,18 +184,24 @@ _outboxes: dict[str, _Outbox] = {}
 pending: set[asyncio.Task[None]] = set()
 
 
-def publish(session_id: str, event: LogEvent) -> None:
-    """File `event` for the session's followers; the turn never waits for it."""
+def publish(session_id: str, event: LogEvent, *, saved: bool = False) -> None:
+    """File `event` for the session's followers; the turn never waits for it. `saved`: the
+    event is committed already (a fork or archive logs its entry with its own write), so it
+    is only sent, never buffered."""
     if event.type == "turn.started":
         _listen_for_cancels()
     outbox = _outboxes.setdefault(session_id, _Outbox())
     outbox.events.append(event)
+    if saved:
+        outbox.saved.add(event.seq)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # pragma: no cover - the engine always runs on a loop
         outbox.events.clear()
+        outbox.saved.clear()
         return
-    if event.type in URGENT and outbox.wakeup is not None and outbox.wakeup.get_loop() is loop:
+    urgent = saved or event.type in URGENT  # a committed entry (fork, archive) stands alone
+    if urgent and outbox.wakeup is not None and outbox.wakeup.get_loop() is loop:
         _wake(outbox.wakeup)
     # A drain left by a loop that has gone (a one-call loop: the sync test client, the admin)
     # never runs again: start one on this loop.
@@ -209,8 +217,8 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
     try:
         while outbox.events:
             # Let the batch fill (what is told meanwhile goes with it) unless it holds an
-            # urgent event, or one arrives meanwhile.
-            if flush and not any(e.type in URGENT for e in outbox.events):
+            # urgent or committed event, or one arrives meanwhile.
+            if flush and not outbox.saved and not any(e.type in URGENT for e in outbox.events):
                 outbox.wakeup = loop.create_future()
                 timer = loop.call_later(flush, _wake, outbox.wakeup)
                 try:
@@ -219,8 +227,9 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
                     timer.cancel()
                     outbox.wakeup = None
             batch, outbox.events = outbox.events, []
+            saved, outbox.saved = outbox.saved, set()
             try:
-                await _send(session_id, batch)
+                await _send(session_id, batch, saved)
             except Exception:  # a follower catches up from the database; the turn goes on
                 logger.warning("could not publish events of session %s", session_id,
                                exc_info=True)
@@ -232,14 +241,18 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
                 del _outboxes[session_id]
 
 
-async def _send(session_id: str, batch: list[LogEvent]) -> None:
+async def _send(session_id: str, batch: list[LogEvent], saved: Set[int] = frozenset()
+                ) -> None:
     encoded = [_encode(e) for e in batch]
     ended = max((i for i, e in enumerate(batch) if e.type in TERMINAL), default=-1)
-    # Buffered: what no commit has saved yet, i.e. what follows the batch's last turn end. The
-    # buffer is cleared at a turn's end (saved by then) and at a fresh turn's start (what it
-    # still holds is saved: a turn after a dead one tells that turn's `turn.failed` first).
+    # Buffered: what no commit has saved yet, i.e. what follows the batch's last turn end
+    # (less the events committed before they were told). The buffer is cleared at a turn's
+    # end (saved by then) and at a fresh turn's start (what it still holds is saved: a turn
+    # after a dead one tells that turn's `turn.failed` first).
     clear = ended >= 0 or batch[0].type == "turn.started"
-    await buffer().write(session_id, encoded[ended + 1:], clear=clear)
+    unsaved = [data for data, event in zip(encoded[ended + 1:], batch[ended + 1:], strict=True)
+               if event.seq not in saved]
+    await buffer().write(session_id, unsaved, clear=clear)
     layer = get_channel_layer()
     if layer is not None:
         await layer.group_send(events_group(session_id), {
@@ -495,11 +508,8 @@ async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str
 
 # -- busy policy ------------------------------------------------------------------------------
 
-IF_BUSY = ("reject", "enqueue", "interrupt")
-
-
 def parse_if_busy(value: Any) -> str | None:
-    """A turn's `ifBusy` (None when not given: the deployment's STELLO_IF_BUSY applies)."""
+    """A turn's `ifBusy` (None when not given: the space's default, else STELLO_IF_BUSY)."""
     if value is None:
         return None
     if value not in IF_BUSY:
@@ -507,11 +517,13 @@ def parse_if_busy(value: Any) -> str | None:
     return value
 
 
-async def busy_policy(store: SpaceStore, session_id: str, if_busy: str | None) -> bool:
+async def busy_policy(store: SpaceStore, session_id: str, if_busy: str | None,
+                      space_default: str | None = None) -> bool:
     """Apply `ifBusy` before a turn takes the session's lock; returns whether the turn may
     wait for the lock. `reject`: no wait (SESSION_BUSY at once); `enqueue`: wait, bounded by
-    the lock timeout; `interrupt`: cancel the running turn first, then wait."""
-    policy = if_busy or settings.STELLO.get("IF_BUSY", "enqueue")
+    the lock timeout; `interrupt`: cancel the running turn first, then wait. The turn's own
+    value wins, then the space's (`config.ifBusy`), then STELLO_IF_BUSY."""
+    policy = if_busy or space_default or settings.STELLO.get("IF_BUSY", "enqueue")
     if policy == "interrupt":
         try:
             await cancel(store, session_id, None)

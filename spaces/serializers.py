@@ -68,8 +68,9 @@ class SpaceCreateSerializer(BodySerializer):
     config = serializers.DictField(required=False, error_messages=messages("config", "an object"),
                                    help_text="A JSON object. The keys `model`, `provider`, "
                                              "`temperature`, `maxOutputTokens`, `tools`, "
-                                             "`skills` and `mcpServers` set the space's agent "
-                                             "(checked when written); others are kept as given.")
+                                             "`skills`, `mcpServers` and `ifBusy` set the "
+                                             "space's agent (checked when written); others "
+                                             "are kept as given.")
 
     def validate_config(self, value: dict[str, Any]) -> dict[str, Any]:
         space_config_check.send(sender=type(self), config=value)  # raises InvalidInput

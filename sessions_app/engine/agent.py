@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 from . import compression, memory
-from .agent_config import configured_llm, effective_config
+from .agent_config import configured_llm, effective_config, space_if_busy
 from .builtins import turn_toolbox
 from .context import PromptBuilder
 from .core import CoreMemory, core_prompt_block, core_tools
@@ -25,18 +25,28 @@ from .skills import Skill, visible_skills
 from .tools import Tool, ToolContext
 from .turn import TurnLoop
 from .types import (
+    SESSION_FORKED,
     Bootstrap,
     EngineSettings,
     ForkOptions,
     IntegrationResult,
     LogEvent,
+    Logged,
     MemoryJob,
     SessionMeta,
     StreamChunk,
     TurnContext,
     TurnResult,
+    forked_payload,
 )
 from .usage import PriceFunction, UsageScope, no_price
+
+
+class EventSink(Protocol):
+    """Where a session's log goes live (`sessions_app.live.publish`); `saved`: the entry is
+    committed already (told after a fork or archive, not by a running turn)."""
+
+    def __call__(self, session_id: str, event: LogEvent, *, saved: bool = False) -> None: ...
 
 
 def session_identity(session: SessionMeta) -> str:
@@ -69,7 +79,7 @@ class SpaceAgent:
         llm_profiles: Mapping[str, LLM] | None = None,
         tool_source: ToolSource | None = None,
         price: PriceFunction = no_price,
-        on_event: Callable[[str, LogEvent], None] | None = None,
+        on_event: EventSink | None = None,
         recover_events: Callable[[str], Awaitable[Sequence[LogEvent]]] | None = None,
     ) -> None:
         self.space_id = space_id
@@ -83,6 +93,8 @@ class SpaceAgent:
         self.settings = settings
         # The space's `config` as it was when this agent was built (a space update evicts it).
         self.space_config = dict(space_config or {})
+        # The space's default busy policy: read with the config, so a turn pays no read for it.
+        self.if_busy = space_if_busy(self.space_config)
         self.llm_profiles = dict(llm_profiles or {})  # provider profile name -> LLM
         self.tool_source = tool_source  # the space's MCP servers, if it uses any
         self.price = price  # what a call costs (usage accounting)
@@ -105,6 +117,17 @@ class SpaceAgent:
             also(event)
 
         return both
+
+    def _logged(self, session_id: str) -> Logged:
+        """For a session write that logs its own entry (fork, archive): the entry, committed
+        already, goes to the session's followers."""
+        publish = self.on_event
+
+        def tell(event: LogEvent) -> None:
+            if publish is not None:
+                publish(session_id, event, saved=True)
+
+        return tell
 
     # -- turns -----------------------------------------------------------------------------
 
@@ -205,7 +228,10 @@ class SpaceAgent:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
-            return await self._fork_unlocked(session_id, options)  # the turn holds the lock
+            child = await self._fork_unlocked(session_id, options)  # the turn holds the lock
+            # Logged by the turn, in its seq order (see TurnLoop.log), not by the store.
+            loop.log(SESSION_FORKED, forked_payload(child.id, child.label, child.scope))
+            return child
 
         if self.settings.session_identity and ctx.session.role == "standard":
             extra_system = (*extra_system, session_identity(ctx.session))
@@ -228,7 +254,7 @@ class SpaceAgent:
             memory_language=self.settings.memory_language,
             extra_system=extra_system,
         )
-        return TurnLoop(
+        loop = TurnLoop(
             session_id=session_id,
             user_input=text,
             insight=ctx.insight if ctx.session.role == "standard" else None,
@@ -246,6 +272,7 @@ class SpaceAgent:
             recovered=recovered,
             on_event=self._event_sink(session_id, on_event),
         )
+        return loop
 
     async def _after_turn(self, ctx: TurnContext, turn_count: int | None) -> None:
         every = self.settings.consolidate_every_n_turns
@@ -273,9 +300,10 @@ class SpaceAgent:
             async with self.locks.hold(source_id):
                 child = plan_child(source, options, self.settings.fork_strategy,
                                    parent_context=summary)
-                return await self.store.create_child(child)
+                return await self.store.create_child(child, logged=self._logged(source_id))
         async with self.locks.hold(source_id):
-            return await self._fork_unlocked(source_id, options)
+            return await self._fork_unlocked(source_id, options,
+                                             logged=self._logged(source_id))
 
     async def _summarise_for_child(self, source: TurnContext, memory_llm: LLM) -> str | None:
         history = [m for m in drop_incomplete_tool_groups(source.history)
@@ -293,7 +321,8 @@ class SpaceAgent:
             raise InvalidInput(f"config.provider must name an LLM profile of this server "
                                f"({known})")
 
-    async def _fork_unlocked(self, source_id: str, options: ForkOptions) -> SessionMeta:
+    async def _fork_unlocked(self, source_id: str, options: ForkOptions, *,
+                             logged: Logged | None = None) -> SessionMeta:
         self._check_provider(options)
         if options.context == "compress":  # only the REST/WebSocket fork summarises
             raise InvalidInput('context "compress" is not available here')
@@ -305,14 +334,14 @@ class SpaceAgent:
             source = await self.store.load_turn_context(source_id,
                                                         history_after=0 if inherit else None)
         child = plan_child(source, options, self.settings.fork_strategy)
-        return await self.store.create_child(child)
+        return await self.store.create_child(child, logged=logged)
 
     async def archive(self, session_id: str) -> SessionMeta:
         """Archive a child: it becomes read-only (turns, consolidation and prompt writes answer
         SessionArchived) until `unarchive`; reads and forks from it stay allowed. The main
         session is never archived (the store leaves it as it is)."""
         async with self.locks.hold(session_id):
-            meta = await self.store.archive(session_id)
+            meta = await self.store.archive(session_id, logged=self._logged(session_id))
         if meta.role == "main":
             raise MainSessionNotArchivable()
         if self.settings.consolidate_on_archive:
@@ -323,7 +352,7 @@ class SpaceAgent:
     async def unarchive(self, session_id: str) -> SessionMeta:
         """Make an archived session active again (an active one stays as it is)."""
         async with self.locks.hold(session_id):
-            return await self.store.unarchive(session_id)
+            return await self.store.unarchive(session_id, logged=self._logged(session_id))
 
     async def bootstrap(self, session_id: str) -> Bootstrap:
         return await self.store.load_bootstrap(session_id)

@@ -9,7 +9,9 @@ Both are JSON objects; the keys below are the ones the engine uses, any other ke
 - ``maxOutputTokens``: a positive integer;
 - ``tools``: the names of the tools the LLM may see (built-ins included), or null for all;
 - ``skills``: the names of the skills the LLM may see, or null for all;
-- ``mcpServers`` (space only): the names of the server's MCP servers this space uses.
+- ``mcpServers`` (space only): the names of the server's MCP servers this space uses;
+- ``ifBusy`` (space only): the space's default busy policy of a turn (``reject``, ``enqueue``,
+  ``interrupt``); a turn's own ``ifBusy`` wins, STELLO_IF_BUSY applies without either.
 
 A session's value wins over its space's, key by key. Invalid values are refused when written,
 with the field named (`InvalidInput`), so a turn never meets a config it cannot use.
@@ -27,7 +29,8 @@ from .errors import InvalidInput
 from .ports import LLM
 
 SESSION_KEYS = ("model", "provider", "temperature", "maxOutputTokens", "tools", "skills")
-SPACE_KEYS = (*SESSION_KEYS, "mcpServers")
+SPACE_KEYS = (*SESSION_KEYS, "mcpServers", "ifBusy")
+IF_BUSY = ("reject", "enqueue", "interrupt")
 MAX_NAME_LENGTH = 200
 MAX_NAMES = 500
 
@@ -84,6 +87,9 @@ def _check(key: str, value: Any, field: str, profiles: Collection[str] | None,
     elif key == "maxOutputTokens":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
             raise InvalidInput(f"{field} must be an integer from 1 to 1000000")
+    elif key == "ifBusy":
+        if value not in IF_BUSY:
+            raise InvalidInput(f"{field} must be one of {', '.join(IF_BUSY)}")
     elif key in ("tools", "skills", "mcpServers"):
         if (not isinstance(value, list) or len(value) > MAX_NAMES
                 or not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME_LENGTH for v in value)):
@@ -93,6 +99,13 @@ def _check(key: str, value: Any, field: str, profiles: Collection[str] | None,
             if unknown:
                 known = ", ".join(sorted(mcp_servers)) or "none are configured"
                 raise InvalidInput(f"{field}: unknown MCP server {unknown[0]!r} ({known})")
+
+
+def space_if_busy(space: Mapping[str, Any]) -> str | None:
+    """The space's default busy policy (None: not set, or not a valid one, e.g. written by hand
+    in the admin)."""
+    value = space.get("ifBusy")
+    return value if value in IF_BUSY else None
 
 
 def effective_config(space: Mapping[str, Any], session: Mapping[str, Any]) -> AgentConfig:

@@ -20,6 +20,7 @@ from .types import (
     EventPage,
     Insight,
     LLMResponse,
+    Logged,
     MemoryJob,
     Message,
     NewChild,
@@ -131,20 +132,26 @@ class SpaceStore(Protocol):
         event_seq and the oldest seq kept. ONE read."""
         ...
 
-    async def create_child(self, child: NewChild) -> SessionMeta:
+    async def create_child(self, child: NewChild, *, logged: Logged | None = None
+                           ) -> SessionMeta:
         """Create a forked session in ONE transaction: the session row (role standard, status
         active, metadata.sourceSessionId), its topology node (parent = the root for "flat", the
         source for "tree"; sibling index unique even under concurrent forks), the system_prompt
-        and scope slots, session_config, and the records."""
+        and scope slots, session_config, and the records. With `logged` (the caller holds the
+        source's lock and runs no turn on it): also `session.forked` (`forked_payload`) in the
+        source's log, numbered source.event_seq + 1 (which it becomes), in the same
+        transaction; `logged` is told the entry after the commit."""
         ...
 
-    async def archive(self, session_id: str) -> SessionMeta:
+    async def archive(self, session_id: str, *, logged: Logged | None = None) -> SessionMeta:
         """Set status archived (idempotent) and return the fresh meta. The main session is
-        never archived: its meta comes back unchanged (the caller refuses the request)."""
+        never archived: its meta comes back unchanged (the caller refuses the request). With
+        `logged`, a change also logs `session.archived` (payload {}) like `create_child`."""
         ...
 
-    async def unarchive(self, session_id: str) -> SessionMeta:
-        """Set status active (idempotent) and return the fresh meta."""
+    async def unarchive(self, session_id: str, *, logged: Logged | None = None) -> SessionMeta:
+        """Set status active (idempotent) and return the fresh meta; with `logged`, a change
+        logs `session.unarchived`."""
         ...
 
     async def read_slot(self, session_id: str, key: str) -> str | None: ...

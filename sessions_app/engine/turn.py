@@ -180,6 +180,12 @@ class TurnLoop:
             self._tell(event)
         return event
 
+    def log(self, type_: str, payload: dict[str, Any]) -> LogEvent:
+        """An event of something the turn's tools did (a fork): numbered in the turn's own
+        sequence (a separate write would race the turn for the seq), told at once and saved
+        with the round, or with the turn's end if it fails."""
+        return self._event(type_, {**payload, "turnId": self.turn_id})
+
     def _tell(self, event: LogEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)

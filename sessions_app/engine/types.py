@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -315,6 +315,21 @@ class LogEvent:
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "seq": self.seq, **self.payload}
+
+
+# Log entries written with the session change they tell of (not by a turn).
+SESSION_FORKED = "session.forked"
+SESSION_ARCHIVED = "session.archived"
+SESSION_UNARCHIVED = "session.unarchived"
+
+
+def forked_payload(child_id: str, label: str, scope: str | None) -> dict[str, Any]:
+    """`session.forked`'s payload, logged on the source: enough of the child to fetch it."""
+    return {"child": {"id": child_id, "label": label, "scope": scope}}
+
+
+# `logged=` of the store's session writes: told the log entry the write made, once committed.
+Logged = Callable[[LogEvent], None]
 
 
 @dataclass(frozen=True, slots=True)

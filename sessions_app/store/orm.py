@@ -23,6 +23,9 @@ from spaces.selectors import space_owners
 from ..accounting.record import orm_record
 from ..engine.errors import SessionArchived, SessionNotFound, SpaceNotFound, TurnNotFound
 from ..engine.types import (
+    SESSION_ARCHIVED,
+    SESSION_FORKED,
+    SESSION_UNARCHIVED,
     Bootstrap,
     ChildMemory,
     CompressionCache,
@@ -30,6 +33,7 @@ from ..engine.types import (
     EventPage,
     Insight,
     LogEvent,
+    Logged,
     Message,
     NewChild,
     SaveResult,
@@ -38,6 +42,7 @@ from ..engine.types import (
     TurnContext,
     TurnInfo,
     TurnWrite,
+    forked_payload,
 )
 from ..engine.usage import CallUsage
 from ..models import CoreData, Record, Session, SessionData, SessionEvent, TopologyNode, Turn
@@ -329,9 +334,17 @@ class DjangoSpaceStore(OrmConversations):
             "seq", "last_seq", "type", "payload")[:limit]
         return event_page(current, first, list(entries), since)
 
+    async def create_child(self, child: NewChild, *, logged: Logged | None = None
+                           ) -> SessionMeta:
+        meta, event = await self._create_child(child, logged is not None)
+        if logged is not None and event is not None:  # committed; told on the event loop
+            logged(event)
+        return meta
+
     @unit_of_work
-    def create_child(self, child: NewChild) -> SessionMeta:
+    def _create_child(self, child: NewChild, log: bool) -> tuple[SessionMeta, LogEvent | None]:
         now = timezone.now()
+        event = None
         with transaction.atomic():
             source = self._session(child.source_id)
             nodes = TopologyNode.objects.select_for_update()
@@ -362,24 +375,39 @@ class DjangoSpaceStore(OrmConversations):
                 for k, v in slots.items() if v is not None
             ])
             Record.objects.bulk_create([_record(session.pk, m, now) for m in child.records])
-        return session_meta(session, node)
+            if log:
+                event = _log_entry(source, SESSION_FORKED,
+                                   forked_payload(str(session.pk), label, scope), now)
+        return session_meta(session, node), event
+
+    async def archive(self, session_id: str, *, logged: Logged | None = None) -> SessionMeta:
+        return await self._status_change(session_id, Session.Status.ARCHIVED, logged)
+
+    async def unarchive(self, session_id: str, *, logged: Logged | None = None) -> SessionMeta:
+        return await self._status_change(session_id, Session.Status.ACTIVE, logged)
+
+    async def _status_change(self, session_id: str, status: str,
+                             logged: Logged | None) -> SessionMeta:
+        meta, event = await self._set_status(session_id, status, logged is not None)
+        if logged is not None and event is not None:
+            logged(event)
+        return meta
 
     @unit_of_work
-    def archive(self, session_id: str) -> SessionMeta:
-        return self._set_status(session_id, Session.Status.ARCHIVED)
-
-    @unit_of_work
-    def unarchive(self, session_id: str) -> SessionMeta:
-        return self._set_status(session_id, Session.Status.ACTIVE)
-
-    def _set_status(self, session_id: str, status: str) -> SessionMeta:
+    def _set_status(self, session_id: str, status: str,
+                    log: bool) -> tuple[SessionMeta, LogEvent | None]:
+        event = None
         with transaction.atomic():
             session = self._session(session_id)
             never = status == Session.Status.ARCHIVED and session.role == Session.Role.MAIN
             if session.status != status and not never:
                 session.status = status
                 session.save(update_fields=["status", "updated_at"])
-        return session_meta(session, session.node)
+                if log:
+                    kind = (SESSION_ARCHIVED if status == Session.Status.ARCHIVED
+                            else SESSION_UNARCHIVED)
+                    event = _log_entry(session, kind, {}, session.updated_at)
+        return session_meta(session, session.node), event
 
     @unit_of_work
     def read_slot(self, session_id: str, key: str) -> str | None:
@@ -588,6 +616,16 @@ def _write_slot(session_pk, key: str, content: str | None) -> None:
 def _turn_info(turn: Turn) -> TurnInfo:
     return turn_info(turn.id, turn.session_id, turn.status, turn.input, turn.result,
                      turn.error, turn.created_at, turn.updated_at)
+
+
+def _log_entry(session: Session, kind: str, payload: dict[str, Any], now) -> LogEvent:
+    """A session change's own log entry, numbered next in the session's log (in the caller's
+    transaction; the caller holds the session's lock, so no turn numbers events meanwhile)."""
+    seq = Session.objects.filter(pk=session.pk).values_list("event_seq", flat=True).get() + 1
+    Session.objects.filter(pk=session.pk).update(event_seq=seq)
+    event = LogEvent(seq, kind, payload)
+    _write_events(session.pk, [event], now)
+    return event
 
 
 def _write_events(session_pk: Any, events: Sequence[LogEvent], now) -> None:

@@ -34,12 +34,17 @@ from ..engine.errors import (
     TurnNotFound,
 )
 from ..engine.types import (
+    SESSION_ARCHIVED,
+    SESSION_FORKED,
+    SESSION_UNARCHIVED,
     Bootstrap,
     ChildMemory,
     CompressionCache,
     ConsolidationInput,
     EventPage,
     Insight,
+    LogEvent,
+    Logged,
     Message,
     NewChild,
     SaveResult,
@@ -48,6 +53,7 @@ from ..engine.types import (
     TurnContext,
     TurnInfo,
     TurnWrite,
+    forked_payload,
 )
 from ..engine.usage import CallUsage
 from .common import (
@@ -274,6 +280,14 @@ _PARENT_WHERE = {
     "flat": f"n.space_id = %(space)s AND n.parent_id IS NULL AND {_SOURCE_EXISTS}",
     "tree": f"n.session_id = %(source)s AND {_SOURCE_EXISTS}",
 }
+# A session change that logs its own entry (outside a turn, under the session's lock): the
+# entry takes the session's next seq, counted up in the same statement (`logged`).
+_LOG_ENTRY = """INSERT INTO session_events AS e (session_id, seq, last_seq, type, payload,
+                                       created_at)
+  SELECT {session}, logged.event_seq, logged.event_seq, {type}, %(payload)s, %(now)s
+  FROM logged WHERE %(log)s
+  RETURNING e.seq"""
+
 # A fork is ONE statement (atomic in autocommit). Two concurrent forks under one parent may
 # compute the same next index: the second then fails on the unique sibling index (after the
 # first commits) and is retried, so indexes stay distinct without holding a lock.
@@ -306,8 +320,15 @@ WITH par AS (
   SELECT new_session.id, m.role, m.content, m.calls, m.call_id, %(now)s
   FROM new_session CROSS JOIN {_RECORD_ROWS}
   ORDER BY m.ord
+), logged AS (
+  UPDATE sessions AS s SET event_seq = s.event_seq + 1
+  FROM new_node WHERE s.id = %(source)s AND %(log)s
+  RETURNING s.event_seq
+), ev AS (
+  {_LOG_ENTRY.format(session="%(source)s", type=f"'{SESSION_FORKED}'")}
 )
-SELECT new_node.parent_id, new_node.depth, new_node."index" FROM new_node
+SELECT new_node.parent_id, new_node.depth, new_node."index", (SELECT seq FROM ev)
+FROM new_node
 """
     for placement, where in _PARENT_WHERE.items()
 }
@@ -315,15 +336,19 @@ SELECT new_node.parent_id, new_node.depth, new_node."index" FROM new_node
 # Archive / unarchive: the new status (idempotent; the main session is never archived) and the
 # fresh meta, in one statement.
 SQL_SET_STATUS = f"""
-WITH upd AS (
-  UPDATE sessions AS s SET status = %(status)s, updated_at = %(now)s
+WITH logged AS (
+  UPDATE sessions AS s SET status = %(status)s, updated_at = %(now)s,
+    event_seq = s.event_seq + CASE WHEN %(log)s THEN 1 ELSE 0 END
   WHERE {_THIS_SESSION} AND s.status <> %(status)s
     AND (%(status)s = 'active' OR s.role <> 'main')
-  RETURNING s.id, s.status, s.updated_at
+  RETURNING s.id, s.status, s.updated_at, s.event_seq
+), ev AS (
+  {_LOG_ENTRY.format(session="logged.id", type="%(event)s")}
 )
-SELECT {_META.replace("s.status", "coalesce(upd.status, s.status)")
-              .replace("s.updated_at", "coalesce(upd.updated_at, s.updated_at)")}
-FROM {_SESSION_FROM} LEFT JOIN upd ON upd.id = s.id
+SELECT {_META.replace("s.status", "coalesce(logged.status, s.status)")
+              .replace("s.updated_at", "coalesce(logged.updated_at, s.updated_at)")},
+  (SELECT seq FROM ev)
+FROM {_SESSION_FROM} LEFT JOIN logged ON logged.id = s.id
 WHERE {_THIS_SESSION}
 """
 
@@ -644,7 +669,8 @@ class PgSpaceStore(PgConversations):
             self._on_turn(self.space_id, str(params["sid"]), result.turn_count)
         return result
 
-    async def create_child(self, child: NewChild) -> SessionMeta:
+    async def create_child(self, child: NewChild, *, logged: Logged | None = None
+                           ) -> SessionMeta:
         params = self._params(child.source_id)
         source = params.pop("sid")
         now = timezone.now()
@@ -658,8 +684,10 @@ class PgSpaceStore(PgConversations):
         params.update(
             source=source, id=new_id, label=label, scope=scope, metadata=Jsonb(metadata),
             added=len(child.records), now=now, keys=list(slots), values=list(slots.values()),
-            **record_rows(child.records),
+            log=logged is not None, **record_rows(child.records),
         )
+        payload = forked_payload(str(new_id), label, scope)
+        params["payload"] = Jsonb(payload)
         sql = SQL_INSERT_CHILD[child.placement]
         for attempt in range(_FORK_ATTEMPTS):
             try:
@@ -672,7 +700,9 @@ class PgSpaceStore(PgConversations):
                     raise
         if row is None:
             raise SessionNotFound()
-        parent_id, depth, index = row
+        parent_id, depth, index, seq = row
+        if logged is not None and seq is not None:  # autocommit: the statement has committed
+            logged(LogEvent(seq, SESSION_FORKED, payload))
         return SessionMeta(
             id=str(new_id), space_id=self.space_id, label=label, role="standard",
             status="active", scope=scope, metadata=metadata, turn_count=0,
@@ -680,17 +710,22 @@ class PgSpaceStore(PgConversations):
             source_session_id=str(source), depth=depth, index=index,
         )
 
-    async def archive(self, session_id: str) -> SessionMeta:
-        return await self._set_status(session_id, "archived")
+    async def archive(self, session_id: str, *, logged: Logged | None = None) -> SessionMeta:
+        return await self._set_status(session_id, "archived", SESSION_ARCHIVED, logged)
 
-    async def unarchive(self, session_id: str) -> SessionMeta:
-        return await self._set_status(session_id, "active")
+    async def unarchive(self, session_id: str, *, logged: Logged | None = None) -> SessionMeta:
+        return await self._set_status(session_id, "active", SESSION_UNARCHIVED, logged)
 
-    async def _set_status(self, session_id: str, status: str) -> SessionMeta:
-        params = self._params(session_id, status=status, now=timezone.now())
+    async def _set_status(self, session_id: str, status: str, event: str,
+                          logged: Logged | None) -> SessionMeta:
+        params = self._params(session_id, status=status, now=timezone.now(), event=event,
+                              log=logged is not None, payload=Jsonb({}))
         row = await self._one(SQL_SET_STATUS, params)
         if row is None:
             raise SessionNotFound()
+        seq = row[_META_WIDTH]
+        if logged is not None and seq is not None:
+            logged(LogEvent(seq, event, {}))
         return _meta(row)
 
     async def read_slot(self, session_id: str, key: str) -> str | None:

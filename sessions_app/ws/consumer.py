@@ -588,7 +588,8 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
     async def on_message(self, message: p.SessionMessage) -> None:
         await self.admit_turn()
         agent = await self.agent()
-        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"))
+        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"),
+                                 agent.if_busy)
         result = await agent.turn(self._current(), message["input"], wait=wait)
         if self.resumed:  # the turn's events come through the log; the answer after them
             await self.own_answer(p.turn_complete(result.to_json()), result.seq)
@@ -599,7 +600,8 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
         result: TurnResult | None = None
         await self.admit_turn()
         agent = await self.agent()
-        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"))
+        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"),
+                                 agent.if_busy)
         stream = agent.stream(self._current(), message["input"], wait=wait)
         resumed = self.resumed
         async with aclosing(stream) as items:

@@ -340,7 +340,16 @@ class InMemoryStore:
         events = [x for e in entries[:limit] for x in e.expand() if x.seq > since]
         return EventPage(tuple(events), stored.event_seq, first)
 
-    async def create_child(self, child: NewChild) -> SessionMeta:
+    def _log(self, session_id: str, kind: str, payload: dict, logged) -> None:
+        if logged is None:
+            return
+        stored = self._get(session_id)
+        stored.event_seq += 1
+        event = LogEvent(stored.event_seq, kind, payload)
+        stored.events.append(event)
+        logged(event)
+
+    async def create_child(self, child: NewChild, *, logged=None) -> SessionMeta:
         source = self.meta(child.source_id)
         parent = self.meta(self.root_id) if child.placement == "flat" else source
         now = _now()
@@ -370,18 +379,24 @@ class InMemoryStore:
             stored.slots["system_prompt"] = _storable(child.system_prompt)
         if child.session_config:
             stored.slots["session_config"] = json.dumps(_storable(dict(child.session_config)))
+        self._log(source.id, "session.forked",
+                  {"child": {"id": meta.id, "label": label, "scope": scope}}, logged)
         return meta
 
-    async def archive(self, session_id: str) -> SessionMeta:
+    async def archive(self, session_id: str, *, logged=None) -> SessionMeta:
         meta = self.meta(session_id)
         if meta.status == "archived" or meta.role == "main":
             return meta  # idempotent; the main session is never archived
-        return self._update(session_id, status="archived", updated_at=_now())
+        meta = self._update(session_id, status="archived", updated_at=_now())
+        self._log(session_id, "session.archived", {}, logged)
+        return meta
 
-    async def unarchive(self, session_id: str) -> SessionMeta:
+    async def unarchive(self, session_id: str, *, logged=None) -> SessionMeta:
         if self.meta(session_id).status == "active":
             return self.meta(session_id)
-        return self._update(session_id, status="active", updated_at=_now())
+        meta = self._update(session_id, status="active", updated_at=_now())
+        self._log(session_id, "session.unarchived", {}, logged)
+        return meta
 
     async def read_slot(self, session_id: str, key: str) -> str | None:
         return self.slot(session_id, key)

@@ -12,7 +12,7 @@ from sessions_app.engine.errors import SessionNotFound, TurnNotFound
 from sessions_app.engine.types import LogEvent, Message, TurnWrite
 
 from .conftest import Env
-from .test_contract import fork, say
+from .test_contract import child, fork, say
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -131,3 +131,71 @@ async def test_retention_prunes_old_entries_at_the_end_of_a_turn(env: Env) -> No
     page = await env.store.read_events(sid, 0)
     assert [e.seq for e in page.events] == [5, 6]
     assert (page.first, page.current) == (5, 6)
+
+
+# -- entries a session change logs itself (fork, archive), outside a turn ----------------------
+
+
+async def test_a_fork_logs_session_forked_on_its_source_with_the_next_seq(env: Env) -> None:
+    source = await fork(env, label="Source")
+    tid = str(uuid.uuid4())
+    await env.store.save_call(source, say("q", "a"), end_turn=True, turn=TurnWrite(
+        tid, "q", "completed", {}, (started(1, tid), LogEvent(2, "turn.completed",
+                                                              {"turnId": tid})), 2))
+    told: list[LogEvent] = []
+    meta = await env.store.create_child(child(source, "Kid", scope="s"), logged=told.append)
+    expected = LogEvent(3, "session.forked",
+                        {"child": {"id": meta.id, "label": "Kid", "scope": "s"}})
+    assert told == [expected]
+    [read] = (await env.store.read_events(source, 2)).events
+    assert (read.seq, read.end, read.type, read.payload) == (3, 3, "session.forked",
+                                                             expected.payload)
+    assert (await env.store.load_turn_context(source)).event_seq == 3
+    # The child's own log is empty; a fork without `logged` (a turn's tool: the turn logs
+    # it) writes no entry.
+    assert (await env.store.read_events(meta.id, 0)).current == 0
+    await env.store.create_child(child(source, "Quiet"))
+    assert (await env.store.read_events(source, 0)).current == 3
+
+
+async def test_a_flat_fork_logs_on_its_source_not_on_the_parent(env: Env) -> None:
+    source = await fork(env, label="Source")
+    told: list[LogEvent] = []
+    meta = await env.store.create_child(child(source, "Flat", placement="flat"),
+                                        logged=told.append)
+    assert meta.parent_id == env.root_id
+    assert [(e.seq, e.type) for e in told] == [(1, "session.forked")]
+    assert (await env.store.read_events(env.root_id, 0)).current == 0
+    assert (await env.store.read_events(source, 0)).events[0].payload["child"]["id"] == meta.id
+
+
+async def test_archive_and_unarchive_log_a_change_only(env: Env) -> None:
+    sid = await fork(env)
+    told: list[LogEvent] = []
+    await env.store.archive(sid, logged=told.append)
+    await env.store.archive(sid, logged=told.append)  # already archived: no entry
+    await env.store.unarchive(sid, logged=told.append)
+    await env.store.unarchive(sid, logged=told.append)
+    assert [(e.seq, e.type, dict(e.payload)) for e in told] == [
+        (1, "session.archived", {}), (2, "session.unarchived", {})]
+    page = await env.store.read_events(sid, 0)
+    assert [(e.seq, e.type) for e in page.events] == [(1, "session.archived"),
+                                                      (2, "session.unarchived")]
+    assert page.current == 2
+    # The main session is never archived: nothing logged.
+    await env.store.archive(env.root_id, logged=told.append)
+    assert len(told) == 2 and (await env.store.read_events(env.root_id, 0)).current == 0
+    # Without `logged` the status changes and nothing is logged.
+    meta = await env.store.archive(sid)
+    assert meta.status == "archived" and (await env.store.read_events(sid, 0)).current == 2
+
+
+async def test_logged_writes_refuse_unknown_sessions_and_tell_nothing(env: Env) -> None:
+    told: list[LogEvent] = []
+    for bad in (str(uuid.uuid4()), env.other_space_session):
+        for call in (env.store.archive(bad, logged=told.append),
+                     env.store.unarchive(bad, logged=told.append),
+                     env.store.create_child(child(bad, "X"), logged=told.append)):
+            with pytest.raises(SessionNotFound):
+                await call
+    assert told == []

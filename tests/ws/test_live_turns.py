@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.test import AsyncClient
 
+from sessions_app import live
 from sessions_app.models import Session, SessionEvent, Turn
+from sessions_app.runtime.pool import runtimes
 from spaces.services import space_create
+from tests.ws.conftest import finish_ws_work
 from tests.ws.test_consumer import (
     ask,
     bounded,
@@ -237,3 +242,105 @@ async def test_a_resume_from_newest_starts_at_the_newest_saved_event(space_id, r
                         {"type": "session.resume", "sessionId": root_id, "since": "oldest"})
     assert refused["type"] == "error" and "since" in refused["message"]
     await ws.disconnect()
+
+
+@bounded(40)
+async def test_the_space_default_busy_policy_and_a_frame_that_overrides_it(
+        space, root_id, alice_key, settings) -> None:
+    runtime = runtimes.current()
+    settings.STELLO = {**settings.STELLO, "SESSION_LOCK_TIMEOUT_SECONDS": 30.0,
+                       "IF_BUSY": "enqueue"}
+    space.config = {"ifBusy": "reject"}  # before the space's agent is built
+    await space.asave(update_fields=["config"])
+    ws = await open_ws(str(space.pk), alice_key)
+    await enter(ws, root_id)
+    clock = asyncio.get_running_loop().time
+    async with runtime.locks.hold(root_id):
+        started = clock()
+        for frame_type in ("session.message", "session.stream"):
+            reply = await ask(ws, {"type": frame_type, "input": "no"})
+            assert reply["type"] == "error" and reply["message"] == "session busy", reply
+        assert clock() - started < 5  # at once, not after the 30 s wait
+        await ws.send_json_to({"type": "session.message", "input": "wait",
+                               "ifBusy": "enqueue"})
+        assert await ws.receive_nothing(0.3)  # waiting for the lock
+    reply = await recv(ws)
+    assert reply["type"] == "turn.complete"
+    assert reply["result"]["turn"]["finalContent"] == "echo: wait"
+    await ws.disconnect()
+    await finish_ws_work()
+
+
+# -- session changes in the log (fork, archive) ----------------------------------------------
+
+
+@bounded(40)
+async def test_forks_and_archives_are_logged_for_followers(space_id, root_id, alice_key,
+                                                           settings, tmp_path) -> None:
+    # The LLM's first call forks through its tool; every later call echoes.
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([{"content": None, "toolCalls": [
+        {"id": "c1", "name": "stello_create_session", "input": {"label": "By the LLM"}}]}]))
+    settings.STELLO = {**settings.STELLO, "MEMORY_LLM": None, "CONSOLIDATE_EVERY_N_TURNS": 0,
+                       "CONSOLIDATE_ON_ARCHIVE": False,
+                       "LLM": {**settings.STELLO["LLM"], "provider": "offline",
+                               "script_path": str(script)}}
+    follower = await open_ws(space_id, alice_key)
+    await resume(follower, root_id, 0)
+    plain = await open_ws(space_id, alice_key)
+    await enter(plain, root_id)
+
+    # A turn whose tool forks: the entry is the turn's, between its tool call and result.
+    await plain.send_json_to({"type": "session.message", "input": "branch"})
+    reply = await recv(plain)
+    assert reply["type"] == "turn.complete", reply
+    frames = await frames_until(follower, "turn.completed")
+    assert [(f["type"], f["seq"]) for f in frames] == [
+        ("turn.started", 1), ("tool.call", 2), ("session.forked", 3), ("tool.result", 4),
+        ("turn.completed", 5)]
+    by_llm = frames[2]["child"]
+    assert by_llm["label"] == "By the LLM" and frames[2]["turnId"] == reply["result"]["turnId"]
+    assert await Session.objects.filter(pk=by_llm["id"]).aexists()
+
+    # A WebSocket fork: the original client gets its one answer frame and nothing new.
+    answer = await ask(plain, {"type": "session.fork", "options": {"label": "WS"}})
+    assert answer["type"] == "session.forked" and "seq" not in answer
+    await nothing_more(plain)
+    logged = await recv(follower)
+    assert (logged["type"], logged["seq"]) == ("session.forked", 6)
+    assert logged["child"] == {"id": answer["child"]["id"], "label": "WS", "scope": None}
+
+    # A REST fork: exactly one above the previous event.
+    client = AsyncClient()
+    headers = {"X-API-Key": alice_key}
+    response = await client.post(f"/spaces/{space_id}/sessions/{root_id}/fork",
+                                 {"label": "REST", "scope": "s"},
+                                 content_type="application/json", headers=headers)
+    assert response.status_code == 201
+    logged = await recv(follower)
+    assert (logged["type"], logged["seq"]) == ("session.forked", 7)
+    assert logged["child"] == {"id": response.json()["id"], "label": "REST", "scope": "s"}
+    await live.drain()
+    assert await live.recover(root_id) == []  # committed before told: never in the buffer
+
+    # Archive and unarchive a child: logged on the child, for its followers.
+    child_id = response.json()["id"]
+    child_follower = await open_ws(space_id, alice_key)
+    await resume(child_follower, child_id, 0)
+    for action in ("archive", "unarchive"):
+        response = await client.post(f"/spaces/{space_id}/sessions/{child_id}/{action}",
+                                     content_type="application/json", headers=headers)
+        assert response.status_code == 200
+    assert [(f["type"], f["seq"]) for f in [await recv(child_follower),
+                                            await recv(child_follower)]] == [
+        ("session.archived", 1), ("session.unarchived", 2)]
+
+    # A late follower replays all of it from the database, in order.
+    late = await open_ws(space_id, alice_key)
+    await resume(late, root_id, 5)
+    assert [(f := await recv(late))["seq"] for _ in range(2)] == [6, 7]
+    assert f["child"]["label"] == "REST"
+    for ws in (follower, plain, child_follower, late):
+        await nothing_more(ws)
+        await ws.disconnect()
+    await finish_ws_work()
