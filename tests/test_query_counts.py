@@ -74,7 +74,9 @@ class TestEngineEndpoints:
                 assert response.status_code == 200
 
     def test_fork(self, warm, space, django_assert_max_num_queries) -> None:
-        with django_assert_max_num_queries(13):
+        # 15 on SQLite since the fork logs `session.forked` in its transaction (the source's
+        # event_seq read and bumped, the entry inserted); PostgreSQL: still one statement.
+        with django_assert_max_num_queries(15):
             assert warm.post(f"/spaces/{space['id']}/sessions/{space['root']}/fork",
                              {"label": "c", "scope": "s"}, format="json").status_code == 201
 
@@ -89,5 +91,6 @@ class TestEngineEndpoints:
 
     def test_archive(self, warm, space, child, django_assert_max_num_queries) -> None:
         warm.post(f"/spaces/{space['id']}/sessions/{child}/turn", {"input": "hi"}, format="json")
-        with django_assert_max_num_queries(40):
+        # 43 on SQLite since the archive logs `session.archived` in its transaction.
+        with django_assert_max_num_queries(43):
             assert warm.post(f"/spaces/{space['id']}/sessions/{child}/archive").status_code == 200
