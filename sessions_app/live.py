@@ -98,9 +98,6 @@ class LocalBuffer:
     async def read(self, session_id: str) -> list[LogEvent]:
         return [_decode(e) for e in self._events.get(session_id, ())]
 
-    async def clear(self, session_id: str) -> None:
-        self._events.pop(session_id, None)
-
 
 class RedisBuffer:
     """Every process: a Redis list per session with a running turn."""
@@ -132,9 +129,6 @@ class RedisBuffer:
     async def read(self, session_id: str) -> list[LogEvent]:
         return [_decode(json.loads(e)) for e in await self._redis.lrange(self._key(session_id),
                                                                           0, -1)]
-
-    async def clear(self, session_id: str) -> None:
-        await self._redis.delete(self._key(session_id))
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -184,7 +184,7 @@ async def test_a_slow_follower_gets_gap_and_holds_no_more_than_its_buffer(space_
         assert follower._overflow and follower._queue.qsize() <= 3
         first = await anext(aiter(follower))
         assert first.type == "gap" and first.payload["since"] == 2
-    await live.buffer().clear(root_id)
+    await live.buffer().write(root_id, [], clear=True)
     await ws.disconnect()
 
 
