@@ -22,6 +22,7 @@ import pytest
 from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
 
 from sessions_app import live
 from sessions_app.engine.errors import LLMError
@@ -54,6 +55,20 @@ def bounded(seconds: float = 20) -> Callable:
         return run
 
     return decorate
+
+
+class RestClient:
+    """The REST API on the test's own event loop (the sync client would run each request on
+    a loop and a thread of its own, beside the consumer's)."""
+
+    def __init__(self, key: str) -> None:
+        self._client, self._headers = AsyncClient(), {"X-API-Key": key}
+
+    async def get(self, path: str) -> Any:
+        return await self._client.get(path, headers=self._headers)
+
+    async def post(self, path: str, data: dict[str, Any], **kwargs: Any) -> Any:
+        return await self._client.post(path, data, headers=self._headers, **kwargs)
 
 
 # -- fakes ---------------------------------------------------------------------------------------
@@ -446,8 +461,7 @@ def _options(label: str):
 
 
 @bounded()
-async def test_enter_sends_the_bootstrap_of_the_session(space, space_id, alice_key,
-                                                        alice_client) -> None:
+async def test_enter_sends_the_bootstrap_of_the_session(space, space_id, alice_key) -> None:
     @sync_to_async
     def build_tree() -> dict[str, str]:
         root = Session.objects.get(space=space, role="main")
@@ -470,7 +484,7 @@ async def test_enter_sends_the_bootstrap_of_the_session(space, space_id, alice_k
     ids = await build_tree()
     communicator = await open_ws(space_id, alice_key)
     reply = await enter(communicator, ids["b"].upper())  # any spelling of the UUID
-    detail = await sync_to_async(alice_client.get)(f"/spaces/{space_id}/sessions/{ids['b']}")
+    detail = await RestClient(alice_key).get(f"/spaces/{space_id}/sessions/{ids['b']}")
     assert reply == {
         "type": "session.entered",
         "sessionId": ids["b"],
@@ -491,8 +505,7 @@ async def test_enter_sends_the_bootstrap_of_the_session(space, space_id, alice_k
 
 
 @bounded()
-async def test_message_completes_a_turn_like_rest(space_id, root_id, alice_key,
-                                                 alice_client) -> None:
+async def test_message_completes_a_turn_like_rest(space_id, root_id, alice_key) -> None:
     communicator = await open_ws(space_id, alice_key)
     await enter(communicator, root_id)
     reply = await ask(communicator, {"type": "session.message", "input": "hello"})
@@ -500,8 +513,9 @@ async def test_message_completes_a_turn_like_rest(space_id, root_id, alice_key,
     turn = reply["result"]["turn"]
     assert (turn["finalContent"], turn["toolRoundCount"], turn["toolCallsExecuted"]) == (
         "echo: hello", 0, 0)
-    rest = await sync_to_async(alice_client.post)(
-        f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "hello"}, format="json")
+    rest = await RestClient(alice_key).post(
+        f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "hello"},
+        content_type="application/json")
     assert set(rest.json()) == set(reply["result"]) == {"turn", "turnId"}  # turnId: added
     assert set(rest.json()["turn"]) == set(turn)
     assert json.loads(turn["rawResponse"])["content"] == "echo: hello"
@@ -565,7 +579,7 @@ async def test_a_stream_that_fails_midway_keeps_its_deltas_and_ends_with_an_erro
 
 @bounded()
 async def test_fork_creates_a_child_and_the_connection_stays_in_the_parent(
-    space_id, root_id, alice_key, alice_client
+    space_id, root_id, alice_key
 ) -> None:
     communicator = await open_ws(space_id, alice_key)
     await enter(communicator, root_id)
@@ -576,8 +590,9 @@ async def test_fork_creates_a_child_and_the_connection_stays_in_the_parent(
     assert (child["label"], child["scope"], child["parentId"], child["sourceSessionId"],
             child["depth"], child["turnCount"]) == ("Child", "docs", root_id, root_id, 1, 0)
     assert child["metadata"] == {"sourceSessionId": root_id}
-    rest = await sync_to_async(alice_client.post)(
-        f"/spaces/{space_id}/sessions/{root_id}/fork", {"label": "Second"}, format="json")
+    rest = await RestClient(alice_key).post(
+        f"/spaces/{space_id}/sessions/{root_id}/fork", {"label": "Second"},
+        content_type="application/json")
     assert set(rest.json()) == set(child)  # the REST fork response's shape
     assert (await ask(communicator, {"type": "session.enter", "sessionId": child["id"]}))[
         "code"] == "ALREADY_ENTERED"
@@ -737,7 +752,7 @@ async def test_sending_to_a_socket_that_is_gone_does_not_raise(space_id, root_id
 
 @bounded()
 async def test_only_watching_connections_hear_of_turns_and_never_of_their_own(
-    space_id, root_id, alice_key, alice_client, runtime
+    space_id, root_id, alice_key, runtime
 ) -> None:
     child = await (await runtime.agent(space_id)).fork(root_id, _options("Elsewhere"))
     first = await open_ws(space_id, alice_key)
@@ -755,8 +770,9 @@ async def test_only_watching_connections_hear_of_turns_and_never_of_their_own(
     assert await recv(second) == update
     await nothing_more(first)  # its own turn: the answer said it all
 
-    response = await sync_to_async(alice_client.post)(
-        f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "from rest"}, format="json")
+    response = await RestClient(alice_key).post(
+        f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "from rest"},
+        content_type="application/json")
     assert response.status_code == 200
     assert await recv(first) == {**update, "turnCount": 2}
     assert await recv(second) == {**update, "turnCount": 2}
@@ -793,7 +809,7 @@ async def test_watch_must_be_a_boolean(space_id, root_id, alice_key) -> None:
 
 @bounded()
 async def test_a_strict_client_sees_exactly_the_pages_frames_while_another_streams(
-    space_id, root_id, alice_key, alice_client, gated: GatedLLM
+    space_id, root_id, alice_key, gated: GatedLLM
 ) -> None:
     strict = await open_ws(space_id, alice_key)
     other = await open_ws(space_id, alice_key)
@@ -816,8 +832,9 @@ async def test_a_strict_client_sees_exactly_the_pages_frames_while_another_strea
         types.append(frame["type"])
     assert (types, frame["type"]) == (["stream.delta"] * 3, "stream.end")
     assert (await recv(other))["turnCount"] == 3
-    response = await sync_to_async(alice_client.post)(
-        f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "rest"}, format="json")
+    response = await RestClient(alice_key).post(
+        f"/spaces/{space_id}/sessions/{root_id}/turn", {"input": "rest"},
+        content_type="application/json")
     assert response.status_code == 200
     assert (await recv(other))["turnCount"] == 4
     await nothing_more(strict)  # no frame the original protocol does not have, ever
