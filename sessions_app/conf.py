@@ -20,6 +20,7 @@ def engine_settings() -> EngineSettings:
         max_tool_rounds=s["MAX_TOOL_ROUNDS"],
         max_forks_per_turn=s["MAX_FORKS_PER_TURN"],
         max_parallel_tools=s["MAX_PARALLEL_TOOLS"],
+        approval_timeout_seconds=s["APPROVAL_TIMEOUT_SECONDS"],
         core_max_value_bytes=s["CORE_MAX_VALUE_BYTES"],
         core_max_total_bytes=s["CORE_MAX_TOTAL_BYTES"],
         core_in_prompt=s["CORE_IN_PROMPT"],

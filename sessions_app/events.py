@@ -40,18 +40,28 @@ def session_group(session_id: str) -> str:
 def announce_turn(space_id: str, session_id: str, turn_count: int) -> None:
     """Tell every connection watching `session_id` (in any process) that a turn committed,
     except the connection that made it (`origin`)."""
+    _announce(space_id, {"type": "session.updated", "sessionId": session_id,
+                         "turnCount": turn_count})
+
+
+def announce_approval_required(session_id: str, payload: dict[str, Any]) -> None:
+    """Tell the connections watching `session_id` that a tool call of its turn waits for a
+    human, except the connection running the turn (`origin`: it is told directly)."""
+    _announce("", {"type": "tool.approval_required", "sessionId": session_id,
+                   "payload": dict(payload)})
+
+
+def _announce(space_id: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message: dict[str, Any] = {"type": "session.updated", "sessionId": session_id,
-                               "turnCount": turn_count}
     if (made_by := origin.get()) is not None:
         message["origin"] = made_by
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # a programming error, but the turn has committed: never fail it
-        logger.error("turn %s of session %s (space %s) not announced: no running event loop",
-                     turn_count, session_id, space_id)
+        logger.error("%s of session %s (space %s) not announced: no running event loop",
+                     message["type"], message["sessionId"], space_id)
         return
     task = loop.create_task(_send(layer, space_id, message))
     pending.add(task)
@@ -64,7 +74,8 @@ async def _send(layer: Any, space_id: str, message: dict[str, Any]) -> None:
     try:
         await layer.group_send(group, message)
     except Exception:  # a notification must never fail the turn that is already committed
-        logger.exception("could not announce turn of session %s (space %s)", session_id, space_id)
+        logger.exception("could not announce %s of session %s (space %s)", message["type"],
+                         session_id, space_id)
 
 
 async def drain() -> None:

@@ -38,6 +38,7 @@ from .engine.errors import InvalidInput, SessionNotFound, TurnNotRunning
 from .engine.ports import SpaceStore
 from .engine.turn import RUNNING
 from .engine.types import LogEvent
+from .events import announce_approval_required
 
 logger = logging.getLogger("stello.live")
 
@@ -183,7 +184,9 @@ def publish(session_id: str, event: LogEvent, *, saved: bool = False) -> None:
     event is committed already (a fork or archive logs its entry with its own write), so it
     is only sent, never buffered."""
     if event.type == "turn.started":
-        _listen_for_cancels()
+        listen_for_turn_signals()
+    elif event.type == "tool.approval_required":  # watchers hear of it too (a human answers)
+        announce_approval_required(session_id, dict(event.payload))
     outbox = _outboxes.setdefault(session_id, _Outbox())
     outbox.events.append(event)
     if saved:
@@ -412,25 +415,26 @@ class Follower:
 
 # -- cancel -----------------------------------------------------------------------------------
 
-CANCEL_GROUP = "stello.turn-cancels"
+# Signals to the turns of every process: cancel requests, and approvals answered (approvals.py).
+TURN_SIGNALS = "stello.turn-cancels"
 CANCEL_WAIT_SECONDS = 5.0
-_cancel_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+_signal_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary())
 
 
-def _listen_for_cancels() -> None:
-    """Once per loop (when it first runs a turn): hear cancel requests from every process.
-    One group for all turns: a turn costs nothing, a cancel one publish."""
+def listen_for_turn_signals() -> None:
+    """Once per loop (when it first runs a turn): hear cancel requests and approval answers
+    from every process. One group for all turns: a turn costs nothing, a signal one publish."""
     loop = asyncio.get_running_loop()
-    if loop in _cancel_listeners or get_channel_layer() is None:
+    if loop in _signal_listeners or get_channel_layer() is None:
         return
-    _cancel_listeners[loop] = loop.create_task(_cancel_listener())
+    _signal_listeners[loop] = loop.create_task(_turn_signal_listener())
 
 
-async def _cancel_listener() -> None:
+async def _turn_signal_listener() -> None:
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add(CANCEL_GROUP, channel)
+    await layer.group_add(TURN_SIGNALS, channel)
     while True:
         try:
             message = await layer.receive(channel)
@@ -439,10 +443,16 @@ async def _cancel_listener() -> None:
         except Exception:
             if _stopping():  # redis-py may turn our cancellation into another error
                 return
-            logger.warning("cancel listener failed", exc_info=True)
+            logger.warning("turn-signal listener failed", exc_info=True)
             await asyncio.sleep(0.5)
             continue
-        running = RUNNING.get(str(message.get("turnId")))
+        turn_id = str(message.get("turnId"))
+        if message.get("type") == "turn.answered":  # approvals.ANSWERED
+            from .approvals import wakeups
+
+            wakeups().wake(turn_id)
+            continue
+        running = RUNNING.get(turn_id)
         if running is not None:
             running.cancel()
 
@@ -486,7 +496,7 @@ async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str
         else:
             layer = get_channel_layer()
             if layer is not None:
-                await layer.group_send(CANCEL_GROUP, {"type": "turn.cancel", "turnId": turn_id})
+                await layer.group_send(TURN_SIGNALS, {"type": "turn.cancel", "turnId": turn_id})
         try:
             async with asyncio.timeout(CANCEL_WAIT_SECONDS):
                 async for event in follower:

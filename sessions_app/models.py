@@ -216,6 +216,7 @@ class Turn(models.Model):
 
     class Status(models.TextChoices):
         RUNNING = "running"
+        WAITING = "waiting"  # paused until its tool calls are approved or denied
         COMPLETED = "completed"
         CANCELLED = "cancelled"
         FAILED = "failed"
@@ -237,6 +238,9 @@ class Turn(models.Model):
             # Every turn start asks for the session's running turns (left by a dead process).
             models.Index(fields=["session"], condition=Q(status="running"),
                          name="turns_running"),
+            # ... and for one that waits for approval (the busy policy applies to it).
+            models.Index(fields=["session"], condition=Q(status="waiting"),
+                         name="turns_waiting"),
         ]
 
     def __str__(self) -> str:
@@ -264,6 +268,36 @@ class SessionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} #{self.seq}"
+
+
+class ToolApproval(models.Model):
+    """A tool call that waits for a human's decision: its turn is `waiting` until every
+    approval of it is decided (or its deadline passes, which denies)."""
+
+    class Decision(models.TextChoices):
+        APPROVED = "approved"
+        DENIED = "denied"
+
+    id = models.BigAutoField(primary_key=True)
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="approvals")
+    call_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=200)
+    arguments = models.JSONField(default=dict)
+    decision = models.CharField(max_length=16, choices=Decision.choices, null=True, blank=True)
+    reason = models.TextField(null=True, blank=True)
+    deadline = models.DateTimeField()
+    created_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "tool_approvals"
+        ordering = ["turn", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["turn", "call_id"], name="unique_turn_call"),
+        ]
+
+    def __str__(self) -> str:
+        return f"approval of {self.name} ({self.decision or 'pending'})"
 
 
 # Usage accounting lives in its own module (its tables are this app's).

@@ -342,6 +342,12 @@ STELLO = {
     "MAX_TOOL_ROUNDS": env_int("STELLO_MAX_TOOL_ROUNDS", 5, minimum=0),
     "MAX_FORKS_PER_TURN": env_int("STELLO_MAX_FORKS_PER_TURN", 3, minimum=0),
     "MAX_PARALLEL_TOOLS": env_int("STELLO_MAX_PARALLEL_TOOLS", 8, minimum=1),
+    # Tool calls that need a human's approval (config.approveTools): how long a turn waits
+    # for the answers (then the unanswered calls are denied), and how often every serving
+    # process looks for waiting turns whose process stopped (docs/agent-control.md).
+    "APPROVAL_TIMEOUT_SECONDS": env_float("STELLO_APPROVAL_TIMEOUT_SECONDS", 600.0,
+                                          minimum=1.0),
+    "APPROVAL_SWEEP_SECONDS": env_float("STELLO_APPROVAL_SWEEP_SECONDS", 15.0, minimum=0.1),
     # Named LLM profiles a space or session may pick (`provider` in its config), and the MCP
     # tool servers spaces may use (`mcpServers`): JSON objects, see docs/agent-control.md.
     "LLM_PROFILES": _json_object("STELLO_LLM_PROFILES"),

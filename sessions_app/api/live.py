@@ -20,9 +20,11 @@ from rest_framework.response import Response
 from spaces.renderers import FastJSONRenderer
 from spaces.schema import SEGMENT_PATTERN, error_responses
 
-from .. import live
+from .. import approvals, live
+from ..engine.approval import Answer
 from ..engine.errors import InvalidInput
 from ..engine.types import LogEvent
+from ..runtime.pool import runtimes
 from ..wire import bootstrap_json
 from .schema import SESSION_PARAMETERS
 
@@ -41,7 +43,9 @@ class EventStreamRenderer(BaseRenderer):
 class TurnSerializer(serializers.Serializer):
     turnId = serializers.CharField()
     sessionId = serializers.CharField()
-    status = serializers.ChoiceField(["running", "completed", "cancelled", "failed"])
+    status = serializers.ChoiceField(["running", "waiting", "completed", "cancelled", "failed"],
+                                     help_text="`waiting`: paused until its tool calls are "
+                                               "approved or denied.")
     input = serializers.CharField()
     result = serializers.JSONField(allow_null=True, help_text="The turn's result once "
                                                               "completed (as `POST .../turn`).")
@@ -56,6 +60,26 @@ class SseEventSerializer(serializers.Serializer):
     id = serializers.CharField(help_text="The event's seq.")
     event = serializers.CharField(help_text="The event's type (`turn.started`, ...).")
     data = serializers.CharField(help_text="The event as JSON: `{type, seq, ...fields}`.")
+
+
+class ApprovalSerializer(serializers.Serializer):
+    callId = serializers.CharField(help_text="The tool call's id (as in the event).")
+    name = serializers.CharField(help_text="The tool.")
+    arguments = serializers.JSONField(help_text="The arguments the LLM gave.")
+    status = serializers.ChoiceField(["pending", "approved", "denied"])
+    reason = serializers.CharField(allow_null=True, help_text="Why (a denial's reason is "
+                                                              "what the LLM is told).")
+    deadline = serializers.DateTimeField(help_text="Unanswered by then: denied.")
+    createdAt = serializers.DateTimeField()
+    decidedAt = serializers.DateTimeField(allow_null=True)
+
+
+class AnswerSerializer(serializers.Serializer):
+    callId = serializers.CharField(help_text="The tool call to approve or deny.")
+    approve = serializers.BooleanField(help_text="true: run it; false: the LLM is told it "
+                                                 "was denied.")
+    reason = serializers.CharField(required=False, allow_null=True, max_length=2000,
+                                   help_text="Told to the LLM with a denial.")
 
 
 class CancelledSerializer(serializers.Serializer):
@@ -127,6 +151,45 @@ class LiveTurnsActions:
                           turn_id: str) -> Response:
         cancelled = await live.cancel(self.store(), session_id, turn_id)  # type: ignore
         return Response({"turnId": cancelled, "status": "cancelled"})
+
+    @extend_schema(
+        operation_id="listApprovals", summary="A turn's tool approvals",
+        description="The tool calls of the turn that needed a human's approval, in call "
+                    "order, pending or decided.", tags=["turns"],
+        responses={200: OpenApiResponse(ApprovalSerializer(many=True), "The approvals."),
+                   **error_responses(403, 404)},
+        parameters=[*SESSION_PARAMETERS, TURN_ID],
+        methods=["GET"],
+    )
+    @extend_schema(
+        operation_id="answerApproval", summary="Approve or deny a tool call",
+        description="Answers one tool call of a turn that waits (`status: waiting`, event "
+                    "`tool.approval_required`), from any server process. Once every call "
+                    "of the round is answered the turn goes on: approved calls run, denied "
+                    "ones are not run and the LLM gets the reason as the tool's error. An "
+                    "unknown call answers 404 `TOOL_CALL_NOT_FOUND`; a call answered before "
+                    "409 `APPROVAL_ANSWERED`; a turn that does not wait 409 "
+                    "`TURN_NOT_WAITING`.", tags=["turns"],
+        request=AnswerSerializer,
+        responses={200: OpenApiResponse(ApprovalSerializer, "The call, decided."),
+                   **error_responses(400, 403, 404, 409)},
+        parameters=[*SESSION_PARAMETERS, TURN_ID],
+        methods=["POST"],
+    )
+    @action(detail=True, methods=["get", "post"],
+            url_path=r"turns/(?P<turn_id>[^/]+)/approvals")
+    async def approvals(self, request, space_id: str, session_id: str,
+                        turn_id: str) -> Response:
+        if request.method == "GET":
+            found = await self.store().list_approvals(session_id, turn_id)  # type: ignore
+            return Response([a.to_json() for a in found])
+        given = Answer.parse(request.data)
+        agent = await self.aagent()  # type: ignore[attr-defined]
+        runtime = runtimes.current(one_call=self.one_call_loop)  # type: ignore[attr-defined]
+        decided = await approvals.answer(agent, session_id, turn_id, given.call_id,
+                                         approve=given.approve, reason=given.reason,
+                                         spawn=runtime.spawn)
+        return Response(decided.to_json())
 
     @extend_schema(
         operation_id="sessionEvents", summary="The session's events (SSE)",

@@ -13,17 +13,25 @@ from typing import Any, Protocol
 
 from . import compression, memory
 from .agent_config import configured_llm, effective_config, space_if_busy
+from .approval import ApprovalPolicy
+from .approval import now as approval_now
 from .builtins import turn_toolbox
 from .context import PromptBuilder
 from .core import CoreMemory, core_prompt_block, core_tools
 from .editing import history_up_to
-from .errors import InvalidInput, MainSessionNotArchivable, SessionArchived, required_text
+from .errors import (
+    InvalidInput,
+    MainSessionNotArchivable,
+    SessionArchived,
+    SessionBusy,
+    required_text,
+)
 from .fork import plan_child
 from .history import History, HistoryCache, drop_incomplete_tool_groups
-from .ports import LLM, BackgroundJobs, SessionLocks, SpaceStore, ToolSource
+from .ports import LLM, ApprovalWakeups, BackgroundJobs, SessionLocks, SpaceStore, ToolSource
 from .skills import Skill, visible_skills
 from .tools import Tool, ToolContext
-from .turn import TurnLoop
+from .turn import Resumption, TurnLoop
 from .types import (
     SESSION_FORKED,
     Bootstrap,
@@ -81,6 +89,7 @@ class SpaceAgent:
         price: PriceFunction = no_price,
         on_event: EventSink | None = None,
         recover_events: Callable[[str], Awaitable[Sequence[LogEvent]]] | None = None,
+        wakeups: ApprovalWakeups | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -102,6 +111,8 @@ class SpaceAgent:
         self.on_event = on_event  # (session_id, event): the session's event log, live
         # The events a dead process told but never saved (its turn is still marked running).
         self.recover_events = recover_events
+        # How a turn waiting for tool approvals hears the answers (None: nothing is gated).
+        self.wakeups = wakeups
 
     def _event_sink(
         self, session_id: str, also: Callable[[LogEvent], None] | None
@@ -140,7 +151,7 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                ctx, history = await self._active_context(session_id)
+                ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -163,7 +174,7 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                ctx, history = await self._active_context(session_id)
+                ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -174,6 +185,36 @@ class SpaceAgent:
             await usage.flush(self.store, quietly=True)  # calls a failed or closed stream made
         await self._after_turn(ctx, loop.turn_count)
 
+    async def resume_waiting(self, session_id: str, turn_id: str) -> TurnResult | None:
+        """Go on with a turn that waited for tool approvals after its process stopped, once
+        every call is answered (or the deadline passed). None when there is nothing to do
+        here: the turn is not waiting, answers are missing, or the session is held (by the
+        turn's own process, which goes on by itself)."""
+        extra, notes = await self._extra_tools(), await self._extra_system()
+        usage = self._usage_scope(session_id)
+        try:
+            async with self.locks.hold(session_id, wait=False):
+                ctx, history = await self._active_context(session_id)
+                if turn_id not in ctx.waiting_turns:
+                    return None
+                approvals = await self.store.list_approvals(session_id, turn_id)
+                if any(a.decision is None and a.deadline > approval_now() for a in approvals):
+                    return None
+                before, own = history.split_open()
+                resume = Resumption.of(own)
+                if resume is None:  # pragma: no cover - a waiting turn ends with its calls
+                    return None
+                loop = self._turn_loop(ctx, before, own[0].content, usage, turn_id=turn_id,
+                                       extra_tools=extra, extra_system=notes, resume=resume)
+                result = await loop.run()
+        except SessionBusy:
+            return None
+        except BaseException:
+            await usage.flush(self.store, quietly=True)
+            raise
+        await self._after_turn(ctx, loop.turn_count)
+        return result
+
     def _usage_scope(self, session_id: str | None) -> UsageScope:
         return UsageScope(session_id=session_id, price=self.price)
 
@@ -181,6 +222,15 @@ class SpaceAgent:
         ctx, history = await self._histories.load(self.store, session_id)
         if ctx.session.status == "archived":
             raise SessionArchived(session_id)
+        return ctx, history
+
+    async def _context_for_new_turn(self, session_id: str) -> tuple[TurnContext, History]:
+        """A turn that waits for approvals keeps the session busy, even when the process
+        that ran it has stopped (it goes on once answered)."""
+        ctx, history = await self._active_context(session_id)
+        if ctx.waiting_turns:
+            raise SessionBusy(f"session busy: turn {ctx.waiting_turns[0]} waits for the "
+                              "approval of its tool calls")
         return ctx, history
 
     async def _extra_tools(self) -> Sequence[Tool]:
@@ -224,7 +274,8 @@ class SpaceAgent:
                    on_event: Callable[[LogEvent], None] | None = None,
                    recovered: Sequence[LogEvent] = (),
                    extra_tools: Sequence[Tool] = (),
-                   extra_system: Sequence[str] = ()) -> TurnLoop:
+                   extra_system: Sequence[str] = (),
+                   resume: Resumption | None = None) -> TurnLoop:
         session_id = ctx.session.id
 
         async def fork_from_current(options: ForkOptions) -> SessionMeta:
@@ -271,6 +322,10 @@ class SpaceAgent:
             abandoned=ctx.running_turns,  # we hold the lock: nobody is running them
             recovered=recovered,
             on_event=self._event_sink(session_id, on_event),
+            approvals=ApprovalPolicy(config.approve_tools,
+                                     self.settings.approval_timeout_seconds),
+            wakeups=self.wakeups,
+            resume=resume,
         )
         return loop
 

@@ -9,6 +9,8 @@ Both are JSON objects; the keys below are the ones the engine uses, any other ke
 - ``maxOutputTokens``: a positive integer;
 - ``tools``: the names of the tools the LLM may see (built-ins included), or null for all;
 - ``skills``: the names of the skills the LLM may see, or null for all;
+- ``approveTools``: the names of the tools whose calls a human must approve first (``"*"``:
+  every tool), or null for none (engine/approval.py);
 - ``mcpServers`` (space only): the names of the server's MCP servers this space uses;
 - ``ifBusy`` (space only): the space's default busy policy of a turn (``reject``, ``enqueue``,
   ``interrupt``); a turn's own ``ifBusy`` wins, STELLO_IF_BUSY applies without either.
@@ -28,7 +30,8 @@ from typing import Any
 from .errors import InvalidInput
 from .ports import LLM
 
-SESSION_KEYS = ("model", "provider", "temperature", "maxOutputTokens", "tools", "skills")
+SESSION_KEYS = ("model", "provider", "temperature", "maxOutputTokens", "tools", "skills",
+                "approveTools")
 SPACE_KEYS = (*SESSION_KEYS, "mcpServers", "ifBusy")
 IF_BUSY = ("reject", "enqueue", "interrupt")
 MAX_NAME_LENGTH = 200
@@ -45,6 +48,7 @@ class AgentConfig:
     max_output_tokens: int | None = None
     tools: tuple[str, ...] | None = None
     skills: tuple[str, ...] | None = None
+    approve_tools: tuple[str, ...] = ()
 
     @property
     def changes_the_llm(self) -> bool:
@@ -90,7 +94,7 @@ def _check(key: str, value: Any, field: str, profiles: Collection[str] | None,
     elif key == "ifBusy":
         if value not in IF_BUSY:
             raise InvalidInput(f"{field} must be one of {', '.join(IF_BUSY)}")
-    elif key in ("tools", "skills", "mcpServers"):
+    elif key in ("tools", "skills", "mcpServers", "approveTools"):
         if (not isinstance(value, list) or len(value) > MAX_NAMES
                 or not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME_LENGTH for v in value)):
             raise InvalidInput(f"{field} must be a list of names (strings) or null")
@@ -125,6 +129,7 @@ def effective_config(space: Mapping[str, Any], session: Mapping[str, Any]) -> Ag
         max_output_tokens=max_tokens if _integer(max_tokens) else None,
         tools=_names(pick("tools")),
         skills=_names(pick("skills")),
+        approve_tools=_names(pick("approveTools")) or (),
     )
 
 

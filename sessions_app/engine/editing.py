@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import Conflict, InvalidInput, NotFound, SessionArchived
+from .errors import Conflict, InvalidInput, NotFound, SessionArchived, SessionBusy
 from .history import History
 from .types import Message, SaveResult, TurnContext, TurnResult, TurnWrite
 from .usage import CallUsage
@@ -133,6 +133,8 @@ async def rerun_last_turn(
         completed = any(m.role == "assistant" and not m.tool_calls for m in old)
         agent._histories.forget(session_id)
         ctx = await agent.store.load_turn_context(session_id)
+        if ctx.waiting_turns:  # its messages are the waiting turn's own
+            raise SessionBusy("session busy: a turn waits for the approval of its tool calls")
         kept = ctx.history[: len(ctx.history) - len(stretch)]
         ctx = dataclasses.replace(ctx, history=kept)
         store = _RewritingStore(agent.store, [rid for rid, _ in stretch], int(completed))

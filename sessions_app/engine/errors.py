@@ -20,10 +20,12 @@ from spaces.errors import (
 )
 
 __all__ = [
-    "Conflict", "InvalidInput", "LLMError", "MainSessionNotArchivable", "NotFound",
+    "ApprovalAnswered", "ApprovalNotFound", "Conflict", "InvalidInput", "LLMError",
+    "MainSessionNotArchivable", "NotFound",
     "ServiceUnavailable", "SessionArchived",
     "SessionBusy", "SessionNotFound", "SpaceNotFound", "StelloError", "ToolLoopLimit",
-    "TurnCancelled", "TurnNotFound", "TurnNotRunning", "empty",
+    "TurnCancelled", "TurnNotFound", "TurnNotRunning", "TurnNotWaiting", "TurnSuspended",
+    "empty",
     "missing", "required_text", "wrong_type",
 ]
 
@@ -58,6 +60,36 @@ class TurnNotRunning(Conflict):
 
     code = "TURN_NOT_RUNNING"
     default_message = "No turn is running"
+
+
+class TurnNotWaiting(Conflict):
+    """An approval for a turn that is not waiting for one (it ended, or runs on)."""
+
+    code = "TURN_NOT_WAITING"
+    default_message = "The turn is not waiting for an approval"
+
+
+class ApprovalNotFound(NotFound):
+    """An approval for a tool call the waiting turn did not ask about."""
+
+    code = "TOOL_CALL_NOT_FOUND"
+    default_message = "The turn waits for no approval of that tool call"
+
+
+class ApprovalAnswered(Conflict):
+    """A second answer to a tool call that was approved or denied already."""
+
+    code = "APPROVAL_ANSWERED"
+    default_message = "That tool call was approved or denied already"
+
+
+class TurnSuspended(ServiceUnavailable):
+    """The process stops while a turn waits for approval: the turn stays `waiting` (stored)
+    and any server process resumes it when the answers arrive."""
+
+    code = "TURN_SUSPENDED"
+    default_message = ("The server is restarting; the turn waits for its tool approvals and "
+                       "goes on when they arrive (follow its events)")
 
 
 class SessionArchived(Conflict):

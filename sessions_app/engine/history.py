@@ -75,6 +75,14 @@ class History:
             self._settled_tokens += estimate_tokens(settled)
             del self._open[:last_user]
 
+    def split_open(self) -> tuple[History, list[Message]]:
+        """The history before its open stretch (from the last user message on: the latest
+        turn's own messages), and that stretch."""
+        before = History()
+        before._settled, before._settled_tokens = list(self._settled), self._settled_tokens
+        before.count = self.count - len(self._open)
+        return before, list(self._open)
+
     def clean(self) -> tuple[list[Message], int]:
         """The messages a prompt may contain (complete tool groups only) and their estimate."""
         tail = drop_incomplete_tool_groups(self._open)

@@ -8,11 +8,13 @@ transaction, and never holds a transaction open across calls.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .types import (
+    Approval,
     Bootstrap,
     ChildMemory,
     CompressionCache,
@@ -28,6 +30,7 @@ from .types import (
     SessionMeta,
     SpacePrompts,
     StreamDelta,
+    ToolCall,
     ToolSpec,
     TurnContext,
     TurnInfo,
@@ -125,6 +128,31 @@ class SpaceStore(Protocol):
 
     async def list_turns(self, session_id: str, *, limit: int = 100) -> list[TurnInfo]:
         """The session's turns, newest first."""
+        ...
+
+    async def request_approvals(self, session_id: str, turn_id: str,
+                                calls: Sequence[ToolCall], deadline: datetime) -> None:
+        """ONE transaction: the turn (saved already) becomes `waiting`, with one pending
+        approval per call."""
+        ...
+
+    async def list_approvals(self, session_id: str, turn_id: str) -> list[Approval]:
+        """The turn's approvals in call order; SessionNotFound, then TurnNotFound."""
+        ...
+
+    async def decide_approval(self, session_id: str, turn_id: str, call_id: str, *,
+                              approve: bool, reason: str | None) -> Approval:
+        """Record one decision, once: SessionNotFound, TurnNotFound, TurnNotWaiting (the turn
+        is not waiting), ApprovalNotFound (no such call), ApprovalAnswered (decided)."""
+        ...
+
+    async def expire_approvals(self, session_id: str, turn_id: str, reason: str) -> None:
+        """Deny, with `reason`, every approval of the turn that is still pending."""
+        ...
+
+    async def claim_waiting_turn(self, session_id: str, turn_id: str) -> bool:
+        """The waiting turn becomes `running` again; False when it was not waiting (so one
+        resumer wins)."""
         ...
 
     async def read_events(self, session_id: str, since: int, *, limit: int = 1000) -> EventPage:
@@ -250,6 +278,16 @@ class SessionLocks(Protocol):
     def hold(self, session_id: str, *, wait: bool = True) -> AbstractAsyncContextManager[None]:
         """Hold the session until the block exits; raises SessionBusy when the lock could not
         be had within the configured timeout (at once when not `wait`)."""
+        ...
+
+
+class ApprovalWakeups(Protocol):
+    """How a turn that waits for approvals learns that an answer arrived (in any process)."""
+
+    def watch(self, turn_id: str) -> AbstractContextManager[Callable[[float], Awaitable[None]]]:
+        """While the block runs, answers for `turn_id` are noticed; `woken(seconds)` returns
+        at the next one or after `seconds`. Both raise TurnSuspended when the process stops
+        (the turn stays waiting, stored)."""
         ...
 
 

@@ -22,11 +22,13 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import approval
+from .approval import ApprovalPolicy, denied_result
 from .context import PromptBuilder
-from .errors import LLMError, ToolLoopLimit, TurnCancelled
+from .errors import LLMError, ToolLoopLimit, TurnCancelled, TurnSuspended
 from .llm import clean_json
-from .ports import LLM, SpaceStore
-from .tools import ToolBox, ToolContext
+from .ports import LLM, ApprovalWakeups, SpaceStore
+from .tools import ToolBox, ToolContext, ToolResult
 from .types import (
     LLMResponse,
     LogEvent,
@@ -69,6 +71,25 @@ def raw_response(response: LLMResponse) -> str:
             "completionTokens": response.usage.completion_tokens,
         }
     return dumps_compact(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """Where a turn that waited for approvals stands (read back from the store): its messages
+    so far (its user message first, the round whose calls wait last), its tool rounds and the
+    calls it ran."""
+
+    tail: tuple[Message, ...]
+    rounds: int
+    executed: int
+
+    @classmethod
+    def of(cls, tail: Sequence[Message]) -> Resumption | None:
+        """From the turn's stored messages; None unless they end with a round of calls."""
+        if not tail or tail[0].role != "user" or not tail[-1].tool_calls:
+            return None
+        rounds = sum(1 for m in tail if m.role == "assistant" and m.tool_calls) - 1
+        return cls(tuple(tail), rounds, sum(1 for m in tail if m.role == "tool"))
 
 
 @dataclass
@@ -142,6 +163,9 @@ class TurnLoop:
         abandoned: Sequence[str] = (),
         on_event: Callable[[LogEvent], None] | None = None,
         recovered: Sequence[LogEvent] = (),
+        approvals: ApprovalPolicy | None = None,
+        wakeups: ApprovalWakeups | None = None,
+        resume: Resumption | None = None,
     ) -> None:
         self._session_id = session_id
         self._user_message = Message("user", user_input)
@@ -171,6 +195,11 @@ class TurnLoop:
         # Events a dead process told and never saved: written with our first call.
         self._unsaved_events: list[LogEvent] = list(recovered)
         self._seq = max([self._seq, *(e.end for e in recovered)])
+        # Human approval of tool calls (engine/approval.py); without wake-ups nobody could
+        # answer, so nothing is gated.
+        self._approvals = approvals if wakeups is not None else None
+        self._wakeups = wakeups
+        self._resume = resume
 
     def _event(self, type_: str, payload: dict[str, Any], *, emit: bool = True) -> LogEvent:
         self._seq += 1
@@ -269,9 +298,17 @@ class TurnLoop:
         unsaved: list[Message] = [self._user_message]  # what the next save_call starts with
         rounds = executed = 0
         turn_id = self.turn_id
-        for stale in self._abandoned:  # left running by a process that died
-            self._event("turn.failed", {"turnId": stale, "error": ABANDONED})
-        self._event("turn.started", {"turnId": turn_id, "input": self._user_input})
+        if self._resume is not None:  # it waited for approvals: their round's calls first
+            tail, unsaved = list(self._resume.tail), []
+            rounds, executed = self._resume.rounds, self._resume.executed
+            self._round = rounds
+            results = await self._run_tools(tail[-1].tool_calls, waiting=True)
+            executed, unsaved, rounds = self._ran(results, executed, rounds)
+            tail.extend(unsaved)
+        else:
+            for stale in self._abandoned:  # left running by a process that died
+                self._event("turn.failed", {"turnId": stale, "error": ABANDONED})
+            self._event("turn.started", {"turnId": turn_id, "input": self._user_input})
         while True:
             chunks: list[str] = []
             self._chunks = chunks  # a cancel mid-round keeps their seqs in the log
@@ -319,6 +356,11 @@ class TurnLoop:
             else:
                 self._event("tool.call", {"turnId": turn_id, "round": rounds,
                                           "calls": [c.to_json() for c in response.tool_calls]})
+                gated = ([] if out_of_rounds or self._approvals is None
+                         else self._approvals.gated(response.tool_calls))
+                asks = [self._event("tool.approval_required", {
+                    "turnId": turn_id, "callId": c.id, "name": c.name,
+                    "arguments": dict(c.input)}, emit=False) for c in gated]  # told once stored
                 write = self._turn_write("running", first=rounds == 0)
             try:
                 result = await self._save(saved, first_call=rounds == 0, end_turn=final,
@@ -337,14 +379,44 @@ class TurnLoop:
                 await self._fail_quietly(limit)
                 raise limit
 
-            results = await self._toolbox.run_all(response.tool_calls, self._tool_context)
-            executed += len(results)
-            unsaved = [result.to_message() for result in results]
-            self._event("tool.result", {"turnId": turn_id, "round": rounds, "results": [
-                {"toolCallId": m.tool_call_id, "content": m.content} for m in unsaved]})
-            rounds += 1
-            self._round = rounds
+            if gated:
+                assert self._approvals is not None
+                await self._store.request_approvals(self._session_id, turn_id, gated,
+                                                    self._approvals.deadline())
+                for ask in asks:
+                    self._tell(ask)
+            results = await self._run_tools(response.tool_calls, waiting=bool(gated))
+            executed, unsaved, rounds = self._ran(results, executed, rounds)
             tail.extend([reply, *unsaved])
+
+    async def _run_tools(self, calls: Sequence[ToolCall], *, waiting: bool) -> list[ToolResult]:
+        """The round's calls; when the turn waits for approvals, once every one is decided
+        (denied calls are not run: their result says so)."""
+        denied: dict[str, Any] = {}
+        if waiting:
+            assert self._wakeups is not None
+            asked = {c.id for c in calls}  # rows of earlier rounds may be there too
+            decided = [a for a in await approval.decisions(
+                self._store, self._wakeups, self._session_id, self.turn_id) if a.call_id in asked]
+            if not await self._store.claim_waiting_turn(self._session_id, self.turn_id):
+                raise TurnSuspended()  # another process resumed it: it is theirs now
+            for answer in decided:
+                self._event("tool.approval_decided", {
+                    "turnId": self.turn_id, "callId": answer.call_id,
+                    "approved": answer.decision == "approved", "reason": answer.reason})
+            denied = {a.call_id: a for a in decided if a.decision != "approved"}
+        ran = iter(await self._toolbox.run_all([c for c in calls if c.id not in denied],
+                                               self._tool_context))
+        return [denied_result(denied[c.id]) if c.id in denied else next(ran) for c in calls]
+
+    def _ran(self, results: list[ToolResult], executed: int,
+             rounds: int) -> tuple[int, list[Message], int]:
+        """Log one round's results; the counts after it and the messages to save next."""
+        messages = [result.to_message() for result in results]
+        self._event("tool.result", {"turnId": self.turn_id, "round": rounds, "results": [
+            {"toolCallId": m.tool_call_id, "content": m.content} for m in messages]})
+        self._round = rounds + 1
+        return executed + len(results), messages, rounds + 1
 
     def _coalesce(self, chunks: list[str], round_: int) -> None:
         """The round's deltas, told one by one, are written as ONE log entry."""

@@ -138,6 +138,8 @@ class TurnContext:
     event_seq: int = 0  # the seq of the session's last logged event
     # Turns still marked running: under the session's lock, ones a dead process left behind.
     running_turns: tuple[str, ...] = ()
+    # Turns paused until their tool calls are approved (see engine/approval.py).
+    waiting_turns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +288,31 @@ class TurnResult:
         return out
 
 
-TurnStatus = Literal["running", "completed", "cancelled", "failed"]
+TurnStatus = Literal["running", "waiting", "completed", "cancelled", "failed"]
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A tool call of a waiting turn and its decision (None: not decided yet)."""
+
+    call_id: str
+    name: str
+    arguments: Mapping[str, Any]
+    decision: Literal["approved", "denied"] | None
+    reason: str | None
+    deadline: datetime
+    created_at: datetime
+    decided_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"callId": self.call_id, "name": self.name, "arguments": dict(self.arguments),
+                "status": self.decision or "pending", "reason": self.reason,
+                "deadline": iso(self.deadline), "createdAt": iso(self.created_at),
+                "decidedAt": iso(self.decided_at)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +422,7 @@ class EngineSettings:
     max_tool_rounds: int = 5
     max_forks_per_turn: int = 3  # sessions `stello_create_session` may create in one turn
     max_parallel_tools: int = 8  # tool calls of one round running at the same time
+    approval_timeout_seconds: float = 600.0  # a call's approval; then it is denied
     core_max_value_bytes: int = 16384  # one core memory value (compact JSON, UTF-8)
     core_max_total_bytes: int = 65536  # the whole core memory of a space
     core_in_prompt: bool = False  # every prompt carries the space's core memory

@@ -16,9 +16,11 @@ logger = logging.getLogger("stello")
 
 
 async def shutdown() -> None:
+    from ..approvals import stop_waiting
     from ..ws.consumer import operations
     from .pool import runtimes
 
+    stop_waiting()  # a turn waiting for a human must not hold the shutdown up
     await operations.shutdown()
     await runtimes.aclose_current()
 

@@ -22,7 +22,7 @@ from spaces import idempotency, pgpool
 from spaces.models import Space
 from spaces.throttling import rate_limiter
 
-from .. import conf, live
+from .. import approvals, conf, live
 from ..accounting.prices import price_nanos
 from ..accounting.quotas import quota_book
 from ..engine.agent import SpaceAgent
@@ -179,6 +179,7 @@ class Runtime:
         # goes away for a moment (a restart), and memory jobs with it.
         self._sweeps = durable_jobs
         self._sweeper: asyncio.Task[None] | None = None
+        self._approval_sweeper: asyncio.Task[None] | None = None
         # A loop that lives for one call cannot keep listeners (cancels, followers) running:
         # its turns are logged, not published live (followers catch up from the log).
         self.live = durable_jobs
@@ -199,6 +200,14 @@ class Runtime:
             task.add_done_callback(_log_unawaited_failure)
             raise
 
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in the background (e.g. a turn resumed after its approvals); `aclose`
+        waits for it, and a failure is logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.detached.add(task)
+        task.add_done_callback(self.detached.discard)
+        task.add_done_callback(_log_unawaited_failure)
+
     def start(self) -> None:
         """Start this process's queue worker in the background, once (again after a failure:
         a database that is away must not hold up or fail the requests that trigger this)."""
@@ -206,8 +215,11 @@ class Runtime:
             self._queue_start = asyncio.get_running_loop().create_task(self._start_queue())
         if self._sweeps and self._sweeper is None:
             from .. import retention
-            self._sweeper = asyncio.get_running_loop().create_task(
-                retention.run_periodically(self.agent), name="stello:retention")
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.create_task(retention.run_periodically(self.agent),
+                                             name="stello:retention")
+            self._approval_sweeper = loop.create_task(approvals.run_periodically(self.agent),
+                                                      name="stello:approvals")
 
     async def _start_queue(self) -> None:
         assert self.queue is not None
@@ -256,6 +268,8 @@ class Runtime:
             price=price_nanos,
             on_event=live.publish if self.live else None,  # the log, live (live.py)
             recover_events=live.recover if self.live else None,
+            # A loop that lives for one call cannot wait for answers: nothing is gated there.
+            wakeups=approvals.wakeups() if self.live else None,
         )
 
     def _mcp_tools(self, config: dict[str, Any]) -> SpaceMCPTools | None:
@@ -268,12 +282,15 @@ class Runtime:
         return SpaceMCPTools(specs, max_result_chars=settings.STELLO["MCP_MAX_RESULT_CHARS"])
 
     async def aclose(self) -> None:
-        """Finish detached turns and background work, then release clients and connections."""
+        """Finish detached turns and background work, then release clients and connections.
+        Turns waiting for tool approvals stop waiting (they stay stored as waiting)."""
+        approvals.stop_waiting()
         while self.detached:
             await asyncio.wait(list(self.detached))
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for sweeper in (self._sweeper, self._approval_sweeper):
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
         await self.jobs.drain()
         if self._queue_start is not None:
             await asyncio.gather(self._queue_start, return_exceptions=True)

@@ -133,10 +133,11 @@ def _last_record_id(session_pk) -> int:
     return next(iter(last), (0,))[0]
 
 
-from .orm_conversations import OrmConversations  # noqa: E402  (it uses the helpers above)
+from .orm_approvals import OrmApprovals  # noqa: E402  (they use the helpers above)
+from .orm_conversations import OrmConversations  # noqa: E402
 
 
-class DjangoSpaceStore(OrmConversations):
+class DjangoSpaceStore(OrmConversations, OrmApprovals):
     """Storage for one space (see `engine.ports.SpaceStore` for the guarantees)."""
 
     def __init__(self, space_id: str, *, on_turn: TurnListener | None = None) -> None:
@@ -201,6 +202,9 @@ class DjangoSpaceStore(OrmConversations):
         if history_after is not None:
             rows = Record.objects.filter(session_id=session.pk)
             records = list(rows.filter(id__gt=history_after) if history_after > 0 else rows)
+        unfinished = [(str(t), status) for t, status in Turn.objects.filter(
+            session_id=session.pk, status__in=(Turn.Status.RUNNING, Turn.Status.WAITING),
+        ).values_list("id", "status")]
         return TurnContext(
             session=session_meta(session, session.node),
             system_prompt=slots.get(Key.SYSTEM_PROMPT),
@@ -214,8 +218,8 @@ class DjangoSpaceStore(OrmConversations):
             record_count=session.record_count,
             last_record_id=max(session.last_record_id or 0, records[-1].pk if records else 0),
             event_seq=session.event_seq,
-            running_turns=tuple(str(t) for t in Turn.objects.filter(
-                session_id=session.pk, status=Turn.Status.RUNNING).values_list("id", flat=True)),
+            running_turns=tuple(t for t, status in unfinished if status == Turn.Status.RUNNING),
+            waiting_turns=tuple(t for t, status in unfinished if status == Turn.Status.WAITING),
         )
 
     async def save_call(

@@ -106,6 +106,8 @@ _TURN_CONTEXT = f"""
 SELECT {_META}, s.record_count, s.event_seq,
   (SELECT array_agg(tu.id) FROM turns tu WHERE tu.session_id = s.id AND tu.status = 'running')
     AS running,
+  (SELECT array_agg(tu.id) FROM turns tu WHERE tu.session_id = s.id AND tu.status = 'waiting')
+    AS waiting,
   (SELECT json_object_agg(d.key, d.content) FROM session_data d
     WHERE d.session_id = s.id AND d.key IN ({_TURN_SLOTS})) AS slots,
   (SELECT r.id FROM records r WHERE r.session_id = s.id ORDER BY r.id DESC LIMIT 1) AS last_id,
@@ -557,10 +559,11 @@ _FORK_ATTEMPTS = 50  # concurrent forks under one parent, each retry wins one in
 
 # -- the store --------------------------------------------------------------------------------
 
-from .pg_conversations import PgConversations  # noqa: E402  (it builds its SQL from the above)
+from .pg_approvals import PgApprovals  # noqa: E402  (they build their SQL from the above)
+from .pg_conversations import PgConversations  # noqa: E402
 
 
-class PgSpaceStore(PgConversations):
+class PgSpaceStore(PgConversations, PgApprovals):
     """Storage for one space on PostgreSQL (see `engine.ports.SpaceStore` for the guarantees)."""
 
     def __init__(self, space_id: str, *, on_turn: TurnListener | None = None) -> None:
@@ -613,7 +616,7 @@ class PgSpaceStore(PgConversations):
         if row is None:
             raise SessionNotFound()
         meta = _meta(row)
-        record_count, event_seq, running, slots, last_id, history = row[_META_WIDTH:]
+        record_count, event_seq, running, waiting, slots, last_id, history = row[_META_WIDTH:]
         slots = slots or {}
         is_main = meta.role == "main"
         return TurnContext(
@@ -630,6 +633,7 @@ class PgSpaceStore(PgConversations):
             last_record_id=last_id or 0,
             event_seq=event_seq,
             running_turns=tuple(str(t) for t in running or ()),
+            waiting_turns=tuple(str(t) for t in waiting or ()),
         )
 
     async def save_call(

@@ -89,7 +89,7 @@ from ..accounting.quotas import admit_turn
 from ..api.errors import error_body
 from ..engine.agent import SpaceAgent
 from ..engine.errors import NotFound, SessionNotFound, StelloError, TurnCancelled
-from ..engine.types import StreamChunk, TurnResult
+from ..engine.types import LogEvent, StreamChunk, TurnResult
 from ..events import session_group
 from ..live import busy_policy
 from ..runtime.pool import runtimes
@@ -356,8 +356,9 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
             await self._enqueue(p.error(p.HANDLER_ERROR,
                                         f"frame too large: at most {limit} bytes"))
             return
-        if '"turn.cancel"' in text_data and self.handle_out_of_band(text_data):
-            return  # a cancel acts on the frame being handled: it cannot wait behind it
+        if (('"turn.cancel"' in text_data or '"tool.approve"' in text_data)
+                and self.handle_out_of_band(text_data)):
+            return  # it acts on the frame being handled (a turn): it cannot wait behind it
         await self._enqueue(text_data)
 
     async def _enqueue(self, item: QueueItem) -> None:
@@ -551,6 +552,16 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
             if not await self._lost_access():
                 await self.reply(p.session_updated(session_id, event["turnCount"]))
 
+    async def tool_approval_required(self, event: dict[str, Any]) -> None:
+        """`events.announce_approval_required`: forward it while the connection watches that
+        session, unless the turn is this connection's own (it was told directly)."""
+        session_id = event.get("sessionId")
+        if event.get("origin") == self.connection_id or self.resumed:
+            return
+        if session_id == self._watched and session_id == self.session_id:
+            if not await self._lost_access():
+                await self.reply(p.tool_approval_required(event["payload"]))
+
     # -- handlers (one per client message type) ------------------------------------------------
 
     async def on_enter(self, message: p.SessionEnter) -> None:
@@ -585,12 +596,25 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
         """Refuse a turn over the user's quota (QUOTA_EXCEEDED), like REST's 429."""
         await admit_turn(self.scope["stello"]["user_id"], self.scope["stello"]["apikey_id"])
 
+    def _turn_events(self) -> Callable[[LogEvent], None] | None:
+        """What this connection is told of its own turn besides its answer: a tool call that
+        waits for a human (a resumed connection gets every event from the log instead)."""
+        if self.resumed:
+            return None
+
+        def tell(event: LogEvent) -> None:
+            if event.type == "tool.approval_required":
+                self.send_soon(p.tool_approval_required(dict(event.payload)))
+
+        return tell
+
     async def on_message(self, message: p.SessionMessage) -> None:
         await self.admit_turn()
         agent = await self.agent()
         wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"),
                                  agent.if_busy)
-        result = await agent.turn(self._current(), message["input"], wait=wait)
+        result = await agent.turn(self._current(), message["input"], wait=wait,
+                                  on_event=self._turn_events())
         if self.resumed:  # the turn's events come through the log; the answer after them
             await self.own_answer(p.turn_complete(result.to_json()), result.seq)
             return
@@ -602,7 +626,8 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
         agent = await self.agent()
         wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"),
                                  agent.if_busy)
-        stream = agent.stream(self._current(), message["input"], wait=wait)
+        stream = agent.stream(self._current(), message["input"], wait=wait,
+                              on_event=self._turn_events())
         resumed = self.resumed
         async with aclosing(stream) as items:
             async for item in items:

@@ -67,7 +67,7 @@ _MISSING: Any = object()
 # -- client -> server ---------------------------------------------------------------------------
 
 ClientType = Literal["session.enter", "session.leave", "session.message", "session.stream",
-                     "session.fork", "session.resume", "turn.cancel"]
+                     "session.fork", "session.resume", "turn.cancel", "tool.approve"]
 
 
 class SessionEnter(TypedDict):
@@ -122,12 +122,23 @@ class TurnCancel(TypedDict):
     turnId: str | None
 
 
+class ToolApprove(TypedDict):
+    """Ours (docs/agent-control.md): approve or deny one tool call of a waiting turn
+    (`turnId` optional: the entered session's waiting turn)."""
+
+    type: Literal["tool.approve"]
+    turnId: str | None
+    callId: str
+    approve: bool
+    reason: str | None
+
+
 ClientMessage = (SessionEnter | SessionLeave | SessionMessage | SessionStream | SessionFork
-                 | SessionResume | TurnCancel)
+                 | SessionResume | TurnCancel | ToolApprove)
 
 CLIENT_TYPES: tuple[ClientType, ...] = (
     "session.enter", "session.leave", "session.message", "session.stream", "session.fork",
-    "session.resume", "turn.cancel",
+    "session.resume", "turn.cancel", "tool.approve",
 )
 ENTERING: frozenset[str] = frozenset({"session.enter", "session.resume"})
 NEEDS_SESSION: frozenset[str] = frozenset(CLIENT_TYPES) - ENTERING
@@ -245,8 +256,20 @@ def _cancel(data: dict[str, Any]) -> TurnCancel:
     return {"type": "turn.cancel", "turnId": turn_id}
 
 
+def _approve(data: dict[str, Any]) -> ToolApprove:
+    from ..engine.approval import Answer
+
+    turn_id = data.get("turnId")
+    if turn_id is not None and not isinstance(turn_id, str):
+        raise wrong_type("turnId", "a string")
+    answer = Answer.parse(data)
+    return {"type": "tool.approve", "turnId": turn_id, "callId": answer.call_id,
+            "approve": answer.approve, "reason": answer.reason}
+
+
 _PAYLOAD_PARSERS = {
     "turn.cancel": _cancel,
+    "tool.approve": _approve,
     "session.resume": _resume,
     "session.enter": _enter,
     "session.leave": _leave,
@@ -299,6 +322,24 @@ class SessionUpdated(TypedDict):
     turnCount: int
 
 
+class ToolApprovalRequired(TypedDict):
+    """Ours: a tool call of the session's turn waits for a human (answer: `tool.approve`)."""
+
+    type: Literal["tool.approval_required"]
+    turnId: str
+    callId: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolApproval(TypedDict):
+    """Ours: the answer to `tool.approve` (the call as now decided, as REST returns it)."""
+
+    type: Literal["tool.approval"]
+    turnId: str
+    approval: dict[str, Any]
+
+
 class ErrorMessage(TypedDict):
     type: Literal["error"]
     message: str
@@ -307,7 +348,8 @@ class ErrorMessage(TypedDict):
 
 
 ServerMessage = (SessionEntered | SessionLeft | TurnComplete | StreamDelta | StreamEnd
-                 | SessionForked | SessionUpdated | ErrorMessage)
+                 | SessionForked | SessionUpdated | ToolApprovalRequired | ToolApproval
+                 | ErrorMessage)
 
 
 def session_entered(session_id: str, bootstrap: dict[str, Any]) -> SessionEntered:
@@ -336,6 +378,16 @@ def session_forked(child: dict[str, Any]) -> SessionForked:
 
 def session_updated(session_id: str, turn_count: int) -> SessionUpdated:
     return {"type": "session.updated", "sessionId": session_id, "turnCount": turn_count}
+
+
+def tool_approval_required(payload: dict[str, Any]) -> ToolApprovalRequired:
+    return {"type": "tool.approval_required", "turnId": payload["turnId"],
+            "callId": payload["callId"], "name": payload["name"],
+            "arguments": payload["arguments"]}
+
+
+def tool_approval(turn_id: str, approval: dict[str, Any]) -> ToolApproval:
+    return {"type": "tool.approval", "turnId": turn_id, "approval": approval}
 
 
 def error(code: ErrorCode, message: str) -> ErrorMessage:

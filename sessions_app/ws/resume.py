@@ -12,14 +12,17 @@ and its own. Its own turn's answer (`stream.end` / `turn.complete`, with the seq
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from spaces.selectors import parse_uuid
 
-from .. import live
-from ..engine.errors import InvalidInput, SessionNotFound, StelloError
+from .. import approvals, live
+from ..engine.errors import InvalidInput, SessionNotFound, StelloError, TurnNotWaiting
 from ..engine.types import LogEvent
+from ..runtime.pool import runtimes
 from ..wire import bootstrap_json
 from . import protocol as p
 from .connections import connections
@@ -36,27 +39,67 @@ class ResumeMixin:
     _forwarder: asyncio.Task[None] | None = None
     _sent_seq: int = 0
     _seq_moved: asyncio.Event | None = None
-    _cancels: set[asyncio.Task[None]] | None = None
+    _aside: set[asyncio.Task[None]] | None = None  # out-of-band frames, frames sent soon
 
     @property
     def resumed(self) -> bool:
         return self._follower is not None
 
-    # -- turn.cancel (out of band: it acts on the frame the worker is handling) ---------------
+    # -- turn.cancel, tool.approve (out of band: they act on the frame being handled) ---------
 
     def handle_out_of_band(self, text: str) -> bool:
         try:
             message = p.parse_client_frame(text)
         except p.ProtocolError:
             return False  # the worker answers it in its place
-        if message["type"] != "turn.cancel":
+        if message["type"] == "turn.cancel":
+            self.run_aside(self._on_cancel(message))
+        elif message["type"] == "tool.approve":
+            self.run_aside(self._on_approve(message))
+        else:
             return False
-        if self._cancels is None:
-            self._cancels = set()
-        task = asyncio.get_running_loop().create_task(self._on_cancel(message))
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
         return True
+
+    def run_aside(self, work: Coroutine[Any, Any, None], *, fresh_context: bool = False) -> None:
+        """Run `work` beside the worker (kept referenced until done); `fresh_context`: without
+        the caller's context variables (e.g. an idempotent frame's capture)."""
+        if self._aside is None:
+            self._aside = set()
+        task = asyncio.get_running_loop().create_task(
+            work, context=contextvars.Context() if fresh_context else None)
+        self._aside.add(task)
+        task.add_done_callback(self._aside.discard)
+
+    def send_soon(self, message: p.ServerMessage) -> None:
+        """Send a frame from sync code (an engine callback), in the order of the calls."""
+        self.run_aside(self.reply(message), fresh_context=True)  # type: ignore[attr-defined]
+
+    async def _on_approve(self, message: p.ToolApprove) -> None:
+        refusal = self.state_refusal(message["type"])  # type: ignore[attr-defined]
+        if refusal is not None:
+            await self.reply(refusal)  # type: ignore[attr-defined]
+            return
+        session_id = self.session_id  # type: ignore[attr-defined]
+        try:
+            agent = await self.agent()  # type: ignore[attr-defined]
+            turn_id = message["turnId"]
+            if turn_id is None:
+                waiting = (await agent.store.load_turn_context(
+                    session_id, history_after=None)).waiting_turns
+                if not waiting:
+                    raise TurnNotWaiting("No turn of this session waits for an approval")
+                turn_id = waiting[0]
+            decided = await approvals.answer(
+                agent, session_id, turn_id, message["callId"], approve=message["approve"],
+                reason=message["reason"], spawn=runtimes.current().spawn)
+        except StelloError as exc:
+            await self.reply(p.error(p.HANDLER_ERROR, exc.message))  # type: ignore
+            return
+        except Exception:
+            logger.exception("tool.approve failed")
+            await self.reply(p.error(p.HANDLER_ERROR, "Internal server error"))  # type: ignore
+            return
+        await self.reply(p.tool_approval(turn_id, decided.to_json()))  # type: ignore
 
     async def _on_cancel(self, message: p.TurnCancel) -> None:
         refusal = self.state_refusal(message["type"])  # type: ignore[attr-defined]

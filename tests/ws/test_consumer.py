@@ -851,7 +851,7 @@ async def test_only_a_watching_connection_uses_the_channel_layer(
     layer = get_channel_layer()
     # The process's one listener for turn cancels (sessions_app/live.py) joins its group once,
     # with the first turn; it is not a connection's: start it before counting.
-    live._listen_for_cancels()
+    live.listen_for_turn_signals()
     await asyncio.sleep(0.2)
     for name in ("new_channel", "group_add", "group_discard", "receive"):
         original = getattr(layer, name)
