@@ -27,12 +27,13 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Set
 from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from .engine.agent import SpaceAgent
 from .engine.agent_config import IF_BUSY
 from .engine.errors import InvalidInput, SessionNotFound, TurnNotRunning
 from .engine.ports import SpaceStore
@@ -471,11 +472,23 @@ def _live_turns(events: list[LogEvent]) -> tuple[dict[str, bool], str | None]:
     return turns, current
 
 
-async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str:
+Orphaned = Callable[[str | None], Awaitable[str | None]]
+
+
+async def cancel(store: SpaceStore, session_id: str, turn_id: str | None, *,
+                 orphaned: Orphaned | None = None) -> str:
     """Cancel the session's running turn (`turn_id`, or whichever runs), in any process; wait
     until it has stopped and return its id. TurnNotFound for a turn this session does not
-    know, TurnNotRunning for one that has ended (or no running turn)."""
+    know, TurnNotRunning for one that has ended (or no running turn). `orphaned` cancels a
+    turn that waits for approvals after its process stopped (`SpaceAgent.cancel_orphaned`):
+    asked first when the turn does not run here."""
     session_id = session_key(session_id)
+    runs_here = (turn_id in RUNNING if turn_id is not None
+                 else any(t.session_id == session_id for t in RUNNING.values()))
+    if orphaned is not None and not runs_here:
+        cancelled = await orphaned(turn_id)
+        if cancelled is not None:
+            return cancelled
     live_turns, current = _live_turns(await buffer().read(session_id))
     if turn_id is None:
         local = next((t for t in RUNNING.values() if t.session_id == session_id), None)
@@ -485,7 +498,7 @@ async def cancel(store: SpaceStore, session_id: str, turn_id: str | None) -> str
             raise TurnNotRunning()
     elif turn_id not in live_turns and turn_id not in RUNNING:
         turn = await store.get_turn(session_id, turn_id)  # SessionNotFound, TurnNotFound
-        if turn.status != "running":
+        if turn.status not in ("running", "waiting"):
             raise TurnNotRunning(f"Turn {turn_id} has already ended ({turn.status})")
     elif live_turns.get(turn_id):
         raise TurnNotRunning(f"Turn {turn_id} has already ended")
@@ -521,19 +534,22 @@ def parse_if_busy(value: Any) -> str | None:
     return value
 
 
-async def busy_policy(store: SpaceStore, session_id: str, if_busy: str | None,
-                      space_default: str | None = None) -> bool:
+async def busy_policy(agent: SpaceAgent, session_id: str, if_busy: str | None) -> bool:
     """Apply `ifBusy` before a turn takes the session's lock; returns whether the turn may
     wait for the lock. `reject`: no wait (SESSION_BUSY at once); `enqueue`: wait, bounded by
-    the lock timeout; `interrupt`: cancel the running turn first, then wait. The turn's own
-    value wins, then the space's (`config.ifBusy`), then STELLO_IF_BUSY."""
-    policy = if_busy or space_default or settings.STELLO.get("IF_BUSY", "enqueue")
+    the lock timeout; `interrupt`: cancel the running (or waiting) turn first, then wait. The
+    turn's own value wins, then the space's (`config.ifBusy`), then STELLO_IF_BUSY."""
+    policy = if_busy or agent.if_busy or settings.STELLO.get("IF_BUSY", "enqueue")
     if policy == "interrupt":
         try:
-            await cancel(store, session_id, None)
+            await cancel(agent.store, session_id, None, orphaned=orphaned_of(agent, session_id))
         except TurnNotRunning:
             pass
     return policy != "reject"
+
+
+def orphaned_of(agent: SpaceAgent, session_id: str) -> Orphaned:
+    return lambda turn_id: agent.cancel_orphaned(session_id, turn_id)
 
 
 async def _newest_saved(store: SpaceStore, session_id: str) -> int:

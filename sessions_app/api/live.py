@@ -149,7 +149,9 @@ class LiveTurnsActions:
     @action(detail=True, methods=["post"], url_path=r"turns/(?P<turn_id>[^/]+)/cancel")
     async def cancel_turn(self, request, space_id: str, session_id: str,
                           turn_id: str) -> Response:
-        cancelled = await live.cancel(self.store(), session_id, turn_id)  # type: ignore
+        agent = await self.aagent()  # type: ignore[attr-defined]
+        cancelled = await live.cancel(agent.store, session_id, turn_id,
+                                      orphaned=live.orphaned_of(agent, session_id))
         return Response({"turnId": cancelled, "status": "cancelled"})
 
     @extend_schema(

@@ -180,7 +180,7 @@ class SessionViewSet(LiveTurnsActions, ConversationActions, SpaceScopedViewSet):
         text, if_busy = body["input"], parse_if_busy(body.get("ifBusy"))
         await admit_turn(request.user.id, getattr(request.auth, "pk", None))  # 429 over quota
         agent = await self.aagent()
-        wait = await busy_policy(agent.store, session_id, if_busy, agent.if_busy)
+        wait = await busy_policy(agent, session_id, if_busy)
         # A client that hangs up does not lose the turn: it completes and is saved.
         runtime = runtimes.current(one_call=self.one_call_loop)
         result = await runtime.run_detached(agent.turn(session_id, text, wait=wait))

@@ -45,6 +45,7 @@ from .types import (
     StreamChunk,
     TurnContext,
     TurnResult,
+    TurnWrite,
     forked_payload,
 )
 from .usage import PriceFunction, UsageScope, no_price
@@ -214,6 +215,27 @@ class SpaceAgent:
             raise
         await self._after_turn(ctx, loop.turn_count)
         return result
+
+    async def cancel_orphaned(self, session_id: str, turn_id: str | None) -> str | None:
+        """Cancel a turn (`turn_id`, or the session's) that waits for approvals after its
+        process stopped, like a cancel of a running turn: nothing of it is kept, its row and
+        log say cancelled. None when there is no such turn, or when a live process holds the
+        session (the caller then reaches the turn there)."""
+        try:
+            async with self.locks.hold(session_id, wait=False):
+                ctx = await self.store.load_turn_context(session_id, history_after=None)
+                waiting = [t for t in ctx.waiting_turns if turn_id in (None, t)]
+                if not waiting:
+                    return None
+                done = LogEvent(ctx.event_seq + 1, "turn.cancelled", {"turnId": waiting[0]})
+                await self.store.finish_turn(
+                    session_id, TurnWrite(waiting[0], "", "cancelled", None, (done,), done.seq),
+                    error=None, discard=True)
+                self._histories.forget(session_id)
+        except SessionBusy:
+            return None
+        self._logged(session_id)(done)
+        return waiting[0]
 
     def _usage_scope(self, session_id: str | None) -> UsageScope:
         return UsageScope(session_id=session_id, price=self.price)

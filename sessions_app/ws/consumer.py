@@ -611,8 +611,7 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
     async def on_message(self, message: p.SessionMessage) -> None:
         await self.admit_turn()
         agent = await self.agent()
-        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"),
-                                 agent.if_busy)
+        wait = await busy_policy(agent, self._current(), message.get("ifBusy"))
         result = await agent.turn(self._current(), message["input"], wait=wait,
                                   on_event=self._turn_events())
         if self.resumed:  # the turn's events come through the log; the answer after them
@@ -624,8 +623,7 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
         result: TurnResult | None = None
         await self.admit_turn()
         agent = await self.agent()
-        wait = await busy_policy(agent.store, self._current(), message.get("ifBusy"),
-                                 agent.if_busy)
+        wait = await busy_policy(agent, self._current(), message.get("ifBusy"))
         stream = agent.stream(self._current(), message["input"], wait=wait,
                               on_event=self._turn_events())
         resumed = self.resumed

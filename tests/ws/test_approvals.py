@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
-from sessions_app.models import Record, Session, ToolApproval, Turn
+from sessions_app.models import Record, Session, SessionEvent, ToolApproval, Turn
 from sessions_app.runtime.pool import runtimes
 from spaces.models import Space
 from tests.ws.conftest import finish_ws_work
@@ -41,7 +41,7 @@ def script(settings, tmp_path):
         settings.STELLO = {**settings.STELLO, "MEMORY_LLM": None,
                            "CONSOLIDATE_EVERY_N_TURNS": 0, "CONSOLIDATE_ON_ARCHIVE": False,
                            **stello, "LLM": {**settings.STELLO["LLM"], "provider": "offline",
-                                             "script_path": str(path)}}
+                                             "script_path": str(path) if responses else None}}
 
     return use
 
@@ -287,3 +287,68 @@ async def test_approval_config_is_validated_and_ungated_tools_run_at_once(
     assert (await ask(ws, {"type": "tool.approve", "callId": "c1"}))[
         "message"] == "approve is required"
     await ws.disconnect()
+
+
+async def stop_while_waiting(rest: Rest) -> str:
+    """Start a turn, let it wait for its approval, stop the runtime; the waiting turn's id."""
+    turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
+    for _ in range(100):
+        waiting = await Turn.objects.filter(status="waiting").afirst()
+        if waiting is not None and await ToolApproval.objects.filter(
+                turn_id=waiting.pk).aexists():
+            break
+        await asyncio.sleep(0.05)
+    await runtimes.aclose_current()
+    assert (await asyncio.wait_for(turn, 10)).json()["code"] == "TURN_SUSPENDED"
+    return str(waiting.pk)
+
+
+@bounded(40)
+async def test_cancel_and_interrupt_reach_a_waiting_turn_whose_process_stopped(
+        space_id, root_id, alice_key, script) -> None:
+    script({"content": None, "toolCalls": [fork_call("c1", "Orphan")]})
+    await gate(space_id, [FORK])
+    rest = Rest(space_id, root_id, alice_key)
+    turn_id = await stop_while_waiting(rest)
+    cancelled = await rest.post(f"turns/{turn_id}/cancel", {})
+    assert cancelled.json() == {"turnId": turn_id, "status": "cancelled"}
+    assert (await Turn.objects.aget(pk=turn_id)).status == "cancelled"
+    assert not await Record.objects.filter(session_id=root_id).aexists()
+    assert [e async for e in SessionEvent.objects.filter(session_id=root_id).order_by(
+        "seq").values_list("type", flat=True)][-1] == "turn.cancelled"
+    again = await rest.post(f"turns/{turn_id}/cancel", {})
+    assert (again.status_code, again.json()["code"]) == (409, "TURN_NOT_RUNNING")
+
+    script({"content": None, "toolCalls": [fork_call("c1", "Orphan")]})  # a fresh runtime
+    second = await stop_while_waiting(rest)
+    script()  # the next runtime's LLM echoes
+    refused = await rest.post("turn", {"input": "cut in", "ifBusy": "reject"})
+    assert (refused.status_code, refused.json()["code"]) == (409, "SESSION_BUSY")
+    cut_in = await rest.post("turn", {"input": "cut in", "ifBusy": "interrupt"})
+    assert cut_in.status_code == 200, cut_in.json()
+    assert (await Turn.objects.aget(pk=second)).status == "cancelled"
+    assert [r async for r in Record.objects.filter(session_id=root_id).order_by("id")
+            .values_list("content", flat=True)] == ["cut in", "echo: cut in"]
+    assert not await Session.objects.filter(label="Orphan").aexists()
+
+
+@bounded(40)
+async def test_a_call_id_used_again_in_a_later_round_is_asked_again(
+        space_id, root_id, alice_key, script) -> None:
+    script({"content": None, "toolCalls": [fork_call("c1", "First")]},
+           {"content": None, "toolCalls": [fork_call("c1", "Second")]})
+    await gate(space_id, [FORK])
+    rest = Rest(space_id, root_id, alice_key)
+    follower = await open_ws(space_id, alice_key)
+    await resume(follower, root_id, 0)
+    turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
+    for label in ("First", "Second"):
+        asked = (await frames_until(follower, "tool.approval_required"))[-1]
+        assert asked["arguments"] == {"label": label}
+        answer = await rest.post(f"turns/{asked['turnId']}/approvals",
+                                 {"callId": "c1", "approve": True})
+        assert answer.status_code == 200, answer.json()
+    done = await asyncio.wait_for(turn, 10)
+    assert done.json()["turn"]["toolCallsExecuted"] == 2
+    assert await Session.objects.filter(label__in=["First", "Second"]).acount() == 2
+    await follower.disconnect()

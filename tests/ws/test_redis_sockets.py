@@ -171,12 +171,15 @@ async def crowd(server: Server, tenant: dict[str, str]) -> None:
     watched = await fork_sessions(server, tenant, 10)
     gate = asyncio.Semaphore(OPENING_AT_ONCE)
     sockets: list[ClientConnection] = []
+    watchers: list[ClientConnection] = []  # not the first of `sockets`: they open in any order
 
     async def join(n: int) -> None:
         async with gate:
             ws = await open_ws(server, tenant)
             sockets.append(ws)
             watching = n < MANY_WATCHING
+            if watching:
+                watchers.append(ws)
             await enter(ws, watched[n % len(watched)] if watching else tenant["root_id"],
                         watch=watching)
 
@@ -200,7 +203,8 @@ async def crowd(server: Server, tenant: dict[str, str]) -> None:
             # Every watcher hears a turn made elsewhere on its session ...
             for session_id in watched:
                 await rest_turn(server, tenant, session_id)
-            updates = await asyncio.gather(*(recv(ws) for ws in sockets[:MANY_WATCHING]))
+            assert len(watchers) == MANY_WATCHING
+            updates = await asyncio.gather(*(recv(ws) for ws in watchers))
             assert {u["type"] for u in updates} == {"session.updated"}
             assert {u["turnCount"] for u in updates} == {1}
 
