@@ -24,6 +24,7 @@ from .errors import (
     MainSessionNotArchivable,
     SessionArchived,
     SessionBusy,
+    StelloError,
     required_text,
 )
 from .fork import plan_child
@@ -56,6 +57,11 @@ class EventSink(Protocol):
     committed already (told after a fork or archive, not by a running turn)."""
 
     def __call__(self, session_id: str, event: LogEvent, *, saved: bool = False) -> None: ...
+
+
+MEMORY_UPDATED, INSIGHT_UPDATED = "memory.updated", "insight.updated"
+# Slot writes that are logged (PUT .../memory, PUT .../insight, the admin).
+SLOT_EVENTS = {"memory": MEMORY_UPDATED, "insight": INSIGHT_UPDATED}
 
 
 def session_identity(session: SessionMeta) -> str:
@@ -486,6 +492,8 @@ class SpaceAgent:
                 session_id, new_memory, data.records[count - 1][0], usage=calls
             )
             del usage.pending[:len(calls)]  # stored with the memory
+            if written:
+                await self._log_change(session_id, MEMORY_UPDATED, {"memory": new_memory})
             if written and count == len(pending):
                 return new_memory
             # Either more records wait, or another consolidation moved the marker: read again.
@@ -521,7 +529,23 @@ class SpaceAgent:
         calls = tuple(usage.pending)
         await self.store.save_integration(main_id, result.synthesis, result.insights, usage=calls)
         del usage.pending[:len(calls)]  # stored with the synthesis
+        await self._log_change(main_id, MEMORY_UPDATED, {"memory": result.synthesis})
+        for insight in result.insights:
+            await self._log_change(insight.session_id, INSIGHT_UPDATED,
+                                   {"insight": insight.content})
         return result
+
+    async def _log_change(self, session_id: str, type_: str, payload: dict[str, Any]) -> None:
+        """Log a memory or insight written without the session's lock (the model is never
+        called under it): the entry needs the lock, since a running turn numbers the
+        session's events. Waits for a running turn (bounded by the lock timeout); the change
+        itself is stored either way, so an entry that could not be had is only skipped."""
+        try:
+            async with self.locks.hold(session_id):
+                event = await self.store.log_event(session_id, type_, payload)
+        except StelloError:  # SessionBusy past the timeout, the session deleted meanwhile
+            return
+        self._logged(session_id)(event)
 
     async def write_slot(self, session_id: str, key: str, content: str | None) -> None:
         """Replace a data slot (a prompt, the memory, the insight) under the session's lock, so
@@ -530,6 +554,11 @@ class SpaceAgent:
         read-only: SessionArchived, nothing written."""
         async with self.locks.hold(session_id):
             await self.store.write_slot(session_id, key, content, only_active=True)
+            logged = SLOT_EVENTS.get(key)
+            if logged is not None:
+                event = await self.store.log_event(session_id, logged, {key: content})
+        if logged is not None:
+            self._logged(session_id)(event)
 
     async def effective_prompt(self, session_id: str, key: str) -> tuple[str, str]:
         """The consolidation (`key` "consolidate_prompt") or integration ("integrate_prompt")

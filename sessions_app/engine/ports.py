@@ -22,6 +22,7 @@ from .types import (
     EventPage,
     Insight,
     LLMResponse,
+    LogEvent,
     Logged,
     MemoryJob,
     Message,
@@ -120,6 +121,12 @@ class SpaceStore(Protocol):
         """ONE transaction for a turn that ends without completing: the turn row with its
         status and `error`, its log entries, event_seq; with `discard`, the turn's records
         are removed (record_count follows)."""
+        ...
+
+    async def log_event(self, session_id: str, type_: str,
+                        payload: Mapping[str, Any]) -> LogEvent:
+        """Log one entry with the session's next seq, in one transaction. Only under the
+        session's lock (a running turn numbers its own events)."""
         ...
 
     async def get_turn(self, session_id: str, turn_id: str) -> TurnInfo:

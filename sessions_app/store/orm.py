@@ -312,6 +312,11 @@ class DjangoSpaceStore(OrmConversations, OrmApprovals):
                 event_seq=Greatest(F("event_seq"), turn.event_seq))
 
     @unit_of_work
+    def log_event(self, session_id: str, type_: str, payload: Mapping[str, Any]) -> LogEvent:
+        with transaction.atomic():
+            return _log_entry(self._session(session_id), type_, dict(payload), timezone.now())
+
+    @unit_of_work
     def get_turn(self, session_id: str, turn_id: str) -> TurnInfo:
         pk, turn_pk = self._session_pk(session_id), parse_uuid(turn_id)
         turn = Turn.objects.filter(session_id=pk, id=turn_pk).first() if turn_pk else None

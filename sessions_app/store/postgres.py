@@ -290,6 +290,15 @@ _LOG_ENTRY = """INSERT INTO session_events AS e (session_id, seq, last_seq, type
   FROM logged WHERE %(log)s
   RETURNING e.seq"""
 
+# An entry of its own for a change made under the session's lock (memory, insight).
+SQL_LOG_EVENT = f"""
+WITH logged AS (
+  UPDATE sessions AS s SET event_seq = s.event_seq + 1 WHERE {_THIS_SESSION}
+  RETURNING s.id, s.event_seq
+)
+{_LOG_ENTRY.format(session="logged.id", type="%(type)s")}
+"""
+
 # A fork is ONE statement (atomic in autocommit). Two concurrent forks under one parent may
 # compute the same next index: the second then fails on the unique sibling index (after the
 # first commits) and is retried, so indexes stay distinct without holding a lock.
@@ -731,6 +740,15 @@ class PgSpaceStore(PgConversations, PgApprovals):
         if logged is not None and seq is not None:
             logged(LogEvent(seq, event, {}))
         return _meta(row)
+
+    async def log_event(self, session_id: str, type_: str,
+                        payload: Mapping[str, Any]) -> LogEvent:
+        row = await self._one(SQL_LOG_EVENT, self._params(
+            session_id, type=type_, payload=Jsonb(storable(dict(payload))), now=timezone.now(),
+            log=True))
+        if row is None:
+            raise SessionNotFound()
+        return LogEvent(row[0], type_, payload)
 
     async def read_slot(self, session_id: str, key: str) -> str | None:
         row = await self._read(SQL_READ_SLOT, self._params(session_id, key=key))

@@ -344,3 +344,49 @@ async def test_forks_and_archives_are_logged_for_followers(space_id, root_id, al
         await nothing_more(ws)
         await ws.disconnect()
     await finish_ws_work()
+
+
+@bounded(40)
+async def test_memory_and_insight_changes_are_logged_for_followers(space_id, root_id, alice_key,
+                                                                   settings) -> None:
+    settings.STELLO = {**settings.STELLO, "MEMORY_LLM": None, "CONSOLIDATE_EVERY_N_TURNS": 0,
+                       "CONSOLIDATE_ON_ARCHIVE": False,
+                       "LLM": {**settings.STELLO["LLM"], "provider": "offline",
+                               "script_path": None}}
+    client, headers = AsyncClient(), {"X-API-Key": alice_key}
+    base = f"/spaces/{space_id}/sessions"
+    child = (await client.post(f"{base}/{root_id}/fork", {"label": "Kid"}, headers=headers,
+                               content_type="application/json")).json()["id"]
+    assert (await client.post(f"{base}/{child}/turn", {"input": "remember the tea"},
+                              headers=headers, content_type="application/json")).status_code == 200
+    kid, main = await open_ws(space_id, alice_key), await open_ws(space_id, alice_key)
+    await resume(kid, child, 2)  # after its turn's started and completed
+    await resume(main, root_id, 1)  # after the fork
+
+    # An operator's correction (PUT), then consolidation and integration (their model answers).
+    put = await client.put(f"{base}/{child}/memory", {"content": "likes tea"}, headers=headers,
+                           content_type="application/json")
+    assert put.status_code == 200
+    logged = await recv(kid)
+    assert logged == {"type": "memory.updated", "seq": 3, "memory": "likes tea"}
+    consolidated = await client.post(f"{base}/{child}/consolidate", headers=headers)
+    assert consolidated.status_code == 200
+    logged = await recv(kid)
+    assert (logged["type"], logged["seq"]) == ("memory.updated", 4)
+    assert logged["memory"] == consolidated.json()["memory"]
+    integrated = await client.post(f"/spaces/{space_id}/integrate", headers=headers)
+    assert integrated.status_code == 200, integrated.json()
+    synthesis = await recv(main)
+    assert (synthesis["type"], synthesis["seq"]) == ("memory.updated", 2)
+    assert synthesis["memory"] == integrated.json()["synthesis"]
+    insight = await recv(kid)
+    assert (insight["type"], insight["seq"]) == ("insight.updated", 5)
+    assert insight["insight"] == integrated.json()["insights"][0]["content"]
+    corrected = await client.put(f"{base}/{child}/insight", {"content": "be brief"},
+                                 headers=headers, content_type="application/json")
+    assert corrected.status_code == 200
+    assert await recv(kid) == {"type": "insight.updated", "seq": 6, "insight": "be brief"}
+    assert await SessionEvent.objects.filter(session_id=child).acount() == 6
+    await kid.disconnect()
+    await main.disconnect()
+    await finish_ws_work()
