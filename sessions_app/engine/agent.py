@@ -60,6 +60,7 @@ class EventSink(Protocol):
 
 
 MEMORY_UPDATED, INSIGHT_UPDATED = "memory.updated", "insight.updated"
+ARCHIVED_WHILE_WAITING = "the session was archived while the turn waited for approvals"
 # Slot writes that are logged (PUT .../memory, PUT .../insight, the admin).
 SLOT_EVENTS = {"memory": MEMORY_UPDATED, "insight": INSIGHT_UPDATED}
 
@@ -201,8 +202,11 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=False):
-                ctx, history = await self._active_context(session_id)
+                ctx, history = await self._histories.load(self.store, session_id)
                 if turn_id not in ctx.waiting_turns:
+                    return None
+                if ctx.session.status == "archived":  # read-only now: the turn cannot go on
+                    await self._end_waiting(ctx, turn_id, "turn.failed", ARCHIVED_WHILE_WAITING)
                     return None
                 approvals = await self.store.list_approvals(session_id, turn_id)
                 if any(a.decision is None and a.deadline > approval_now() for a in approvals):
@@ -233,15 +237,23 @@ class SpaceAgent:
                 waiting = [t for t in ctx.waiting_turns if turn_id in (None, t)]
                 if not waiting:
                     return None
-                done = LogEvent(ctx.event_seq + 1, "turn.cancelled", {"turnId": waiting[0]})
-                await self.store.finish_turn(
-                    session_id, TurnWrite(waiting[0], "", "cancelled", None, (done,), done.seq),
-                    error=None, discard=True)
-                self._histories.forget(session_id)
+                await self._end_waiting(ctx, waiting[0], "turn.cancelled")
         except SessionBusy:
             return None
-        self._logged(session_id)(done)
         return waiting[0]
+
+    async def _end_waiting(self, ctx: TurnContext, turn_id: str, type_: str,
+                           error: str | None = None) -> None:
+        """End a waiting turn that no process holds (we hold the lock): nothing of it stays in
+        the history, its row and log say why."""
+        status = "cancelled" if type_ == "turn.cancelled" else "failed"
+        done = LogEvent(ctx.event_seq + 1, type_, {"turnId": turn_id} | (
+            {"error": error} if error else {}))
+        await self.store.finish_turn(
+            ctx.session.id, TurnWrite(turn_id, "", status, None, (done,), done.seq),  # type: ignore[arg-type]
+            error=error, discard=True)
+        self._histories.forget(ctx.session.id)
+        self._logged(ctx.session.id)(done)
 
     def _usage_scope(self, session_id: str | None) -> UsageScope:
         return UsageScope(session_id=session_id, price=self.price)

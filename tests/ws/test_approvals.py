@@ -352,3 +352,25 @@ async def test_a_call_id_used_again_in_a_later_round_is_asked_again(
     assert done.json()["turn"]["toolCallsExecuted"] == 2
     assert await Session.objects.filter(label__in=["First", "Second"]).acount() == 2
     await follower.disconnect()
+
+
+@bounded(40)
+async def test_a_waiting_turn_of_a_session_archived_meanwhile_fails_cleanly(
+        space_id, root_id, alice_key, script) -> None:
+    script({"content": None, "toolCalls": [fork_call("c1", "Grandchild")]})
+    await gate(space_id, [FORK])
+    child = (await Rest(space_id, root_id, alice_key).post("fork", {"label": "Kid"})).json()["id"]
+    rest = Rest(space_id, child, alice_key)
+    turn_id = await stop_while_waiting(rest)
+    assert (await rest.post("archive", {})).status_code == 200
+    answer = await rest.post(f"turns/{turn_id}/approvals", {"callId": "c1", "approve": True})
+    assert answer.status_code == 200
+    for _ in range(100):
+        turn = await Turn.objects.aget(pk=turn_id)
+        if turn.status != "waiting":
+            break
+        await asyncio.sleep(0.05)
+    assert (turn.status, turn.error) == (
+        "failed", "the session was archived while the turn waited for approvals")
+    assert not await Record.objects.filter(session_id=child).aexists()
+    assert not await Session.objects.filter(label="Grandchild").aexists()
