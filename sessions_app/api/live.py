@@ -18,7 +18,7 @@ from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
 from spaces.renderers import FastJSONRenderer
-from spaces.schema import SEGMENT_PATTERN, error_responses
+from spaces.schema import JSON, SEGMENT_PATTERN, error_responses
 
 from .. import approvals, live
 from ..engine.approval import Answer
@@ -172,9 +172,9 @@ class LiveTurnsActions:
                     "unknown call answers 404 `TOOL_CALL_NOT_FOUND`; a call answered before "
                     "409 `APPROVAL_ANSWERED`; a turn that does not wait 409 "
                     "`TURN_NOT_WAITING`.", tags=["turns"],
-        request=AnswerSerializer,
+        request={JSON: AnswerSerializer},
         responses={200: OpenApiResponse(ApprovalSerializer, "The call, decided."),
-                   **error_responses(400, 403, 404, 409)},
+                   **error_responses(400, 403, 404, 409, 413)},
         parameters=[*SESSION_PARAMETERS, TURN_ID],
         methods=["POST"],
     )

@@ -210,7 +210,7 @@ def test_the_five_error_codes_and_fixed_messages() -> None:
 
 def test_every_type_but_enter_needs_a_session() -> None:
     assert p.NEEDS_SESSION == {"session.leave", "session.message", "session.stream",
-                               "session.fork", "turn.cancel"}  # resume enters, like enter
+                               "session.fork", "turn.cancel", "tool.approve"}  # resume enters
 
 
 def test_encode_is_compact_utf8_json() -> None:
