@@ -1,8 +1,8 @@
 """The web console in a real browser (headless Debian Chromium through Selenium) against a real
 server process without DEBUG, as deployed: sign in, spaces, the live star map, streamed chat,
-forks, prompts, stopping a reply, a reload mid-stream, usage, and the first-render time of a
-200-session star map (printed, not asserted). A loopback OpenAI-compatible LLM streams slowly
-where a test must act in the middle of a reply.
+forks, prompts, stopping a reply, a reload mid-stream, approving and denying tool calls, usage,
+and the first-render time of a 200-session star map (printed, not asserted). A loopback
+OpenAI-compatible LLM streams slowly where a test must act in the middle of a reply.
 
 Screenshots go to the test's tmp dir; with STELLO_CONSOLE_SCREENSHOTS=1 they are also written to
 docs/img/ for the README."""

@@ -15,9 +15,9 @@ const EVENT_TYPES = new Set(["turn.started", "stream.delta", "tool.call", "tool.
   "session.forked", "session.archived", "session.unarchived", "gap"]);
 const TERMINAL = new Set(["turn.completed", "turn.cancelled", "turn.failed"]);
 const PAGE_SIZE = 10;
-// No server event announces a fork made elsewhere (the watch frame reports turns only), so the
-// tree is polled while a space is open; unchanged trees are not redrawn. So are the approvals
-// waiting for an answer (see refreshPending).
+// Only the open session's log tells of forks (its own, session.forked): the tree is polled
+// while a space is open, for the others; unchanged trees are not redrawn. So are the
+// approvals waiting for an answer (see refreshPending).
 const TREE_POLL_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
@@ -526,7 +526,7 @@ let approvalCount = 0;  // numbers the cards' element ids
 const approvalKey = (turnId, callId) => `${turnId} ${callId}`;
 const OUTCOMES = {
   approved: () => "Approved: the call runs.",
-  denied: (reason) => `Denied${reason ? ` (${reason})` : ""}: the call is not run, the LLM is told.`,
+  denied: (reason) => `Denied${reason ? ` (${reason})` : ""}: not run, the LLM is told.`,
   ended: () => "Not answered: the turn stopped waiting.",
 };
 
@@ -571,9 +571,9 @@ function showApproval(turnId, approval) {
   }
   // An answer heard before the card was made (see showWaiting) stands.
   const decided = entry && entry.status !== "pending" ? entry : approval;
+  const path = `/spaces/${state.space.id}/sessions/${state.sessionId}/turns/${turnId}/approvals`;
   entry = { turnId, callId: approval.callId, name: approval.name, arguments: approval.arguments,
-            status: decided.status, reason: decided.reason, item: null,
-            path: `/spaces/${state.space.id}/sessions/${state.sessionId}/turns/${turnId}/approvals` };
+            status: decided.status, reason: decided.reason, item: null, path };
   entry.item = approvalItem(entry);
   state.approvals.set(key, entry);
   $("chat").append(entry.item);
