@@ -1,8 +1,8 @@
 """The web console in a real browser (headless Debian Chromium through Selenium) against a real
 server process without DEBUG, as deployed: sign in, spaces, the live star map, streamed chat,
-forks, prompts, stopping a reply, a reload mid-stream, usage, and the first-render time of a
-200-session star map (printed, not asserted). A loopback OpenAI-compatible LLM streams slowly
-where a test must act in the middle of a reply.
+forks, prompts, stopping a reply, a reload mid-stream, approving and denying tool calls, usage,
+and the first-render time of a 200-session star map (printed, not asserted). A loopback
+OpenAI-compatible LLM streams slowly where a test must act in the middle of a reply.
 
 Screenshots go to the test's tmp dir; with STELLO_CONSOLE_SCREENSHOTS=1 they are also written to
 docs/img/ for the README."""
@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -383,6 +384,155 @@ def test_tool_calls_are_shown_and_the_llms_own_fork_appears(scripted_server: Ser
     assert "tool result (call_1)" in css(browser, "#chat li.tool").text.lower()
     wait(browser, lambda d: any(label.startswith("Hotels,") for label in star_labels(d)))
     assert star_count(browser) == 2
+
+
+FORK = "stello_create_session"
+
+
+def fork_call(call_id: str, label: str) -> dict[str, Any]:
+    return {"id": call_id, "name": FORK, "input": {"label": label}}
+
+
+@pytest.fixture(scope="module")
+def approval_server(django_db_setup, tmp_path_factory) -> Iterator[Server]:
+    """A server whose offline LLM calls the built-in fork tool in three turns (the calls wait
+    for a human's approval where the space says so), each answered after its tool results."""
+    logs = tmp_path_factory.mktemp("console-approvals")
+    script = logs / "script.json"
+    script.write_text(json.dumps([
+        {"content": "Opening a session for that.",
+         "toolCalls": [fork_call("call_deny", "<img src=x onerror=window.pwned=1> Flights")]},
+        {"content": "Fine, no new session."},
+        {"content": "Opening a session for that.", "toolCalls": [fork_call("call_ok", "Hotels")]},
+        {"content": "I opened a Hotels session."},
+        {"content": "Opening three sessions.", "toolCalls": [
+            fork_call("call_reload", "Museums"), fork_call("call_curl", "Galleries"),
+            fork_call("call_late", "Parks")]},
+        {"content": "Done with museums."},
+    ]))
+    env = server_env(STELLO_CONSOLIDATE_EVERY_N_TURNS="0", STELLO_CONSOLIDATE_ON_ARCHIVE="0",
+                     STELLO_LLM_SCRIPT=str(script))
+    with server_processes([env], logs) as (one,):
+        yield one
+
+
+def approval_card(driver, call_id: str):
+    """The chat's card for `call_id`, once its Approve and Deny buttons are there."""
+    wait(driver, lambda d: csss(d, f'#chat li.approval[data-call-id="{call_id}"] button.deny'))
+    return css(driver, f'#chat li.approval[data-call-id="{call_id}"]')
+
+
+def card_outcome(driver, call_id: str) -> str:
+    return driver.execute_script(
+        "return document.querySelector(`#chat li.approval[data-call-id=\"${arguments[0]}\"]"
+        " .outcome`)?.textContent ?? ''", call_id)
+
+
+def test_tool_calls_wait_for_approve_or_deny_in_the_chat_even_after_a_reload(
+        approval_server: Server, browser, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server = approval_server
+    tenant = committed_tenant("console-ivan", "approvals")
+    key, space_id, root_id = tenant["key"], tenant["space_id"], tenant["root_id"]
+    assert http_json("PATCH", server.http(f"/spaces/{space_id}"), key,
+                     {"config": {"approveTools": [FORK]}})[0] == 200
+    base = f"/spaces/{space_id}/sessions/{root_id}"
+    sign_in(browser, server, key)
+    open_space(browser, "approvals")
+    open_star(browser, root_id)
+
+    # Deny, with a reason, by keyboard. The arguments are the LLM's: shown as text, never run.
+    css(browser, "#chat-input").send_keys("book a flight", Keys.ENTER)
+    card = approval_card(browser, "call_deny")
+    assert f"{FORK} wants to run" in card.text
+    assert '"label": "<img src=x onerror=window.pwned=1> Flights"' in card.find_element(
+        By.CSS_SELECTOR, "pre.arguments").text
+    assert not card.find_elements(By.TAG_NAME, "img")
+    assert browser.execute_script("return window.pwned") is None
+    [turn] = http_json("GET", server.http(f"{base}/turns"), key)[1]
+    assert turn["status"] == "waiting"
+    assert css(browser, "#stop").is_displayed()  # a waiting turn can be stopped like any
+    screenshot(browser, tmp_path, "console-approval.png")
+    reason = card.find_element(By.CSS_SELECTOR, "input")
+    assert reason.get_attribute("id") in browser.execute_script(
+        "return [...document.querySelectorAll('#chat li.approval label')].map(l => l.htmlFor)")
+    reason.send_keys("not today", Keys.TAB)
+    assert browser.switch_to.active_element.text == "Approve"
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Deny"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait(browser, lambda d: "Denied (not today)" in card_outcome(d, "call_deny"))
+    assert not csss(browser, '#chat li.approval[data-call-id="call_deny"] button')
+    assert active_id(browser) == "chat-input"  # the focus is not lost with the buttons
+    # The reply goes on; the card stays in the history, after the call it answered.
+    wait(browser, lambda d: "Fine, no new session." in css(d, "#chat").text
+         and not csss(d, "#chat [aria-busy=true]"))
+    assert "Denied (not today)" in card_outcome(browser, "call_deny")
+    assert browser.execute_script(
+        "const card = document.querySelector('#chat li.approval');"
+        "return card.previousElementSibling.querySelector('details')?.dataset.callId") == (
+        "call_deny")
+    [denied] = http_json("GET", server.http(
+        f"{base}/turns/{turn['turnId']}/approvals"), key)[1]
+    assert (denied["status"], denied["reason"]) == ("denied", "not today")
+    tool_results = [m["content"] for m in http_json(
+        "GET", server.http(f"{base}/messages"), key)[1] if m["role"] == "tool"]
+    assert tool_results == ["Not run: the user denied this tool call (not today)."]
+    assert http_json("GET", server.http(f"/spaces/{space_id}/sessions"), key)[1][
+        "children"] == []
+    assert star_count(browser) == 1
+
+    # Approve, with the mouse: the child appears in the star map.
+    css(browser, "#chat-input").send_keys("find hotels", Keys.ENTER)
+    approval_card(browser, "call_ok").find_element(By.CSS_SELECTOR, "button.approve").click()
+    wait(browser, lambda d: card_outcome(d, "call_ok").startswith("Approved"))
+    wait(browser, lambda d: "I opened a Hotels session." in css(d, "#chat").text)
+    wait(browser, lambda d: any(label.startswith("Hotels,") for label in star_labels(d)))
+    assert star_count(browser) == 2
+
+    # A reload while a turn waits: its cards come back, once each.
+    css(browser, "#chat-input").send_keys("museums, galleries, parks", Keys.ENTER)
+    for call_id in ("call_reload", "call_curl", "call_late"):
+        approval_card(browser, call_id)
+    browser.refresh()
+    wait(browser, lambda d: d.execute_script(
+        "return window.stelloConsole?.state.socket?.entered") == root_id)
+    museums = approval_card(browser, "call_reload")
+    for call_id in ("call_curl", "call_late"):
+        approval_card(browser, call_id)
+    assert len(csss(browser, "#chat li.approval")) == 3  # those of the finished turns went
+    assert css(browser, "#chat").text.count("museums, galleries, parks") == 1
+    assert "Museums" in museums.text
+    assert css(browser, "#stop").is_displayed()
+
+    # An answer given elsewhere shows on its card (the page asks while a card waits: the log
+    # tells only once the whole round is answered).
+    [waiting] = [t for t in http_json("GET", server.http(f"{base}/turns"), key)[1]
+                 if t["status"] == "waiting"]
+    approvals = server.http(f"{base}/turns/{waiting['turnId']}/approvals")
+    status, body = http_json("POST", approvals, key,
+                             {"callId": "call_curl", "approve": False, "reason": "asked elsewhere"})
+    assert status == 200, body
+    wait(browser, lambda d: "Denied (asked elsewhere)" in card_outcome(d, "call_curl"))
+    assert not csss(browser, '#chat li.approval[data-call-id="call_curl"] button')
+    # Two answers that cross: this page's is refused politely, the card shows the one that won.
+    browser.execute_script("clearInterval(window.stelloConsole.state.poll)")
+    assert http_json("POST", approvals, key, {"callId": "call_late", "approve": True})[0] == 200
+    approval_card(browser, "call_late").find_element(By.CSS_SELECTOR, "button.deny").click()
+    wait(browser, lambda d: card_outcome(d, "call_late").startswith("Approved"))
+    assert css(browser, "#status").text == "That tool call was answered already."
+    museums.find_element(By.CSS_SELECTOR, "button.approve").click()
+    wait(browser, lambda d: "Done with museums." in css(d, "#chat").text
+         and not csss(d, "#chat [aria-busy=true]"))
+    # The map shows the new children without its polling (stopped above): session.forked.
+    wait(browser, lambda d: {label.split(",")[0] for label in star_labels(d)} == {
+        "approvals", "Hotels", "Museums", "Parks"})
+    assert not css(browser, "#stop").is_displayed()
+    assert sorted(c["label"] for c in http_json(
+        "GET", server.http(f"/spaces/{space_id}/sessions"), key)[1]["children"]) == [
+        "Hotels", "Museums", "Parks"]
 
 
 def test_staff_continue_from_the_admin_login_with_a_key_of_their_own(

@@ -8,13 +8,16 @@ const KEY_STORE = "stello.console.key";
 const OPEN_STORE = "stello.console.open";
 // Per session: where to resume its event log from after a reload (see resumePoint).
 const seqStore = (sessionId) => `stello.console.seq.${sessionId}`;
-// The session log's event frames (docs/live-turns.md); everything else answers a request.
-const EVENT_TYPES = new Set(["turn.started", "stream.delta", "tool.call", "tool.result",
-  "turn.completed", "turn.cancelled", "turn.failed", "gap"]);
+// The session log's event frames (docs/live-turns.md), all of them: one left out would be taken
+// for the answer to the pending request. Everything else answers a request.
+const EVENT_TYPES = new Set(["turn.started", "stream.delta", "tool.call", "tool.approval_required",
+  "tool.approval_decided", "tool.result", "turn.completed", "turn.cancelled", "turn.failed",
+  "session.forked", "session.archived", "session.unarchived", "gap"]);
 const TERMINAL = new Set(["turn.completed", "turn.cancelled", "turn.failed"]);
 const PAGE_SIZE = 10;
-// No server event announces a fork made elsewhere (the watch frame reports turns only), so the
-// tree is polled while a space is open; unchanged trees are not redrawn.
+// Only the open session's log tells of forks (its own, session.forked): the tree is polled
+// while a space is open, for the others; unchanged trees are not redrawn. So are the
+// approvals waiting for an answer (see refreshPending).
 const TREE_POLL_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
@@ -23,8 +26,11 @@ const state = {
   spaces: [], page: 0, space: null, tree: null, treeText: "", mainId: null,
   sessionId: null, meta: null, socket: null, poll: null, streaming: false,
   // Turns of the open session running now: turnId -> {user, reply, text, from} (their chat
-  // items, and the seq just before their turn.started).
+  // items, null when not shown, and the seq just before their turn.started).
   live: new Map(), lastSeq: 0,
+  // Tool calls of the open session that asked for a human's approval, seen on this page:
+  // "turnId callId" -> {callId, name, arguments, status, reason, item (its chat card)}.
+  approvals: new Map(),
   inflight: 0,  // REST calls not answered yet (the browser tests wait for 0 before leaving)
 };
 // Read by the browser tests (first-render time of the star map).
@@ -182,7 +188,7 @@ function onEvent(frame) {
     showLive();
     const context = frame.bootstrap && frame.bootstrap.context;
     if (context) $("slot-core").textContent = context.core || "(none)";
-    loadMessages().catch(report);
+    loadMessages().then(findWaiting).catch(report);
   } else if (frame.type === "turn.started") {
     const user = messageItem({ role: "user", content: frame.input });
     const reply = messageItem({ role: "assistant", content: "" });
@@ -193,18 +199,37 @@ function onEvent(frame) {
   } else if (frame.type === "stream.delta") {
     let turn = state.live.get(frame.turnId);
     if (!turn) {  // resumed mid-turn from an older position: the start is not ours to show
-      const reply = messageItem({ role: "assistant", content: "" });
-      reply.setAttribute("aria-busy", "true");
-      chat.append(reply);
-      turn = { user: null, reply, text: reply.querySelector(".content"), from: frame.seq - 1 };
+      turn = { user: null, reply: null, text: null, from: frame.seq - 1 };
       state.live.set(frame.turnId, turn);
     }
+    if (!turn.reply) {  // ... nor that of a turn found waiting for approval (see findWaiting)
+      turn.reply = messageItem({ role: "assistant", content: "" });
+      turn.reply.setAttribute("aria-busy", "true");
+      turn.text = turn.reply.querySelector(".content");
+      chat.append(turn.reply);
+    }
     turn.text.textContent += frame.chunk;
+  } else if (frame.type === "tool.approval_required") {
+    showApproval(frame.turnId, { callId: frame.callId, name: frame.name,
+                                 arguments: frame.arguments, status: "pending", reason: null });
+  } else if (frame.type === "tool.approval_decided") {
+    settleApproval(frame.turnId, frame.callId, frame.approved ? "approved" : "denied",
+                   frame.reason);
+  } else if (frame.type === "session.forked") {
+    refreshTree();
+  } else if (frame.type === "session.archived" || frame.type === "session.unarchived") {
+    refreshMeta().catch(report);
+    refreshTree();
   } else if (TERMINAL.has(frame.type)) {
     const turn = state.live.get(frame.turnId);
     state.live.delete(frame.turnId);
+    for (const entry of state.approvals.values()) {  // a waiting turn cancelled, or failed
+      if (entry.turnId === frame.turnId && entry.status === "pending") {
+        settleApproval(entry.turnId, entry.callId, "ended", null);
+      }
+    }
     if (frame.type === "turn.cancelled") markCancelled(turn);
-    else if (turn) turn.reply.removeAttribute("aria-busy");
+    else if (turn && turn.reply) turn.reply.removeAttribute("aria-busy");
     if (frame.type === "turn.failed") say(`The turn failed: ${frame.error}`, true);
     if (frame.type === "turn.completed" && !state.streaming) say("Reply complete.");
     // The stored history shows the tool calls and results the stream does not carry; a
@@ -229,7 +254,7 @@ function markCancelled(turn) {
     item.classList.add("cancelled");
     item.removeAttribute("aria-busy");
   }
-  turn.reply.querySelector(".role").textContent = "assistant (cancelled, not kept)";
+  if (turn.reply) turn.reply.querySelector(".role").textContent = "assistant (cancelled, not kept)";
   if (turn.user) turn.user.querySelector(".role").textContent = "user (cancelled, not kept)";
 }
 
@@ -331,6 +356,7 @@ function closeSpace() {
   clearInterval(state.poll);
   if (state.socket) state.socket.close();
   state.live.clear();
+  state.approvals.clear();
   Object.assign(state, { space: null, tree: null, treeText: "", sessionId: null, socket: null });
   $("space-detail").hidden = true;
   $("session-body").hidden = true;
@@ -359,7 +385,9 @@ async function openSpace(id) {
       };
     });
     renderSpaces();
-    state.poll = setInterval(() => { if (!document.hidden) refreshTree(); }, TREE_POLL_MS);
+    state.poll = setInterval(() => {
+      if (!document.hidden) { refreshTree(); refreshPending(); }
+    }, TREE_POLL_MS);
     say(`Opened ${space.label}.`);
   } catch (error) { report(error); }
 }
@@ -402,17 +430,23 @@ async function refreshTree() {
 async function openSession(id) {
   state.sessionId = id;
   state.live.clear();
+  state.approvals.clear();
   sessionStorage.setItem(OPEN_STORE, JSON.stringify({ spaceId: state.space.id, sessionId: id }));
   renderTree(state.tree, state.treeText);  // move the selection ring
   $("session-body").hidden = false;
   const base = `/spaces/${state.space.id}/sessions/${id}`;
   try {
-    const meta = await api("GET", base);
+    const [meta, waiting] = await Promise.all([api("GET", base), waitingTurn(base)]);
     state.meta = meta;
     showMeta(meta);
+    // A waiting turn's rounds so far are stored: the history shows them, so the events follow
+    // from the newest (a replay from before its turn.started would show them twice) and its
+    // cards come from REST.
+    if (waiting) sessionStorage.removeItem(seqStore(id));
     // The history first, then the live events on top of it.
     await loadMessages();
     await Promise.all([loadSlots(base), loadUsage(), enteredSocket()]);
+    if (waiting) await showWaiting(waiting);
     $("chat-input").focus();
   } catch (error) { report(error); }
 }
@@ -446,9 +480,20 @@ async function loadMessages() {
   const messages = await api("GET", `/spaces/${state.space.id}/sessions/${id}/messages`);
   if (id !== state.sessionId) return;
   // Turns still running are not in the stored history yet: their items stay, at the end.
-  const running = [...state.live.values()].flatMap((turn) => [turn.user, turn.reply])
-    .filter(Boolean);
-  $("chat").replaceChildren(...messages.map(messageItem), ...running);
+  const items = messages.map(messageItem);
+  items.push(...[...state.live.values()].flatMap((turn) => [turn.user, turn.reply])
+    .filter(Boolean));
+  // Approval cards stay, each after the message that made its call (the last one, should an
+  // LLM use a call id again), else at the end.
+  for (const entry of state.approvals.values()) {
+    if (!entry.item) continue;
+    let at = items.findLastIndex((item) => item.querySelector(
+      `details[data-call-id="${CSS.escape(entry.callId)}"]`));
+    if (at < 0) { items.push(entry.item); continue; }
+    while (items[at + 1] && items[at + 1].classList.contains("approval")) at += 1;
+    items.splice(at + 1, 0, entry.item);
+  }
+  $("chat").replaceChildren(...items);
   $("chat").scrollTop = $("chat").scrollHeight;
 }
 
@@ -465,6 +510,7 @@ function messageItem(message) {
   li.appendChild(body);
   for (const call of message.toolCalls || []) {
     const details = document.createElement("details");
+    details.dataset.callId = call.id;
     const summary = document.createElement("summary");
     summary.textContent = `tool call: ${call.name}`;
     const pre = document.createElement("pre");
@@ -473,6 +519,196 @@ function messageItem(message) {
     li.appendChild(details);
   }
   return li;
+}
+
+// --- Tool calls waiting for a human's approval (docs/agent-control.md) ----------------------
+let approvalCount = 0;  // numbers the cards' element ids
+const approvalKey = (turnId, callId) => `${turnId} ${callId}`;
+const OUTCOMES = {
+  approved: () => "Approved: the call runs.",
+  denied: (reason) => `Denied${reason ? ` (${reason})` : ""}: not run, the LLM is told.`,
+  ended: () => "Not answered: the turn stopped waiting.",
+};
+
+// The turn of the session that waits for approvals, if one does.
+async function waitingTurn(base) {
+  const turns = await api("GET", `${base}/turns`);
+  const waiting = turns.find((turn) => turn.status === "waiting");
+  return waiting ? waiting.turnId : null;
+}
+
+// A waiting turn found on entering (or after a gap): its cards, and it counts as running, so
+// Stop can cancel it. Answers given after this list was read come as tool.approval_decided.
+async function showWaiting(turnId) {
+  const id = state.sessionId;
+  const list = await api("GET",
+    `/spaces/${state.space.id}/sessions/${id}/turns/${turnId}/approvals`);
+  if (id !== state.sessionId) return;
+  for (const approval of list) showApproval(turnId, approval);
+  if (list.some((approval) => approval.status === "pending") && !state.live.has(turnId)) {
+    state.live.set(turnId, { user: null, reply: null, text: null, from: state.lastSeq });
+    rememberSeq(id);
+    showLive();
+  }
+}
+
+async function findWaiting() {
+  const base = `/spaces/${state.space.id}/sessions/${state.sessionId}`;
+  const waiting = await waitingTurn(base);
+  if (waiting) await showWaiting(waiting);
+}
+
+// A card in the chat: "<tool> wants to run", its arguments, and Approve / Deny (with an
+// optional reason) while it waits. The name and arguments come from the LLM: text only.
+function showApproval(turnId, approval) {
+  const key = approvalKey(turnId, approval.callId);
+  let entry = state.approvals.get(key);
+  if (entry && entry.item) {  // the event and the REST list may both bring it
+    if (approval.status !== "pending") {
+      settleApproval(turnId, approval.callId, approval.status, approval.reason);
+    }
+    return;
+  }
+  // An answer heard before the card was made (see showWaiting) stands.
+  const decided = entry && entry.status !== "pending" ? entry : approval;
+  const path = `/spaces/${state.space.id}/sessions/${state.sessionId}/turns/${turnId}/approvals`;
+  entry = { turnId, callId: approval.callId, name: approval.name, arguments: approval.arguments,
+            status: decided.status, reason: decided.reason, item: null, path };
+  entry.item = approvalItem(entry);
+  state.approvals.set(key, entry);
+  $("chat").append(entry.item);
+  $("chat").scrollTop = $("chat").scrollHeight;
+  if (entry.status === "pending") {
+    say(`${entry.name} wants to run: approve or deny it in the chat.`);
+  } else {
+    showOutcome(entry);
+  }
+}
+
+function approvalItem(entry) {
+  const n = (approvalCount += 1);
+  const li = document.createElement("li");
+  li.className = "approval";
+  li.dataset.callId = entry.callId;
+  li.setAttribute("aria-labelledby", `approval-${n}-title`);
+  const role = document.createElement("span");
+  role.className = "role";
+  role.textContent = "tool approval";
+  const title = document.createElement("strong");
+  title.id = `approval-${n}-title`;
+  title.className = "title";
+  title.textContent = `${entry.name} wants to run`;
+  const args = document.createElement("pre");
+  args.className = "arguments";
+  args.textContent = JSON.stringify(entry.arguments, null, 2);
+  const outcome = document.createElement("p");
+  outcome.className = "outcome";
+  li.append(role, title, args, outcome);
+  if (entry.status === "pending") {
+    const actions = document.createElement("div");
+    actions.className = "approval-actions inline";
+    const label = document.createElement("label");
+    label.htmlFor = `approval-${n}-reason`;
+    label.textContent = "Reason (optional, the LLM is told it)";
+    const reason = document.createElement("input");
+    reason.id = `approval-${n}-reason`;
+    reason.maxLength = 2000;
+    const approve = document.createElement("button");
+    approve.type = "button";
+    approve.className = "approve";
+    approve.textContent = "Approve";
+    const deny = document.createElement("button");
+    deny.type = "button";
+    deny.className = "deny danger";
+    deny.textContent = "Deny";
+    for (const button of [approve, deny]) button.setAttribute("aria-describedby", title.id);
+    approve.addEventListener("click", () => answerApproval(entry, true));
+    deny.addEventListener("click", () => answerApproval(entry, false));
+    actions.append(label, reason, approve, deny);
+    li.append(actions);
+  }
+  return li;
+}
+
+async function answerApproval(entry, approve) {
+  const actions = entry.item.querySelector(".approval-actions");
+  if (!actions) return;
+  const buttons = actions.querySelectorAll("button");
+  const reason = actions.querySelector("input").value.trim();
+  // A disabled button loses the focus: it goes back where it was, or to the message field.
+  const focused = document.activeElement;
+  const refocus = (target) => {
+    if (actions.contains(focused) && document.activeElement === document.body) target.focus();
+  };
+  for (const button of buttons) button.disabled = true;
+  try {
+    const decided = await api("POST", entry.path,
+      { callId: entry.callId, approve, ...(reason ? { reason } : {}) });
+    settleApproval(entry.turnId, entry.callId, decided.status, decided.reason);
+    refocus($("chat-input"));
+    say(approve ? `Approved ${entry.name}.` : `Denied ${entry.name}.`);
+  } catch (error) {
+    if (error.code !== "APPROVAL_ANSWERED" && error.code !== "TURN_NOT_WAITING") {
+      for (const button of buttons) button.disabled = false;
+      refocus(focused);
+      return report(error);
+    }
+    refocus($("chat-input"));
+    // Someone else was first (another tab, curl), or the turn stopped waiting: show what
+    // became of the call.
+    say(error.code === "APPROVAL_ANSWERED" ? "That tool call was answered already."
+      : "That turn no longer waits for an answer.", true);
+    const list = await api("GET", entry.path).catch(() => []);
+    const found = list.find((approval) => approval.callId === entry.callId);
+    settleApproval(entry.turnId, entry.callId,
+                   found && found.status !== "pending" ? found.status : "ended",
+                   found ? found.reason : null);
+  }
+}
+
+// The log has an answer (tool.approval_decided) only once every call of the round is answered:
+// until then, one given elsewhere (another tab, curl) is seen by asking.
+async function refreshPending() {
+  const id = state.sessionId;
+  const pending = new Map();  // turnId -> the path of its approvals
+  for (const entry of state.approvals.values()) {
+    if (entry.item && entry.status === "pending") pending.set(entry.turnId, entry.path);
+  }
+  for (const [turnId, path] of pending) {
+    let list;
+    try { list = await api("GET", path); } catch { continue; }  // asked again next time
+    if (id !== state.sessionId) return;
+    for (const approval of list) {
+      if (approval.status !== "pending") {
+        settleApproval(turnId, approval.callId, approval.status, approval.reason);
+      }
+    }
+  }
+}
+
+// An answer (this page's, anyone's, or the deadline's): the card shows it, the buttons go.
+function settleApproval(turnId, callId, status, reason) {
+  const key = approvalKey(turnId, callId);
+  const entry = state.approvals.get(key);
+  if (!entry) {  // heard before its card exists: kept for showApproval
+    state.approvals.set(key, { turnId, callId, status, reason, item: null });
+    return;
+  }
+  if (entry.status !== "pending") return;
+  Object.assign(entry, { status, reason });
+  if (entry.item) showOutcome(entry);
+}
+
+function showOutcome(entry) {
+  const item = entry.item;
+  const actions = item.querySelector(".approval-actions");
+  if (actions) {
+    const hadFocus = actions.contains(document.activeElement);
+    actions.remove();
+    if (hadFocus) $("chat-input").focus();  // keep the keyboard in the chat
+  }
+  item.classList.add(entry.status);
+  item.querySelector(".outcome").textContent = OUTCOMES[entry.status](entry.reason);
 }
 
 async function loadSlots(base) {
