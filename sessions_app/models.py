@@ -80,6 +80,9 @@ class TopologyNode(models.Model):
     depth = models.PositiveIntegerField(default=0)
     index = models.PositiveIntegerField(default=0)
     label = models.TextField()
+    # At least the index of this node's next child: a fork counts it up in the same statement
+    # (its row lock orders concurrent forks under one parent), see store/postgres.py.
+    next_child_index = models.PositiveIntegerField(db_default=0)
 
     class Meta:
         db_table = "topology_nodes"

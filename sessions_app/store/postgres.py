@@ -299,13 +299,19 @@ WITH logged AS (
 {_LOG_ENTRY.format(session="logged.id", type="%(type)s")}
 """
 
-# A fork is ONE statement (atomic in autocommit). Two concurrent forks under one parent may
-# compute the same next index: the second then fails on the unique sibling index (after the
-# first commits) and is retried, so indexes stay distinct without holding a lock.
+# A fork is ONE statement (atomic in autocommit). It counts up the parent's next child index:
+# concurrent forks under one parent wait for that row, one statement each (not a transaction),
+# and a waiter reads the count as the one before it left it. The count is at least the
+# siblings' highest index + 1 (nodes made elsewhere: imports, the ORM store); that subquery
+# reads the statement's snapshot, which the count covers under concurrency.
 SQL_INSERT_CHILD = {
     placement: f"""
 WITH par AS (
-  SELECT n.session_id AS id, n.depth AS depth FROM topology_nodes n WHERE {where}
+  UPDATE topology_nodes AS n SET next_child_index = 1 + greatest(n.next_child_index,
+    (SELECT coalesce(max(c."index") + 1, 0) FROM topology_nodes c
+     WHERE c.parent_id = n.session_id))
+  WHERE {where}
+  RETURNING n.session_id AS id, n.depth AS depth, n.next_child_index - 1 AS idx
 ), new_session AS (
   INSERT INTO sessions AS s (id, space_id, label, role, status, scope, metadata,
                              turn_count, record_count, created_at, updated_at, last_active_at)
@@ -316,10 +322,7 @@ WITH par AS (
 ), new_node AS (
   INSERT INTO topology_nodes AS t (session_id, space_id, parent_id, source_session_id, depth,
                                    "index", label)
-  SELECT new_session.id, %(space)s, par.id, %(source)s, par.depth + 1,
-         (SELECT coalesce(max(n."index") + 1, 0) FROM topology_nodes n
-          WHERE n.parent_id = par.id),
-         %(label)s
+  SELECT new_session.id, %(space)s, par.id, %(source)s, par.depth + 1, par.idx, %(label)s
   FROM new_session CROSS JOIN par
   RETURNING t.parent_id, t.depth, t."index"
 ), new_slots AS (
@@ -564,7 +567,7 @@ def root_session_statements(space: Any) -> list[tuple[str, list[Any]]]:
     return statements
 
 
-_FORK_ATTEMPTS = 50  # concurrent forks under one parent, each retry wins one index
+_FORK_ATTEMPTS = 3  # the count orders forks; a sibling made by the ORM meanwhile costs a retry
 
 # -- the store --------------------------------------------------------------------------------
 

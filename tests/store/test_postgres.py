@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 import uuid
@@ -233,3 +234,17 @@ async def test_aspace_create_creates_what_space_create_creates(
     assert await store.main_session_id() == str(root.id)
     assert (await store.load_turn_context(str(root.id))).system_prompt == (system_prompt or None)
     assert uuid.UUID(str(space.id))
+
+
+@pytest.mark.parametrize("placement", ["flat", "tree"])
+async def test_concurrent_forks_under_one_parent_cost_one_statement_each(pg: Env,
+                                                                        placement) -> None:
+    """They wait for the parent's row in turn instead of colliding on the sibling index and
+    retrying (which multiplied the statements under load)."""
+    await _empty_unit_of_work()
+    pgpool.round_trips.reset()
+    metas = await asyncio.gather(*(
+        PgSpaceStore(pg.space_id).create_child(new_child(pg.root_id, placement))
+        for _ in range(16)))
+    assert sorted(m.index for m in metas) == list(range(16))
+    assert pgpool.round_trips.count == 16
