@@ -8,6 +8,10 @@ byte; otherwise the server answers 408 and closes the connection. Bodies have th
 deadline in the application (`stello_project.asgi`). `stello_project.serve` selects this class
 with `--http stello_project.httpserver:HttpToolsProtocol`. It hooks uvicorn's parser callbacks
 (`on_message_begin`, `on_headers_complete`); tests/test_limits_servers.py pins the behaviour.
+
+uvicorn also writes a response's head and its body with two `send` calls; here a write is held
+until the loop's current step ends, so a head and a body written in the same step (every
+non-streamed response) leave in one (`CoalescingTransport`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,32 @@ _MESSAGE = b"Request head not received in time"
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                    % (len(_MESSAGE), _MESSAGE))
+
+
+class CoalescingTransport:
+    """The connection's transport as one response sees it: writes made in one step of the
+    loop are joined and sent at its end (or before a close), in one system call."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        if self._held:
+            data, self._held = b"".join(self._held), []
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):  # is_closing, get_extra_info, ...
+        return getattr(self._transport, name)
 
 
 class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
@@ -44,6 +74,8 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_deadline()
         super().on_headers_complete()
+        if self.cycle is not None:  # its task has not run yet: nothing was written
+            self.cycle.transport = CoalescingTransport(self.transport, self.loop)
 
     def _arm_head_deadline(self) -> None:
         from django.conf import settings
