@@ -6,9 +6,6 @@ wait, the answer through B resumes the turn there."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,34 +13,13 @@ from asgiref.sync import sync_to_async
 
 from sessions_app.models import Record, Session, Turn
 from spaces.models import Space
-from tests.support.llm_servers import OpenAIServer
-from tests.support.servers import Server, http_json, restart, server_env, server_processes
+from tests.support.servers import Server, http_json, restart
 from tests.ws.test_multiprocess import open_ws, recv, send
 
 pytestmark = [pytest.mark.servers, pytest.mark.postgres, pytest.mark.redis,
               pytest.mark.django_db(transaction=True)]
 
 FORK = "stello_create_session"
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def servers(django_db_setup, tmp_path_factory, llm) -> Iterator[list[Server]]:
-    env = server_env(
-        REDIS_URL=os.environ["REDIS_URL"],
-        STELLO_REDIS_PREFIX=f"stello-test-{uuid.uuid4().hex[:12]}",
-        STELLO_CONSOLIDATE_EVERY_N_TURNS="0",
-        STELLO_LLM_PROVIDER="openai", STELLO_LLM_BASE_URL=llm.base_url,
-        STELLO_LLM_API_KEY="test", STELLO_LLM_MAX_RETRIES="0",
-        DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="8",
-    )
-    with server_processes([env, env], tmp_path_factory.mktemp("approvals")) as started:
-        yield started
 
 
 @pytest.fixture

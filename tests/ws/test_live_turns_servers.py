@@ -7,17 +7,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 
 from sessions_app.models import Record, Turn
-from tests.support.llm_servers import OpenAIServer
-from tests.support.servers import Server, http_json, restart, server_env, server_processes
+from tests.support.servers import Server, http_json, restart
 from tests.ws.test_multiprocess import open_ws, recv, send
 
 pytestmark = [pytest.mark.servers, pytest.mark.postgres, pytest.mark.redis,
@@ -25,27 +22,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.postgres, pytest.mark.redis,
 
 WORDS = " ".join(f"w{n}" for n in range(30))  # 30 chunks
 CHUNK_DELAY = 0.05
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def servers(django_db_setup, tmp_path_factory, llm) -> Iterator[list[Server]]:
-    env = server_env(
-        REDIS_URL=os.environ["REDIS_URL"],
-        STELLO_REDIS_PREFIX=f"stello-test-{uuid.uuid4().hex[:12]}",
-        STELLO_CONSOLIDATE_EVERY_N_TURNS="0",
-        STELLO_LLM_PROVIDER="openai", STELLO_LLM_BASE_URL=llm.base_url,
-        STELLO_LLM_API_KEY="test", STELLO_LLM_MAX_RETRIES="0",
-        STELLO_SSE_HEARTBEAT_SECONDS="0.2",
-        DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="8",
-    )
-    with server_processes([env, env], tmp_path_factory.mktemp("live")) as started:
-        yield started
 
 
 @sync_to_async
