@@ -283,8 +283,8 @@ class ToolApproval(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="approvals")
-    call_id = models.CharField(max_length=200)
-    name = models.CharField(max_length=200)
+    call_id = models.TextField()  # as the LLM gave it (any length: no CharField limit to hit)
+    name = models.TextField()
     arguments = models.JSONField(default=dict)
     decision = models.CharField(max_length=16, choices=Decision.choices, null=True, blank=True)
     reason = models.TextField(null=True, blank=True)

@@ -15,8 +15,8 @@ class Migration(migrations.Migration):
             name='ToolApproval',
             fields=[
                 ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('call_id', models.CharField(max_length=200)),
-                ('name', models.CharField(max_length=200)),
+                ('call_id', models.TextField()),
+                ('name', models.TextField()),
                 ('arguments', models.JSONField(default=dict)),
                 ('decision', models.CharField(blank=True, choices=[('approved', 'Approved'), ('denied', 'Denied')], max_length=16, null=True)),
                 ('reason', models.TextField(blank=True, null=True)),

@@ -374,3 +374,23 @@ async def test_a_waiting_turn_of_a_session_archived_meanwhile_fails_cleanly(
         "failed", "the session was archived while the turn waited for approvals")
     assert not await Record.objects.filter(session_id=child).aexists()
     assert not await Session.objects.filter(label="Grandchild").aexists()
+
+
+@bounded(40)
+async def test_a_long_call_id_from_the_llm_is_asked_and_answered(space_id, root_id, alice_key,
+                                                                 script) -> None:
+    long_id = "call_" + "x" * 600
+    script({"content": None, "toolCalls": [{"id": long_id, "name": FORK,
+                                            "input": {"label": "Long"}}]})
+    await gate(space_id, [FORK])
+    rest = Rest(space_id, root_id, alice_key)
+    turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
+    for _ in range(100):
+        if await ToolApproval.objects.filter(call_id=long_id).aexists():
+            break
+        await asyncio.sleep(0.05)
+    waiting = await Turn.objects.aget(status="waiting")
+    answer = await rest.post(f"turns/{waiting.pk}/approvals", {"callId": long_id, "approve": True})
+    assert answer.status_code == 200, answer.json()
+    assert (await asyncio.wait_for(turn, 10)).status_code == 200
+    assert await Session.objects.filter(label="Long").aexists()
