@@ -29,6 +29,7 @@ from .types import Approval, ToolCall
 ALL_TOOLS = "*"
 MAX_REASON_CHARS = 2000
 TIMED_OUT = "no answer before the approval deadline"
+NO_ANSWER = "no answer was recorded for it"
 POLL_SECONDS = 5.0  # a lost wake-up costs at most this much delay
 
 
@@ -80,10 +81,15 @@ class Answer:
         return cls(call_id, approve, reason or None)
 
 
-def denied_result(approval: Approval) -> ToolResult:
-    """The tool message of a denied call: not run, and why."""
-    reason = approval.reason or "no reason given"
-    return ToolResult(approval.call_id, approval.name, False,
+def stored_id(call_id: str) -> str:
+    """A call id as the store keeps it (NUL cannot be stored: it becomes U+FFFD)."""
+    return call_id.replace("\x00", "\ufffd")
+
+
+def denied_result(call: ToolCall, approval: Approval | None) -> ToolResult:
+    """The tool message of a call that was not approved: not run, and why."""
+    reason = NO_ANSWER if approval is None else approval.reason or "no reason given"
+    return ToolResult(call.id, call.name, False,
                       error=f"Not run: the user denied this tool call ({reason}).")
 
 

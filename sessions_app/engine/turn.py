@@ -17,19 +17,20 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import approval
-from .approval import ApprovalPolicy, denied_result
+from .approval import NO_ANSWER, ApprovalPolicy, denied_result, stored_id
 from .context import PromptBuilder
 from .errors import LLMError, ToolLoopLimit, TurnCancelled, TurnSuspended
 from .llm import clean_json
 from .ports import LLM, ApprovalWakeups, SpaceStore
 from .tools import ToolBox, ToolContext, ToolResult
 from .types import (
+    Approval,
     LLMResponse,
     LogEvent,
     Message,
@@ -302,7 +303,7 @@ class TurnLoop:
             tail, unsaved = list(self._resume.tail), []
             rounds, executed = self._resume.rounds, self._resume.executed
             self._round = rounds
-            results = await self._run_tools(tail[-1].tool_calls, waiting=True)
+            results = await self._run_tools(tail[-1].tool_calls, gated=None)
             executed, unsaved, rounds = self._ran(results, executed, rounds)
             tail.extend(unsaved)
         else:
@@ -385,29 +386,36 @@ class TurnLoop:
                                                     self._approvals.deadline())
                 for ask in asks:
                     self._tell(ask)
-            results = await self._run_tools(response.tool_calls, waiting=bool(gated))
+            results = await self._run_tools(response.tool_calls, gated=[c.id for c in gated])
             executed, unsaved, rounds = self._ran(results, executed, rounds)
             tail.extend([reply, *unsaved])
 
-    async def _run_tools(self, calls: Sequence[ToolCall], *, waiting: bool) -> list[ToolResult]:
-        """The round's calls; when the turn waits for approvals, once every one is decided
-        (denied calls are not run: their result says so)."""
-        denied: dict[str, Any] = {}
-        if waiting:
+    async def _run_tools(self, calls: Sequence[ToolCall], *,
+                         gated: Collection[str] | None = ()) -> list[ToolResult]:
+        """The round's calls. Those in `gated` (None: those with stored approvals, when a
+        stopped turn goes on) wait until every one is decided; a gated call runs only with an
+        approval recorded for it, the others are not run and their result says why."""
+        blocked: dict[str, Approval | None] = {}
+        if gated is None or gated:
             assert self._wakeups is not None
-            asked = {c.id for c in calls}  # rows of earlier rounds may be there too
-            decided = [a for a in await approval.decisions(
-                self._store, self._wakeups, self._session_id, self.turn_id) if a.call_id in asked]
+            stored = {a.call_id: a for a in await approval.decisions(
+                self._store, self._wakeups, self._session_id, self.turn_id)}
             if not await self._store.claim_waiting_turn(self._session_id, self.turn_id):
                 raise TurnSuspended()  # another process resumed it: it is theirs now
-            for answer in decided:
+            if gated is None:
+                gated = [c.id for c in calls if stored_id(c.id) in stored]
+            for call_id in gated:
+                answer = stored.get(stored_id(call_id))
+                approved = answer is not None and answer.decision == "approved"
                 self._event("tool.approval_decided", {
-                    "turnId": self.turn_id, "callId": answer.call_id,
-                    "approved": answer.decision == "approved", "reason": answer.reason})
-            denied = {a.call_id: a for a in decided if a.decision != "approved"}
-        ran = iter(await self._toolbox.run_all([c for c in calls if c.id not in denied],
+                    "turnId": self.turn_id, "callId": call_id, "approved": approved,
+                    "reason": answer.reason if answer is not None else NO_ANSWER})
+                if not approved:
+                    blocked[call_id] = answer
+        ran = iter(await self._toolbox.run_all([c for c in calls if c.id not in blocked],
                                                self._tool_context))
-        return [denied_result(denied[c.id]) if c.id in denied else next(ran) for c in calls]
+        return [denied_result(c, blocked[c.id]) if c.id in blocked else next(ran)
+                for c in calls]
 
     def _ran(self, results: list[ToolResult], executed: int,
              rounds: int) -> tuple[int, list[Message], int]:

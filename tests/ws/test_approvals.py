@@ -394,3 +394,27 @@ async def test_a_long_call_id_from_the_llm_is_asked_and_answered(space_id, root_
     assert answer.status_code == 200, answer.json()
     assert (await asyncio.wait_for(turn, 10)).status_code == 200
     assert await Session.objects.filter(label="Long").aexists()
+
+
+@bounded(40)
+async def test_a_call_id_with_nul_is_matched_as_stored_and_never_runs_unanswered(
+        space_id, root_id, alice_key, script) -> None:
+    script({"content": None, "toolCalls": [{"id": "c\u00001", "name": FORK,
+                                            "input": {"label": "Nul"}}]})
+    await gate(space_id, [FORK])
+    rest = Rest(space_id, root_id, alice_key)
+    turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
+    for _ in range(100):
+        if await ToolApproval.objects.aexists():
+            break
+        await asyncio.sleep(0.05)
+    waiting = await Turn.objects.aget(status="waiting")
+    [pending] = await pending_of(rest, str(waiting.pk))
+    assert pending["callId"] == "c\ufffd1"  # NUL cannot be stored
+    answer = await rest.post(f"turns/{waiting.pk}/approvals",
+                             {"callId": "c\ufffd1", "approve": False, "reason": "no"})
+    assert answer.status_code == 200, answer.json()
+    assert (await asyncio.wait_for(turn, 10)).status_code == 200
+    assert not await Session.objects.filter(label="Nul").aexists()  # denied: not run
+    tool = await Record.objects.aget(session_id=root_id, role="tool")
+    assert tool.content == "Not run: the user denied this tool call (no)."
