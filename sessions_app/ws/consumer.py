@@ -283,7 +283,8 @@ def _too_large(text: str, limit: int) -> bool:
 # -- the consumer -------------------------------------------------------------------------------
 
 TOO_MANY_PENDING = "too many pending frames"
-RATE_LIMITED_TYPES = frozenset({"session.message", "session.stream", "session.fork"})
+RATE_LIMITED_TYPES = frozenset({"session.message", "session.stream", "session.fork",
+                                "tool.approve"})
 STOP = None  # queued to tell the worker that the socket is gone
 
 QueueItem = str | p.ErrorMessage | None  # a text frame to handle, a refusal to send, or STOP

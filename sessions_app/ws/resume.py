@@ -75,7 +75,9 @@ class ResumeMixin:
         self.run_aside(self.reply(message), fresh_context=True)  # type: ignore[attr-defined]
 
     async def _on_approve(self, message: p.ToolApprove) -> None:
-        refusal = self.state_refusal(message["type"])  # type: ignore[attr-defined]
+        # A write, like REST's POST: it counts against the key's rate limit.
+        refusal = (self.state_refusal(message["type"])  # type: ignore[attr-defined]
+                   or await self.rate_refusal(message["type"]))  # type: ignore[attr-defined]
         if refusal is not None:
             await self.reply(refusal)  # type: ignore[attr-defined]
             return

@@ -1,5 +1,6 @@
 """STELLO_RATE_LIMIT on the WebSocket, in process (the embedded default or PostgreSQL + Redis):
-turns, streams and forks count against the key's counter, the REST one; other frames do not.
+turns, streams, forks and tool approvals count against the key's counter, the REST one; other
+frames do not.
 The same on real server processes: tests/test_limits_servers.py."""
 
 from __future__ import annotations
@@ -54,3 +55,16 @@ async def test_concurrent_hits_of_one_key_pass_the_limit_exactly(settings) -> No
     decisions = await asyncio.gather(*(ahit("concurrent-key") for _ in range(100)))
     assert sum(d.allowed for d in decisions) == 20
     assert all(1 <= d.retry_after <= 60 for d in decisions if not d.allowed)
+
+
+async def test_tool_approve_frames_count_like_the_rest_post(space_id, root_id,
+                                                            alice_key) -> None:
+    communicator = await open_ws(space_id, alice_key)
+    await enter(communicator, root_id)
+    answers = [await ask(communicator, {"type": "tool.approve", "callId": "c1",
+                                        "approve": True}) for _ in range(4)]
+    # Nothing waits here, so the first three are refused for that; the fourth by the limit.
+    assert [a["message"] for a in answers[:3]] == [
+        "No turn of this session waits for an approval"] * 3
+    assert answers[3]["code"] == "RATE_LIMITED"
+    await communicator.disconnect()
