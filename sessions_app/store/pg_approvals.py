@@ -30,9 +30,9 @@ WITH trn AS (
   RETURNING tu.id
 )
 INSERT INTO tool_approvals (turn_id, call_id, name, arguments, deadline, created_at)
-SELECT trn.id, c.call_id, c.name, c.arguments, %(deadline)s, %(now)s
+SELECT trn.id, x.call_id, x.name, x.arguments, %(deadline)s, %(now)s
 FROM trn CROSS JOIN json_to_recordset(%(calls)s::json)
-  AS c(call_id text, name text, arguments jsonb)
+  AS x(call_id text, name text, arguments jsonb)
 ON CONFLICT (turn_id, call_id) DO UPDATE SET name = EXCLUDED.name,
   arguments = EXCLUDED.arguments, decision = NULL, reason = NULL, deadline = EXCLUDED.deadline,
   created_at = EXCLUDED.created_at, decided_at = NULL

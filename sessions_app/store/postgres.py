@@ -308,8 +308,8 @@ SQL_INSERT_CHILD = {
     placement: f"""
 WITH par AS (
   UPDATE topology_nodes AS n SET next_child_index = 1 + greatest(n.next_child_index,
-    (SELECT coalesce(max(c."index") + 1, 0) FROM topology_nodes c
-     WHERE c.parent_id = n.session_id))
+    (SELECT coalesce(max(t."index") + 1, 0) FROM topology_nodes t
+     WHERE t.parent_id = n.session_id))
   WHERE {where}
   RETURNING n.session_id AS id, n.depth AS depth, n.next_child_index - 1 AS idx
 ), new_session AS (

@@ -340,6 +340,13 @@ class InMemoryStore:
         events = [x for e in entries[:limit] for x in e.expand() if x.seq > since]
         return EventPage(tuple(events), stored.event_seq, first)
 
+    async def log_event(self, session_id: str, type_: str, payload) -> LogEvent:
+        stored = self._get(session_id)
+        stored.event_seq += 1
+        event = LogEvent(stored.event_seq, type_, dict(payload))
+        stored.events.append(event)
+        return event
+
     def _log(self, session_id: str, kind: str, payload: dict, logged) -> None:
         if logged is None:
             return

@@ -16,26 +16,28 @@ from sessions_app.models import (
     Session,
     SessionData,
     SessionEvent,
+    ToolApproval,
     TopologyNode,
     Turn,
     UsageDaily,
     UsageQuota,
 )
-from sessions_app.store import postgres
+from sessions_app.store import pg_approvals, postgres
 from spaces.models import Space
 
 MODELS = (Session, TopologyNode, Record, SessionData, CoreData, Space, LLMCall, UsageDaily,
-          UsageQuota, Turn, SessionEvent)
+          UsageQuota, Turn, SessionEvent, ToolApproval)
 TABLES = {m._meta.db_table: {f.column for f in m._meta.concrete_fields} for m in MODELS}
 ALIASES = {"s": "sessions", "n": "topology_nodes", "t": "topology_nodes", "r": "records",
            "d": "session_data", "c": "core_data", "sp": "spaces", "ud": "usage_daily",
-           "q": "usage_quotas", "tu": "turns", "e": "session_events"}
+           "q": "usage_quotas", "tu": "turns", "e": "session_events", "a": "tool_approvals"}
 FUNCTIONS = {"unnest"}
 
 
 def statements() -> dict[str, str]:
     found: dict[str, str] = {}
-    every = {**vars(postgres), **{k: v for k, v in vars(quotas).items() if k.startswith("SQL_")}}
+    every = {**vars(postgres), **{k: v for module in (quotas, pg_approvals)
+                                  for k, v in vars(module).items() if k.startswith("SQL_")}}
     for name, value in every.items():
         if not name.startswith("SQL_"):
             continue
