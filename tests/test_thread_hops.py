@@ -169,9 +169,9 @@ SQLITE_HOPS = {
     "POST spaces": 2,       # space_create (one transaction), close
     "POST turn": 3,         # load_turn_context, save_call, close
     "POST fork": 3,         # load_turn_context, create_child, close
-    "POST consolidate": 3,  # load_consolidation_input, save_consolidation, close
-    "POST integrate": 8,    # main_session_id, get_session, read_slot x2, collect_memories,
-                            # space_prompts, save_integration, close
+    "POST consolidate": 4,  # load_consolidation_input, save_consolidation, log_event, close
+    "POST integrate": 9,    # main_session_id, get_session, read_slot x2, collect_memories,
+                            # space_prompts, save_integration, log_event (per entry), close
     "POST archive": 2,      # archive, close
 }
 
