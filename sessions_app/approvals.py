@@ -42,7 +42,6 @@ logger = logging.getLogger("stello.approvals")
 class Wakeups:
     """The turns of one event loop that wait for approvals (the engine's ApprovalWakeups)."""
 
-
     def __init__(self) -> None:
         self._waiting: dict[str, set[asyncio.Event]] = {}
         self._stopped = False
@@ -109,9 +108,6 @@ def stop_waiting() -> None:
         found.stop()
 
 
-ANSWERED = "turn.answered"  # the turn-signal message that wakes a waiting turn
-
-
 async def answer(agent: SpaceAgent, session_id: str, turn_id: str, call_id: str, *,
                  approve: bool, reason: str | None,
                  spawn: Callable[[Coroutine[Any, Any, Any]], Any]) -> Approval:
@@ -125,7 +121,7 @@ async def answer(agent: SpaceAgent, session_id: str, turn_id: str, call_id: str,
         return decided
     layer = get_channel_layer()
     if layer is not None:
-        await layer.group_send(live.TURN_SIGNALS, {"type": ANSWERED, "turnId": turn_id})
+        await layer.group_send(live.TURN_SIGNALS, {"type": live.ANSWERED, "turnId": turn_id})
     # A live process holds the session while its turn waits, so this does nothing there;
     # with the holder gone, this process goes on with the turn once it is answered.
     spawn(agent.resume_waiting(session_id, turn_id))

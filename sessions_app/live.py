@@ -27,7 +27,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Set
+from collections.abc import AsyncIterator, Set
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -418,6 +418,7 @@ class Follower:
 
 # Signals to the turns of every process: cancel requests, and approvals answered (approvals.py).
 TURN_SIGNALS = "stello.turn-cancels"
+ANSWERED = "turn.answered"  # the signal that wakes a turn waiting for approvals
 CANCEL_WAIT_SECONDS = 5.0
 _signal_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary())
@@ -448,7 +449,7 @@ async def _turn_signal_listener() -> None:
             await asyncio.sleep(0.5)
             continue
         turn_id = str(message.get("turnId"))
-        if message.get("type") == "turn.answered":  # approvals.ANSWERED
+        if message.get("type") == ANSWERED:
             from .approvals import wakeups
 
             wakeups().wake(turn_id)
@@ -472,21 +473,18 @@ def _live_turns(events: list[LogEvent]) -> tuple[dict[str, bool], str | None]:
     return turns, current
 
 
-Orphaned = Callable[[str | None], Awaitable[str | None]]
-
-
-async def cancel(store: SpaceStore, session_id: str, turn_id: str | None, *,
-                 orphaned: Orphaned | None = None) -> str:
+async def cancel(agent: SpaceAgent, session_id: str, turn_id: str | None) -> str:
     """Cancel the session's running turn (`turn_id`, or whichever runs), in any process; wait
     until it has stopped and return its id. TurnNotFound for a turn this session does not
-    know, TurnNotRunning for one that has ended (or no running turn). `orphaned` cancels a
-    turn that waits for approvals after its process stopped (`SpaceAgent.cancel_orphaned`):
-    asked first when the turn does not run here."""
+    know, TurnNotRunning for one that has ended (or no running turn). A turn that does not
+    run here may wait for approvals after its process stopped: that one the agent cancels
+    itself (`SpaceAgent.cancel_orphaned`)."""
     session_id = session_key(session_id)
+    store = agent.store
     runs_here = (turn_id in RUNNING if turn_id is not None
                  else any(t.session_id == session_id for t in RUNNING.values()))
-    if orphaned is not None and not runs_here:
-        cancelled = await orphaned(turn_id)
+    if not runs_here:
+        cancelled = await agent.cancel_orphaned(session_id, turn_id)
         if cancelled is not None:
             return cancelled
     live_turns, current = _live_turns(await buffer().read(session_id))
@@ -542,14 +540,10 @@ async def busy_policy(agent: SpaceAgent, session_id: str, if_busy: str | None) -
     policy = if_busy or agent.if_busy or settings.STELLO.get("IF_BUSY", "enqueue")
     if policy == "interrupt":
         try:
-            await cancel(agent.store, session_id, None, orphaned=orphaned_of(agent, session_id))
+            await cancel(agent, session_id, None)
         except TurnNotRunning:
             pass
     return policy != "reject"
-
-
-def orphaned_of(agent: SpaceAgent, session_id: str) -> Orphaned:
-    return lambda turn_id: agent.cancel_orphaned(session_id, turn_id)
 
 
 async def _newest_saved(store: SpaceStore, session_id: str) -> int:

@@ -150,8 +150,7 @@ class LiveTurnsActions:
     async def cancel_turn(self, request, space_id: str, session_id: str,
                           turn_id: str) -> Response:
         agent = await self.aagent()  # type: ignore[attr-defined]
-        cancelled = await live.cancel(agent.store, session_id, turn_id,
-                                      orphaned=live.orphaned_of(agent, session_id))
+        cancelled = await live.cancel(agent, session_id, turn_id)
         return Response({"turnId": cancelled, "status": "cancelled"})
 
     @extend_schema(

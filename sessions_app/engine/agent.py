@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from . import compression, memory
 from .agent_config import configured_llm, effective_config, space_if_busy
@@ -206,7 +206,7 @@ class SpaceAgent:
                 if turn_id not in ctx.waiting_turns:
                     return None
                 if ctx.session.status == "archived":  # read-only now: the turn cannot go on
-                    await self._end_waiting(ctx, turn_id, "turn.failed", ARCHIVED_WHILE_WAITING)
+                    await self._end_waiting(ctx, turn_id, "failed", ARCHIVED_WHILE_WAITING)
                     return None
                 approvals = await self.store.list_approvals(session_id, turn_id)
                 if any(a.decision is None and a.deadline > approval_now() for a in approvals):
@@ -237,20 +237,20 @@ class SpaceAgent:
                 waiting = [t for t in ctx.waiting_turns if turn_id in (None, t)]
                 if not waiting:
                     return None
-                await self._end_waiting(ctx, waiting[0], "turn.cancelled")
+                await self._end_waiting(ctx, waiting[0], "cancelled")
         except SessionBusy:
             return None
         return waiting[0]
 
-    async def _end_waiting(self, ctx: TurnContext, turn_id: str, type_: str,
+    async def _end_waiting(self, ctx: TurnContext, turn_id: str,
+                           status: Literal["cancelled", "failed"],
                            error: str | None = None) -> None:
         """End a waiting turn that no process holds (we hold the lock): nothing of it stays in
-        the history, its row and log say why."""
-        status = "cancelled" if type_ == "turn.cancelled" else "failed"
-        done = LogEvent(ctx.event_seq + 1, type_, {"turnId": turn_id} | (
+        the history, its row and log (`turn.cancelled` / `turn.failed`) say why."""
+        done = LogEvent(ctx.event_seq + 1, f"turn.{status}", {"turnId": turn_id} | (
             {"error": error} if error else {}))
         await self.store.finish_turn(
-            ctx.session.id, TurnWrite(turn_id, "", status, None, (done,), done.seq),  # type: ignore[arg-type]
+            ctx.session.id, TurnWrite(turn_id, "", status, None, (done,), done.seq),
             error=error, discard=True)
         self._histories.forget(ctx.session.id)
         self._logged(ctx.session.id)(done)

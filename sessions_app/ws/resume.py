@@ -110,9 +110,8 @@ class ResumeMixin:
             return
         try:
             agent = await self.agent()  # type: ignore[attr-defined]
-            turn_id = await live.cancel(  # type: ignore[attr-defined]
-                agent.store, self.session_id, message["turnId"],
-                orphaned=live.orphaned_of(agent, self.session_id))  # type: ignore
+            turn_id = await live.cancel(agent, self.session_id,  # type: ignore[attr-defined]
+                                        message["turnId"])
         except StelloError as exc:
             await self.reply(p.error(p.HANDLER_ERROR, exc.message))  # type: ignore
             return
