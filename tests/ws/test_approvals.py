@@ -69,6 +69,27 @@ class Rest:
                                       content_type="application/json")
 
 
+async def asked() -> str:
+    """The id of the turn waiting for approvals, once its approvals are stored."""
+    for _ in range(100):
+        waiting = await Turn.objects.filter(status="waiting").afirst()
+        if waiting is not None and await ToolApproval.objects.filter(
+                turn_id=waiting.pk).aexists():
+            return str(waiting.pk)
+        await asyncio.sleep(0.05)
+    raise AssertionError("no turn waits for approvals")
+
+
+async def settled(turn_id: str) -> Turn:
+    """The turn once it has gone on from waiting (or after 5 s, as it is then)."""
+    for _ in range(100):
+        turn = await Turn.objects.aget(pk=turn_id)
+        if turn.status not in ("waiting", "running"):
+            break
+        await asyncio.sleep(0.05)
+    return turn
+
+
 async def pending_of(rest: Rest, turn_id: str) -> list[dict[str, Any]]:
     response = await rest.get(f"turns/{turn_id}/approvals")
     assert response.status_code == 200, response.json()
@@ -213,12 +234,7 @@ async def test_cancel_ends_a_waiting_turn(space_id, root_id, alice_key, script) 
     await gate(space_id, [FORK])
     rest = Rest(space_id, root_id, alice_key)
     turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
-    for _ in range(100):
-        waiting = await Turn.objects.filter(status="waiting").afirst()
-        if waiting is not None and await ToolApproval.objects.acount():
-            break
-        await asyncio.sleep(0.05)
-    turn_id = str(waiting.pk)
+    turn_id = await asked()
     cancelled = await rest.post(f"turns/{turn_id}/cancel", {})
     assert cancelled.status_code == 200, cancelled.json()
     assert (await asyncio.wait_for(turn, 10)).json()["code"] == "TURN_CANCELLED"
@@ -237,24 +253,17 @@ async def test_a_shutdown_leaves_the_turn_waiting_and_an_answer_resumes_it(
     await gate(space_id, [FORK])
     rest = Rest(space_id, root_id, alice_key)
     turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
-    for _ in range(100):
-        if await ToolApproval.objects.acount():
-            break
-        await asyncio.sleep(0.05)
+    turn_id = await asked()
     await runtimes.aclose_current()  # the process stops: the waiting turn does not hold it
     stopped = await asyncio.wait_for(turn, 10)
     assert (stopped.status_code, stopped.json()["code"]) == (503, "TURN_SUSPENDED")
-    waiting = await Turn.objects.aget(status="waiting")
+    assert (await Turn.objects.aget(pk=turn_id)).status == "waiting"
 
     # A new runtime (as after a restart): the answer resumes the turn in the background.
     script({"content": "done after restart"})  # its LLM starts a script of its own
-    answer = await rest.post(f"turns/{waiting.pk}/approvals", {"callId": "c1", "approve": True})
+    answer = await rest.post(f"turns/{turn_id}/approvals", {"callId": "c1", "approve": True})
     assert answer.status_code == 200
-    for _ in range(100):
-        if (await Turn.objects.aget(pk=waiting.pk)).status == "completed":
-            break
-        await asyncio.sleep(0.05)
-    done = await Turn.objects.aget(pk=waiting.pk)
+    done = await settled(turn_id)
     assert done.status == "completed", done.status
     assert done.result["turn"]["toolCallsExecuted"] == 1
     assert await Session.objects.filter(label="After restart").aexists()
@@ -292,15 +301,10 @@ async def test_approval_config_is_validated_and_ungated_tools_run_at_once(
 async def stop_while_waiting(rest: Rest) -> str:
     """Start a turn, let it wait for its approval, stop the runtime; the waiting turn's id."""
     turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
-    for _ in range(100):
-        waiting = await Turn.objects.filter(status="waiting").afirst()
-        if waiting is not None and await ToolApproval.objects.filter(
-                turn_id=waiting.pk).aexists():
-            break
-        await asyncio.sleep(0.05)
+    turn_id = await asked()
     await runtimes.aclose_current()
     assert (await asyncio.wait_for(turn, 10)).json()["code"] == "TURN_SUSPENDED"
-    return str(waiting.pk)
+    return turn_id
 
 
 @bounded(40)
@@ -365,11 +369,7 @@ async def test_a_waiting_turn_of_a_session_archived_meanwhile_fails_cleanly(
     assert (await rest.post("archive", {})).status_code == 200
     answer = await rest.post(f"turns/{turn_id}/approvals", {"callId": "c1", "approve": True})
     assert answer.status_code == 200
-    for _ in range(100):
-        turn = await Turn.objects.aget(pk=turn_id)
-        if turn.status != "waiting":
-            break
-        await asyncio.sleep(0.05)
+    turn = await settled(turn_id)
     assert (turn.status, turn.error) == (
         "failed", "the session was archived while the turn waited for approvals")
     assert not await Record.objects.filter(session_id=child).aexists()
@@ -385,12 +385,8 @@ async def test_a_long_call_id_from_the_llm_is_asked_and_answered(space_id, root_
     await gate(space_id, [FORK])
     rest = Rest(space_id, root_id, alice_key)
     turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
-    for _ in range(100):
-        if await ToolApproval.objects.filter(call_id=long_id).aexists():
-            break
-        await asyncio.sleep(0.05)
-    waiting = await Turn.objects.aget(status="waiting")
-    answer = await rest.post(f"turns/{waiting.pk}/approvals", {"callId": long_id, "approve": True})
+    turn_id = await asked()
+    answer = await rest.post(f"turns/{turn_id}/approvals", {"callId": long_id, "approve": True})
     assert answer.status_code == 200, answer.json()
     assert (await asyncio.wait_for(turn, 10)).status_code == 200
     assert await Session.objects.filter(label="Long").aexists()
@@ -404,14 +400,10 @@ async def test_a_call_id_with_nul_is_matched_as_stored_and_never_runs_unanswered
     await gate(space_id, [FORK])
     rest = Rest(space_id, root_id, alice_key)
     turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
-    for _ in range(100):
-        if await ToolApproval.objects.aexists():
-            break
-        await asyncio.sleep(0.05)
-    waiting = await Turn.objects.aget(status="waiting")
-    [pending] = await pending_of(rest, str(waiting.pk))
+    turn_id = await asked()
+    [pending] = await pending_of(rest, turn_id)
     assert pending["callId"] == "c\ufffd1"  # NUL cannot be stored
-    answer = await rest.post(f"turns/{waiting.pk}/approvals",
+    answer = await rest.post(f"turns/{turn_id}/approvals",
                              {"callId": "c\ufffd1", "approve": False, "reason": "no"})
     assert answer.status_code == 200, answer.json()
     assert (await asyncio.wait_for(turn, 10)).status_code == 200
