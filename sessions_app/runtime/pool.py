@@ -191,9 +191,7 @@ class Runtime:
         cancelled (the server cancels a request whose client hung up), the work goes on to
         the end: a turn that reached the LLM is saved either way, as on the WebSocket.
         `aclose` (server shutdown) waits for it."""
-        task = asyncio.get_running_loop().create_task(work)
-        self.detached.add(task)
-        task.add_done_callback(self.detached.discard)
+        task = self._detach(work)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -203,10 +201,13 @@ class Runtime:
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run `work` in the background (e.g. a turn resumed after its approvals); `aclose`
         waits for it, and a failure is logged."""
+        self._detach(work).add_done_callback(_log_unawaited_failure)
+
+    def _detach(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(work)
         self.detached.add(task)
         task.add_done_callback(self.detached.discard)
-        task.add_done_callback(_log_unawaited_failure)
+        return task
 
     def start(self) -> None:
         """Start this process's queue worker in the background, once (again after a failure:

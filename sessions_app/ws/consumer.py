@@ -544,24 +544,27 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
                 await asyncio.sleep(1)  # e.g. Redis is away: try again, not in a busy loop
 
     async def session_updated(self, event: dict[str, Any]) -> None:
-        """`events.announce_turn`: forward it while the connection watches that session, unless
-        the turn was this connection's own."""
+        """`events.announce_turn`: forward it to a watcher, unless the turn was this
+        connection's own."""
+        await self._tell_watcher(event, lambda: p.session_updated(event["sessionId"],
+                                                                  event["turnCount"]))
+
+    async def tool_approval_required(self, event: dict[str, Any]) -> None:
+        """`events.announce_approval_required`: forward it to a watcher, unless the turn is
+        this connection's own (it was told directly) or the connection follows the log."""
+        if not self.resumed:
+            await self._tell_watcher(event, lambda: p.tool_approval_required(event["payload"]))
+
+    async def _tell_watcher(self, event: dict[str, Any],
+                            frame: Callable[[], p.ServerMessage]) -> None:
+        """Send `frame()` while the connection watches the event's session, unless the event
+        came from this connection (`events.origin`)."""
         session_id = event.get("sessionId")
         if event.get("origin") == self.connection_id:
             return
         if session_id == self._watched and session_id == self.session_id:
             if not await self._lost_access():
-                await self.reply(p.session_updated(session_id, event["turnCount"]))
-
-    async def tool_approval_required(self, event: dict[str, Any]) -> None:
-        """`events.announce_approval_required`: forward it while the connection watches that
-        session, unless the turn is this connection's own (it was told directly)."""
-        session_id = event.get("sessionId")
-        if event.get("origin") == self.connection_id or self.resumed:
-            return
-        if session_id == self._watched and session_id == self.session_id:
-            if not await self._lost_access():
-                await self.reply(p.tool_approval_required(event["payload"]))
+                await self.reply(frame())
 
     # -- handlers (one per client message type) ------------------------------------------------
 
