@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import procrastinate
-from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.exceptions import AlreadyEnqueued, UniqueViolation
+from procrastinate.jobs import Status
 
 from spaces import pgpool
 
@@ -255,15 +256,26 @@ class MemoryQueue:
                 for job in await manager.get_stalled_jobs(
                     queue=MEMORY_QUEUE, seconds_since_heartbeat=self._stall_seconds
                 ):
-                    logger.warning("background job %s: its worker died; running it again",
-                                   job.id)
-                    await manager.retry_job(job)
+                    await self._run_again(job)
             except Exception:  # the database may be away for a while: try again later
                 logger.exception("background: could not look for stalled jobs")
             # Waiting on the event rather than sleeping: the database driver may absorb a
             # cancellation that arrives during a query, and `aclose` must not wait for that.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self._stall_seconds / 2)
+
+    async def _run_again(self, job: procrastinate.jobs.Job) -> None:
+        """Queue a dead worker's job again; if the same work was queued meanwhile (the queueing
+        lock allows one waiting job per key), that job will do it: this one ends as aborted."""
+        manager = self.app.job_manager
+        try:
+            await manager.retry_job(job)
+            logger.warning("background job %s: its worker died; running it again", job.id)
+        except UniqueViolation:
+            await manager.finish_job(job, status=Status.ABORTED,
+                                     delete_job=False)
+            logger.warning("background job %s: its worker died; the same work is queued again"
+                           " already", job.id)
 
     async def defer_until_quota_renews(self, space_id: str, job: MemoryJob, seconds: int
                                        ) -> None:
