@@ -20,6 +20,7 @@ No limits and no error handling beyond what the benchmark sends: a failure close
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import aclosing
 from typing import Any
@@ -35,6 +36,7 @@ from sessions_app.engine.types import StreamChunk
 from sessions_app.runtime.pool import runtimes
 from sessions_app.store import space_store
 from sessions_app.ws import protocol as p
+from spaces import pgpool
 from spaces.auth import aauthenticate_credentials
 from spaces.selectors import aspace_id_for_user
 from spaces.services import aspace_create
@@ -43,6 +45,11 @@ from spaces.wire import space_json
 TREE = re.compile(r"^/spaces/([0-9a-f-]{36})/sessions/?$")
 SOCKET = re.compile(r"^/spaces/([0-9a-f-]{36})/ws/?$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# STELLO_FLOOR_NULL_TURN=1: a stream does no engine work at all, only its I/O skeleton: as many
+# PostgreSQL round trips as a turn (`SELECT 1`, on the pool), and the frames our offline echo
+# sends. What is left is uvicorn, psycopg and Python: the lowest a turn can cost in this stack.
+NULL_TURN = os.environ.get("STELLO_FLOOR_NULL_TURN") == "1"
+TURN_ROUND_TRIPS = 4  # the lock, the context, the save, the unlock (tests/test_thread_hops.py)
 
 
 def _key(scope: dict[str, Any]) -> str | None:
@@ -92,6 +99,8 @@ async def socket(scope, receive, send, space_id: str) -> None:
             session_id = frame["sessionId"]
             await send({"type": "websocket.send", "text": orjson.dumps(
                 {"type": "session.entered", "sessionId": session_id}).decode()})
+        elif frame["type"] == "session.stream" and NULL_TURN:
+            await null_turn(send, frame["input"])
         elif frame["type"] == "session.stream":
             await admit_turn(str(user.pk), apikey.pk)
             agent = await runtimes.current().agent(space)
@@ -104,6 +113,18 @@ async def socket(scope, receive, send, space_id: str) -> None:
                     else:
                         await send({"type": "websocket.send",
                                     "text": p.encode(p.stream_end(item.to_json()))})
+
+
+async def null_turn(send, text: str) -> None:
+    for _ in range(TURN_ROUND_TRIPS):
+        async with pgpool.connection() as conn:
+            await conn.execute("SELECT 1")
+    for chunk in ["Echo", ": ", *(f" {word}" if i else word for i, word in
+                                  enumerate(text.split()))]:
+        await send({"type": "websocket.send", "text": p.encode(p.stream_delta(chunk))})
+    result = {"turn": {"finalContent": f"Echo: {text}", "toolRoundCount": 0,
+                       "rawResponse": None}, "turnId": None, "seq": 0}
+    await send({"type": "websocket.send", "text": p.encode(p.stream_end(result))})
 
 
 async def app(scope, receive, send) -> None:
