@@ -188,6 +188,27 @@ async def test_a_slow_follower_gets_gap_and_holds_no_more_than_its_buffer(space_
     await ws.disconnect()
 
 
+@bounded()
+async def test_the_live_buffer_appends_clears_and_holds_any_number_of_events() -> None:
+    """One write clears (when asked) and appends in one step, on Redis as in memory, however
+    many events a batch holds (more than Lua's unpack takes at once: deltas pile up while
+    the buffer is slow)."""
+    session = str(uuid.uuid4())
+    store = live.buffer()
+
+    def events(first: int, count: int) -> list[dict]:
+        return [{"seq": n, "type": "stream.delta", "payload": {"text": f"d{n}"}}
+                for n in range(first, first + count)]
+
+    await store.write(session, events(1, 3), clear=True)
+    await store.write(session, events(4, 9000), clear=False)
+    assert [e.seq for e in await store.read(session)] == list(range(1, 9004))
+    await store.write(session, events(9004, 1), clear=True)
+    assert [(e.seq, e.payload) for e in await store.read(session)] == [(9004, {"text": "d9004"})]
+    await store.write(session, [], clear=True)
+    assert await store.read(session) == []
+
+
 @bounded(40)
 async def test_a_streamed_turn_is_published_in_two_batches_however_many_deltas(
         space_id, root_id, alice_key, settings, monkeypatch) -> None:
