@@ -17,6 +17,7 @@ any process resumes the turn once the answers are in (`SpaceAgent.resume_waiting
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from .types import Approval, ToolCall
 
 ALL_TOOLS = "*"
 MAX_REASON_CHARS = 2000
+MAX_STORED_ID_BYTES = 1000  # longer call ids are kept as their digest (stored_id)
 TIMED_OUT = "no answer before the approval deadline"
 NO_ANSWER = "no answer was recorded for it"
 POLL_SECONDS = 5.0  # a lost wake-up costs at most this much delay
@@ -78,12 +80,19 @@ class Answer:
             raise wrong_type("reason", "a string or null")
         if reason is not None and len(reason) > MAX_REASON_CHARS:
             raise InvalidInput(f"reason must be at most {MAX_REASON_CHARS} characters")
-        return cls(call_id, approve, reason or None)
+        return cls(stored_id(call_id), approve, reason or None)
 
 
 def stored_id(call_id: str) -> str:
-    """A call id as the store keeps it (NUL cannot be stored: it becomes U+FFFD)."""
-    return call_id.replace("\x00", "\ufffd")
+    """A call id as the store keeps it and answers name it: NUL cannot be stored (it becomes
+    U+FFFD), and an id longer than MAX_STORED_ID_BYTES becomes its SHA-256 digest (the model
+    chooses ids; a PostgreSQL index entry holds about 2.7 KB). Applying it twice changes
+    nothing, so an answer may give the model's id or the stored one."""
+    kept = call_id.replace("\x00", "\ufffd")
+    data = kept.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_STORED_ID_BYTES:
+        return kept
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def denied_result(call: ToolCall, approval: Approval | None) -> ToolResult:

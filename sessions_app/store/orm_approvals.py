@@ -13,6 +13,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from ..engine.approval import stored_id
 from ..engine.errors import ApprovalAnswered, ApprovalNotFound, TurnNotFound, TurnNotWaiting
 from ..engine.types import Approval, ToolCall
 from ..models import ToolApproval, Turn
@@ -46,7 +47,7 @@ class OrmApprovals:
                 return
             for call in {c.id: c for c in calls}.values():  # an id used again is asked again
                 ToolApproval.objects.update_or_create(
-                    turn_id=turn.pk, call_id=storable(call.id), defaults={
+                    turn_id=turn.pk, call_id=stored_id(call.id), defaults={
                         "name": storable(call.name), "arguments": dict(call.input),
                         "decision": None, "reason": None, "decided_at": None,
                         "deadline": deadline, "created_at": now})

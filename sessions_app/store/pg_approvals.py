@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from django.utils import timezone
 
+from ..engine.approval import stored_id
 from ..engine.errors import ApprovalAnswered, ApprovalNotFound, TurnNotFound, TurnNotWaiting
 from ..engine.types import Approval, ToolCall
 from .common import parse_uuid, storable
@@ -95,7 +96,7 @@ class PgApprovals:
                                 calls: Sequence[ToolCall], deadline: datetime) -> None:
         # One row per call id (an id the LLM used again, in this round or an earlier one of
         # the turn, is asked again).
-        rows = list({c.id: {"call_id": storable(c.id), "name": storable(c.name),
+        rows = list({c.id: {"call_id": stored_id(c.id), "name": storable(c.name),
                             "arguments": c.input} for c in calls}.values())
         await self._one(SQL_REQUEST_APPROVALS, self._turn_params(  # type: ignore[attr-defined]
             session_id, turn_id, deadline=deadline, calls=orjson.dumps(rows).decode()))

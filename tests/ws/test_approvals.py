@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
+from sessions_app.engine.approval import stored_id
 from sessions_app.models import Record, Session, SessionEvent, ToolApproval, Turn
 from sessions_app.runtime.pool import runtimes
 from spaces.models import Space
@@ -390,6 +392,26 @@ async def test_a_long_call_id_from_the_llm_is_asked_and_answered(space_id, root_
     assert answer.status_code == 200, answer.json()
     assert (await asyncio.wait_for(turn, 10)).status_code == 200
     assert await Session.objects.filter(label="Long").aexists()
+
+
+@bounded(40)
+async def test_a_call_id_beyond_an_index_entry_is_asked_and_answered(space_id, root_id,
+                                                                     alice_key, script) -> None:
+    """Ids are the model's: one larger than a PostgreSQL index entry (about 2.7 KB, random
+    text does not compress) is kept as its digest, and answered by either."""
+    huge_id = "call_" + secrets.token_hex(4000)
+    script({"content": None, "toolCalls": [{"id": huge_id, "name": FORK,
+                                            "input": {"label": "Huge"}}]})
+    await gate(space_id, [FORK])
+    rest = Rest(space_id, root_id, alice_key)
+    turn = asyncio.create_task(rest.post("turn", {"input": "branch"}))
+    turn_id = await asked()
+    listed = (await rest.get(f"turns/{turn_id}/approvals")).json()
+    assert [a["callId"] for a in listed] == [stored_id(huge_id)]
+    answer = await rest.post(f"turns/{turn_id}/approvals", {"callId": huge_id, "approve": True})
+    assert answer.status_code == 200, answer.json()
+    assert (await asyncio.wait_for(turn, 10)).status_code == 200
+    assert await Session.objects.filter(label="Huge").aexists()
 
 
 @bounded(40)
