@@ -133,6 +133,11 @@ class TransientJobError(Exception):
     """A transient LLM failure inside a queued job: the queue runs the job again later."""
 
 
+class JobSuperseded(Exception):
+    """A job that failed while the same work was queued again: not retried, the queued job
+    does it."""
+
+
 class JobDeferred(Exception):
     """The space's owner is over a usage quota: run the job again in `seconds` (when the
     period ends), not now and not never."""
@@ -226,6 +231,14 @@ class MemoryQueue:
             except Exception as exc:  # (a shutdown's CancelledError is not logged as a failure)
                 attempt = context.job.attempts + 1
                 again = isinstance(exc, TransientJobError) and attempt <= retries
+                if again and await self._queued_again(space_id, job):
+                    # The retry could not be queued (one waiting job per key) and the job
+                    # would stay running, its lock holding the queued one: end it instead.
+                    logger.warning("background space=%s %s failed (attempt %d): %s; the same"
+                                   " work is queued again and runs next", space_id, job.key,
+                                   attempt, exc)
+                    await _record_error(context.job.id, attempt, exc)
+                    raise JobSuperseded(str(exc)) from exc
                 (logger.warning if again else logger.error)(
                     "background space=%s %s failed (attempt %d%s): %s", space_id, job.key,
                     attempt, ", will retry" if again else "", exc)
@@ -263,6 +276,10 @@ class MemoryQueue:
             # cancellation that arrives during a query, and `aclose` must not wait for that.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self._stall_seconds / 2)
+
+    async def _queued_again(self, space_id: str, job: MemoryJob) -> bool:
+        return bool(await self.app.job_manager.list_jobs_async(
+            queueing_lock=f"{space_id}:{job.key}", status="todo"))
 
     async def _run_again(self, job: procrastinate.jobs.Job) -> None:
         """Queue a dead worker's job again; if the same work was queued meanwhile (the queueing

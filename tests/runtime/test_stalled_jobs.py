@@ -11,6 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
+from sessions_app.engine.errors import LLMError
 from sessions_app.engine.types import MemoryJob
 from sessions_app.runtime.jobs import MemoryQueue
 from spaces import pgpool
@@ -74,4 +75,39 @@ async def test_a_dead_workers_job_whose_work_is_queued_again_ends_aborted(caplog
     assert agent.ran == [integrate]  # once: the queued job did the dead one's work
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "the same work is queued again already" in caplog.text
+    await pgpool.pools.aclose_current()
+
+
+async def test_a_retry_whose_work_was_queued_again_meanwhile_leaves_it_to_that_job() -> None:
+    """A transient LLM error asks for a retry; if the same work was queued while the job ran,
+    the retry cannot be queued (one waiting job per key). The job must end then, so the
+    queued one runs: left `doing`, its lock would hold every later job of its key."""
+    space_id = str(uuid.uuid4())
+    job = MemoryJob("consolidate", "s1")
+    runs: list[str] = []
+    queue: MemoryQueue | None = None
+
+    class FlakyAgent:
+        async def run_job(self, ran: MemoryJob) -> None:
+            runs.append(ran.key)
+            if len(runs) == 1:
+                await queue.submit(space_id, job)  # a turn asks for the same work meanwhile
+                raise LLMError("upstream hiccup", transient=True)
+
+    async def get_agent(_: str) -> FlakyAgent:
+        return FlakyAgent()
+
+    queue = MemoryQueue(pgpool.conninfo(), get_agent, retries=2, retry_delay=0,  # type: ignore[arg-type]
+                        stall_seconds=30, shutdown_grace_seconds=1)
+    await queue.start()
+    try:
+        await queue.submit(space_id, job)
+        for _ in range(400):
+            if await sync_to_async(_statuses)(space_id) == ["failed", "succeeded"]:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await queue.aclose()
+    assert await sync_to_async(_statuses)(space_id) == ["failed", "succeeded"]
+    assert runs == [job.key, job.key]  # the second run is the queued job's
     await pgpool.pools.aclose_current()
