@@ -33,7 +33,7 @@ from spaces import pgpool
 
 from . import live
 from .engine.agent import SpaceAgent
-from .engine.errors import TurnSuspended
+from .engine.errors import ServiceUnavailable, TurnSuspended
 from .engine.types import Approval
 
 logger = logging.getLogger("stello.approvals")
@@ -179,5 +179,7 @@ async def run_periodically(agent_for: Callable[[str], Awaitable[SpaceAgent]]) ->
         await asyncio.sleep(every)
         try:
             await resume_due(agent_for)
-        except Exception:  # e.g. the database is away: try again next time
+        except (pgpool.DatabaseUnavailable, ServiceUnavailable) as exc:  # try again next time
+            logger.warning("the approval sweep found the database unavailable: %s", exc)
+        except Exception:
             logger.warning("the approval sweep failed", exc_info=True)

@@ -31,7 +31,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .engine.errors import SessionBusy, SessionNotFound, SpaceNotFound
+from spaces import pgpool
+
+from .engine.errors import ServiceUnavailable, SessionBusy, SessionNotFound, SpaceNotFound
 from .models import RetentionPolicy, Session
 
 logger = logging.getLogger("stello.retention")
@@ -167,5 +169,7 @@ async def run_periodically(get_agent: GetAgent) -> None:
             await sweep(get_agent)
         except asyncio.CancelledError:
             raise
+        except (pgpool.DatabaseUnavailable, ServiceUnavailable) as exc:  # try again next time
+            logger.warning("retention sweep: the database is unavailable: %s", exc)
         except Exception:
             logger.exception("retention sweep failed")
