@@ -34,6 +34,15 @@ def _statuses(space_id: str) -> list[str]:
         return [status for (status,) in cursor.fetchall()]
 
 
+async def _settled(space_id: str, expected: list[str]) -> list[str]:
+    """The space's job statuses once they are `expected` (or after 20 s)."""
+    for _ in range(400):
+        if (found := await sync_to_async(_statuses)(space_id)) == expected:
+            return found
+        await asyncio.sleep(0.05)
+    return await sync_to_async(_statuses)(space_id)
+
+
 def _cut_by_a_dead_worker(space_id: str) -> None:
     """What a killed process leaves: its job running, owned by no live worker."""
     with connection.cursor() as cursor:
@@ -64,14 +73,10 @@ async def test_a_dead_workers_job_whose_work_is_queued_again_ends_aborted(caplog
     caplog.set_level(logging.WARNING, logger="stello")
     second = queue()
     await second.start()
-    try:
-        for _ in range(400):  # the stall check runs at start, then every 0.25 s
-            if await sync_to_async(_statuses)(space_id) == ["aborted", "succeeded"]:
-                break
-            await asyncio.sleep(0.05)
+    try:  # the stall check runs at start, then every 0.25 s
+        assert await _settled(space_id, ["aborted", "succeeded"]) == ["aborted", "succeeded"]
     finally:
         await second.aclose()
-    assert await sync_to_async(_statuses)(space_id) == ["aborted", "succeeded"]
     assert agent.ran == [integrate]  # once: the queued job did the dead one's work
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "the same work is queued again already" in caplog.text
@@ -102,12 +107,8 @@ async def test_a_retry_whose_work_was_queued_again_meanwhile_leaves_it_to_that_j
     await queue.start()
     try:
         await queue.submit(space_id, job)
-        for _ in range(400):
-            if await sync_to_async(_statuses)(space_id) == ["failed", "succeeded"]:
-                break
-            await asyncio.sleep(0.05)
+        assert await _settled(space_id, ["failed", "succeeded"]) == ["failed", "succeeded"]
     finally:
         await queue.aclose()
-    assert await sync_to_async(_statuses)(space_id) == ["failed", "succeeded"]
     assert runs == [job.key, job.key]  # the second run is the queued job's
     await pgpool.pools.aclose_current()
