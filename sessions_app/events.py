@@ -1,15 +1,16 @@
 """Announcements to WebSocket listeners, through the channel layer (Redis across processes).
 
 `announce_turn` is called by the store after a turn has committed, so a rolled-back turn never
-reaches a client. It is called from async code on the event loop (both stores call it there):
-it schedules the `group_send` as a task of that loop and returns at once; the turn never waits
-for the channel layer, and a failure to announce is logged, never raised into the turn. The
-tasks are kept in `pending` (strong references) until they finish; `drain()` waits for them.
+reaches a client. It is called from async code on the event loop (both stores call it there)
+and returns at once: the announcement goes out with the session's next batch of live events
+(`live.notify`; the turn's `turn.completed` follows the commit at once, so both leave in one
+Redis round trip). The turn never waits for the channel layer, and a failure to announce is
+logged, never raised into the turn; `live.drain()` waits until it has been sent.
 
-Watching is opt-in and rare, so most announcements are heard by nobody. That costs one Redis
-command anyway: on the pub/sub layer `group_send` is a single `PUBLISH`, which Redis drops
-when no process subscribes to the group, so there is nothing cheaper to ask first. The
-in-memory layer answers without I/O either way.
+Watching is opt-in and rare, so most announcements are heard by nobody. On the pub/sub layer
+a group send is a single `PUBLISH`, which Redis drops when no process subscribes to the group,
+so there is nothing cheaper to ask first; sent with the batch, it costs no round trip of its
+own. The in-memory layer answers without I/O either way.
 
 `origin` names the WebSocket connection whose frame is being handled (the consumer sets it
 around each engine call; REST and background work leave it unset). The announcement carries
@@ -23,14 +24,10 @@ import contextvars
 import logging
 from typing import Any
 
-from channels.layers import get_channel_layer
-
 logger = logging.getLogger("stello.events")
 
 origin: contextvars.ContextVar[str | None] = contextvars.ContextVar("stello_event_origin",
                                                                    default=None)
-
-pending: set[asyncio.Task[None]] = set()
 
 
 def session_group(session_id: str) -> str:
@@ -52,34 +49,15 @@ def announce_approval_required(session_id: str, payload: dict[str, Any]) -> None
 
 
 def _announce(space_id: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
+    from .live import notify  # (live tells approvals through this module)
+
     if (made_by := origin.get()) is not None:
         message["origin"] = made_by
     try:
-        loop = asyncio.get_running_loop()
+        asyncio.get_running_loop()
     except RuntimeError:  # a programming error, but the turn has committed: never fail it
         logger.error("%s of session %s (space %s) not announced: no running event loop",
                      message["type"], message["sessionId"], space_id)
         return
-    task = loop.create_task(_send(layer, space_id, message))
-    pending.add(task)
-    task.add_done_callback(pending.discard)
-
-
-async def _send(layer: Any, space_id: str, message: dict[str, Any]) -> None:
     session_id = message["sessionId"]
-    group = session_group(session_id)
-    try:
-        await layer.group_send(group, message)
-    except Exception:  # a notification must never fail the turn that is already committed
-        logger.exception("could not announce %s of session %s (space %s)", message["type"],
-                         session_id, space_id)
-
-
-async def drain() -> None:
-    """Wait until the announcements of the running loop have been sent (tests, shutdown)."""
-    loop = asyncio.get_running_loop()
-    while waiting := [t for t in pending if t.get_loop() is loop]:
-        await asyncio.wait(waiting)
+    notify(session_id, session_group(session_id), message)

@@ -5,14 +5,19 @@ A turn's events get their seq in the engine, under the session's lock, and reach
 with the round's `save_call` (deltas coalesced per round). Until then they live here:
 
 - `publish(session_id, event)` (the agent's event sink; sync, never raises into the turn) files
-  the event in the session's outbox. ONE task per session drains it in batches, at most every
-  STELLO_EVENT_FLUSH_MS (a turn's start and end are not held back: the end flushes the rest):
-  the batch is written to the session's live buffer first (a Redis list shared by every
-  process; a dict in the one-process embedded mode), then sent to the channel-layer group
-  `events.<session>`. A batch costs one buffer round trip and one publish, however many deltas
-  it holds. A turn's last event (`turn.completed` / `failed` / `cancelled`) is told after its
-  commit, so once it is in a batch the database holds everything before it: the buffer is
-  cleared rather than written, and keeps only what follows (a next turn's events).
+  the event in the process's outbox. ONE task drains it in batches, one in flight at a time,
+  at most every STELLO_EVENT_FLUSH_MS (a turn's start and end are not held back: the end
+  flushes the rest). A batch holds what every session filed meanwhile: each session's part is
+  written to its live buffer first (a Redis list shared by every process; a dict in the
+  one-process embedded mode), then sent to the channel-layer group `events.<session>`.
+  `notify` files a message for another group of a session (a watcher's `session.updated`)
+  that goes out with the next batch. On Redis a batch, all its sessions and messages, is ONE
+  round trip however much it holds: one script writes the buffers and publishes (the pub/sub
+  layer's group send is a plain `PUBLISH`; a publish nobody hears costs nothing more). Under
+  load the batches grow, so a turn's share of that round trip shrinks. A turn's last event
+  (`turn.completed` / `failed` / `cancelled`) is told after its commit, so once it is in a
+  batch the database holds everything before it: the buffer is cleared rather than written,
+  and keeps only what follows (a next turn's events).
 - `Follower` joins the group FIRST, then reads the buffer, then the database. An event published
   before the join is in the buffer or (once cleared) in the database; one published after is
   heard live. Merging by seq gives every event after `since` once, in order, gap-free; a live
@@ -23,13 +28,14 @@ with the round's `save_call` (deltas coalesced per round). Until then they live 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Set
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -40,6 +46,7 @@ from .engine.ports import SpaceStore
 from .engine.turn import RUNNING
 from .engine.types import LogEvent
 from .events import announce_approval_required
+from .store.common import json_text
 
 logger = logging.getLogger("stello.live")
 
@@ -84,6 +91,27 @@ def _decode(data: dict[str, Any]) -> LogEvent:
 # -- the live buffer ------------------------------------------------------------------------
 
 
+Messages = list[tuple[str, dict[str, Any]]]  # (channel-layer group, message) to send
+
+
+@dataclasses.dataclass
+class BufferWrite:
+    """One session's part of a batch: clear its buffer first (when `clear`), append `events`
+    (encoded), then send `messages`."""
+
+    session_id: str
+    events: list[dict[str, Any]]
+    clear: bool
+    messages: Messages = dataclasses.field(default_factory=list)
+
+
+async def _group_send(messages: Messages) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        for group, message in messages:
+            await layer.group_send(group, message)
+
+
 class LocalBuffer:
     """One process (no Redis): the running turns' unsaved events in memory."""
 
@@ -92,34 +120,52 @@ class LocalBuffer:
 
     async def write(self, session_id: str, events: list[dict[str, Any]], *,
                     clear: bool) -> None:
-        if clear:
-            self._events.pop(session_id, None)
-        if events:
-            self._events.setdefault(session_id, []).extend(events)
+        await self.send([BufferWrite(session_id, events, clear)])
+
+    async def send(self, writes: list[BufferWrite]) -> None:
+        """Each write's buffer change, then its messages through the channel layer."""
+        for write in writes:
+            if write.clear:
+                self._events.pop(write.session_id, None)
+            if write.events:
+                self._events.setdefault(write.session_id, []).extend(write.events)
+            await _group_send(write.messages)
 
     async def read(self, session_id: str) -> list[LogEvent]:
         return [_decode(e) for e in self._events.get(session_id, ())]
 
 
-# KEYS[1] the buffer; ARGV: clear first (1/0), the TTL in seconds, then the events to append.
-_WRITE_SCRIPT = """
-if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
-for i = 3, #ARGV, 1000 do  -- (unpack takes a bounded number of values)
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+# KEYS: the buffers. ARGV: the TTL in seconds, then per key: clear first (1/0) and the events to
+# append as one JSON array ('' for none); then (pub/sub channel, message) pairs to publish once
+# the buffers hold their events (a follower that hears an event ahead of what it has reads the
+# buffer for the rest).
+_SEND_SCRIPT = """
+local a = 2
+for k = 1, #KEYS do
+  if ARGV[a] == '1' then redis.call('DEL', KEYS[k]) end
+  if ARGV[a + 1] ~= '' then
+    redis.call('RPUSH', KEYS[k], ARGV[a + 1])
+    redis.call('EXPIRE', KEYS[k], ARGV[1])
+  end
+  a = a + 2
 end
-return redis.call('EXPIRE', KEYS[1], ARGV[2])
+for i = a, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return 0
 """
 
 
 class RedisBuffer:
-    """Every process: a Redis list per session with a running turn."""
+    """Every process: a Redis list per session with a running turn. `layer`: the channel
+    layer when it is the pub/sub layer on this same Redis, so a batch and its messages go out
+    in one script (None: through the layer, after the buffers are written)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, layer: Any = None) -> None:
         import redis.asyncio as redis
 
         self._redis = redis.from_url(url)
         self._prefix = prefix
-        self._write = self._redis.register_script(_WRITE_SCRIPT)
+        self._layer = layer
+        self._send = self._redis.register_script(_SEND_SCRIPT)
 
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}:live:{session_id}"
@@ -127,19 +173,35 @@ class RedisBuffer:
     async def write(self, session_id: str, events: list[dict[str, Any]], *,
                     clear: bool) -> None:
         """Clear the list first when `clear`, then append `events`: one round trip."""
-        key = self._key(session_id)
-        if not events:
-            if clear:
-                await self._redis.delete(key)
-            return
-        # One script rather than a MULTI of three commands: atomic alike, and a third of the
-        # client's packing and parsing (this runs for every batch of every turn).
-        await self._write(keys=[key], args=[1 if clear else 0, BUFFER_TTL_SECONDS,
-                                            *(json.dumps(e) for e in events)])
+        await self.send([BufferWrite(session_id, events, clear)])
+
+    async def send(self, writes: list[BufferWrite]) -> None:
+        """Every write, several sessions' alike: one round trip on the pub/sub layer (one
+        script: atomic, and the least client packing and parsing, which runs for every batch
+        of every turn); none when there is nothing to do."""
+        keys: list[str] = []
+        args: list[Any] = [BUFFER_TTL_SECONDS]
+        for write in writes:
+            if write.events or write.clear:
+                keys.append(self._key(write.session_id))
+                # A batch is one element of the list (one argument to pack, not one per event).
+                args += (1 if write.clear else 0,
+                         json_text(write.events) if write.events else "")
+        messages = [m for write in writes for m in write.messages]
+        if self._layer is not None:
+            for group, message in messages:
+                # The layer's own group send, spelled out: a PUBLISH of the serialised message
+                # on the group's channel (tests/ws/test_live_turns.py checks it is heard).
+                args += (self._layer._get_group_channel_name(group),
+                         self._layer.serialize(message))
+            messages = []
+        if len(args) > 1:
+            await self._send(keys=keys, args=args)
+        await _group_send(messages)
 
     async def read(self, session_id: str) -> list[LogEvent]:
-        return [_decode(json.loads(e)) for e in await self._redis.lrange(self._key(session_id),
-                                                                          0, -1)]
+        return [_decode(e) for batch in await self._redis.lrange(self._key(session_id), 0, -1)
+                for e in orjson.loads(batch)]
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -156,9 +218,22 @@ def buffer() -> LocalBuffer | RedisBuffer:
     if found is None:
         url = settings.STELLO.get("REDIS_URL")
         prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "stello")
-        found = RedisBuffer(url, prefix) if url else _shared_local
+        found = RedisBuffer(url, prefix, _pubsub_layer_on(url)) if url else _shared_local
         _buffers[loop] = found
     return found
+
+
+def _pubsub_layer_on(url: str) -> Any:
+    """The channel layer when it is channels-redis' pub/sub layer on one Redis, `url` (its
+    group send is then one PUBLISH, which the buffer's script can make), else None."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = get_channel_layer()
+    hosts = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts", [])
+    address = hosts[0].get("address") if len(hosts) == 1 and isinstance(hosts[0], dict) else None
+    if isinstance(layer, RedisPubSubChannelLayer) and address == url:
+        return layer
+    return None
 
 
 _shared_local = LocalBuffer()  # embedded mode: one process, every loop sees the same turns
@@ -172,10 +247,22 @@ _shared_local = LocalBuffer()  # embedded mode: one process, every loop sees the
 URGENT = TERMINAL | {"turn.started"}
 
 
-class _Outbox:
+class _Filed:
+    """What one session has filed for the next batch."""
+
     def __init__(self) -> None:
         self.events: list[LogEvent] = []
         self.saved: set[int] = set()  # seqs of events committed before they were told
+        self.messages: Messages = []  # for other groups of the session (see notify)
+
+
+class _Outbox:
+    """The process's: one drain sends what every session filed, one batch in flight at a
+    time (what is filed meanwhile goes with the next)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, _Filed] = {}
+        self.urgent = False  # something filed must not wait for the flush timer
         self.task: asyncio.Task[None] | None = None
         self.wakeup: asyncio.Future[None] | None = None  # ends the drain's wait early
 
@@ -185,7 +272,7 @@ def _wake(future: asyncio.Future[None] | None) -> None:
         future.set_result(None)
 
 
-_outboxes: dict[str, _Outbox] = {}
+_outbox = _Outbox()
 pending: set[asyncio.Task[None]] = set()
 
 
@@ -197,35 +284,47 @@ def publish(session_id: str, event: LogEvent, *, saved: bool = False) -> None:
         listen_for_turn_signals()
     elif event.type == "tool.approval_required":  # watchers hear of it too (a human answers)
         announce_approval_required(session_id, dict(event.payload))
-    outbox = _outboxes.setdefault(session_id, _Outbox())
-    outbox.events.append(event)
+    filed = _outbox.sessions.setdefault(session_id, _Filed())
+    filed.events.append(event)
     if saved:
-        outbox.saved.add(event.seq)
+        filed.saved.add(event.seq)
+    _start_drain(urgent=saved or event.type in URGENT)
+
+
+def notify(session_id: str, group: str, message: dict[str, Any]) -> None:
+    """Send `message` to a channel-layer group of the session with the next batch (at once if
+    none is due): on Redis no round trip of its own. Never raises."""
+    _outbox.sessions.setdefault(session_id, _Filed()).messages.append((group, message))
+    _start_drain(urgent=True)
+
+
+def _start_drain(*, urgent: bool) -> None:
+    outbox = _outbox
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # pragma: no cover - the engine always runs on a loop
-        outbox.events.clear()
-        outbox.saved.clear()
+        outbox.sessions.clear()
         return
-    urgent = saved or event.type in URGENT  # a committed entry (fork, archive) stands alone
-    if urgent and outbox.wakeup is not None and outbox.wakeup.get_loop() is loop:
-        _wake(outbox.wakeup)
+    if urgent:
+        outbox.urgent = True
+        if outbox.wakeup is not None and outbox.wakeup.get_loop() is loop:
+            _wake(outbox.wakeup)
     # A drain left by a loop that has gone (a one-call loop: the sync test client, the admin)
     # never runs again: start one on this loop.
     if outbox.task is None or outbox.task.done() or outbox.task.get_loop() is not loop:
-        outbox.task = loop.create_task(_drain(session_id, outbox))
+        outbox.task = loop.create_task(_drain(outbox))
         pending.add(outbox.task)
         outbox.task.add_done_callback(pending.discard)
 
 
-async def _drain(session_id: str, outbox: _Outbox) -> None:
+async def _drain(outbox: _Outbox) -> None:
     flush = settings.STELLO.get("EVENT_FLUSH_MS", 20) / 1000
     loop = asyncio.get_running_loop()
     try:
-        while outbox.events:
+        while outbox.sessions:
             # Let the batch fill (what is told meanwhile goes with it) unless it holds an
-            # urgent or committed event, or one arrives meanwhile.
-            if flush and not outbox.saved and not any(e.type in URGENT for e in outbox.events):
+            # urgent or committed event or a message, or one arrives meanwhile.
+            if flush and not outbox.urgent:
                 outbox.wakeup = loop.create_future()
                 timer = loop.call_later(flush, _wake, outbox.wakeup)
                 try:
@@ -233,23 +332,24 @@ async def _drain(session_id: str, outbox: _Outbox) -> None:
                 finally:
                     timer.cancel()
                     outbox.wakeup = None
-            batch, outbox.events = outbox.events, []
-            saved, outbox.saved = outbox.saved, set()
+            batch, outbox.sessions, outbox.urgent = outbox.sessions, {}, False
             try:
-                await _send(session_id, batch, saved)
+                await buffer().send([_buffer_write(session_id, filed)
+                                     for session_id, filed in batch.items()])
             except Exception:  # a follower catches up from the database; the turn goes on
-                logger.warning("could not publish events of session %s", session_id,
+                logger.warning("could not publish the events of %d session(s)", len(batch),
                                exc_info=True)
     finally:
         # No await since the loop saw the outbox empty: nothing was filed meanwhile.
         if outbox.task is asyncio.current_task():
             outbox.task = None
-            if not outbox.events and _outboxes.get(session_id) is outbox:
-                del _outboxes[session_id]
 
 
-async def _send(session_id: str, batch: list[LogEvent], saved: Set[int] = frozenset()
-                ) -> None:
+def _buffer_write(session_id: str, filed: _Filed) -> BufferWrite:
+    """What a session's filed events and messages do to its buffer and who hears them."""
+    batch = filed.events
+    if not batch:
+        return BufferWrite(session_id, [], False, filed.messages)
     encoded = [_encode(e) for e in batch]
     ended = max((i for i, e in enumerate(batch) if e.type in TERMINAL), default=-1)
     # Buffered: what no commit has saved yet, i.e. what follows the batch's last turn end
@@ -258,12 +358,10 @@ async def _send(session_id: str, batch: list[LogEvent], saved: Set[int] = frozen
     # after a dead one tells that turn's `turn.failed` first).
     clear = ended >= 0 or batch[0].type == "turn.started"
     unsaved = [data for data, event in zip(encoded[ended + 1:], batch[ended + 1:], strict=True)
-               if event.seq not in saved]
-    await buffer().write(session_id, unsaved, clear=clear)
-    layer = get_channel_layer()
-    if layer is not None:
-        await layer.group_send(events_group(session_id), {
-            "type": "session.events", "sessionId": session_id, "events": encoded})
+               if event.seq not in filed.saved]
+    return BufferWrite(session_id, unsaved, clear, [(events_group(session_id), {
+        "type": "session.events", "sessionId": session_id, "events": encoded}),
+        *filed.messages])
 
 
 async def recover(session_id: str) -> list[LogEvent]:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from channels.layers import get_channel_layer
 
-from sessions_app import events
+from sessions_app import events, live
 
 REDIS_PY_SOCKET_TIMEOUT = 5  # seconds: redis-py's default, which the layer must never run into
 
@@ -24,7 +24,7 @@ async def test_an_announcement_reaches_the_watchers_and_names_its_origin() -> No
             events.announce_turn("space", "watched-session", 2)
         finally:
             events.origin.reset(token)
-        await events.drain()
+        await live.drain()
         async with asyncio.timeout(5):
             received = await layer.receive(channel)
         assert received == {"type": "session.updated", "sessionId": "watched-session",

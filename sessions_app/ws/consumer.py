@@ -154,7 +154,6 @@ class Operations:
         while busy := [idle for task, idle, _ in self._of_this_loop()
                        if not idle.is_set() and not task.done()]:
             await asyncio.wait([asyncio.ensure_future(idle.wait()) for idle in busy])
-        await events.drain()
         await live.drain()
 
     async def shutdown(self) -> None:
@@ -164,7 +163,7 @@ class Operations:
             stop()
         while tasks := [task for task, _, _ in self._of_this_loop()]:
             await asyncio.wait(tasks)
-        await events.drain()
+        await live.drain()
 
 
 operations = Operations()

@@ -213,20 +213,22 @@ async def test_the_live_buffer_appends_clears_and_holds_any_number_of_events() -
 async def test_a_streamed_turn_is_published_in_two_batches_however_many_deltas(
         space_id, root_id, alice_key, settings, monkeypatch) -> None:
     """A turn's start goes out at once (a cancel from another process finds it); the rest
-    waits up to STELLO_EVENT_FLUSH_MS and goes as one buffer write and one publish. Before
-    batching, each delta cost a buffer write and a publish of its own."""
+    waits up to STELLO_EVENT_FLUSH_MS and goes as one batch, with the watchers'
+    `session.updated`. Before batching, each delta cost a buffer write and a publish of its
+    own, and the announcement one more."""
     from sessions_app import live
+    from sessions_app.events import session_group
 
     settings.STELLO = {**settings.STELLO, "EVENT_FLUSH_MS": 1000}
     store = live.buffer()
-    writes: list[tuple[list[str], bool]] = []
-    real_write = store.write
+    sent: list[live.BufferWrite] = []
+    real_send = store.send
 
-    async def counted_write(session_id, events, *, clear):
-        writes.append(([e["type"] for e in events], clear))
-        await real_write(session_id, events, clear=clear)
+    async def counted_send(writes):
+        sent.extend(w for w in writes if w.session_id == root_id)
+        await real_send(writes)
 
-    monkeypatch.setattr(store, "write", counted_write)
+    monkeypatch.setattr(store, "send", counted_send)
     ws = await open_ws(space_id, alice_key)
     await enter(ws, root_id)
     await ws.send_json_to({"type": "session.stream", "input": "one two three four five six"})
@@ -236,11 +238,66 @@ async def test_a_streamed_turn_is_published_in_two_batches_however_many_deltas(
     # The start (with the deltas told before the loop got to it) clears the buffer and keeps
     # its events until the turn's end is saved; the rest goes as one batch, which only
     # clears the buffer (everything is saved by then).
-    assert len(writes) == 2, writes
-    assert writes[0][0][0] == "turn.started" and writes[0][1] is True
-    assert writes[1] == ([], True)
+    assert len(sent) == 2, sent
+    assert sent[0].events[0]["type"] == "turn.started" and sent[0].clear is True
+    assert (sent[1].events, sent[1].clear) == ([], True)
+    assert [m["type"] for _, m in sent[1].messages] == ["session.events", "session.updated"]
+    assert [group for group, _ in sent[1].messages] == [live.events_group(root_id),
+                                                        session_group(root_id)]
     assert await live.buffer().read(root_id) == []
     await ws.disconnect()
+
+
+@pytest.mark.redis
+@bounded(40)
+async def test_on_redis_a_batch_of_several_sessions_is_one_round_trip_and_is_heard(
+        space_id, root_id, alice_key) -> None:
+    """The buffers of every session in a batch and the messages for their followers and
+    watchers go out in one script: one round trip, however many sessions, events and
+    messages (three round trips per session before). What it publishes is what the channel
+    layer's own group send would: a follower and a watcher hear it."""
+    from channels.layers import get_channel_layer
+
+    from sessions_app.engine.types import LogEvent
+    from sessions_app.events import session_group
+    from sessions_app.store import space_store
+
+    store = live.buffer()
+    assert isinstance(store, live.RedisBuffer) and store._layer is not None
+    layer = get_channel_layer()
+    watcher = await layer.new_channel()
+    await layer.group_add(session_group(root_id), watcher)
+    others = [str(uuid.uuid4()) for _ in range(3)]
+    calls = 0
+    real_script = store._send
+
+    async def counted(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return await real_script(*args, **kwargs)
+
+    store._send = counted
+    try:
+        async with live.Follower(space_store(space_id), root_id, 0) as follower:
+            for session_id in [root_id, *others]:
+                live.publish(session_id, LogEvent(1, "turn.started", {"turnId": "t"}))
+                live.publish(session_id, LogEvent(2, "stream.delta", {"chunk": "a"}))
+            live.notify(root_id, session_group(root_id), {
+                "type": "session.updated", "sessionId": root_id, "turnCount": 7})
+            await live.drain()
+            assert calls == 1
+            for session_id in others:
+                assert [e.seq for e in await store.read(session_id)] == [1, 2]
+            async with asyncio.timeout(5):
+                heard = [await anext(aiter(follower)) for _ in range(2)]
+                told = await layer.receive(watcher)
+            assert [(e.seq, e.type) for e in heard] == [(1, "turn.started"), (2, "stream.delta")]
+            assert told == {"type": "session.updated", "sessionId": root_id, "turnCount": 7}
+    finally:
+        store._send = real_script
+        await layer.group_discard(session_group(root_id), watcher)
+        for session_id in [root_id, *others]:
+            await store.write(session_id, [], clear=True)
 
 
 @bounded()
