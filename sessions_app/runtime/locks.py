@@ -6,13 +6,16 @@ operations on one session run one at a time across every server process sharing 
 
 Advisory locks belong to a connection, not to a transaction, and one connection can hold many:
 each process keeps a few lock connections (a session always maps to the same one) and takes the
-lock of every session it works on through them, with `pg_try_advisory_lock` (one round trip).
-The unlock is sent without making the operation's answer wait for it. No connection is held per
-operation, so the number of operations in flight is not bound by connections, and no transaction
-stays open during an LLM call. A lock held by another process is retried with a short backoff
-until the lock timeout (then SessionBusy). When a process dies, PostgreSQL closes its connection
-and drops its locks at once. A lock connection that PostgreSQL has closed (a restart) is
-replaced before its next use, or on the spot if it breaks under a try; its locks are gone.
+lock of every session it works on through them, with `pg_try_advisory_lock`. The unlock is sent
+without making the operation's answer wait for it. Each lock connection sends its tries and
+unlocks in batches: ONE statement takes and releases every lock asked for while the previous
+one was in flight (under load a lock costs a fraction of a round trip; alone, one). No
+connection is held per operation, so the number of operations in flight is not bound by
+connections, and no transaction stays open during an LLM call. A lock held by another process
+is retried with a short backoff until the lock timeout (then SessionBusy). When a process dies,
+PostgreSQL closes its connection and drops its locks at once. A lock connection that PostgreSQL
+has closed (a restart) is replaced before its next use, or on the spot if it breaks under a
+try; its locks are gone.
 """
 
 from __future__ import annotations
@@ -32,10 +35,15 @@ from ..engine.errors import ServiceUnavailable, SessionBusy
 
 logger = logging.getLogger("stello.locks")
 
-_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
-_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+# Unlocks first, then tries (in their order): a session released and taken again in one batch
+# ends up held (advisory locks count, so either order would).
+_BATCH = """SELECT
+ ARRAY(SELECT pg_advisory_unlock(hashtextextended(k, 0))
+       FROM unnest(%(unlock)s::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n),
+ ARRAY(SELECT pg_try_advisory_lock(hashtextextended(k, 0))
+       FROM unnest(%(lock)s::text[]) WITH ORDINALITY AS l(k, n) ORDER BY n)"""
 _FIRST_RETRY, _MAX_RETRY = 0.002, 0.1  # seconds between tries while another process holds it
-LOCK_CONNECTIONS = 4  # per process
+LOCK_CONNECTIONS = 1  # per process: one line batches best (see PostgresSessionLocks)
 
 
 class LocalSessionLocks:
@@ -66,6 +74,15 @@ class LocalSessionLocks:
                 del self._locks[session_id]
 
 
+class _Line:
+    """One lock connection's next batch: the unlocks and the tries asked for meanwhile."""
+
+    def __init__(self) -> None:
+        self.unlocks: list[str] = []
+        self.tries: list[tuple[str, asyncio.Future[bool]]] = []
+        self.sender: asyncio.Task[None] | None = None
+
+
 class PostgresSessionLocks:
     """The local lock first (waiters of one process queue in memory and cost no round trip),
     then the session's advisory lock on one of this process's lock connections."""
@@ -82,6 +99,7 @@ class PostgresSessionLocks:
         # A session always maps to the same connection (an advisory lock is released on the
         # connection that took it); several connections spread the round trips.
         self._conns: list[psycopg.AsyncConnection | None] = [None] * connections
+        self._lines = [_Line() for _ in range(connections)]
         self._connecting: asyncio.Lock | None = None
         self._cleanups: set[asyncio.Task[Any]] = set()
 
@@ -104,7 +122,7 @@ class PostgresSessionLocks:
                 # Not awaited: the operation's answer need not wait for the unlock. The next
                 # holder in this process takes the lock through the same connection, after
                 # the unlock or (re-entrant) before it: either way it ends up holding it.
-                self._keep(asyncio.ensure_future(self._unlock(slot, session_id)))
+                self._unlock(slot, session_id)
 
     async def _shielded(self, attempt: Any, slot: int, session_id: str) -> bool:
         """Run one try to completion even if the caller is cancelled meanwhile (a cancelled
@@ -116,7 +134,7 @@ class PostgresSessionLocks:
         except asyncio.CancelledError:
             def give_back(done: asyncio.Task[bool]) -> None:
                 if not done.cancelled() and done.exception() is None and done.result():
-                    self._keep(asyncio.ensure_future(self._unlock(slot, session_id)))
+                    self._unlock(slot, session_id)
 
             task.add_done_callback(give_back)
             raise
@@ -158,36 +176,71 @@ class PostgresSessionLocks:
             return conn
 
     async def _try_lock(self, slot: int, session_id: str) -> bool:
-        try:
+        """Try the session's lock with the next batch of its connection."""
+        tried: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._lines[slot].tries.append((session_id, tried))
+        self._send_soon(slot)
+        return await tried
+
+    def _unlock(self, slot: int, session_id: str) -> None:
+        """Release the session's lock with the next batch of its connection."""
+        self._lines[slot].unlocks.append(session_id)
+        self._send_soon(slot)
+
+    def _send_soon(self, slot: int) -> None:
+        line = self._lines[slot]
+        if line.sender is None or line.sender.done():
+            line.sender = asyncio.ensure_future(self._send(slot))
+            self._keep(line.sender)
+
+    async def _send(self, slot: int) -> None:
+        """Send the line's batches, one in flight at a time, until nothing is asked."""
+        line = self._lines[slot]
+        while line.unlocks or line.tries:
+            unlocks, line.unlocks = line.unlocks, []
+            tries, line.tries = line.tries, []
             try:
-                row = await self._try_lock_once(slot, session_id)
-            except psycopg.OperationalError:
-                conn = self._conns[slot]
-                if conn is not None and not (conn.closed or conn.broken):
+                try:
+                    released, taken = await self._batch(slot, unlocks, [s for s, _ in tries])
+                except asyncio.CancelledError:  # shutdown: nobody waits for an answer any more
+                    for _, tried in [*tries, *line.tries]:
+                        tried.cancel()
                     raise
-                # The connection broke under the try (e.g. PostgreSQL restarted): a new one
-                # holds nothing, so trying again on it cannot take a lock twice.
-                row = await self._try_lock_once(slot, session_id)
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable("the session-lock database connection is unavailable") \
-                from exc
-        return bool(row and row[0])
+                except psycopg.OperationalError:
+                    conn = self._conns[slot]
+                    if conn is not None and not (conn.closed or conn.broken):
+                        raise
+                    # The connection broke under the batch (e.g. PostgreSQL restarted): its
+                    # locks are gone, and a new one holds nothing, so trying again on it
+                    # cannot take a lock twice.
+                    unlocks = []
+                    released, taken = await self._batch(slot, [], [s for s, _ in tries])
+            except Exception as exc:
+                if unlocks:
+                    logger.warning("could not release the locks of sessions %s",
+                                   ", ".join(unlocks), exc_info=True)
+                error = (ServiceUnavailable("the session-lock database connection is "
+                                            "unavailable") if isinstance(exc, psycopg.Error)
+                         else exc)
+                for _, tried in tries:
+                    if not tried.done():
+                        tried.set_exception(error)
+                continue
+            for session_id, held in zip(unlocks, released, strict=True):
+                if not held:
+                    logger.warning("the lock of session %s was not held at release", session_id)
+            for (_, tried), got in zip(tries, taken, strict=True):
+                if not tried.done():
+                    tried.set_result(bool(got))
 
-    async def _try_lock_once(self, slot: int, session_id: str) -> tuple[Any, ...] | None:
+    async def _batch(self, slot: int, unlocks: list[str], tries: list[str]
+                     ) -> tuple[list[bool], list[bool]]:
+        if not unlocks and not tries:
+            return [], []
         conn = await self._connection(slot)
-        return await (await conn.execute(_TRY_LOCK, (session_id,))).fetchone()
-
-    async def _unlock(self, slot: int, session_id: str) -> None:
-        conn = self._conns[slot]
-        if conn is None or conn.closed or conn.broken:
-            return  # that connection is gone, and its locks with it
-        try:
-            row = await (await conn.execute(_UNLOCK, (session_id,))).fetchone()
-        except psycopg.Error:
-            logger.warning("could not release the lock of session %s", session_id, exc_info=True)
-            return
-        if not (row and row[0]):
-            logger.warning("the lock of session %s was not held at release", session_id)
+        row = await (await conn.execute(_BATCH, {"unlock": unlocks, "lock": tries})).fetchone()
+        assert row is not None
+        return list(row[0]), list(row[1])
 
     async def aclose(self) -> None:
         await self.settled()

@@ -168,6 +168,37 @@ async def test_a_hold_costs_two_round_trips(conninfo: str) -> None:
 
 
 @pytest.mark.postgres
+async def test_locks_asked_for_together_share_a_round_trip(conninfo: str) -> None:
+    """Tries and unlocks asked for while a batch is in flight go together in the next one:
+    100 operations at once on different sessions cost a few round trips, not 200 (each try
+    and each unlock its own statement before)."""
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    everyone_in = asyncio.Event()
+    inside = 0
+
+    async def operation(n: int) -> None:
+        nonlocal inside
+        async with locks.hold(f"together-{n}"):
+            inside += 1
+            if inside == 100:
+                everyone_in.set()
+            await asyncio.wait_for(everyone_in.wait(), 10)
+
+    try:
+        async with locks.hold("warm-up"):
+            pass
+        await locks.settled()
+        before = await held_advisory_locks(conninfo)
+        pgpool.round_trips.reset()
+        await asyncio.gather(*(operation(n) for n in range(100)))
+        await locks.settled()
+        assert pgpool.round_trips.count <= 4  # the tries in one or two, the unlocks too
+        assert await held_advisory_locks(conninfo) == before
+    finally:
+        await locks.aclose()
+
+
+@pytest.mark.postgres
 async def test_a_cancelled_operation_gives_its_lock_back(conninfo: str) -> None:
     locks = PostgresSessionLocks(conninfo, timeout=5)
     other = PostgresSessionLocks(conninfo, timeout=0.5)
