@@ -202,13 +202,18 @@ def json_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def storable_json(value: Any) -> str:
+    """`value` made `storable`, as JSON text. Walked only when the text shows a NUL may be
+    inside (JSON spells one `\\u0000`; a false alarm, a backslash before `u0000`, only costs
+    the walk): the walk is most of the cost otherwise."""
+    text = json_text(value)
+    return json_text(storable(value)) if "\\u0000" in text else text
+
+
 def json_rows(rows: list[dict[str, Any]]) -> str:
     """Rows for PostgreSQL's `json_to_recordset`, as ONE text parameter: psycopg sends a string
-    for a fraction of the cost of dumping a parallel array per column. Made `storable` only
-    when the text shows a NUL may be inside (JSON spells one `\\u0000`; a false alarm, a
-    backslash before `u0000`, only costs the walk): the walk is most of the cost otherwise."""
-    text = json_text(rows)
-    return json_text(storable(rows)) if "\\u0000" in text else text
+    for a fraction of the cost of dumping a parallel array per column."""
+    return storable_json(rows)
 
 
 def event_rows(events: Iterable[LogEvent]) -> dict[str, str]:

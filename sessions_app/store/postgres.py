@@ -82,8 +82,15 @@ from .common import (
     skills_of,
     source_id,
     storable,
+    storable_json,
     turn_info,
 )
+
+
+def stored_jsonb(value: Mapping[str, Any]) -> Jsonb:
+    """A jsonb parameter made `storable` (dumped by orjson; walked only when a NUL may be in)."""
+    return Jsonb(dict(value), dumps=storable_json)
+
 
 # -- SQL ------------------------------------------------------------------------------------
 
@@ -668,7 +675,7 @@ class PgSpaceStore(PgConversations, PgApprovals):
             turn_pk = parse_uuid(turn.turn_id)
             params.update(
                 turn=turn_pk, status=turn.status, input=storable(turn.input),
-                result=None if turn.result is None else Jsonb(storable(dict(turn.result))),
+                result=None if turn.result is None else stored_jsonb(turn.result),
                 event_seq=turn.event_seq, stale_error=ABANDONED_ERROR,
                 abandoned=[a for a in map(parse_uuid, turn.abandoned) if a],
                 prune_to=prune_to(turn.event_seq) if end_turn else 0,
@@ -747,7 +754,7 @@ class PgSpaceStore(PgConversations, PgApprovals):
     async def log_event(self, session_id: str, type_: str,
                         payload: Mapping[str, Any]) -> LogEvent:
         row = await self._one(SQL_LOG_EVENT, self._params(
-            session_id, type=type_, payload=Jsonb(storable(dict(payload))), now=timezone.now(),
+            session_id, type=type_, payload=stored_jsonb(payload), now=timezone.now(),
             log=True))
         if row is None:
             raise SessionNotFound()
@@ -869,7 +876,7 @@ class PgSpaceStore(PgConversations, PgApprovals):
     ) -> None:
         if self._space is None:
             raise SpaceNotFound()
-        params = self._params(values=Jsonb(storable(dict(values))), delete=list(delete),
+        params = self._params(values=stored_jsonb(values), delete=list(delete),
                               clear=clear)
         await self._one(SQL_WRITE_CORE, params)
 
