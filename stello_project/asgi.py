@@ -20,7 +20,9 @@ connections live. So here:
   when some sync code ran for it (the ORM on SQLite, a cold path, the admin); then the
   connections it opened are closed there exactly as Django does. A request that stayed on the
   loop (the async hot paths on PostgreSQL) has no such thread and no connection to close: its
-  response is closed on the loop.
+  response is closed on the loop, and `request_finished` is sent only when it has receivers
+  other than Django's own three, which have nothing to do there (no database connection on
+  the loop; our cache backends' `close` does nothing; no request sets a urlconf).
 
 It also reads request bodies itself (`read_limited_body`, the third change), so that every
 body, with a Content-Length or chunked (`Transfer-Encoding: chunked`, which has none), is held
@@ -47,11 +49,15 @@ import django
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.core import signals
+from django.core.cache import close_caches
+from django.core.cache.backends.base import BaseCache
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import reset_urlconf
 from django.db import close_old_connections, reset_queries
 from django.http import JsonResponse
 from django.urls import set_script_prefix
+from django.utils.module_loading import import_string
 
 from stello_project.env import configuration_errors_in_one_line
 
@@ -69,6 +75,20 @@ def _receiver_key(receiver) -> tuple[int, int]:
 # the event loop thread has none (Django refuses ORM calls there).
 _LOOP_NOOP_STARTED_RECEIVERS = frozenset(map(_receiver_key, (reset_queries,
                                                              close_old_connections)))
+
+
+def _cache_close_is_noop() -> bool:
+    """Whether every configured cache backend keeps Django's no-op `close` (Redis and local
+    memory do)."""
+    return all(import_string(cache["BACKEND"]).close is BaseCache.close
+               for cache in settings.CACHES.values())
+
+
+# ... and its `request_finished` receivers, after a request that stayed on the loop: no database
+# connection to close there, cache backends whose `close` is a no-op, and the urlconf, which
+# Django sets per request in the request's own context.
+_LOOP_NOOP_FINISHED_RECEIVERS = frozenset(map(_receiver_key, (
+    close_old_connections, reset_urlconf, *((close_caches,) if _cache_close_is_noop() else ()))))
 
 
 def send_request_started(scope) -> None:
@@ -191,6 +211,16 @@ class StelloASGIHandler(ASGIHandler):
     async def aclose_response(self, response) -> None:
         if ran_sync_code():
             await sync_to_async(response.close)()
+        elif all(key in _LOOP_NOOP_FINISHED_RECEIVERS
+                 for key, _, _ in signals.request_finished.receivers):
+            # `HttpResponseBase.close` without the signal (see the module doc).
+            for closer in response._resource_closers:
+                try:
+                    closer()
+                except Exception:
+                    pass
+            response._resource_closers.clear()
+            response.closed = True
         else:
             response.close()
 

@@ -2,8 +2,8 @@
 
 Each shortcut skips framework work only where it provably has nothing to do; these tests hold
 the cases where it must still happen: content negotiation for a client that asks for something
-else than JSON, `request_started` for a receiver of the project's own or a third party's, and
-CORS once an origin is allowed (tests/test_deploy.py covers its headers).
+else than JSON, `request_started` and `request_finished` for a receiver of the project's own or
+a third party's, and CORS once an origin is allowed (tests/test_deploy.py covers its headers).
 """
 
 from __future__ import annotations
@@ -71,6 +71,32 @@ async def test_request_started_still_reaches_receivers_other_than_djangos() -> N
         signals.request_started.disconnect(receiver)
     assert status == 200
     assert seen == ["/healthz"]
+
+
+async def test_request_finished_still_reaches_receivers_other_than_djangos() -> None:
+    """A request that stayed on the loop skips `request_finished` while only Django's own
+    receivers (nothing to do there) listen; anyone else still hears it, once."""
+    seen: list[object] = []
+
+    def receiver(sender, **kwargs) -> None:
+        seen.append(sender)
+
+    signals.request_finished.connect(receiver)
+    try:
+        status, _ = await asgi_get(StelloASGIHandler(), "/healthz")
+    finally:
+        signals.request_finished.disconnect(receiver)
+    assert status == 200
+    assert seen == [StelloASGIHandler]
+
+
+def test_a_cache_backend_that_closes_something_keeps_close_caches(settings) -> None:
+    from stello_project import asgi
+
+    assert asgi._cache_close_is_noop()  # ours: Redis or local memory
+    settings.CACHES = {"default": {
+        "BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache"}}
+    assert not asgi._cache_close_is_noop()
 
 
 def test_the_cors_middleware_joins_the_chain_only_when_an_origin_is_allowed(settings) -> None:
