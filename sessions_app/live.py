@@ -440,9 +440,12 @@ class Follower:
             self._wake.set()
 
     async def newest(self) -> int:
-        """The newest seq known: saved, or told live by a running turn."""
-        page = await self.store.read_events(self.session_id, 1 << 62)
+        """The newest seq known: saved, or told live by a running turn. The buffer is read
+        first: a turn that ends meanwhile commits its events before it clears the buffer, so
+        the database read after it has them (read the other way round, an end between the two
+        reads hid a running turn's events from both)."""
         live = await buffer().read(self.session_id)
+        page = await self.store.read_events(self.session_id, 1 << 62)
         return max([page.current, *(e.seq for e in live)])
 
     async def catch_up(self) -> list[LogEvent]:

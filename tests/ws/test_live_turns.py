@@ -209,6 +209,32 @@ async def test_the_live_buffer_appends_clears_and_holds_any_number_of_events() -
     assert await store.read(session) == []
 
 
+@bounded()
+async def test_the_newest_seq_counts_a_turn_that_ends_while_it_is_read(space_id, root_id,
+                                                                        monkeypatch) -> None:
+    """A resume checks `since` against the newest seq. A turn that ends between the two reads
+    of that check commits its events, then clears the live buffer: read database first, buffer
+    second, both missed them, and a client resuming from the delta it had just seen was told
+    its `since` was ahead (seen once in CI, two processes)."""
+    from sessions_app.engine.types import EventPage, LogEvent
+    from sessions_app.store import space_store
+
+    store = space_store(space_id)
+    live.publish(root_id, LogEvent(1, "turn.started", {"turnId": "t"}))
+    live.publish(root_id, LogEvent(2, "stream.delta", {"turnId": "t", "chunk": "a"}))
+    await live.drain()
+
+    async def read_events_as_the_turn_ends(session_id, since):
+        # The database as read just before the turn's commit; the clear follows at once.
+        await live.buffer().write(session_id, [], clear=True)
+        return EventPage((), 0, 1)
+
+    monkeypatch.setattr(store, "read_events", read_events_as_the_turn_ends)
+    async with live.Follower(store, root_id, 0) as follower:
+        assert await follower.newest() == 2
+    await live.buffer().write(root_id, [], clear=True)
+
+
 @bounded(40)
 async def test_a_streamed_turn_is_published_in_two_batches_however_many_deltas(
         space_id, root_id, alice_key, settings, monkeypatch) -> None:
