@@ -97,7 +97,7 @@ class PostgresSessionLocks:
         self._connect_options = {} if "connect_timeout" in given else {
             "connect_timeout": connect_timeout}
         # A session always maps to the same connection (an advisory lock is released on the
-        # connection that took it); several connections spread the round trips.
+        # connection that took it); each connection batches its statements (`_Line`).
         self._conns: list[psycopg.AsyncConnection | None] = [None] * connections
         self._lines = [_Line() for _ in range(connections)]
         self._connecting: asyncio.Lock | None = None
@@ -235,12 +235,20 @@ class PostgresSessionLocks:
 
     async def _batch(self, slot: int, unlocks: list[str], tries: list[str]
                      ) -> tuple[list[bool], list[bool]]:
+        """(released, taken), in the order asked. Unlocks meant for a connection that has
+        gone (and its locks with it) are not sent: they count as released."""
         if not unlocks and not tries:
             return [], []
+        held_by = self._conns[slot]
         conn = await self._connection(slot)
+        gone = [True] * len(unlocks) if conn is not held_by else []
+        if gone:
+            if not tries:
+                return gone, []
+            unlocks = []
         row = await (await conn.execute(_BATCH, {"unlock": unlocks, "lock": tries})).fetchone()
         assert row is not None
-        return list(row[0]), list(row[1])
+        return gone or list(row[0]), list(row[1])
 
     async def aclose(self) -> None:
         await self.settled()

@@ -214,3 +214,30 @@ async def test_an_unreachable_lock_database_is_service_unavailable_not_busy() ->
     with pytest.raises(ServiceUnavailable):
         await asyncio.wait_for(hold(), 30)
     await locks.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_lock_whose_connection_was_lost_is_not_released_on_its_replacement(
+        conninfo: str, caplog) -> None:
+    """PostgreSQL dropped the locks with the connection: the release after it is not sent to
+    the new connection (where it would find nothing and warn), and the session can be held
+    again at once."""
+    import psycopg
+
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    try:
+        async with locks.hold("lost"):
+            pid = locks._conns[0].info.backend_pid
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as admin:
+                await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            for _ in range(100):  # until the client sees the connection closed
+                if not locks._usable(locks._conns[0]):
+                    break
+                await asyncio.sleep(0.01)
+        await locks.settled()
+        assert "not held at release" not in caplog.text
+        async with locks.hold("lost"):
+            assert await held_advisory_locks(conninfo) >= 1
+        await locks.settled()
+    finally:
+        await locks.aclose()
