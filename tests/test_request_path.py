@@ -58,36 +58,28 @@ def test_the_schema_view_with_several_renderers_negotiates_as_drf_does() -> None
     assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
 
 
-async def test_request_started_still_reaches_receivers_other_than_djangos() -> None:
-    seen: list[str] = []
-
-    def receiver(sender, scope=None, **kwargs) -> None:
-        seen.append(scope["path"] if scope else "?")
-
-    signals.request_started.connect(receiver)
-    try:
-        status, _ = await asgi_get(StelloASGIHandler(), "/healthz")
-    finally:
-        signals.request_started.disconnect(receiver)
-    assert status == 200
-    assert seen == ["/healthz"]
-
-
-async def test_request_finished_still_reaches_receivers_other_than_djangos() -> None:
-    """A request that stayed on the loop skips `request_finished` while only Django's own
-    receivers (nothing to do there) listen; anyone else still hears it, once."""
+@pytest.mark.parametrize("signal, heard, expected", [
+    (signals.request_started, lambda sender, scope=None, **kw: scope["path"] if scope else "?",
+     "/healthz"),
+    (signals.request_finished, lambda sender, **kw: sender, StelloASGIHandler),
+], ids=["request_started", "request_finished"])
+async def test_the_request_signals_still_reach_receivers_other_than_djangos(
+        signal, heard, expected) -> None:
+    """A request that stayed on the loop skips `request_started` and `request_finished`
+    while only Django's own receivers (nothing to do there) listen; anyone else still hears
+    each, once."""
     seen: list[object] = []
 
     def receiver(sender, **kwargs) -> None:
-        seen.append(sender)
+        seen.append(heard(sender, **kwargs))
 
-    signals.request_finished.connect(receiver)
+    signal.connect(receiver)
     try:
         status, _ = await asgi_get(StelloASGIHandler(), "/healthz")
     finally:
-        signals.request_finished.disconnect(receiver)
+        signal.disconnect(receiver)
     assert status == 200
-    assert seen == [StelloASGIHandler]
+    assert seen == [expected]
 
 
 def test_a_cache_backend_that_closes_something_keeps_close_caches(settings) -> None:
