@@ -295,14 +295,14 @@ async def test_on_redis_a_batch_of_several_sessions_is_one_round_trip_and_is_hea
     await layer.group_add(session_group(root_id), watcher)
     others = [str(uuid.uuid4()) for _ in range(3)]
     calls = 0
-    real_script = store._send
+    real_script = store._run_script
 
     async def counted(*args, **kwargs):
         nonlocal calls
         calls += 1
         return await real_script(*args, **kwargs)
 
-    store._send = counted
+    store._run_script = counted
     try:
         async with live.Follower(space_store(space_id), root_id, 0) as follower:
             for session_id in [root_id, *others]:
@@ -320,10 +320,40 @@ async def test_on_redis_a_batch_of_several_sessions_is_one_round_trip_and_is_hea
             assert [(e.seq, e.type) for e in heard] == [(1, "turn.started"), (2, "stream.delta")]
             assert told == {"type": "session.updated", "sessionId": root_id, "turnCount": 7}
     finally:
-        store._send = real_script
+        store._run_script = real_script
         await layer.group_discard(session_group(root_id), watcher)
         for session_id in [root_id, *others]:
             await store.write(session_id, [], clear=True)
+
+
+@pytest.mark.redis
+@bounded(40)
+async def test_on_redis_a_batch_survives_a_lost_script_and_a_dropped_connection(
+        space_id, root_id, alice_key) -> None:
+    """The batches go out on a connection of their own: after Redis forgot the script
+    (SCRIPT FLUSH, a restart) and after that connection was dropped (CLIENT KILL), the next
+    batch is still written, on a new connection."""
+    from sessions_app.engine.types import LogEvent
+
+    store = live.buffer()
+    assert isinstance(store, live.RedisBuffer)
+    session_id = str(uuid.uuid4())
+    try:
+        await store.write(session_id, [live._encode(LogEvent(1, "turn.started", {}))],
+                          clear=True)
+        await store._redis.script_flush()
+        await store.write(session_id, [live._encode(LogEvent(2, "stream.delta", {}))],
+                          clear=False)
+        assert [e.seq for e in await store.read(session_id)] == [1, 2]
+
+        await store._line.send_command("CLIENT", "ID")
+        line_id = await store._line.read_response()
+        assert await store._redis.client_kill_filter(_id=line_id) == 1
+        await store.write(session_id, [live._encode(LogEvent(3, "stream.delta", {}))],
+                          clear=False)
+        assert [e.seq for e in await store.read(session_id)] == [1, 2, 3]
+    finally:
+        await store.write(session_id, [], clear=True)
 
 
 @bounded()
