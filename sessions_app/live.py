@@ -316,15 +316,30 @@ def publish(session_id: str, event: LogEvent, *, saved: bool = False) -> None:
     """File `event` for the session's followers; the turn never waits for it. `saved`: the
     event is committed already (a fork or archive logs its entry with its own write), so it
     is only sent, never buffered."""
-    if event.type == "turn.started":
+    kind = event.type
+    if kind == "turn.started":
         listen_for_turn_signals()
-    elif event.type == "tool.approval_required":  # watchers hear of it too (a human answers)
+    elif kind == "tool.approval_required":  # watchers hear of it too (a human answers)
         announce_approval_required(session_id, dict(event.payload))
-    filed = _outbox.sessions.setdefault(session_id, _Filed())
+    outbox = _outbox
+    filed = outbox.sessions.get(session_id)  # (runs for every delta: no throwaway _Filed)
+    if filed is None:
+        filed = outbox.sessions[session_id] = _Filed()
     filed.events.append(event)
     if saved:
         filed.saved.add(event.seq)
-    _start_drain(urgent=saved or event.type in URGENT)
+    urgent = saved or kind in URGENT
+    task = outbox.task
+    if urgent or task is None or task.done() or task.get_loop() is not _running_loop():
+        _start_drain(urgent=urgent)
+    # else: the drain on this loop will send it (most deltas of a stream take this way)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - the engine always runs on a loop
+        return None
 
 
 def notify(session_id: str, group: str, message: dict[str, Any]) -> None:
