@@ -69,7 +69,11 @@ class ToolCallDelta:
     arguments: str = ""  # a fragment of the JSON arguments text
 
 
-@dataclass(frozen=True, slots=True)
+# PER_CHUNK: the three types made for every streamed chunk (StreamDelta, LogEvent, StreamChunk)
+# are not `frozen`: a frozen dataclass sets each field through `object.__setattr__`, three
+# times the cost of a plain one, per chunk. Treat them as values all the same: nothing
+# changes one once made.
+@dataclass(slots=True)  # not frozen: made per streamed chunk (see PER_CHUNK)
 class StreamDelta:
     """One event of a streamed LLM call: some text and/or tool-call pieces."""
 
@@ -315,7 +319,7 @@ class Approval:
                 "decidedAt": iso(self.decided_at)}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per streamed chunk (see PER_CHUNK)
 class LogEvent:
     """One entry of a session's event log. `seq` numbers the session's events one by one;
     a coalesced `stream.delta` entry holds the chunks of one round, numbered `seq` ..
@@ -406,7 +410,7 @@ class EventPage:
     first: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per streamed chunk (see PER_CHUNK)
 class StreamChunk:
     """A non-empty piece of assistant text streamed during round `round` (0 = first call)."""
 
