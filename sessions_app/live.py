@@ -330,16 +330,13 @@ def publish(session_id: str, event: LogEvent, *, saved: bool = False) -> None:
         filed.saved.add(event.seq)
     urgent = saved or kind in URGENT
     task = outbox.task
-    if urgent or task is None or task.done() or task.get_loop() is not _running_loop():
-        _start_drain(urgent=urgent)
-    # else: the drain on this loop will send it (most deltas of a stream take this way)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # pragma: no cover - the engine always runs on a loop
-        return None
+    if not urgent and task is not None and not task.done():
+        try:
+            if task.get_loop() is asyncio.get_running_loop():
+                return  # the drain on this loop sends it (most deltas of a stream end here)
+        except RuntimeError:  # pragma: no cover - the engine always runs on a loop
+            pass
+    _start_drain(urgent=urgent)
 
 
 def notify(session_id: str, group: str, message: dict[str, Any]) -> None:

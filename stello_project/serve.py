@@ -38,6 +38,7 @@ def server_flags(server: str) -> list[str]:
     interval, timeout = stello["WS_PING_INTERVAL_SECONDS"], stello["WS_PING_TIMEOUT_SECONDS"]
     if server == "uvicorn":
         return ["--loop", "uvloop", "--http", "stello_project.httpserver:HttpToolsProtocol",
+                "--ws", "stello_project.wsserver:WebSocketProtocol",
                 "--ws-per-message-deflate", "false", "--ws-max-size", max_message,
                 "--ws-ping-interval", str(interval), "--ws-ping-timeout", str(timeout)]
     return ["--websocket-max-message-size", max_message,

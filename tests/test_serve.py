@@ -21,6 +21,7 @@ def test_the_servers_get_the_frame_cap_and_pings_from_the_settings(settings) -> 
     assert flag(uvicorn, "--ws-ping-interval") == "2.5"
     assert flag(uvicorn, "--ws-ping-timeout") == "4.0"
     assert flag(uvicorn, "--http") == "stello_project.httpserver:HttpToolsProtocol"
+    assert flag(uvicorn, "--ws") == "stello_project.wsserver:WebSocketProtocol"
     daphne = command("daphne", ["-p", "8000"])
     assert daphne[:3] == [sys.executable, "-m", "daphne"] and daphne[-1] == APP
     assert flag(daphne, "--websocket-max-message-size") == "6000000"

@@ -7,6 +7,7 @@ session's lock; background work (consolidation, integration) only goes through `
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal, Protocol
@@ -129,7 +130,7 @@ class SpaceAgent:
         if publish is None:
             return also
         if also is None:
-            return lambda event: publish(session_id, event)
+            return functools.partial(publish, session_id)  # called per streamed chunk
 
         def both(event: LogEvent) -> None:
             publish(session_id, event)

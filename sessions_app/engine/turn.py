@@ -317,14 +317,16 @@ class TurnLoop:
                 messages = await self._prompt.build(tail)
                 if streaming:
                     assembler = StreamAssembler()
+                    tell = self._on_event
                     async for delta in self._llm.stream(messages, tools=specs):
                         assembler.add(delta)
-                        if delta.text:
-                            self._seq += 1
-                            chunks.append(delta.text)
-                            self._tell(LogEvent(self._seq, "stream.delta", {
-                                "turnId": turn_id, "round": rounds, "chunk": delta.text}))
-                            yield StreamChunk(delta.text, rounds, self._seq)
+                        if text := delta.text:
+                            seq = self._seq = self._seq + 1
+                            chunks.append(text)
+                            if tell is not None:
+                                tell(LogEvent(seq, "stream.delta", {
+                                    "turnId": turn_id, "round": rounds, "chunk": text}))
+                            yield StreamChunk(text, rounds, seq)
                     response = assembler.response()
                 else:
                     response = await self._llm.complete(messages, tools=specs)
