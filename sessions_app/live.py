@@ -154,6 +154,17 @@ return 0
 """
 
 
+def resp_command(*parts: str | bytes | int) -> bytes:
+    """A Redis command as it goes on the wire (RESP: an array of bulk strings). redis-py packs
+    each argument through its encoder; a batch has a dozen or more, for every batch."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = (part.encode() if isinstance(part, str)
+                else b"%d" % part if isinstance(part, int) else part)
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 class RedisBuffer:
     """Every process: a Redis list per session with a running turn. `layer`: the channel
     layer when it is the pub/sub layer on this same Redis, so a batch and its messages go out
@@ -213,17 +224,16 @@ class RedisBuffer:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         line = self._line
+        evalsha = resp_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         for attempt in (1, 2):
             try:
                 try:
-                    await line.send_command("EVALSHA", self._script.sha, len(keys), *keys,
-                                            *args)
+                    await line.send_packed_command(evalsha)
                     await line.read_response()
                 except NoScriptError:
                     await line.send_command("SCRIPT", "LOAD", _SEND_SCRIPT)
                     await line.read_response()
-                    await line.send_command("EVALSHA", self._script.sha, len(keys), *keys,
-                                            *args)
+                    await line.send_packed_command(evalsha)
                     await line.read_response()
                 return
             except (RedisConnectionError, RedisTimeoutError):

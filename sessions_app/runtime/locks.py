@@ -59,10 +59,14 @@ class LocalSessionLocks:
         try:
             if (self.timeout <= 0 or not wait) and lock.locked():
                 raise SessionBusy()  # a zero timeout means "only if free right now"
-            try:
-                await asyncio.wait_for(lock.acquire(), self.timeout if self.timeout > 0 else None)
-            except TimeoutError:
-                raise SessionBusy() from None
+            if self._users[session_id] == 1:  # nobody holds it or waits: taken at once
+                await lock.acquire()  # (wait_for would start a task for it)
+            else:
+                try:
+                    await asyncio.wait_for(lock.acquire(),
+                                           self.timeout if self.timeout > 0 else None)
+                except TimeoutError:
+                    raise SessionBusy() from None
             try:
                 yield
             finally:
@@ -124,19 +128,18 @@ class PostgresSessionLocks:
                 # the unlock or (re-entrant) before it: either way it ends up holding it.
                 self._unlock(slot, session_id)
 
-    async def _shielded(self, attempt: Any, slot: int, session_id: str) -> bool:
-        """Run one try to completion even if the caller is cancelled meanwhile (a cancelled
-        query could leave the lock taken, or the shared connection in an unknown state); a lock
-        it took for a cancelled caller is given back."""
-        task = asyncio.ensure_future(attempt)
+    async def _shielded(self, tried: asyncio.Future[bool], slot: int, session_id: str) -> bool:
+        """Wait for one try's answer; a caller cancelled meanwhile does not stop the try (it
+        goes with its batch, whose other tries and unlocks must not be lost), and a lock it
+        took for that caller is given back."""
         try:
-            return await asyncio.shield(task)
+            return await asyncio.shield(tried)
         except asyncio.CancelledError:
-            def give_back(done: asyncio.Task[bool]) -> None:
+            def give_back(done: asyncio.Future[bool]) -> None:
                 if not done.cancelled() and done.exception() is None and done.result():
                     self._unlock(slot, session_id)
 
-            task.add_done_callback(give_back)
+            tried.add_done_callback(give_back)
             raise
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
@@ -175,12 +178,12 @@ class PostgresSessionLocks:
                 )
             return conn
 
-    async def _try_lock(self, slot: int, session_id: str) -> bool:
-        """Try the session's lock with the next batch of its connection."""
+    def _try_lock(self, slot: int, session_id: str) -> asyncio.Future[bool]:
+        """Try the session's lock with the next batch of its connection: its answer."""
         tried: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._lines[slot].tries.append((session_id, tried))
         self._send_soon(slot)
-        return await tried
+        return tried
 
     def _unlock(self, slot: int, session_id: str) -> None:
         """Release the session's lock with the next batch of its connection."""

@@ -492,7 +492,9 @@ class SessionConsumer(ResumeMixin, AsyncWebsocketConsumer):
         if self._closed:
             return
         try:
-            await self.send(text_data=p.encode(message))
+            # The server's send itself: Channels' `send(text_data=...)` only wraps it in two
+            # more coroutines, for every streamed chunk.
+            await self.base_send({"type": "websocket.send", "text": p.encode(message)})
         except Exception:  # the socket went away under us (servers differ in how they say it)
             self._closed = True
             logger.debug("dropped a frame for a closed WebSocket", exc_info=True)

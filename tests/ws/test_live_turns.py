@@ -326,6 +326,14 @@ async def test_on_redis_a_batch_of_several_sessions_is_one_round_trip_and_is_hea
             await store.write(session_id, [], clear=True)
 
 
+def test_a_batch_command_is_packed_as_redis_py_packs_it() -> None:
+    from redis.asyncio.connection import Connection
+
+    parts = ("EVALSHA", "0123abcd", 2, "p:live:a", "p:live:b", 3600, 1, '[{"chunk":"é"}]',
+             0, "", "channel!", b"\x00\xff\r\n binary", "x" * 10_000)
+    assert live.resp_command(*parts) == b"".join(Connection().pack_command(*parts))
+
+
 @pytest.mark.redis
 @bounded(40)
 async def test_on_redis_a_batch_survives_a_lost_script_and_a_dropped_connection(
