@@ -138,6 +138,7 @@ class Config:
     timeout: float
     repeat: int = 1
     compare_base_url: str | None = None
+    ws_words: int = 0  # words added to each streamed input: the echo streams one chunk each
     compare_api_key: str | None = None
     compare_pids: tuple[int, ...] = ()
     inflight: int = 1000
@@ -172,6 +173,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                         default=env("STELLO_BENCH_WS_CONNECTIONS", "16"))
     parser.add_argument("--ws-turns", type=int, default=env("STELLO_BENCH_WS_TURNS", "50"),
                         help="streamed turns per connection (at most, within --seconds)")
+    parser.add_argument("--ws-words", type=int, default=env("STELLO_BENCH_WS_WORDS", "0"),
+                        help="words added to each streamed input (the offline echo streams a "
+                             "chunk per word: long replies)")
     parser.add_argument("--phases", default=env("STELLO_BENCH_PHASES", ",".join(DEFAULT_PHASES)),
                         help=f"comma-separated, from {','.join(ALL_PHASES)}")
     parser.add_argument("--output", default=os.environ.get("STELLO_BENCH_OUTPUT") or None,
@@ -267,7 +271,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ws_connections=args.ws_connections, ws_turns=args.ws_turns, phases=phases,
         output=args.output, server_pids=parse_pids(os.environ.get("STELLO_SERVER_PIDS", "")),
         timeout=timeout, repeat=args.repeat, compare_base_url=compare,
-        compare_api_key=args.compare_api_key,
+        compare_api_key=args.compare_api_key, ws_words=max(0, args.ws_words),
         compare_pids=parse_pids(os.environ.get("STELLO_COMPARE_SERVER_PIDS", "")),
         inflight=args.inflight, inflight_ws=args.inflight_ws,
         inflight_timeout=max(1.0, args.inflight_timeout), other_api_key=args.other_api_key,
@@ -856,6 +860,7 @@ async def ws_client(config: Config, index: int, space_id: str, session_id: str,
     url = ws_url(config.base_urls[index % len(config.base_urls)], space_id)
     stats = record.stats
     arrived = False
+    words = "".join(f" w{i}" for i in range(config.ws_words))
     started = time.perf_counter()
     try:
         async with ws_connect(url, additional_headers={"X-API-Key": config.api_key},
@@ -874,7 +879,8 @@ async def ws_client(config: Config, index: int, space_id: str, session_id: str,
                     record.stopped_by_time = True
                     break
                 try:
-                    first, total = await stream_turn(ws, f"benchmark stream {n}", deadline)
+                    first, total = await stream_turn(ws, f"benchmark stream {n}{words}",
+                                                     deadline)
                 except FrameError as exc:  # the turn failed, the connection lives on
                     ws_error(stats, exc)
                     continue
@@ -1795,7 +1801,8 @@ def config_report(config: Config) -> dict[str, Any]:
         "baseUrls": list(config.base_urls), "clients": config.clients,
         "secondsPerPhase": config.seconds, "warmupSeconds": config.warmup,
         "graceSeconds": config.grace, "wsConnections": config.ws_connections,
-        "wsTurns": config.ws_turns, "phases": list(config.phases),
+        "wsTurns": config.ws_turns, "wsWords": config.ws_words,
+        "phases": list(config.phases),
         "serverPids": list(config.server_pids), "repeat": config.repeat,
         "compareBaseUrl": config.compare_base_url,
     }
