@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from . import pgpool
 from .models import Space
-from .selectors import SPACE_COLUMNS, space_from_row, space_owners
+from .selectors import SPACE_COLUMNS, space_owners
 from .signals import space_created, space_deleted, space_rows, space_updated
 
 EDITABLE_FIELDS = ("label", "system_prompt", "consolidate_prompt", "integrate_prompt", "config")
@@ -109,5 +109,6 @@ async def aspace_create(
     async with pgpool.connection() as conn:
         await conn.execute(f"WITH {parts} SELECT 1",
                            [value for _, params in statements for value in params])
-    return space_from_row([getattr(space, "owner_id" if c == "user_id" else c)
-                           for c in SPACE_COLUMNS])
+    space._state.adding = False  # saved: as if the ORM had loaded it (see space_from_row)
+    space._state.db = "default"
+    return space
