@@ -179,7 +179,7 @@ class RedisBuffer:
         self._script = self._redis.register_script(_SEND_SCRIPT)
         # The batches' own connection: one drain per process sends one batch at a time, so it
         # needs no pool, and skips the client's per-command pool checkout and bookkeeping
-        # (about a quarter of a batch's CPU).
+        # (with `resp_command`: 147 to about 80 us of CPU per batch).
         self._line = self._redis.connection_pool.make_connection()
 
     def _key(self, session_id: str) -> str:
