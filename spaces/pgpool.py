@@ -62,7 +62,23 @@ _IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class CountingConnection(psycopg.AsyncConnection):
-    """A psycopg connection that counts its round trips to the server (`round_trips`)."""
+    """A psycopg connection that counts its round trips to the server (`round_trips`), and runs
+    `execute` on one cursor of its own: psycopg builds a new cursor's adapters and transformer
+    for every `execute`, about a third of a statement's CPU (callgrind: 195k to 133k
+    instructions a statement). The cursor is the same object from one statement to the next, so
+    read a statement's rows before the next statement (every caller here does); a pipeline,
+    which answers statements later, gets a cursor per statement as usual."""
+
+    _reused: psycopg.AsyncCursor[Any] | None = None
+
+    async def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                      binary: bool = False) -> psycopg.AsyncCursor[Any]:
+        if self._pipeline is not None or binary:
+            return await super().execute(query, params, prepare=prepare, binary=binary)
+        cursor = self._reused
+        if cursor is None or cursor.closed:
+            cursor = self._reused = self.cursor()
+        return await cursor.execute(query, params, prepare=prepare)
 
     async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         if self._pipeline is None or getattr(gen, "__name__", "") in _PIPELINE_WAITS:
