@@ -338,15 +338,7 @@ def publish(session_id: str, event: LogEvent, *, saved: bool = False) -> None:
     filed.events.append(event)
     if saved:
         filed.saved.add(event.seq)
-    urgent = saved or kind in URGENT
-    task = outbox.task
-    if not urgent and task is not None and not task.done():
-        try:
-            if task.get_loop() is asyncio.get_running_loop():
-                return  # the drain on this loop sends it (most deltas of a stream end here)
-        except RuntimeError:  # pragma: no cover - the engine always runs on a loop
-            pass
-    _start_drain(urgent=urgent)
+    _start_drain(urgent=saved or kind in URGENT)
 
 
 def notify(session_id: str, group: str, message: dict[str, Any]) -> None:
