@@ -224,17 +224,19 @@ class RedisBuffer:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         line = self._line
+
+        async def ask(command: bytes) -> None:
+            await line.send_packed_command(command)
+            await line.read_response()
+
         evalsha = resp_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         for attempt in (1, 2):
             try:
                 try:
-                    await line.send_packed_command(evalsha)
-                    await line.read_response()
+                    await ask(evalsha)
                 except NoScriptError:
-                    await line.send_command("SCRIPT", "LOAD", _SEND_SCRIPT)
-                    await line.read_response()
-                    await line.send_packed_command(evalsha)
-                    await line.read_response()
+                    await ask(resp_command("SCRIPT", "LOAD", _SEND_SCRIPT))
+                    await ask(evalsha)
                 return
             except (RedisConnectionError, RedisTimeoutError):
                 await line.disconnect()
