@@ -249,7 +249,7 @@ class PostgresSessionLocks:
             if not tries:
                 return gone, []
             unlocks = []
-        row = await (await conn.execute(_BATCH, {"unlock": unlocks, "lock": tries})).fetchone()
+        row = await conn.fetch(_BATCH, {"unlock": unlocks, "lock": tries})
         assert row is not None
         return gone or list(row[0]), list(row[1])
 

@@ -603,8 +603,7 @@ class PgSpaceStore(PgConversations, PgApprovals):
         """One write statement: not retried, since a lost connection leaves its outcome
         unknown (the kept history notices a save that did happen)."""
         async with _connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchone()
+            return await conn.fetch(sql, params)
 
     async def _read(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """One read-only statement, retried once on a lost connection."""

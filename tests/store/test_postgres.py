@@ -50,7 +50,7 @@ async def traced_connection(frontend: list[str]):
     """Stands in for `pgpool.connection`: a fresh connection whose protocol traffic is traced,
     so a test can count what the client sent (each Sync or simple Query is one wait for the
     server's ReadyForQuery, i.e. one round trip)."""
-    conn = await psycopg.AsyncConnection.connect(pgpool.conninfo(), autocommit=True)
+    conn = await pgpool.CountingConnection.connect(pgpool.conninfo(), autocommit=True)
     with tempfile.TemporaryFile() as trace:
         conn.pgconn.trace(trace.fileno())
         conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
