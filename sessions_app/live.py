@@ -52,6 +52,7 @@ logger = logging.getLogger("stello.live")
 
 TERMINAL = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 BUFFER_TTL_SECONDS = 3600  # a buffer a dead process left behind expires
+LINE_TIMEOUT_SECONDS = 5.0  # one batch's exchange with Redis (redis-py's default timeout)
 
 
 def parse_since(value: Any) -> int:
@@ -180,7 +181,10 @@ class RedisBuffer:
         # The batches' own connection: one drain per process sends one batch at a time, so it
         # needs no pool, and skips the client's per-command pool checkout and bookkeeping
         # (with `resp_command`: 147 to about 80 us of CPU per batch).
-        self._line = self._redis.connection_pool.make_connection()
+        # Without a socket timeout of its own (redis-py then starts a task for every send,
+        # `asyncio.wait_for`): `_run_script` bounds each exchange with `asyncio.timeout`.
+        pool = self._redis.connection_pool
+        self._line = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
 
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}:live:{session_id}"
@@ -226,8 +230,9 @@ class RedisBuffer:
         line = self._line
 
         async def ask(command: bytes) -> None:
-            await line.send_packed_command(command)
-            await line.read_response()
+            async with asyncio.timeout(LINE_TIMEOUT_SECONDS):
+                await line.send_packed_command(command)
+                await line.read_response()
 
         evalsha = resp_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         for attempt in (1, 2):
@@ -238,7 +243,7 @@ class RedisBuffer:
                     await ask(resp_command("SCRIPT", "LOAD", _SEND_SCRIPT))
                     await ask(evalsha)
                 return
-            except (RedisConnectionError, RedisTimeoutError):
+            except (RedisConnectionError, RedisTimeoutError, TimeoutError):
                 await line.disconnect()
                 if attempt == 2:
                     raise

@@ -364,6 +364,63 @@ async def test_on_redis_a_batch_survives_a_lost_script_and_a_dropped_connection(
         await store.write(session_id, [], clear=True)
 
 
+@pytest.mark.redis
+@bounded(40)
+async def test_on_redis_a_batch_starts_no_task(space_id, root_id, alice_key) -> None:
+    """A batch is sent and answered on the drain's own task (redis-py with a socket timeout
+    wraps every send in `asyncio.wait_for`, a task per batch)."""
+    from sessions_app.engine.types import LogEvent
+
+    store = live.buffer()
+    assert isinstance(store, live.RedisBuffer)
+    session_id = str(uuid.uuid4())
+    loop = asyncio.get_running_loop()
+    started: list[object] = []
+
+    def counting(loop, coro, **kwargs):
+        started.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    await store.write(session_id, [live._encode(LogEvent(1, "turn.started", {}))], clear=True)
+    loop.set_task_factory(counting)
+    try:
+        await store.write(session_id, [live._encode(LogEvent(2, "stream.delta", {}))],
+                          clear=False)
+    finally:
+        loop.set_task_factory(None)
+        await store.write(session_id, [], clear=True)
+    assert started == []
+
+
+async def test_a_batch_to_a_redis_that_never_answers_fails_in_bounded_time(monkeypatch) -> None:
+    """The batches' connection has no socket timeout of its own: each exchange is bounded by
+    `LINE_TIMEOUT_SECONDS`, tried twice, then the error goes to the drain (never a hang)."""
+    from sessions_app.engine.types import LogEvent
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(live, "LINE_TIMEOUT_SECONDS", 0.2)
+    store = live.RedisBuffer(f"redis://127.0.0.1:{port}/0", "silent")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(TimeoutError):
+            await store.write("s", [live._encode(LogEvent(1, "turn.started", {}))], clear=True)
+        assert loop.time() - started < 2
+        assert len(accepted) == 2  # a second try on a new connection
+    finally:
+        await store.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 @bounded()
 async def test_a_resume_from_newest_starts_at_the_newest_saved_event(space_id, root_id,
                                                                     alice_key) -> None:
