@@ -8,7 +8,6 @@ import contextlib
 import tempfile
 import uuid
 
-import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 from psycopg import pq
