@@ -107,8 +107,8 @@ async def aspace_create(
         statements.extend(rows)
     parts = ", ".join(f"part{n} AS ({sql})" for n, (sql, _) in enumerate(statements))
     async with pgpool.connection() as conn:
-        await conn.execute(f"WITH {parts} SELECT 1",
-                           [value for _, params in statements for value in params])
+        await conn.fetch(f"WITH {parts} SELECT 1",
+                         [value for _, params in statements for value in params])
     space._state.adding = False  # saved: as if the ORM had loaded it (see space_from_row)
     space._state.db = "default"
     return space
