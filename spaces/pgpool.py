@@ -194,36 +194,32 @@ class LeanStatements:
         finally:
             remove(fd)
 
-    async def _result(self) -> pq.abc.PGresult:
-        """The last result of the one statement sent (libpq returns None after it)."""
-        await self._flushed()
+    async def _next(self) -> pq.abc.PGresult | None:
+        """The next result, waiting for the server as needed (None ends a statement's)."""
         pgconn = self.conn.pgconn
+        while pgconn.is_busy():
+            await self._ready()
+            pgconn.consume_input()
+        return pgconn.get_result()
+
+    async def _result(self) -> pq.abc.PGresult:
+        """The last result of the one statement sent."""
+        await self._flushed()
         result = None
-        while True:
-            if pgconn.is_busy():
-                await self._ready()
-                pgconn.consume_input()
-                continue
-            got = pgconn.get_result()
-            if got is None:
-                assert result is not None
-                return result
+        while (got := await self._next()) is not None:
             result = got
+        assert result is not None
+        return result
 
     async def _pipeline_results(self) -> tuple[pq.abc.PGresult, pq.abc.PGresult]:
         """The results of a prepare and an execution sent in pipeline mode, up to the sync."""
         await self._flushed()
-        pgconn = self.conn.pgconn
         results: list[pq.abc.PGresult] = []
         while True:
-            if pgconn.is_busy():
-                await self._ready()
-                pgconn.consume_input()
-                continue
-            got = pgconn.get_result()
+            got = await self._next()
             if got is None:
                 continue  # the end of one statement's results
-            if got.status == _PIPELINE_SYNC:
+            if got.status == _PIPELINE_SYNC:  # not followed by a None
                 prepared, executed = results
                 return prepared, executed
             results.append(got)
