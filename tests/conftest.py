@@ -11,7 +11,9 @@ they must run, and a missing service fails the run instead of skipping anything.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import os
 import shutil
 
@@ -61,6 +63,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.obj = closing_the_loops_pool(item.obj)
+
+
+def closing_the_loops_pool(test):
+    """An async test ends by closing its event loop's hot-path pool. Left open, the loop's end
+    cancels the pool's worker tasks, and psycopg_pool's worker swallows a cancellation that
+    lands while it runs a maintenance task (a connection being added or returned) and waits
+    on its queue again: the runner then waits for it forever (a run of the suite hung so).
+    The server closes the pool itself (lifespan shutdown); a test may simply stop."""
+
+    @functools.wraps(test)
+    async def run(*args, **kwargs):
+        from spaces import pgpool
+
+        try:
+            await test(*args, **kwargs)
+        finally:
+            await pgpool.pools.aclose_current()
+
+    return run
 
 
 @pytest.fixture(scope="session")
