@@ -414,11 +414,11 @@ STELLO = {
     # unit of work, never while a request waits on an LLM or a lock, so a few serve thousands
     # of in-flight turns. Past the timeout, or with too many waiters, the answer is 503. A
     # request that must queue for a connection costs psycopg_pool a waiter, a condition and a
-    # task: where PostgreSQL has the connections to spare, a maximum that covers a busy
-    # process's statements in flight at once is faster (at 16 concurrent streams, 20 instead of
-    # 10 cut our server's CPU per stream by about a fifth; README Performance).
+    # task, so the maximum covers a busy process's statements in flight at once (at 16
+    # concurrent streams, 20 instead of 10 cut our server's CPU per stream by about a fifth;
+    # README Performance). The Node original's pool is 20 too.
     "ASYNC_POOL_MIN_SIZE": env_int("STELLO_ASYNC_POOL_MIN_SIZE", 2, minimum=0),
-    "ASYNC_POOL_MAX_SIZE": env_int("STELLO_ASYNC_POOL_MAX_SIZE", 10, minimum=1),
+    "ASYNC_POOL_MAX_SIZE": env_int("STELLO_ASYNC_POOL_MAX_SIZE", 20, minimum=1),
     "ASYNC_POOL_TIMEOUT_SECONDS": env_float("STELLO_ASYNC_POOL_TIMEOUT_SECONDS", 10.0,
                                             minimum=0.01),
     "ASYNC_POOL_MAX_WAITING": env_int("STELLO_ASYNC_POOL_MAX_WAITING", 5000, minimum=0),
