@@ -21,6 +21,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from spaces import pgpool
 from spaces.apikeys import apikey_create
 
 HAS_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
@@ -77,8 +78,6 @@ def closing_the_loops_pool(test):
 
     @functools.wraps(test)
     async def run(*args, **kwargs):
-        from spaces import pgpool
-
         try:
             await test(*args, **kwargs)
         finally:

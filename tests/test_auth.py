@@ -284,7 +284,6 @@ async def test_aauthenticate_key_stays_on_the_loop_but_for_a_cache_miss_on_sqlit
     # A miss: one statement on the loop (PostgreSQL), one hop to the ORM (SQLite); a hit: none.
     assert misses == (0 if HAS_POSTGRES else 1)
     assert hop.call_count == misses
-    await pgpool.pools.aclose_current()
 
 
 async def test_aauthenticate_key_without_a_key_raises_missing() -> None:

@@ -137,7 +137,6 @@ async def tenant(no_background_memory) -> AsyncIterator[Tenant]:
     t.child = child["id"]
     yield t
     await runtimes.aclose_current()
-    await pgpool.pools.aclose_current()
 
 
 # (method, path under the tenant, body, expected status)

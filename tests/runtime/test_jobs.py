@@ -10,7 +10,6 @@ import pytest
 from sessions_app.engine.errors import LLMError
 from sessions_app.engine.types import MemoryJob
 from sessions_app.runtime.jobs import BackgroundRunner, SpaceJobs
-from spaces import pgpool
 
 
 async def test_a_submitted_job_runs_and_the_runner_keeps_it_until_done() -> None:
@@ -118,7 +117,6 @@ async def test_space_jobs_without_a_queue_run_in_process_with_keys_naming_the_sp
     job = MemoryJob("consolidate", "s")
     await SpaceJobs(runner, None, "space-1", get_agent).submit(job)  # type: ignore[arg-type]
     await runner.drain()
-    await pgpool.pools.aclose_current()  # opened by the quota check; this loop ends here
     assert seen == ["space=space-1 consolidate:s"]
     assert ran == [("space-1", job)]
 

@@ -15,7 +15,6 @@ from sessions_app.accounting.quotas import quotas_changed
 from sessions_app.engine.types import MemoryJob
 from sessions_app.engine.usage import clock
 from sessions_app.runtime.jobs import BackgroundRunner, SpaceJobs
-from spaces import pgpool
 from spaces.models import Space
 from tests.conftest import make_user
 
@@ -31,7 +30,6 @@ async def fixed_clock() -> AsyncIterator[None]:
     yield
     clock.set(None)
     quotas_changed()
-    await pgpool.pools.aclose_current()  # this test's loop ends: so does its pool
 
 
 def _space_of_spent_user(spent: int) -> str:

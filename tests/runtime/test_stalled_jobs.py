@@ -80,7 +80,6 @@ async def test_a_dead_workers_job_whose_work_is_queued_again_ends_aborted(caplog
     assert agent.ran == [integrate]  # once: the queued job did the dead one's work
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "the same work is queued again already" in caplog.text
-    await pgpool.pools.aclose_current()
 
 
 async def test_a_retry_whose_work_was_queued_again_meanwhile_leaves_it_to_that_job() -> None:
@@ -111,4 +110,3 @@ async def test_a_retry_whose_work_was_queued_again_meanwhile_leaves_it_to_that_j
     finally:
         await queue.aclose()
     assert runs == [job.key, job.key]  # the second run is the queued job's
-    await pgpool.pools.aclose_current()
