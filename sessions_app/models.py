@@ -108,7 +108,9 @@ class Record(models.Model):
         TOOL = "tool"
 
     id = models.BigAutoField(primary_key=True)
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="records")
+    # Indexed by `records_session_order`, which leads with it: no index of its own.
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="records",
+                                db_index=False)
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(default="", blank=True)
     tool_calls = models.JSONField(null=True, blank=True)
@@ -142,7 +144,9 @@ class SessionData(models.Model):
         SESSION_CONFIG = "session_config"
         COMPRESSION = "compression"
 
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="data")
+    # Indexed by `unique_session_slot`, which leads with it: no index of its own.
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="data",
+                                db_index=False)
     key = models.CharField(max_length=64, choices=Key.choices)
     content = models.TextField(default="", blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -161,7 +165,9 @@ class SessionData(models.Model):
 class CoreData(models.Model):
     """Space-wide structured key/value data (L1), reported in the WebSocket bootstrap."""
 
-    space = models.ForeignKey(Space, on_delete=models.CASCADE, related_name="core_data")
+    # Indexed by `unique_core_path`, which leads with it: no index of its own.
+    space = models.ForeignKey(Space, on_delete=models.CASCADE, related_name="core_data",
+                              db_index=False)
     path = models.TextField()
     value = models.JSONField(null=True, blank=True)
 
@@ -225,7 +231,9 @@ class Turn(models.Model):
         FAILED = "failed"
 
     id = models.UUIDField(primary_key=True)
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="turns")
+    # Indexed by `turns_session_order`, which leads with it: no index of its own.
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="turns",
+                                db_index=False)
     status = models.CharField(max_length=16, choices=Status.choices)
     input = models.TextField(default="", blank=True)
     result = models.JSONField(null=True, blank=True)
@@ -255,7 +263,9 @@ class SessionEvent(models.Model):
     one streamed round are kept as ONE row numbered `seq`..`last_seq` (payload `chunks`)."""
 
     id = models.BigAutoField(primary_key=True)
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
+    # Indexed by `unique_session_event_seq`, which leads with it: no index of its own.
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events",
+                                db_index=False)
     seq = models.BigIntegerField()
     last_seq = models.BigIntegerField()
     type = models.CharField(max_length=32)
@@ -282,7 +292,9 @@ class ToolApproval(models.Model):
         DENIED = "denied"
 
     id = models.BigAutoField(primary_key=True)
-    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="approvals")
+    # Indexed by `unique_turn_call`, which leads with it: no index of its own.
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="approvals",
+                             db_index=False)
     call_id = models.TextField()  # as the LLM gave it (any length: no CharField limit to hit)
     name = models.TextField()
     arguments = models.JSONField(default=dict)

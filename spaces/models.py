@@ -10,9 +10,10 @@ from django.db import models
 
 class Space(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Indexed by `spaces_owner_created`, which leads with it: no index of its own.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="spaces",
-        db_column="user_id",
+        db_column="user_id", db_index=False,
     )
     label = models.TextField()
     system_prompt = models.TextField(null=True, blank=True)
@@ -62,8 +63,9 @@ class IdempotencyRecord(models.Model):
     frame with a `requestId`), per user, so a retry replays it instead of running again. See
     `spaces.idempotency`."""
 
+    # Indexed by `idempotency_user_key`, which leads with it: no index of its own.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+",
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False,
     )
     key = models.CharField(max_length=255)
     # SHA-256 (hex) of the method, path and body: the same key with another request is refused.

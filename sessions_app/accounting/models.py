@@ -18,8 +18,9 @@ NO_KEY = 0  # `api_key_id` of work no API key asked for (background memory work,
 class LLMCall(models.Model):
     id = models.BigAutoField(primary_key=True)
     at = models.DateTimeField()
+    # Indexed by the (user, at) index below, which leads with it: no index of its own.
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="+")
+                             related_name="+", db_index=False)
     api_key_id = models.BigIntegerField(default=NO_KEY)
     space_id = models.UUIDField()
     session_id = models.UUIDField(null=True, blank=True)
@@ -47,8 +48,9 @@ class LLMCall(models.Model):
 class UsageDaily(models.Model):
     id = models.BigAutoField(primary_key=True)
     day = models.DateField()  # UTC
+    # Indexed by the (user, day) index below, which leads with it: no index of its own.
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="+")
+                             related_name="+", db_index=False)
     space_id = models.UUIDField()
     session_id = models.UUIDField()
     api_key_id = models.BigIntegerField(default=NO_KEY)
