@@ -163,6 +163,56 @@ async def test_stream_request_asks_for_usage(
     assert [t["function"]["name"] for t in body["tools"]] == ["search"]
 
 
+async def test_a_call_skips_the_sdks_parameter_walk(
+    openai_server: OpenAIServer, make_llm: MakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body goes out as built: `chat.completions.create` would first walk it against the
+    SDK's parameter types (most of a call's CPU), which the next test shows changes nothing."""
+    from openai._utils import _transform
+
+    walked: list[object] = []
+    walk = _transform._async_transform_recursive
+
+    async def counted(data: object, **kwargs: Any) -> object:
+        walked.append(data)
+        return await walk(data, **kwargs)
+
+    monkeypatch.setattr(_transform, "_async_transform_recursive", counted)
+    llm = make_llm()
+    await llm.complete(HELLO, tools=[SEARCH])
+    await collect_stream(llm, HELLO, [SEARCH])
+    assert openai_server.last_request.body["stream"] is True  # both calls reached the server
+    assert walked == []
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_the_sdks_parameter_walk_would_send_the_same_body(streaming: bool) -> None:
+    """Every kind of message and field we send, through the walk `create` does: unchanged."""
+    from openai._utils import async_maybe_transform
+    from openai.types.chat import completion_create_params as params
+
+    llm = OpenAICompatLLM(model="gpt-test", base_url="http://127.0.0.1:9/v1", api_key="k")
+    llm.temperature = 0.3
+    messages = [
+        Message("system", "You are helpful."),
+        Message("user", "find cats"),
+        Message("assistant", "", tool_calls=(ToolCall("call_1", "search", {"q": "cats"}),)),
+        Message("tool", '{"hits": 3}', tool_call_id="call_1"),
+        Message("assistant", "Found 3.", tool_calls=(ToolCall("call_2", "search", {}),)),
+        Message("tool", "none"),
+        Message("user", "thanks \u00e9\U0001F600"),
+    ]
+    body = llm._request(messages, [SEARCH])
+    if streaming:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    kind = (params.CompletionCreateParamsStreaming if streaming
+            else params.CompletionCreateParamsNonStreaming)
+    try:
+        assert await async_maybe_transform(body, kind) == body
+    finally:
+        await llm.aclose()
+
+
 # --- complete ----------------------------------------------------------------------------------
 
 

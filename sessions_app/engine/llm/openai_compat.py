@@ -4,6 +4,14 @@ Built on the official ``openai`` SDK (``AsyncOpenAI``). The SDK's bounded retry
 (``max_retries``, exponential backoff honouring ``retry-after``) covers connection errors,
 timeouts and 408/409/429/5xx answers before the first byte of a response; whatever still fails
 surfaces as `LLMError` with the provider's status code and message.
+
+Requests go through the client's documented way of sending a request as built
+(``client.post(path, body=..., cast_to=...)``) rather than ``chat.completions.create``, which
+first walks the whole body against the SDK's parameter types to rename aliased keys and format
+annotated values (`async_maybe_transform`). Our bodies have neither (a test holds the walk to
+returning them unchanged), and the walk was most of a call's CPU: 7.5-9 ms against 3.0-3.4 ms
+per call of a 22-message turn, 500 at once, on the development host. Retries, authentication,
+errors and the response models are the SDK's, as with ``create``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 import anyio
 import httpx2
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ..errors import LLMError
 from ..types import (
@@ -47,6 +56,9 @@ NAME = "OpenAI-compatible API"
 # Sent when no key is configured anywhere: local servers (vLLM, Ollama...) ignore it, and a
 # real provider answers 401 with a clear message instead of the SDK failing at construction.
 _NO_KEY = "no-api-key"
+PATH = "/chat/completions"
+# What `chat.completions.create` asks of the client besides the body: the API key as a bearer.
+_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
 
 
 class OpenAICompatLLM:
@@ -93,9 +105,9 @@ class OpenAICompatLLM:
     ) -> LLMResponse:
         try:
             async with asyncio.timeout(self._deadline):
-                completion = await self._clients.next().chat.completions.create(
-                    **self._request(messages, tools)
-                )
+                completion = await self._clients.next().post(
+                    PATH, body=self._request(messages, tools), options=_OPTIONS,
+                    cast_to=ChatCompletion)
             return clean_response(_to_response(completion))
         except LLMError:
             raise
@@ -112,7 +124,9 @@ class OpenAICompatLLM:
         request["stream_options"] = {"include_usage": True}
         try:
             async with asyncio.timeout(self._deadline):
-                chunks = await self._clients.next().chat.completions.create(**request)
+                chunks = await self._clients.next().post(
+                    PATH, body=request, options=_OPTIONS, cast_to=ChatCompletion, stream=True,
+                    stream_cls=openai.AsyncStream[ChatCompletionChunk])
         except TimeoutError as exc:
             raise deadline_error(NAME, self._deadline) from exc
         except Exception as exc:
