@@ -73,6 +73,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import multiprocessing
 import os
 import resource
 import signal
@@ -116,6 +117,10 @@ RSS_INTERVAL = 0.1  # seconds between two RSS samples
 MAX_ERROR_SAMPLES = 5
 INFLIGHT_PER_SPACE = 100  # sessions forked from one main session for the inflight phase
 INFLIGHT_CONNECT_CONCURRENCY = 64  # WebSocket handshakes at a time while setting up
+# REST turns per HTTP client in the inflight phase. httpx's pool checks every connection it
+# holds whenever a response closes (a readability syscall each): one pool of 500 connections
+# made the client's own CPU, O(turns^2), a second of the phase's wall time.
+INFLIGHT_TURNS_PER_CLIENT = 25
 LONG_MAX_CONSECUTIVE_ERRORS = 20  # the longsession phase gives up after this many in a row
 
 
@@ -1006,13 +1011,67 @@ async def inflight_ws_turn(ws, mode: str, text: str, deadline: float) -> None:
         pass
 
 
-async def other_tenant_reads(config: Config, shared: Shared, space: str, done: asyncio.Event,
-                             stats: Stats) -> None:
-    """The second tenant: sequential reads of its own session tree until `done`."""
-    api = shared.other_api
-    assert api is not None
-    while not done.is_set():
-        await api.timed(stats, "GET", f"/spaces/{space}/sessions")
+def other_tenant_process(base_url: str, api_key: str, space: str, timeout: float,
+                         go: Any, stop: Any, out: Any) -> None:
+    """The second tenant, in a process of its own: another user's client, whose reads must not
+    wait behind this process's own thousand turns. Opens its connection and says "ready" on
+    `out`, reads its session tree one request after another from `go` until `stop` (both
+    `multiprocessing.Event`s), then sends back (latencies ms, error counts, error samples)."""
+    asyncio.run(_other_tenant_reads(base_url, api_key, space, timeout, go, stop, out))
+
+
+async def _other_tenant_reads(base_url: str, api_key: str, space: str, timeout_seconds: float,
+                              go: Any, stop: Any, out: Any) -> None:
+    stats = Stats()
+    path = f"/spaces/{space}/sessions"
+    async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": api_key},
+                                 timeout=httpx.Timeout(timeout_seconds),
+                                 trust_env=False) as client:
+        await client.get(path)
+        out.send("ready")
+        await asyncio.to_thread(go.wait)
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                response = await client.get(path)
+            except httpx.HTTPError as exc:
+                stats.error(type(exc).__name__, str(exc))
+                continue
+            if response.status_code != 200:
+                stats.error(f"HTTP {response.status_code}", response.text)
+                continue
+            stats.ok(started)
+    out.send((stats.latencies_ms, dict(stats.errors), stats.error_samples))
+
+
+class OtherTenant:
+    """Starts `other_tenant_process` and collects what it measured."""
+
+    def __init__(self, config: Config, space: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.go, self.stop = context.Event(), context.Event()
+        self._answers, out = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=other_tenant_process, daemon=True,
+            args=(config.base_urls[0], config.other_api_key, space, config.inflight_timeout,
+                  self.go, self.stop, out))
+
+    async def start(self) -> None:
+        self.process.start()
+        if await asyncio.to_thread(self._answers.poll, 60) and self._answers.recv() == "ready":
+            return
+        raise RuntimeError("the other tenant's reader did not start")
+
+    async def finish(self, into: Stats) -> None:
+        self.stop.set()
+        if await asyncio.to_thread(self._answers.poll, 60):
+            latencies, errors, samples = self._answers.recv()
+            into.latencies_ms += latencies
+            into.errors.update(errors)
+            into.error_samples += samples
+        await asyncio.to_thread(self.process.join, 10)
+        if self.process.is_alive():
+            self.process.kill()
 
 
 async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[str, Any]:
@@ -1027,18 +1086,23 @@ async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[s
                                                  inflight_setup_timeout(config.inflight))
     built = shared.inflight
     headers = {"X-API-Key": config.api_key, "Content-Type": "application/json"}
-    pool = len(built.rest) + 8
+    pool = INFLIGHT_TURNS_PER_CLIENT + 1
     limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool,
                           keepalive_expiry=config.inflight_timeout + 60)
     timeout = httpx.Timeout(config.inflight_timeout)
-    clients = [httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout,
-                                 http1=True, http2=False, trust_env=False)
-               for url in config.base_urls]
+    # REST turn i goes to base URL i mod #URLs, through client i // INFLIGHT_TURNS_PER_CLIENT
+    # of that URL (its warm-up too, so it finds its connection open).
+    per_url = math.ceil(len(built.rest) / INFLIGHT_TURNS_PER_CLIENT) or 1
+    clients = [[httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout,
+                                  http1=True, http2=False, trust_env=False)
+                for _ in range(per_url)] for url in config.base_urls]
+
+    def client_for(index: int) -> httpx.AsyncClient:
+        return clients[index % len(clients)][index // INFLIGHT_TURNS_PER_CLIENT]
     stats, rest_ms, ws_ms = Stats(), [], []
     sockets: list[Any] = []
     tasks: list[asyncio.Task] = []
-    reader: asyncio.Task | None = None
-    done = asyncio.Event()
+    reader: OtherTenant | None = None
     other = Stats()
     gate = asyncio.Semaphore(INFLIGHT_CONNECT_CONCURRENCY)
     setup_deadline = time.perf_counter() + inflight_setup_timeout(len(built.ws))
@@ -1066,7 +1130,7 @@ async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[s
         """Opens this REST turn's keep-alive connection (the requests run concurrently, so
         each needs its own)."""
         try:
-            response = await clients[index % len(clients)].get(
+            response = await client_for(index).get(
                 f"/spaces/{space}/sessions/{session}")
             if response.status_code != 200:
                 setup_errors.error(f"warm-up HTTP {response.status_code}", response.text)
@@ -1079,7 +1143,7 @@ async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[s
         started = time.perf_counter()
         with counter:
             try:
-                response = await clients[index % len(clients)].post(
+                response = await client_for(index).post(
                     f"/spaces/{space}/sessions/{session}/turn",
                     content=orjson.dumps({"input": f"inflight REST turn {index}"}))
             except httpx.HTTPError as exc:
@@ -1112,8 +1176,9 @@ async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[s
                                for i, (space, session) in enumerate(built.rest)))
         llm_before = await slow_llm_stats(config.slow_llm_url, reset=True)
         if built.other_space:
-            reader = asyncio.create_task(
-                other_tenant_reads(config, shared, built.other_space, done, other))
+            reader = OtherTenant(config, built.other_space)
+            await reader.start()
+            reader.go.set()
         started = time.perf_counter()
         deadline = started + config.inflight_timeout
         tasks = [asyncio.create_task(rest_turn(i, space, session, deadline))
@@ -1124,15 +1189,20 @@ async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[s
         wall = time.perf_counter() - started
         if pending:
             stats.errors["cut off at --inflight-timeout"] += len(pending)
-        done.set()
         other_seconds = time.perf_counter() - started
+        if reader is not None:
+            await reader.finish(other)
+            reader = None
         llm_after = await slow_llm_stats(config.slow_llm_url)
     finally:
-        done.set()
-        await cancel_all(tasks + ([reader] if reader else []))
+        if reader is not None:  # failed or cancelled midway
+            reader.stop.set()
+            reader.process.kill()
+        await cancel_all(tasks)
         await asyncio.gather(*(ws.close() for ws in sockets if ws is not None),
                              return_exceptions=True)
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for shard in clients for c in shard),
+                             return_exceptions=True)
     not_connected = sum(1 for ws in sockets if ws is None)
     if not_connected:
         stats.errors["WS not connected/entered in set-up"] += not_connected

@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120  # seconds for the whole benchmark run (it takes a few)
 
 
-def run_phase_on_two_processes(phase: str, key: str, logs: Path,
+def run_phase_on_two_processes(phase: str, key: str, logs: Path, *args: str,
                                **env: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """`phase` for 1.5 s with 2 clients on two processes sharing the test database and Redis
-    (`env` added to theirs); returns the whole report and the phase's part, once the run is
-    known to have exited cleanly."""
+    (`args` added to bench/run.py's, `env` to the servers'); returns the whole report and the
+    phase's part, once the run is known to have exited cleanly."""
     server = server_env(REDIS_URL=os.environ["REDIS_URL"],
                         STELLO_REDIS_PREFIX=f"stello-test-{uuid.uuid4().hex[:12]}",
                         STELLO_CONSOLIDATE_EVERY_N_TURNS="0",
@@ -31,7 +31,7 @@ def run_phase_on_two_processes(phase: str, key: str, logs: Path,
         done = subprocess.run(
             [sys.executable, "bench/run.py", "--base-urls", f"{a.http('')},{b.http('')}",
              "--phases", phase, "--seconds", "1.5", "--warmup", "0.3",
-             "--ws-connections", "2"],
+             "--ws-connections", "2", *args],
             cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
         report = json.loads(done.stdout)
         assert done.returncode == 0, (report["phases"], done.stderr[-2000:], a.output(),
