@@ -33,6 +33,12 @@ read a request without one as empty. The body must arrive within
 STELLO_HTTP_BODY_TIMEOUT_SECONDS, else 408 (a client that trickles its body must not hold the
 connection and its buffer forever).
 
+Fourth, the request runs in the handler's own task; only Django's disconnect listener gets a
+task of its own, which cancels the handler when the client goes away (Django runs the request
+in a second new task and waits for whichever ends first). Same outcome, two loop turns fewer per
+request: on a loop busy with a burst of turns, every loop turn a request needs waits behind all
+the work that is ready, so a quiet tenant's request needs as few as possible.
+
 Last, under daphne the reason phrases Twisted lacks (e.g. `429 Too Many Requests`, which it
 would print as `429 Unknown Status`) are filled in from the standard library's table.
 """
@@ -112,7 +118,7 @@ class StelloASGIHandler(ASGIHandler):
     """Django's ASGI handler without its per-request thread hops (see the module doc)."""
 
     async def handle(self, scope, receive, send):
-        # Django's `ASGIHandler.handle`, with the three changes of the module doc marked.
+        # Django's `ASGIHandler.handle`, with the changes of the module doc marked.
         try:
             body_file, scope = await self.read_limited_body(scope, receive)  # changed
         except RequestAborted:
@@ -137,31 +143,38 @@ class StelloASGIHandler(ASGIHandler):
                 pass  # the client disconnected during send_response
             return response
 
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request(request, send)),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                try:
-                    task.result()
-                except RequestAborted:
-                    pass
-                except AssertionError:
-                    body_file.close()
-                    raise
-            else:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        # Changed: the request runs in this task, and only the disconnect listener in a task
+        # of its own, which cancels this one when the client goes away (Django runs both in
+        # new tasks and waits for the first to finish: two more loop turns per request, each
+        # behind everything else ready, which is what a request waits for on a busy loop).
+        handler = asyncio.current_task()
+        stopped_by: Exception | None = None
+
+        async def listen_for_disconnect():
+            nonlocal stopped_by
+            try:
+                await self.listen_for_disconnect(receive)
+            except (RequestAborted, AssertionError) as exc:  # gone, or a message out of turn
+                stopped_by = exc
+                handler.cancel()
+
+        listener = asyncio.create_task(listen_for_disconnect())
         try:
-            response = tasks[1].result()
+            response = await process_request(request, send)
         except asyncio.CancelledError:
+            if stopped_by is None:  # cancelled from outside (e.g. shutdown): not ours
+                listener.cancel()
+                body_file.close()
+                raise
+            handler.uncancel()
+            if isinstance(stopped_by, AssertionError):
+                body_file.close()
+                raise stopped_by from None
             await signals.request_finished.asend(sender=self.__class__)
         else:
+            listener.cancel()
+            if stopped_by is not None:  # it landed in send_response, which ignores it
+                handler.uncancel()
             await self.aclose_response(response)  # changed: on the loop when no thread ran
         body_file.close()
 

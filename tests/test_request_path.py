@@ -8,7 +8,10 @@ a third party's, and CORS once an origin is allowed (tests/test_deploy.py covers
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from asgiref.testing import ApplicationCommunicator
 from corsheaders.middleware import CorsMiddleware
 from django.core import signals
 from django.core.exceptions import MiddlewareNotUsed
@@ -100,3 +103,54 @@ def test_the_cors_middleware_joins_the_chain_only_when_an_origin_is_allowed(sett
         CorsMiddlewareWhenConfigured(view)
     settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
     assert isinstance(CorsMiddlewareWhenConfigured(view), CorsMiddleware)
+
+
+def http_scope(path: str, key: str | None = None) -> dict:
+    headers = [(b"host", b"testserver")] + ([(b"x-api-key", key.encode())] if key else [])
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+            "headers": headers}
+
+
+async def test_a_request_starts_one_task_besides_its_own(monkeypatch) -> None:
+    """Only the disconnect listener: each task a request starts is a loop turn it waits for
+    behind all other ready work (Django's handler starts two)."""
+    started: list[str] = []
+    create_task = asyncio.create_task
+
+    def counted(coro, **kwargs):
+        started.append(getattr(coro, "__qualname__", repr(coro)))
+        return create_task(coro, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_task", counted)
+    status, _ = await asgi_get(StelloASGIHandler(), "/healthz")
+    assert status == 200
+    assert started == [
+        "ASGIHandler.__call__",  # the test's communicator running the app
+        "StelloASGIHandler.handle.<locals>.listen_for_disconnect",
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_client_that_goes_away_mid_request_stops_it_as_django_does(alice_key) -> None:
+    """The request is cancelled, nothing is answered, `request_finished` is sent once, and the
+    handler ends without an error and without a task left behind."""
+    finished: list[object] = []
+
+    def receiver(sender, **kwargs) -> None:
+        finished.append(sender)
+
+    signals.request_finished.connect(receiver)
+    try:
+        communicator = ApplicationCommunicator(StelloASGIHandler(),
+                                               http_scope("/spaces", alice_key))
+        await communicator.send_input({"type": "http.request", "body": b""})
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(10)  # raises if the handler did
+        assert await communicator.receive_nothing()
+    finally:
+        signals.request_finished.disconnect(receiver)
+    assert finished == [StelloASGIHandler]
+    await asyncio.sleep(0)  # the listener's own end
+    assert [t for t in asyncio.all_tasks() if "listen_for_disconnect" in repr(t)] == []
