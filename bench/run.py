@@ -1168,6 +1168,9 @@ async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[s
         ws_ms.append(stats.latencies_ms[-1])
 
     try:
+        if built.other_space:  # first: the REST turns' connections are opened just before
+            reader = OtherTenant(config, built.other_space)
+            await reader.start()
         connect_started = time.perf_counter()
         sockets = await asyncio.gather(*(connect(i, space, session)
                                          for i, (space, session) in enumerate(built.ws)))
@@ -1175,9 +1178,7 @@ async def phase_inflight(api: Api, config: Config, fixtures: Fixtures) -> dict[s
         await asyncio.gather(*(warm(i, space, session)
                                for i, (space, session) in enumerate(built.rest)))
         llm_before = await slow_llm_stats(config.slow_llm_url, reset=True)
-        if built.other_space:
-            reader = OtherTenant(config, built.other_space)
-            await reader.start()
+        if reader is not None:
             reader.go.set()
         started = time.perf_counter()
         deadline = started + config.inflight_timeout
