@@ -164,3 +164,17 @@ def no_quotas_yet() -> None:
     from sessions_app.accounting.quotas import quota_book
 
     quota_book.assume(frozenset())
+
+
+@pytest.fixture
+def executor():
+    """A migration executor (tests of migrations), with the database put back at the latest
+    state afterwards."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    run = MigrationExecutor(connection)
+    latest = run.loader.graph.leaf_nodes()
+    yield run
+    run = MigrationExecutor(connection)
+    run.migrate(latest)

@@ -4,19 +4,13 @@ several HTTP clients, and the second tenant reading from a process of its own.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
 from spaces.apikeys import apikey_create
 from tests.conftest import make_user
-from tests.support.bench import run_phase_on_two_processes
+from tests.support.bench import llm_env, run_phase_on_two_processes, slow_llm
 from tests.support.servers import committed_tenant
 
-ROOT = Path(__file__).resolve().parents[1]
 TURNS = 60  # 30 REST turns: two of the phase's HTTP clients (25 turns each)
 
 
@@ -28,23 +22,10 @@ def test_the_inflight_phase_runs_clean_with_the_other_tenant_in_its_own_process(
         tmp_path) -> None:
     tenant = committed_tenant("bench-inflight", "bench inflight")
     other_key = apikey_create(user=make_user("bench-inflight-other"), name="other")[1]
-    ready = tmp_path / "llm.port"
-    llm = subprocess.Popen([sys.executable, "bench/slow_llm.py", "--port", "0", "--delay", "1",
-                            "--ready-file", str(ready)], cwd=ROOT)
-    try:
-        for _ in range(200):
-            if ready.exists() and ready.read_text().strip():
-                break
-            time.sleep(0.05)
-        port = ready.read_text().strip()
+    with slow_llm(tmp_path, delay=1) as llm:
         report, phase = run_phase_on_two_processes(
             "inflight", tenant["key"], tmp_path, "--inflight", str(TURNS),
-            "--other-api-key", other_key, "--slow-llm-url", f"http://127.0.0.1:{port}/v1",
-            STELLO_LLM_PROVIDER="openai", STELLO_LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
-            STELLO_LLM_API_KEY="x", STELLO_LLM_MAX_RETRIES="0")
-    finally:
-        llm.terminate()
-        llm.wait(10)
+            "--other-api-key", other_key, "--slow-llm-url", llm, **llm_env(llm))
     assert report["failure"] is None and report["errors"] == 0
     assert phase["ok"] == TURNS and phase["errors"] == 0 and phase["maxInFlight"] == TURNS
     assert phase["rest"] == phase["ws"] == TURNS // 2

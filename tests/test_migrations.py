@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from django.db import connection
@@ -13,16 +12,6 @@ from django.utils import timezone
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BEFORE = [("sessions_app", "0002_session_record_count")]
-
-
-@pytest.fixture
-def executor() -> Iterator[MigrationExecutor]:
-    """The migration executor, with the database put back at the latest state afterwards."""
-    run = MigrationExecutor(connection)
-    latest = run.loader.graph.leaf_nodes()
-    yield run
-    run = MigrationExecutor(connection)
-    run.migrate(latest)
 
 
 def test_a_scope_kept_in_a_slot_moves_to_the_session_column(executor) -> None:

@@ -3,8 +3,6 @@ costs each insert a write), and the migration that dropped the redundant ones go
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.apps import apps
 from django.db import connection
@@ -74,16 +72,6 @@ def redundant_indexes() -> list[str]:
 
 def test_no_index_is_served_by_another_that_leads_with_its_columns() -> None:
     assert redundant_indexes() == []
-
-
-@pytest.fixture
-def executor() -> Iterator[MigrationExecutor]:
-    """The migration executor, with the database put back at the latest state afterwards."""
-    run = MigrationExecutor(connection)
-    latest = run.loader.graph.leaf_nodes()
-    yield run
-    run = MigrationExecutor(connection)
-    run.migrate(latest)
 
 
 def test_the_migration_drops_the_redundant_indexes_and_puts_them_back(executor) -> None:

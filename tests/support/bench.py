@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,30 @@ from tests.support.servers import server_env, server_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120  # seconds for the whole benchmark run (it takes a few)
+
+
+@contextmanager
+def slow_llm(logs: Path, delay: float) -> Iterator[str]:
+    """bench/slow_llm.py on a free loopback port, answering after `delay` seconds: its base
+    URL (`.../v1`) while the block runs."""
+    ready = logs / "llm.port"
+    llm = subprocess.Popen([sys.executable, "bench/slow_llm.py", "--port", "0", "--delay",
+                            str(delay), "--ready-file", str(ready)], cwd=ROOT)
+    try:
+        for _ in range(200):
+            if ready.exists() and ready.read_text().strip():
+                break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{ready.read_text().strip()}/v1"
+    finally:
+        llm.terminate()
+        llm.wait(10)
+
+
+def llm_env(base_url: str) -> dict[str, str]:
+    """The servers' settings for an OpenAI-compatible LLM at `base_url`, without retries."""
+    return {"STELLO_LLM_PROVIDER": "openai", "STELLO_LLM_BASE_URL": base_url,
+            "STELLO_LLM_API_KEY": "x", "STELLO_LLM_MAX_RETRIES": "0"}
 
 
 def run_phase_on_two_processes(phase: str, key: str, logs: Path, *args: str,
