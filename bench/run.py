@@ -1011,36 +1011,27 @@ async def inflight_ws_turn(ws, mode: str, text: str, deadline: float) -> None:
         pass
 
 
-def other_tenant_process(base_url: str, api_key: str, space: str, timeout: float,
-                         go: Any, stop: Any, out: Any) -> None:
+def other_tenant_process(config: Config, space: str, go: Any, stop: Any, out: Any) -> None:
     """The second tenant, in a process of its own: another user's client, whose reads must not
     wait behind this process's own thousand turns. Opens its connection and says "ready" on
     `out`, reads its session tree one request after another from `go` until `stop` (both
     `multiprocessing.Event`s), then sends back (latencies ms, error counts, error samples)."""
-    asyncio.run(_other_tenant_reads(base_url, api_key, space, timeout, go, stop, out))
+    asyncio.run(_other_tenant_reads(config, space, go, stop, out))
 
 
-async def _other_tenant_reads(base_url: str, api_key: str, space: str, timeout_seconds: float,
-                              go: Any, stop: Any, out: Any) -> None:
+async def _other_tenant_reads(config: Config, space: str, go: Any, stop: Any, out: Any) -> None:
     stats = Stats()
     path = f"/spaces/{space}/sessions"
-    async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": api_key},
-                                 timeout=httpx.Timeout(timeout_seconds),
-                                 trust_env=False) as client:
-        await client.get(path)
+    api = Api(replace(config, api_key=config.other_api_key),
+              timeout_seconds=config.inflight_timeout)
+    try:
+        await api.call("GET", path)
         out.send("ready")
         await asyncio.to_thread(go.wait)
         while not stop.is_set():
-            started = time.perf_counter()
-            try:
-                response = await client.get(path)
-            except httpx.HTTPError as exc:
-                stats.error(type(exc).__name__, str(exc))
-                continue
-            if response.status_code != 200:
-                stats.error(f"HTTP {response.status_code}", response.text)
-                continue
-            stats.ok(started)
+            await api.timed(stats, "GET", path)
+    finally:
+        await api.aclose()
     out.send((stats.latencies_ms, dict(stats.errors), stats.error_samples))
 
 
@@ -1051,10 +1042,8 @@ class OtherTenant:
         context = multiprocessing.get_context("spawn")
         self.go, self.stop = context.Event(), context.Event()
         self._answers, out = context.Pipe(duplex=False)
-        self.process = context.Process(
-            target=other_tenant_process, daemon=True,
-            args=(config.base_urls[0], config.other_api_key, space, config.inflight_timeout,
-                  self.go, self.stop, out))
+        self.process = context.Process(target=other_tenant_process, daemon=True,
+                                       args=(config, space, self.go, self.stop, out))
 
     async def start(self) -> None:
         self.process.start()
