@@ -88,14 +88,20 @@ def test_the_api_redirects_to_https_and_answers_with_hsts(https_settings) -> Non
     assert client.get("/healthz").status_code == 200
 
 
+def http_scope(path: str, *, scheme: str = "http", method: str = "GET",
+               headers: list[tuple[bytes, bytes]] = ()) -> dict:
+    """An ASGI HTTP scope for `path` on host `testserver`."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": scheme, "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80 if scheme == "http" else 443),
+            "headers": [(b"host", b"testserver"), *headers]}
+
+
 async def asgi_get(app, path: str, *, scheme: str = "http", method: str = "GET",
                    headers: list[tuple[bytes, bytes]] = ()) -> tuple[int, dict[str, str]]:
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": method, "scheme": scheme, "path": path, "raw_path": path.encode(),
-             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
-             "server": ("testserver", 80 if scheme == "http" else 443),
-             "headers": [(b"host", b"testserver"), *headers]}
-    communicator = ApplicationCommunicator(app, scope)
+    communicator = ApplicationCommunicator(
+        app, http_scope(path, scheme=scheme, method=method, headers=headers))
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(10)
     await communicator.receive_output(10)  # the body

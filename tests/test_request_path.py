@@ -19,7 +19,7 @@ from django.core.exceptions import MiddlewareNotUsed
 from stello_project.asgi import StelloASGIHandler
 from stello_project.middleware import CorsMiddlewareWhenConfigured
 from tests.conftest import HOT_PATH_DB
-from tests.test_deploy import asgi_get
+from tests.test_deploy import asgi_get, http_scope
 
 
 @HOT_PATH_DB
@@ -105,14 +105,6 @@ def test_the_cors_middleware_joins_the_chain_only_when_an_origin_is_allowed(sett
     assert isinstance(CorsMiddlewareWhenConfigured(view), CorsMiddleware)
 
 
-def http_scope(path: str, key: str | None = None) -> dict:
-    headers = [(b"host", b"testserver")] + ([(b"x-api-key", key.encode())] if key else [])
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-            "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
-            "headers": headers}
-
-
 async def test_a_request_starts_one_task_besides_its_own(monkeypatch) -> None:
     """Only the disconnect listener: each task a request starts is a loop turn it waits for
     behind all other ready work (Django's handler starts two)."""
@@ -143,8 +135,8 @@ async def test_a_client_that_goes_away_mid_request_stops_it_as_django_does(alice
 
     signals.request_finished.connect(receiver)
     try:
-        communicator = ApplicationCommunicator(StelloASGIHandler(),
-                                               http_scope("/spaces", alice_key))
+        communicator = ApplicationCommunicator(StelloASGIHandler(), http_scope(
+            "/spaces", headers=[(b"x-api-key", alice_key.encode())]))
         await communicator.send_input({"type": "http.request", "body": b""})
         await communicator.send_input({"type": "http.disconnect"})
         await communicator.wait(10)  # raises if the handler did
