@@ -13,6 +13,7 @@ from contextlib import aclosing
 from typing import Any, Literal, Protocol
 
 from . import compression, memory
+from .admission import Admission
 from .agent_config import configured_llm, effective_config, space_if_busy
 from .approval import ApprovalPolicy
 from .approval import now as approval_now
@@ -99,6 +100,7 @@ class SpaceAgent:
         on_event: EventSink | None = None,
         recover_events: Callable[[str], Awaitable[Sequence[LogEvent]]] | None = None,
         wakeups: ApprovalWakeups | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -107,6 +109,8 @@ class SpaceAgent:
         self.tools = tuple(tools)
         self.skills = dict(skills)
         self.locks = locks
+        # Turns in their busy steps at once (engine/admission.py): the process's, when given.
+        self.admission = admission or Admission()
         self.jobs = jobs
         self.settings = settings
         # The space's `config` as it was when this agent was built (a space update evicts it).
@@ -160,7 +164,8 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                ctx, history = await self._context_for_new_turn(session_id)
+                async with self.admission():
+                    ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -183,7 +188,8 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                ctx, history = await self._context_for_new_turn(session_id)
+                async with self.admission():
+                    ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -367,6 +373,7 @@ class SpaceAgent:
                                      self.settings.approval_timeout_seconds),
             wakeups=self.wakeups,
             resume=resume,
+            admission=self.admission,
         )
         return loop
 

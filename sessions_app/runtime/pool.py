@@ -25,6 +25,7 @@ from spaces.throttling import rate_limiter
 from .. import approvals, conf, live
 from ..accounting.prices import price_nanos
 from ..accounting.quotas import quota_book
+from ..engine.admission import Admission
 from ..engine.agent import SpaceAgent
 from ..engine.errors import SpaceNotFound, StelloError
 from ..engine.llm import build_llm
@@ -163,6 +164,7 @@ class Runtime:
         timeout = stello["SESSION_LOCK_TIMEOUT_SECONDS"]
         self.locks = (PostgresSessionLocks(conninfo, timeout) if conninfo
                       else LocalSessionLocks(timeout))
+        self.admission = Admission()  # shared by every agent of the process
         self.jobs = BackgroundRunner(retries=stello["BACKGROUND_RETRIES"])
         self.queue = MemoryQueue(
             conninfo, self.agent,
@@ -271,6 +273,7 @@ class Runtime:
             recover_events=live.recover if self.live else None,
             # A loop that lives for one call cannot wait for answers: nothing is gated there.
             wakeups=approvals.wakeups() if self.live else None,
+            admission=self.admission,
         )
 
     def _mcp_tools(self, config: dict[str, Any]) -> SpaceMCPTools | None:
