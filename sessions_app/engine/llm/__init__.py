@@ -102,7 +102,7 @@ def http_client(sdk: Any) -> Any:
     SDK's own aiohttp transport (its ``aiohttp`` extra), not its default httpx pool. httpx's
     pool checks every connection it holds on each request (a readability syscall each) and
     assigns queued requests by scanning them all, so with a thousand turns in flight the pool's
-    bookkeeping grew with the square of the calls (a quarter of the server's CPU, even split
+    bookkeeping grew with the square of the calls (about a fifth of the turns' CPU, even split
     over eight clients); aiohttp's connector takes and returns a connection in constant time
     (the in-flight figures are in the README's Performance section). The SDK's default of 1000
     connections would queue the 1001st concurrent turn. Proxies from the environment
