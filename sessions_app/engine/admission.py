@@ -9,29 +9,9 @@ Letting a few dozen turns into those steps at a time keeps the queue short. The 
 a semaphore, which costs nothing, and the burst ends no later, since the CPU was the limit
 anyway (measured: README, Performance, in-flight turns).
 
-One `Admission` serves every agent of a process (the runtime makes it); a semaphore belongs to
-one event loop, so there is one per loop.
+One semaphore serves every agent of a process: the runtime's, which belongs to one event loop
+(`runtime/pool.py` keeps a runtime per loop). `async with` it around a busy step only: never
+around a wait on a model, a lock or a person, and never nested (a turn holds one entry at most).
 """
 
-from __future__ import annotations
-
-import asyncio
-import weakref
-
-ADMITTED = 32  # turns in a busy step at once, per event loop
-
-
-class Admission:
-    def __init__(self, limit: int = ADMITTED) -> None:
-        self.limit = limit
-        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary())
-
-    def __call__(self) -> asyncio.Semaphore:
-        """`async with admission():` around a busy step (never around a wait on a model, a lock
-        or a person, and never nested: a turn holds one entry at most)."""
-        loop = asyncio.get_running_loop()
-        gate = self._gates.get(loop)
-        if gate is None:
-            gate = self._gates[loop] = asyncio.Semaphore(self.limit)
-        return gate
+ADMITTED = 32  # turns in a busy step at once, per process (per event loop)

@@ -7,13 +7,14 @@ session's lock; background work (consolidation, integration) only goes through `
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Literal, Protocol
 
 from . import compression, memory
-from .admission import Admission
+from .admission import ADMITTED
 from .agent_config import configured_llm, effective_config, space_if_busy
 from .approval import ApprovalPolicy
 from .approval import now as approval_now
@@ -100,7 +101,7 @@ class SpaceAgent:
         on_event: EventSink | None = None,
         recover_events: Callable[[str], Awaitable[Sequence[LogEvent]]] | None = None,
         wakeups: ApprovalWakeups | None = None,
-        admission: Admission | None = None,
+        admission: asyncio.Semaphore | None = None,
     ) -> None:
         self.space_id = space_id
         self.store = store
@@ -110,7 +111,7 @@ class SpaceAgent:
         self.skills = dict(skills)
         self.locks = locks
         # Turns in their busy steps at once (engine/admission.py): the process's, when given.
-        self.admission = admission or Admission()
+        self.admission = admission or asyncio.Semaphore(ADMITTED)
         self.jobs = jobs
         self.settings = settings
         # The space's `config` as it was when this agent was built (a space update evicts it).
@@ -164,7 +165,7 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                async with self.admission():
+                async with self.admission:
                     ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
@@ -188,7 +189,7 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                async with self.admission():
+                async with self.admission:
                     ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import approval
-from .admission import Admission
+from .admission import ADMITTED
 from .approval import NO_ANSWER, ApprovalPolicy, denied_result, stored_id
 from .context import PromptBuilder
 from .errors import LLMError, ToolLoopLimit, TurnCancelled, TurnSuspended
@@ -168,7 +168,7 @@ class TurnLoop:
         approvals: ApprovalPolicy | None = None,
         wakeups: ApprovalWakeups | None = None,
         resume: Resumption | None = None,
-        admission: Admission | None = None,
+        admission: asyncio.Semaphore | None = None,
     ) -> None:
         self._session_id = session_id
         self._user_message = Message("user", user_input)
@@ -203,7 +203,7 @@ class TurnLoop:
         self._approvals = approvals if wakeups is not None else None
         self._wakeups = wakeups
         self._resume = resume
-        self._admission = admission or Admission()
+        self._admission = admission or asyncio.Semaphore(ADMITTED)
 
     def _event(self, type_: str, payload: dict[str, Any], *, emit: bool = True) -> LogEvent:
         self._seq += 1
@@ -317,7 +317,7 @@ class TurnLoop:
             chunks: list[str] = []
             self._chunks = chunks  # a cancel mid-round keeps their seqs in the log
             try:
-                async with self._admission():
+                async with self._admission:
                     messages = await self._prompt.build(tail)
                 if streaming:
                     assembler = StreamAssembler()
@@ -458,7 +458,7 @@ class TurnLoop:
         # The calls are charged to this turn too (the usage rows carry its id).
         calls = tuple(replace(c, turn_id=c.turn_id or self.turn_id)
                       for c in self._usage.pending) if self._usage is not None else ()
-        async with self._admission():
+        async with self._admission:
             result = await self._store.save_call(
                 self._session_id,
                 messages,

@@ -25,7 +25,7 @@ from spaces.throttling import rate_limiter
 from .. import approvals, conf, live
 from ..accounting.prices import price_nanos
 from ..accounting.quotas import quota_book
-from ..engine.admission import Admission
+from ..engine.admission import ADMITTED
 from ..engine.agent import SpaceAgent
 from ..engine.errors import SpaceNotFound, StelloError
 from ..engine.llm import build_llm
@@ -164,7 +164,7 @@ class Runtime:
         timeout = stello["SESSION_LOCK_TIMEOUT_SECONDS"]
         self.locks = (PostgresSessionLocks(conninfo, timeout) if conninfo
                       else LocalSessionLocks(timeout))
-        self.admission = Admission()  # shared by every agent of the process
+        self.admission = asyncio.Semaphore(ADMITTED)  # shared by every agent of the loop
         self.jobs = BackgroundRunner(retries=stello["BACKGROUND_RETRIES"])
         self.queue = MemoryQueue(
             conninfo, self.agent,

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from sessions_app.engine.admission import Admission
-from sessions_app.engine.types import LLMResponse, Message, ToolSpec
+from sessions_app.engine.types import LLMResponse, Message, StreamChunk, ToolSpec
 
 from .fakes import InMemoryStore, ScriptedLLM, make_agent
 
@@ -59,14 +58,21 @@ class SlowModel(ScriptedLLM):
         return LLMResponse(content="ok")
 
 
-async def run_turns(limit: int) -> tuple[SlowStore, SlowModel, list[Any]]:
-    store, model = SlowStore(), SlowModel()
+async def admitted_agent(llm: ScriptedLLM, limit: int) -> tuple[Any, SlowStore, list[str]]:
+    """An agent letting `limit` turns into their busy steps, and TURNS children to turn on."""
+    store = SlowStore()
     store.busy = Busy()
-    h = make_agent(store=store, llm=model)
-    h.agent.admission = Admission(limit)
+    h = make_agent(store=store, llm=llm)
+    h.agent.admission = asyncio.Semaphore(limit)
     children = [await h.child(f"c{n}") for n in range(TURNS)]
     store.busy = Busy()  # the forks' reads are not turns
-    results = await asyncio.gather(*(h.agent.turn(c, "hi") for c in children))
+    return h.agent, store, children
+
+
+async def run_turns(limit: int) -> tuple[SlowStore, SlowModel, list[Any]]:
+    model = SlowModel()
+    agent, store, children = await admitted_agent(model, limit)
+    results = await asyncio.gather(*(agent.turn(c, "hi") for c in children))
     return store, model, results
 
 
@@ -84,28 +90,11 @@ async def test_without_a_low_limit_every_turn_reads_at_once() -> None:
 
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_a_stream_is_admitted_like_a_turn(limit: int) -> None:
-    store, model = SlowStore(), ScriptedLLM(*["streamed"] * TURNS)
-    store.busy = Busy()
-    h = make_agent(store=store, llm=model)
-    h.agent.admission = Admission(limit)
-    children = [await h.child(f"c{n}") for n in range(TURNS)]
-    store.busy = Busy()
+    agent, store, children = await admitted_agent(ScriptedLLM(*["streamed"] * TURNS), limit)
 
     async def stream(child: str) -> str:
-        return "".join([item.text async for item in h.agent.stream(child, "hi")
-                        if hasattr(item, "text")])
+        return "".join([item.text async for item in agent.stream(child, "hi")
+                        if isinstance(item, StreamChunk)])
 
     assert await asyncio.gather(*(stream(c) for c in children)) == ["streamed"] * TURNS
     assert store.busy.most == limit
-
-
-async def test_one_gate_per_event_loop() -> None:
-    admission = Admission(1)
-    gate = admission()
-    assert admission() is gate  # the same loop: the same semaphore
-    other = await asyncio.to_thread(lambda: asyncio.run(_gate_of(admission)))
-    assert other is not gate
-
-
-async def _gate_of(admission: Admission) -> asyncio.Semaphore:
-    return admission()
