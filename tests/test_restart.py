@@ -245,8 +245,10 @@ def test_a_memory_job_cut_by_a_kill_is_run_again_by_the_next_process(
         assert memory_jobs(tenant["space_id"]) == [("doing", 0)]
 
         # The next process (same settings) takes the dead worker's job over and completes it.
-        a2 = restart(a, servers)
+        # Queued before the restart: the new process may take the job over as it starts,
+        # before its first request (a reply queued later raced it; it got the echo).
         llm.reply("<think>draft</think>fresh memory of question one")
+        a2 = restart(a, servers)
         fork(a2, tenant, "wakes the engine")  # daphne sends no lifespan: the first request
         wait_for(lambda: memory_of(s) == "fresh memory of question one",
                  "the next process to run the consolidation again")
