@@ -19,12 +19,11 @@ PostgreSQL) can hold. Every adapter passes its responses and stream deltas throu
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from ..errors import LLMError
 from ..ports import LLM
@@ -95,38 +94,39 @@ def build_llm(settings: LLMSettings) -> LLM:
 
 
 MAX_CONNECTIONS = 4096  # concurrent requests to one provider, per process
-CLIENT_SHARDS = 8  # SDK clients per provider, each with its share of the connections
-MAX_IDLE = 1024  # of which kept open between requests
-C = TypeVar("C")
 RETRY_BACKOFF_ALLOWANCE = 8.0  # seconds per retry: the SDKs' own back-off stays below this
 
 
-def connection_limits() -> Any:
-    """Connections of one client shard (an `httpx2.Limits`, imported here: the SDKs load
-    lazily). The SDKs' default (1000, 100 kept alive) would queue the 1001st concurrent turn
-    and reopen most connections after every burst."""
+def http_client(sdk: Any) -> Any:
+    """The HTTP client of an SDK client (`sdk` is the ``openai`` or ``anthropic`` module): the
+    SDK's own aiohttp transport (its ``aiohttp`` extra), not its default httpx pool. httpx's
+    pool checks every connection it holds on each request (a readability syscall each) and
+    assigns queued requests by scanning them all, so with a thousand turns in flight the pool's
+    bookkeeping grew with the square of the calls (about a fifth of the turns' CPU, even split
+    over eight clients); aiohttp's connector takes and returns a connection in constant time
+    (the in-flight figures are in the README's Performance section). The SDK's default of 1000
+    connections would queue the 1001st concurrent turn. Proxies from the environment
+    (HTTPS_PROXY...) still apply: httpx mounts them, the transport uses them."""
     import httpx2
 
-    return httpx2.Limits(max_connections=MAX_CONNECTIONS // CLIENT_SHARDS,
-                         max_keepalive_connections=MAX_IDLE // CLIENT_SHARDS)
+    return sdk.DefaultAioHttpClient(limits=httpx2.Limits(max_connections=MAX_CONNECTIONS))
 
 
-class ClientShards(Generic[C]):
-    """Several SDK clients of one provider, used in turn. httpx's connection pool checks every
-    connection it holds on each request (one readability syscall each), so a single pool of a
-    thousand connections spends O(connections) per call; measured with 1000 in-flight turns,
-    that check was over a quarter of the server's CPU. Shards keep each pool small."""
+def hidden_connection_error(exc: BaseException) -> BaseException | None:
+    """The connection failure behind a timeout error, if any: the SDKs' aiohttp transport
+    reports every aiohttp connection error (refused, reset, the server hanging up) as httpx's
+    ConnectTimeout. None for a real timeout."""
+    import aiohttp
 
-    def __init__(self, make: Callable[[], C], count: int = CLIENT_SHARDS) -> None:
-        self.clients = [make() for _ in range(count)]
-        self._turn = itertools.cycle(self.clients)
-
-    def next(self) -> C:
-        return next(self._turn)
-
-    async def aclose(self) -> None:
-        for client in self.clients:
-            await client.close()
+    cause: BaseException | None = exc
+    for _ in range(8):  # the SDK error, the httpx error, aiohttp's
+        if cause is None:
+            return None
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+                cause, aiohttp.ServerTimeoutError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def call_deadline(timeout_seconds: float, max_retries: int) -> float:

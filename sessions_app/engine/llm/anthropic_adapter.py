@@ -21,13 +21,13 @@ import httpx2
 from ..errors import LLMError
 from ..types import LLMResponse, Message, StreamDelta, ToolCall, ToolCallDelta, ToolSpec, Usage
 from . import (
-    ClientShards,
     call_deadline,
     clean_delta,
     clean_response,
-    connection_limits,
     deadline_error,
     error_message,
+    hidden_connection_error,
+    http_client,
     is_transient_status,
     parse_tool_arguments,
 )
@@ -68,9 +68,7 @@ class AnthropicLLM:
         if base_url:
             kwargs["base_url"] = base_url
         try:
-            self._clients = ClientShards(lambda: anthropic.AsyncAnthropic(
-                **kwargs, http_client=anthropic.DefaultAsyncHttpxClient(limits=connection_limits())
-            ))
+            self._client = anthropic.AsyncAnthropic(**kwargs, http_client=http_client(anthropic))
         except (anthropic.AnthropicError, ValueError) as exc:
             raise LLMError(f"{NAME} client configuration error: {exc}") from exc
 
@@ -81,8 +79,7 @@ class AnthropicLLM:
     ) -> LLMResponse:
         try:
             async with asyncio.timeout(self._deadline):
-                client = self._clients.next()
-                message = await client.messages.create(**self._request(messages, tools))
+                message = await self._client.messages.create(**self._request(messages, tools))
             return clean_response(_to_response(message))
         except LLMError:
             raise
@@ -96,7 +93,7 @@ class AnthropicLLM:
     ) -> AsyncIterator[StreamDelta]:
         try:
             async with asyncio.timeout(self._deadline):
-                events = await self._clients.next().messages.create(
+                events = await self._client.messages.create(
                     **self._request(messages, tools), stream=True
                 )
         except TimeoutError as exc:
@@ -124,7 +121,7 @@ class AnthropicLLM:
         state.check_tool_arguments()
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._client.close()
 
     # --- request ---------------------------------------------------------------------------
 
@@ -334,6 +331,9 @@ def _map_error(exc: Exception, timeout_seconds: float) -> LLMError:
     if isinstance(exc, LLMError):
         return exc
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
+        if (lost := hidden_connection_error(exc)) is not None:
+            return LLMError(f"{NAME} connection error: {type(lost).__name__}: {lost}",
+                            transient=True)
         return LLMError(f"{NAME} request timed out (timeout {timeout_seconds:g}s)", transient=True)
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code

@@ -41,13 +41,13 @@ from ..types import (
     dumps_compact,
 )
 from . import (
-    ClientShards,
     call_deadline,
     clean_delta,
     clean_response,
-    connection_limits,
     deadline_error,
     error_message,
+    hidden_connection_error,
+    http_client,
     is_transient_status,
     parse_tool_arguments,
 )
@@ -92,9 +92,7 @@ class OpenAICompatLLM:
         if base_url:
             kwargs["base_url"] = base_url
         try:
-            self._clients = ClientShards(lambda: openai.AsyncOpenAI(
-                **kwargs, http_client=openai.DefaultAsyncHttpxClient(limits=connection_limits())
-            ))
+            self._client = openai.AsyncOpenAI(**kwargs, http_client=http_client(openai))
         except openai.OpenAIError as exc:
             raise LLMError(f"{NAME} client configuration error: {exc}") from exc
 
@@ -105,7 +103,7 @@ class OpenAICompatLLM:
     ) -> LLMResponse:
         try:
             async with asyncio.timeout(self._deadline):
-                completion = await self._clients.next().post(
+                completion = await self._client.post(
                     PATH, body=self._request(messages, tools), options=_OPTIONS,
                     cast_to=ChatCompletion)
             return clean_response(_to_response(completion))
@@ -124,7 +122,7 @@ class OpenAICompatLLM:
         request["stream_options"] = {"include_usage": True}
         try:
             async with asyncio.timeout(self._deadline):
-                chunks = await self._clients.next().post(
+                chunks = await self._client.post(
                     PATH, body=request, options=_OPTIONS, cast_to=ChatCompletion, stream=True,
                     stream_cls=openai.AsyncStream[ChatCompletionChunk])
         except TimeoutError as exc:
@@ -157,7 +155,7 @@ class OpenAICompatLLM:
             parse_tool_arguments("".join(parts), names.get(index, f"tool_{index}"))
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._client.close()
 
     # --- request ---------------------------------------------------------------------------
 
@@ -319,6 +317,9 @@ def _map_error(exc: Exception, timeout_seconds: float) -> LLMError:
     if isinstance(exc, LLMError):
         return exc
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        if (lost := hidden_connection_error(exc)) is not None:
+            return LLMError(f"{NAME} connection error: {type(lost).__name__}: {lost}",
+                            transient=True)
         return LLMError(f"{NAME} request timed out (timeout {timeout_seconds:g}s)", transient=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
