@@ -165,8 +165,7 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                async with self.admission:
-                    ctx, history = await self._context_for_new_turn(session_id)
+                ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -189,8 +188,7 @@ class SpaceAgent:
         usage = self._usage_scope(session_id)
         try:
             async with self.locks.hold(session_id, wait=wait):
-                async with self.admission:
-                    ctx, history = await self._context_for_new_turn(session_id)
+                ctx, history = await self._context_for_new_turn(session_id)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -274,8 +272,9 @@ class SpaceAgent:
 
     async def _context_for_new_turn(self, session_id: str) -> tuple[TurnContext, History]:
         """A turn that waits for approvals keeps the session busy, even when the process
-        that ran it has stopped (it goes on once answered)."""
-        ctx, history = await self._active_context(session_id)
+        that ran it has stopped (it goes on once answered). A busy step: admitted."""
+        async with self.admission:
+            ctx, history = await self._active_context(session_id)
         if ctx.waiting_turns:
             raise SessionBusy(f"session busy: turn {ctx.waiting_turns[0]} waits for the "
                               "approval of its tool calls")

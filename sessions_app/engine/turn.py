@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import approval
-from .admission import ADMITTED
 from .approval import NO_ANSWER, ApprovalPolicy, denied_result, stored_id
 from .context import PromptBuilder
 from .errors import LLMError, ToolLoopLimit, TurnCancelled, TurnSuspended
@@ -158,6 +157,7 @@ class TurnLoop:
         toolbox: ToolBox,
         tool_context: ToolContext,
         max_tool_rounds: int,
+        admission: asyncio.Semaphore,
         on_saved: Callable[[Sequence[Message], SaveResult], None] | None = None,
         usage: UsageScope | None = None,
         turn_id: str | None = None,
@@ -168,7 +168,6 @@ class TurnLoop:
         approvals: ApprovalPolicy | None = None,
         wakeups: ApprovalWakeups | None = None,
         resume: Resumption | None = None,
-        admission: asyncio.Semaphore | None = None,
     ) -> None:
         self._session_id = session_id
         self._user_message = Message("user", user_input)
@@ -203,7 +202,7 @@ class TurnLoop:
         self._approvals = approvals if wakeups is not None else None
         self._wakeups = wakeups
         self._resume = resume
-        self._admission = admission or asyncio.Semaphore(ADMITTED)
+        self._admission = admission  # the agent's (engine/admission.py)
 
     def _event(self, type_: str, payload: dict[str, Any], *, emit: bool = True) -> LogEvent:
         self._seq += 1
