@@ -98,6 +98,18 @@ class CountingConnection(psycopg.AsyncConnection):
         async with self.lock:
             return await lean.fetch(query, params, all_rows)
 
+    async def fetch_pipelined(self, statements: list[tuple[str, Any]]) -> list[Any]:
+        """The first row (None if none) of each statement, sent together in one pipeline: one
+        round trip for all. Each runs as its own autocommit statement, so it sees what the ones
+        before it did (a read after a lock sees the state under the lock). A statement that
+        failed gives its error instead of a row, and so does every one after it (PostgreSQL
+        skips the rest of a pipeline after an error)."""
+        lean = self._lean
+        if lean is None:
+            lean = self._lean = LeanStatements(self)
+        async with self.lock:
+            return await lean.fetch_pipelined(statements)
+
     async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         if self._pipeline is None or getattr(gen, "__name__", "") in _PIPELINE_WAITS:
             round_trips.count += 1
@@ -112,7 +124,7 @@ class CountingConnection(psycopg.AsyncConnection):
 
 
 _TUPLES_OK, _COMMAND_OK = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
-_PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_PIPELINE_SYNC, _PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_SYNC, pq.ExecStatus.PIPELINE_ABORTED
 
 
 class LeanStatements:
@@ -155,7 +167,7 @@ class LeanStatements:
                 pgconn.send_prepare(name, query_.query, param_types=query_.types)
                 pgconn.send_query_prepared(name, query_.params, param_formats=query_.formats)
                 pgconn.pipeline_sync()
-                prepared, result = await self._pipeline_results()
+                prepared, result = await self._pipeline_results()  # (two commands)
                 pgconn.exit_pipeline_mode()
                 if prepared.status != _COMMAND_OK:  # and the execution was not run
                     result = prepared
@@ -176,6 +188,65 @@ class LeanStatements:
         if all_rows:
             return tx.load_rows(0, result.ntuples, tuple)
         return tx.load_row(0, tuple) if result.ntuples else None
+
+    async def fetch_pipelined(self, statements: list[tuple[str, Any]]) -> list[Any]:
+        """See `CountingConnection.fetch_pipelined`. Statements not prepared yet are prepared
+        in the same pipeline (once, however often they occur in it)."""
+        pgconn = self.conn.pgconn
+        tx = self.tx
+        sent: list[int | None] = []  # per result to come: the statement it answers (None:
+        # a preparation)
+        preparing: dict[bytes, tuple[bytes, tuple[int, ...]]] = {}
+        round_trips.count += 1
+        try:
+            pgconn.enter_pipeline_mode()
+            for index, (sql, params) in enumerate(statements):
+                query_ = PostgresQuery(tx)
+                query_.convert(sql, params)
+                key = (query_.query, query_.types)
+                name = self.names.get(key)
+                if name is None and len(self.names) < self.MAX_PREPARED:
+                    name = self.names[key] = b"_stello_%d" % len(self.names)
+                    preparing[name] = key
+                    pgconn.send_prepare(name, query_.query, param_types=query_.types)
+                    sent.append(None)
+                if name is not None:
+                    pgconn.send_query_prepared(name, query_.params,
+                                               param_formats=query_.formats)
+                else:
+                    pgconn.send_query_params(query_.query, query_.params,
+                                             param_formats=query_.formats,
+                                             param_types=query_.types)
+                sent.append(index)
+            pgconn.pipeline_sync()
+            results = await self._pipeline_results()
+            pgconn.exit_pipeline_mode()
+        except BaseException:
+            for key in preparing.values():
+                self.names.pop(key, None)
+            await self.conn.close()  # what is left on the wire is unknown (as in `fetch`)
+            raise
+        rows: list[Any] = [None] * len(statements)
+        names = iter(preparing)
+        failed_preparing: pq.abc.PGresult | None = None
+        for answers, result in zip(sent, results, strict=True):
+            if answers is None:  # a preparation: kept only if it worked
+                name = next(names)
+                if result.status != _COMMAND_OK:
+                    self.names.pop(preparing[name], None)
+                    failed_preparing = result  # the statement's own error
+                continue
+            if failed_preparing is not None:
+                result, failed_preparing = failed_preparing, None
+            status = result.status
+            if status == _TUPLES_OK:
+                tx.set_pgresult(result)
+                rows[answers] = tx.load_row(0, tuple) if result.ntuples else None
+            elif status != _COMMAND_OK:
+                rows[answers] = (error_from_result(result, encoding=tx.encoding)
+                                 if status != _PIPELINE_ABORTED
+                                 else psycopg.errors.PipelineAborted("skipped after an error"))
+        return rows
 
     async def _flushed(self) -> None:
         pgconn = self.conn.pgconn
@@ -211,8 +282,8 @@ class LeanStatements:
         assert result is not None
         return result
 
-    async def _pipeline_results(self) -> tuple[pq.abc.PGresult, pq.abc.PGresult]:
-        """The results of a prepare and an execution sent in pipeline mode, up to the sync."""
+    async def _pipeline_results(self) -> list[pq.abc.PGresult]:
+        """The result of every command sent in pipeline mode, up to the sync."""
         await self._flushed()
         results: list[pq.abc.PGresult] = []
         while True:
@@ -220,8 +291,7 @@ class LeanStatements:
             if got is None:
                 continue  # the end of one statement's results
             if got.status == _PIPELINE_SYNC:  # not followed by a None
-                prepared, executed = results
-                return prepared, executed
+                return results
             results.append(got)
 
 

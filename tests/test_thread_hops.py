@@ -222,13 +222,13 @@ async def test_the_tree_costs_one_round_trip_once_the_space_was_checked(tenant) 
 
 
 @pytest.mark.postgres
-async def test_a_turn_costs_four_round_trips(tenant) -> None:
-    """The target is at most 5 for a turn without tool calls: the session lock, the turn
-    context (only the records this process does not hold), the call's records and counts in
-    one statement, the unlock."""
+async def test_a_turn_costs_three_round_trips(tenant) -> None:
+    """The target is at most 5 for a turn without tool calls: the session lock with the turn
+    context right after it in one pipeline (only the records this process does not hold), the
+    call's records and counts in one statement, the unlock."""
     turn = f"/spaces/{tenant.space}/sessions/{tenant.child}/turn"
     for n in range(3):  # the same cost on the 1st and the nth turn: no history is re-read
-        assert await round_trips("POST", turn, tenant.key, {"input": f"turn {n}"}) == 4
+        assert await round_trips("POST", turn, tenant.key, {"input": f"turn {n}"}) == 3
 
 
 @pytest.mark.postgres

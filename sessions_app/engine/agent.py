@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, Literal, Protocol
 
 from . import compression, memory
@@ -45,6 +45,7 @@ from .types import (
     LogEvent,
     Logged,
     MemoryJob,
+    Prefetched,
     SessionMeta,
     StreamChunk,
     TurnContext,
@@ -164,8 +165,8 @@ class SpaceAgent:
         extra, notes = await self._extra_tools(), await self._extra_system()
         usage = self._usage_scope(session_id)
         try:
-            async with self.locks.hold(session_id, wait=wait):
-                ctx, history = await self._context_for_new_turn(session_id)
+            async with self._hold_for_turn(session_id, wait) as prefetched:
+                ctx, history = await self._context_for_new_turn(session_id, prefetched)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -187,8 +188,8 @@ class SpaceAgent:
         extra, notes = await self._extra_tools(), await self._extra_system()
         usage = self._usage_scope(session_id)
         try:
-            async with self.locks.hold(session_id, wait=wait):
-                ctx, history = await self._context_for_new_turn(session_id)
+            async with self._hold_for_turn(session_id, wait) as prefetched:
+                ctx, history = await self._context_for_new_turn(session_id, prefetched)
                 loop = self._turn_loop(ctx, history, text, usage, turn_id=turn_id,
                                        on_event=on_event, recovered=await self._recovered(ctx),
                                        extra_tools=extra, extra_system=notes)
@@ -264,17 +265,26 @@ class SpaceAgent:
     def _usage_scope(self, session_id: str | None) -> UsageScope:
         return UsageScope(session_id=session_id, price=self.price)
 
-    async def _active_context(self, session_id: str) -> tuple[TurnContext, History]:
-        ctx, history = await self._histories.load(self.store, session_id)
+    async def _active_context(self, session_id: str, prefetched: Prefetched | None = None
+                              ) -> tuple[TurnContext, History]:
+        ctx, history = await self._histories.load(self.store, session_id, prefetched)
         if ctx.session.status == "archived":
             raise SessionArchived(session_id)
         return ctx, history
 
-    async def _context_for_new_turn(self, session_id: str) -> tuple[TurnContext, History]:
+    def _hold_for_turn(self, session_id: str, wait: bool
+                       ) -> AbstractAsyncContextManager[Prefetched | None]:
+        """The session's lock for a new turn, with the turn's context read in the lock's own
+        round trip where the lock can (PostgreSQL)."""
+        return self.locks.hold(session_id, wait=wait,
+                               first_read=self._histories.first_read(self.store, session_id))
+
+    async def _context_for_new_turn(self, session_id: str, prefetched: Prefetched | None
+                                    ) -> tuple[TurnContext, History]:
         """A turn that waits for approvals keeps the session busy, even when the process
         that ran it has stopped (it goes on once answered). A busy step: admitted."""
         async with self.admission:
-            ctx, history = await self._active_context(session_id)
+            ctx, history = await self._active_context(session_id, prefetched)
         if ctx.waiting_turns:
             raise SessionBusy(f"session busy: turn {ctx.waiting_turns[0]} waits for the "
                               "approval of its tool calls")

@@ -8,12 +8,12 @@ prompt assembly. Nothing is deleted from storage.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .compression import estimate_tokens
 from .ports import SpaceStore
-from .types import Message, SaveResult, TurnContext
+from .types import LockedRead, Message, Prefetched, SaveResult, TurnContext
 
 
 def drop_incomplete_tool_groups(messages: Sequence[Message]) -> list[Message]:
@@ -110,18 +110,38 @@ class HistoryCache:
         self._max_sessions = max_sessions
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
 
-    async def load(self, store: SpaceStore, session_id: str) -> tuple[TurnContext, History]:
-        """The session's turn context (its `history` may hold only the new records) and its
-        whole history."""
+    def _after(self, session_id: str) -> int:
+        """The record id the next load reads after (0: the whole history)."""
         kept = self._kept.get(session_id)
+        return kept.last_record_id if kept is not None else 0
+
+    def first_read(self, store: SpaceStore, session_id: str
+                   ) -> Callable[[], LockedRead | None]:
+        """For `SessionLocks.hold(first_read=...)`: the read `load` makes first, asked for
+        once the session is held (so after what the previous holder kept)."""
+        return lambda: store.turn_context_read(session_id,
+                                               history_after=self._after(session_id))
+
+    async def load(self, store: SpaceStore, session_id: str,
+                   prefetched: Prefetched | None = None) -> tuple[TurnContext, History]:
+        """The session's turn context (its `history` may hold only the new records) and its
+        whole history. `prefetched`: the session lock's result of `first_read`, used for the
+        first read when it is the one this load would make."""
+        kept = self._kept.get(session_id)
+        after = self._after(session_id)
+        ctx = prefetched.value() if prefetched is not None else None
+        if ctx is not None and ctx.history_after != after:
+            ctx = None  # read for another position (cannot happen under the session's lock)
         if kept is not None and kept.last_record_id:
-            ctx = await store.load_turn_context(session_id, history_after=kept.last_record_id)
+            if ctx is None:
+                ctx = await store.load_turn_context(session_id, history_after=after)
             if ctx.record_count == kept.record_count + len(ctx.history):
                 kept.history.extend(ctx.history)
                 kept.record_count, kept.last_record_id = ctx.record_count, ctx.last_record_id
                 self._kept.move_to_end(session_id)
                 return ctx, kept.history
-        ctx = await store.load_turn_context(session_id)
+        if ctx is None or ctx.history_after != 0:
+            ctx = await store.load_turn_context(session_id)
         history = History(ctx.history)
         self._kept[session_id] = _Kept(history, ctx.record_count, ctx.last_record_id)
         self._kept.move_to_end(session_id)

@@ -22,11 +22,13 @@ from .types import (
     EventPage,
     Insight,
     LLMResponse,
+    LockedRead,
     LogEvent,
     Logged,
     MemoryJob,
     Message,
     NewChild,
+    Prefetched,
     SaveResult,
     SessionMeta,
     SpacePrompts,
@@ -91,6 +93,11 @@ class SpaceStore(Protocol):
         in order: every record when `history_after` is 0, only the records with an id greater
         than `history_after` when it is positive (the caller holds the earlier ones), none when
         it is None. ONE read (one round trip on PostgreSQL); raises SessionNotFound."""
+        ...
+
+    def turn_context_read(self, session_id: str, *, history_after: int) -> LockedRead | None:
+        """`load_turn_context` as a read a session lock may make with its own statement
+        (`SessionLocks.hold(first_read=...)`), or None when this store has no such read."""
         ...
 
     async def save_call(
@@ -282,9 +289,16 @@ class SpaceStore(Protocol):
 class SessionLocks(Protocol):
     """Serialises operations on one session, across every server process."""
 
-    def hold(self, session_id: str, *, wait: bool = True) -> AbstractAsyncContextManager[None]:
+    def hold(
+        self, session_id: str, *, wait: bool = True,
+        first_read: Callable[[], LockedRead | None] | None = None,
+    ) -> AbstractAsyncContextManager[Prefetched | None]:
         """Hold the session until the block exits; raises SessionBusy when the lock could not
-        be had within the configured timeout (at once when not `wait`)."""
+        be had within the configured timeout (at once when not `wait`). `first_read` (asked
+        once the session is held in this process) names the operation's first read: a lock
+        that can make it in the same round trip as its own statement, after the session is
+        held, gives the block its result; otherwise (or if that read failed) the block gets
+        None and reads as usual."""
         ...
 
 

@@ -147,6 +147,29 @@ class TurnContext:
 
 
 @dataclass(frozen=True, slots=True)
+class LockedRead:
+    """A store read that a session lock may make in the same round trip as its own statement,
+    right after the session is held (`SessionLocks.hold(first_read=...)`): the store's own
+    statement and parameters (opaque to the engine), and how its row becomes the value."""
+
+    statement: str
+    params: Mapping[str, Any]
+    decode: Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """What a session lock read with its statement: `value()` decodes it, raising what the
+    store's own read would (SessionNotFound, say)."""
+
+    read: LockedRead
+    row: Any
+
+    def value(self) -> Any:
+        return self.read.decode(self.row)
+
+
+@dataclass(frozen=True, slots=True)
 class SaveResult:
     """What `SpaceStore.save_call` wrote: the session's turn count, its record count and the id
     of its newest record, all after the write."""

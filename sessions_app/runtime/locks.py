@@ -12,7 +12,9 @@ unlocks in batches: ONE statement takes and releases every lock asked for while 
 one was in flight (under load a lock costs a fraction of a round trip; alone, one). No
 connection is held per operation, so the number of operations in flight is not bound by
 connections, and no transaction stays open during an LLM call. A lock held by another process
-is retried with a short backoff until the lock timeout (then SessionBusy). When a process dies,
+is retried with a short backoff until the lock timeout (then SessionBusy). An operation may name
+its first read (`first_read`): it goes in the same pipeline as the batch, after it, so the lock
+and that read cost one round trip together. When a process dies,
 PostgreSQL closes its connection and drops its locks at once. A lock connection that PostgreSQL
 has closed (a restart) is replaced before its next use, or on the spot if it breaks under a
 try; its locks are gone.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,6 +34,7 @@ import psycopg
 from spaces.pgpool import CountingConnection, is_lost
 
 from ..engine.errors import ServiceUnavailable, SessionBusy
+from ..engine.types import LockedRead, Prefetched
 
 logger = logging.getLogger("stello.locks")
 
@@ -43,6 +46,7 @@ _BATCH = """SELECT
  ARRAY(SELECT pg_try_advisory_lock(hashtextextended(k, 0))
        FROM unnest(%(lock)s::text[]) WITH ORDINALITY AS l(k, n) ORDER BY n)"""
 _FIRST_RETRY, _MAX_RETRY = 0.002, 0.1  # seconds between tries while another process holds it
+Taken = tuple[bool, Prefetched | None]  # a try's answer: taken, and its read if any
 LOCK_CONNECTIONS = 1  # per process: one line batches best (see PostgresSessionLocks)
 
 
@@ -53,7 +57,10 @@ class LocalSessionLocks:
         self._users: dict[str, int] = {}
 
     @asynccontextmanager
-    async def hold(self, session_id: str, *, wait: bool = True) -> AsyncIterator[None]:
+    async def hold(self, session_id: str, *, wait: bool = True,
+                   first_read: Callable[[], LockedRead | None] | None = None,
+                   ) -> AsyncIterator[None]:
+        # (No statement of its own to send a first read with: the caller reads as usual.)
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         self._users[session_id] = self._users.get(session_id, 0) + 1
         try:
@@ -83,7 +90,7 @@ class _Line:
 
     def __init__(self) -> None:
         self.unlocks: list[str] = []
-        self.tries: list[tuple[str, asyncio.Future[bool]]] = []
+        self.tries: list[tuple[str, asyncio.Future[Taken], LockedRead | None]] = []
         self.sender: asyncio.Task[None] | None = None
 
 
@@ -108,35 +115,45 @@ class PostgresSessionLocks:
         self._cleanups: set[asyncio.Task[Any]] = set()
 
     @asynccontextmanager
-    async def hold(self, session_id: str, *, wait: bool = True) -> AsyncIterator[None]:
+    async def hold(self, session_id: str, *, wait: bool = True,
+                   first_read: Callable[[], LockedRead | None] | None = None,
+                   ) -> AsyncIterator[Prefetched | None]:
         started = time.monotonic()
         slot = hash(session_id) % len(self._conns)
         timeout = self.timeout if wait else 0.0  # not waiting: one try
         async with self._local.hold(session_id, wait=wait):
+            # Asked only now: what the caller reads first may depend on what the previous
+            # holder in this process did (its kept history, say).
+            read = first_read() if first_read is not None else None
             delay = _FIRST_RETRY
-            while not await self._shielded(self._try_lock(slot, session_id), slot, session_id):
+            while True:
+                taken, prefetched = await self._shielded(self._try_lock(slot, session_id, read),
+                                                         slot, session_id)
+                if taken:
+                    break
                 left = timeout - (time.monotonic() - started)
                 if left <= 0:
                     raise SessionBusy()
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, _MAX_RETRY)
             try:
-                yield
+                yield prefetched
             finally:
                 # Not awaited: the operation's answer need not wait for the unlock. The next
                 # holder in this process takes the lock through the same connection, after
                 # the unlock or (re-entrant) before it: either way it ends up holding it.
                 self._unlock(slot, session_id)
 
-    async def _shielded(self, tried: asyncio.Future[bool], slot: int, session_id: str) -> bool:
+    async def _shielded(self, tried: asyncio.Future[Taken], slot: int, session_id: str
+                        ) -> Taken:
         """Wait for one try's answer; a caller cancelled meanwhile does not stop the try (it
         goes with its batch, whose other tries and unlocks must not be lost), and a lock it
         took for that caller is given back."""
         try:
             return await asyncio.shield(tried)
         except asyncio.CancelledError:
-            def give_back(done: asyncio.Future[bool]) -> None:
-                if not done.cancelled() and done.exception() is None and done.result():
+            def give_back(done: asyncio.Future[Taken]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result()[0]:
                     self._unlock(slot, session_id)
 
             tried.add_done_callback(give_back)
@@ -178,10 +195,12 @@ class PostgresSessionLocks:
                 )
             return conn
 
-    def _try_lock(self, slot: int, session_id: str) -> asyncio.Future[bool]:
-        """Try the session's lock with the next batch of its connection: its answer."""
-        tried: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._lines[slot].tries.append((session_id, tried))
+    def _try_lock(self, slot: int, session_id: str, read: LockedRead | None
+                  ) -> asyncio.Future[Taken]:
+        """Try the session's lock with the next batch of its connection (and make `read`
+        right after it): whether it was taken, and the read's row if it was."""
+        tried: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+        self._lines[slot].tries.append((session_id, tried, read))
         self._send_soon(slot)
         return tried
 
@@ -204,9 +223,9 @@ class PostgresSessionLocks:
             tries, line.tries = line.tries, []
             try:
                 try:
-                    released, taken = await self._batch(slot, unlocks, [s for s, _ in tries])
+                    released, taken, rows = await self._batch(slot, unlocks, tries)
                 except asyncio.CancelledError:  # shutdown: nobody waits for an answer any more
-                    for _, tried in [*tries, *line.tries]:
+                    for _, tried, _ in [*tries, *line.tries]:
                         tried.cancel()
                     raise
                 except psycopg.OperationalError:
@@ -217,7 +236,7 @@ class PostgresSessionLocks:
                     # locks are gone, and a new one holds nothing, so trying again on it
                     # cannot take a lock twice.
                     unlocks = []
-                    released, taken = await self._batch(slot, [], [s for s, _ in tries])
+                    released, taken, rows = await self._batch(slot, [], tries)
             except Exception as exc:
                 if unlocks:
                     logger.warning("could not release the locks of sessions %s",
@@ -225,33 +244,50 @@ class PostgresSessionLocks:
                 error = (ServiceUnavailable("the session-lock database connection is "
                                             "unavailable") if isinstance(exc, psycopg.Error)
                          else exc)
-                for _, tried in tries:
+                for _, tried, _ in tries:
                     if not tried.done():
                         tried.set_exception(error)
                 continue
             for session_id, held in zip(unlocks, released, strict=True):
                 if not held:
                     logger.warning("the lock of session %s was not held at release", session_id)
-            for (_, tried), got in zip(tries, taken, strict=True):
+            for (_, tried, read), got, row in zip(tries, taken, rows, strict=True):
                 if not tried.done():
-                    tried.set_result(bool(got))
+                    # A read that failed is left to the caller, who reads again and meets
+                    # (or not) the error itself.
+                    tried.set_result((bool(got), Prefetched(read, row) if (
+                        got and read is not None and not isinstance(row, Exception)) else None))
 
-    async def _batch(self, slot: int, unlocks: list[str], tries: list[str]
-                     ) -> tuple[list[bool], list[bool]]:
-        """(released, taken), in the order asked. Unlocks meant for a connection that has
-        gone (and its locks with it) are not sent: they count as released."""
+    async def _batch(self, slot: int, unlocks: list[str],
+                     tries: list[tuple[str, Any, LockedRead | None]]
+                     ) -> tuple[list[bool], list[bool], list[Any]]:
+        """(released, taken, the tries' reads), in the order asked. Unlocks meant for a
+        connection that has gone (and its locks with it) are not sent: they count as
+        released. The reads go in the same pipeline, after the lock statement: one round
+        trip, each read its own statement (so it sees the session as held)."""
         if not unlocks and not tries:
-            return [], []
+            return [], [], []
         held_by = self._conns[slot]
         conn = await self._connection(slot)
         gone = [True] * len(unlocks) if conn is not held_by else []
         if gone:
             if not tries:
-                return gone, []
+                return gone, [], []
             unlocks = []
-        row = await conn.fetch(_BATCH, {"unlock": unlocks, "lock": tries})
+        batch = (_BATCH, {"unlock": unlocks, "lock": [s for s, _, _ in tries]})
+        reads = [read for _, _, read in tries]
+        if not any(reads):
+            row = await conn.fetch(*batch)
+            rows: list[Any] = [None] * len(tries)
+        else:
+            row, *read_rows = await conn.fetch_pipelined(
+                [batch, *((r.statement, r.params) for r in reads if r is not None)])
+            if isinstance(row, Exception):
+                raise row
+            found = iter(read_rows)
+            rows = [next(found) if r is not None else None for r in reads]
         assert row is not None
-        return gone or list(row[0]), list(row[1])
+        return gone or list(row[0]), list(row[1]), rows
 
     async def aclose(self) -> None:
         await self.settled()

@@ -182,6 +182,9 @@ class DjangoSpaceStore(OrmConversations, OrmApprovals):
         session = self._session(session_id)
         return session_meta(session, session.node)
 
+    def turn_context_read(self, session_id: str, *, history_after: int) -> None:
+        return None  # no lock here makes reads of its own (an ORM read is a thread hop)
+
     @unit_of_work
     def load_turn_context(
         self, session_id: str, *, history_after: int | None = 0

@@ -14,6 +14,7 @@ e = session_events.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from ..engine.types import (
     ConsolidationInput,
     EventPage,
     Insight,
+    LockedRead,
     LogEvent,
     Logged,
     Message,
@@ -582,6 +584,32 @@ from .pg_approvals import PgApprovals  # noqa: E402  (they build their SQL from 
 from .pg_conversations import PgConversations  # noqa: E402
 
 
+def _turn_context(row: Sequence[Any] | None, history_after: int | None) -> TurnContext:
+    """A turn context from its row (SQL_TURN_CONTEXT); no row: the session is not found."""
+    if row is None:
+        raise SessionNotFound()
+    meta = _meta(row)
+    record_count, event_seq, running, waiting, slots, last_id, history = row[_META_WIDTH:]
+    slots = slots or {}
+    is_main = meta.role == "main"
+    return TurnContext(
+        session=meta,
+        system_prompt=slots.get(SYSTEM_PROMPT),
+        insight=None if is_main else slots.get(INSIGHT),
+        synthesis=slots.get(MEMORY) if is_main else None,
+        history=tuple(message_from_row(*r) for r in history or ()),
+        skills=skills_of(slots.get(SESSION_CONFIG)),
+        config=json_object(slots.get(SESSION_CONFIG)),
+        compression=compression_of(slots.get(COMPRESSION)),
+        history_after=history_after,
+        record_count=record_count,
+        last_record_id=last_id or 0,
+        event_seq=event_seq,
+        running_turns=tuple(str(t) for t in running or ()),
+        waiting_turns=tuple(str(t) for t in waiting or ()),
+    )
+
+
 class PgSpaceStore(PgConversations, PgApprovals):
     """Storage for one space on PostgreSQL (see `engine.ports.SpaceStore` for the guarantees)."""
 
@@ -630,29 +658,13 @@ class PgSpaceStore(PgConversations, PgApprovals):
     ) -> TurnContext:
         params = self._params(session_id, after=history_after or 0)
         sql = SQL_TURN_CONTEXT_NO_HISTORY if history_after is None else SQL_TURN_CONTEXT
-        row = await self._read(sql, params)
-        if row is None:
-            raise SessionNotFound()
-        meta = _meta(row)
-        record_count, event_seq, running, waiting, slots, last_id, history = row[_META_WIDTH:]
-        slots = slots or {}
-        is_main = meta.role == "main"
-        return TurnContext(
-            session=meta,
-            system_prompt=slots.get(SYSTEM_PROMPT),
-            insight=None if is_main else slots.get(INSIGHT),
-            synthesis=slots.get(MEMORY) if is_main else None,
-            history=tuple(message_from_row(*r) for r in history or ()),
-            skills=skills_of(slots.get(SESSION_CONFIG)),
-            config=json_object(slots.get(SESSION_CONFIG)),
-            compression=compression_of(slots.get(COMPRESSION)),
-            history_after=history_after,
-            record_count=record_count,
-            last_record_id=last_id or 0,
-            event_seq=event_seq,
-            running_turns=tuple(str(t) for t in running or ()),
-            waiting_turns=tuple(str(t) for t in waiting or ()),
-        )
+        return _turn_context(await self._read(sql, params), history_after)
+
+    def turn_context_read(self, session_id: str, *, history_after: int) -> LockedRead:
+        # The session-lock connection sends it right after the lock's statement (the
+        # lock's round trip carries it: runtime/locks.py).
+        return LockedRead(SQL_TURN_CONTEXT, self._params(session_id, after=history_after),
+                          functools.partial(_turn_context, history_after=history_after))
 
     async def save_call(
         self,

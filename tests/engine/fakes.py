@@ -241,6 +241,9 @@ class InMemoryStore:
     async def get_session(self, session_id: str) -> SessionMeta:
         return self.meta(session_id)
 
+    def turn_context_read(self, session_id: str, *, history_after: int) -> None:
+        return None  # the fake locks make no reads
+
     async def load_turn_context(
         self, session_id: str, *, history_after: int | None = 0
     ) -> TurnContext:
@@ -686,7 +689,8 @@ class AsyncioLocks:
         return lock is not None and lock.locked()
 
     @asynccontextmanager
-    async def hold(self, session_id: str, *, wait: bool = True) -> AsyncIterator[None]:
+    async def hold(self, session_id: str, *, wait: bool = True,
+                   first_read: Any = None) -> AsyncIterator[None]:
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         if not wait and lock.locked():
             raise SessionBusy()

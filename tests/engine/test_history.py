@@ -3,6 +3,8 @@ does not grow with the history (a turn reads only the records it does not hold y
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from hypothesis import given, settings
@@ -10,9 +12,9 @@ from hypothesis import strategies as st
 
 from sessions_app.engine.compression import estimate_tokens
 from sessions_app.engine.history import History, drop_incomplete_tool_groups
-from sessions_app.engine.types import Message, ToolCall
+from sessions_app.engine.types import LockedRead, Message, Prefetched, ToolCall
 
-from .fakes import InMemoryStore, ScriptedLLM, make_agent
+from .fakes import AsyncioLocks, InMemoryStore, ScriptedLLM, make_agent
 
 # -- History: incremental cleaning equals cleaning the whole ------------------------------------
 
@@ -97,6 +99,68 @@ async def test_a_history_that_is_no_longer_a_plain_append_is_read_whole_again() 
 
     assert store.loads[-1] == (0, 1)  # the whole history, read again
     assert [m.content for m in h.llm.calls[-1].messages] == ["rewritten", "second"]
+
+
+class PrefetchingStore(CountingStore):
+    """Offers its turn context as a read a session lock can make (as PostgreSQL's does)."""
+
+    def turn_context_read(self, session_id: str, *, history_after: int) -> LockedRead:
+        return LockedRead("turn context", {"sid": session_id, "after": history_after},
+                          lambda row: row)
+
+
+class PrefetchingLocks(AsyncioLocks):
+    """Makes the first read once the session is held, as PostgreSQL's locks do in the round
+    trip of their try (here straight from the store, not counted in its `loads`)."""
+
+    def __init__(self, store: PrefetchingStore) -> None:
+        super().__init__()
+        self.store = store
+        self.reads: list[int] = []
+
+    @asynccontextmanager
+    async def hold(self, session_id: str, *, wait: bool = True,
+                   first_read: Any = None) -> AsyncIterator[Prefetched | None]:
+        async with super().hold(session_id, wait=wait):
+            read = first_read() if first_read is not None else None
+            if read is None:
+                yield None
+                return
+            self.reads.append(read.params["after"])
+            ctx = await InMemoryStore.load_turn_context(self.store, session_id,
+                                                        history_after=read.params["after"])
+            yield Prefetched(read, ctx)
+
+
+async def test_a_turn_takes_its_context_from_the_locks_first_read() -> None:
+    store = PrefetchingStore()
+    h = make_agent(store=store, llm=ScriptedLLM("one", "two", "three"))
+    h.agent.locks = locks = PrefetchingLocks(store)
+    await h.agent.turn(h.root_id, "first")
+    store.add_records(h.root_id, Message("user", "from elsewhere"), Message("assistant", "ok"))
+    await h.agent.turn(h.root_id, "second")
+    async for _ in h.agent.stream(h.root_id, "third"):
+        pass
+
+    assert store.loads == []  # the agent read nothing itself
+    assert locks.reads[0] == 0 and all(after > 0 for after in locks.reads[1:])
+    assert len(locks.reads) == 3
+    assert [m.content for m in h.llm.calls[-1].messages] == [
+        "first", "one", "from elsewhere", "ok", "second", "two", "third"]
+
+
+async def test_a_first_read_of_another_position_is_not_used() -> None:
+    store = PrefetchingStore()
+    h = make_agent(store=store, llm=ScriptedLLM("one", "two"))
+    await h.agent.turn(h.root_id, "first")  # the cache now holds the session
+    whole = await InMemoryStore.load_turn_context(store, h.root_id)  # read from 0, not after
+    stale = Prefetched(store.turn_context_read(h.root_id, history_after=0), whole)
+    store.loads.clear()
+
+    ctx, history = await h.agent._histories.load(store, h.root_id, stale)
+
+    assert store.loads == [(whole.last_record_id, 0)]  # read again, from where the cache is
+    assert [m.content for m in history.clean()[0]] == ["first", "one"]
 
 
 async def test_a_fork_without_context_reads_no_history() -> None:

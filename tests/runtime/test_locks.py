@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from sessions_app.engine.errors import ServiceUnavailable, SessionBusy
+from sessions_app.engine.types import LockedRead
 from sessions_app.runtime.locks import LocalSessionLocks, PostgresSessionLocks
 from spaces import pgpool
 
@@ -170,6 +171,81 @@ async def test_a_hold_costs_two_round_trips(conninfo: str) -> None:
             pass
         await locks.settled()
         assert pgpool.round_trips.count == 2  # pg_try_advisory_lock, pg_advisory_unlock
+    finally:
+        await locks.aclose()
+
+
+# The session's advisory lock as the read's own connection holds it right then: 1 when the
+# read runs after the lock is taken (and on the lock's connection), 0 before.
+HELD_HERE = """SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+  AND pid = pg_backend_pid() AND objsubid = 1
+  AND objid::bigint = hashtextextended(%(key)s, 0) & 4294967295"""
+
+
+def held_here(session_id: str) -> LockedRead:
+    return LockedRead(HELD_HERE, {"key": session_id}, lambda row: row[0])
+
+
+@pytest.mark.postgres
+async def test_a_first_read_rides_with_the_try_and_sees_the_session_held(conninfo) -> None:
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    asked: list[str] = []
+
+    def first_read() -> LockedRead:
+        asked.append("s")
+        return held_here("s")
+
+    try:
+        async with locks.hold("warm-up"):
+            pass
+        await locks.settled()
+        pgpool.round_trips.reset()
+        async with locks.hold("s", first_read=first_read) as prefetched:
+            assert prefetched is not None and prefetched.value() == 1
+        await locks.settled()
+        assert asked == ["s"]
+        assert pgpool.round_trips.count == 2  # the try with the read, the unlock
+        async with locks.hold("s") as nothing:  # no first read asked: none made
+            assert nothing is None
+    finally:
+        await locks.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_first_read_after_waiting_for_another_process_is_made_again(conninfo) -> None:
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    other = PostgresSessionLocks(conninfo, timeout=5)
+    inside, leave = asyncio.Event(), asyncio.Event()
+    try:
+        async def holder() -> None:
+            async with other.hold("s"):
+                inside.set()
+                await leave.wait()
+
+        task = asyncio.ensure_future(holder())
+        await asyncio.wait_for(inside.wait(), 5)
+        asyncio.get_running_loop().call_later(0.05, leave.set)
+        # The first tries fail (the other process holds it) with their reads; the read that
+        # comes back is the one made with the try that took the lock.
+        async with locks.hold("s", first_read=lambda: held_here("s")) as prefetched:
+            assert prefetched is not None and prefetched.value() == 1
+        await task
+    finally:
+        await locks.aclose()
+        await other.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_first_read_that_fails_leaves_the_lock_to_the_caller(conninfo) -> None:
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    broken = LockedRead("SELECT 1 / %(zero)s", {"zero": 0}, lambda row: row)
+    try:
+        async with locks.hold("s", first_read=lambda: broken) as prefetched:
+            assert prefetched is None  # the caller reads again and meets the error itself
+            assert await held_advisory_locks(conninfo) >= 1
+        async with locks.hold("s", first_read=lambda: held_here("s")) as prefetched:
+            assert prefetched is not None and prefetched.value() == 1  # the line still works
+        await locks.settled()
     finally:
         await locks.aclose()
 

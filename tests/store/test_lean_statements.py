@@ -101,6 +101,65 @@ async def test_server_errors_are_psycopgs_and_leave_the_connection_usable() -> N
         await conn.close()
 
 
+async def test_a_pipeline_gives_each_statements_row_in_one_round_trip() -> None:
+    conn = await connect()
+    try:
+        await conn.execute("CREATE TEMPORARY TABLE lean_p (k int PRIMARY KEY)")
+        insert = "INSERT INTO lean_p VALUES (%(k)s) RETURNING k"
+        count = "SELECT count(*) FROM lean_p WHERE k <= %(k)s"
+        values = params()
+        expected = await (await conn.execute(STATEMENT, values)).fetchone()
+        with tempfile.TemporaryFile() as trace:
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            before = pgpool.round_trips.count
+            rows = await conn.fetch_pipelined([
+                (insert, {"k": 1}), (count, {"k": 9}), (insert, {"k": 2}), (count, {"k": 9}),
+                (STATEMENT, values), ("SELECT k FROM lean_p WHERE k > %(k)s", {"k": 5}),
+            ])
+            conn.pgconn.untrace()
+            trace.seek(0)
+            sent = [line.split("\t")[2].strip() for line in trace.read().decode().splitlines()
+                    if line.startswith("F\t")]
+        # Each statement sees the ones before it; a statement without rows gives None.
+        assert rows == [(1,), (1,), (2,), (2,), expected, None]
+        assert pgpool.round_trips.count - before == 1
+        assert sent.count("Sync") == 1
+        assert sent.count("Parse") == 4  # each distinct statement prepared once
+        # ... and used prepared afterwards, by a pipeline or a single statement.
+        assert await conn.fetch(count, {"k": 1}) == (1,)
+        assert await conn.fetch_pipelined([(insert, {"k": 3})]) == [(3,)]
+        assert len(await prepared(conn)) == 4
+    finally:
+        await conn.close()
+
+
+async def test_a_pipeline_error_skips_the_rest_and_leaves_the_connection_usable() -> None:
+    conn = await connect()
+    try:
+        rows = await conn.fetch_pipelined([
+            ("SELECT %(k)s::int", {"k": 1}),
+            ("SELECT 1 / %(k)s", {"k": 0}),  # fails at its first execution
+            ("SELECT %(k)s::int + 1", {"k": 1}),
+        ])
+        assert rows[0] == (1,)
+        assert isinstance(rows[1], psycopg.errors.DivisionByZero)
+        assert isinstance(rows[2], psycopg.errors.PipelineAborted)
+        rows = await conn.fetch_pipelined([("SELEC %(k)s", {"k": 1}),  # fails at preparing
+                                           ("SELECT %(k)s::int", {"k": 2})])
+        assert isinstance(rows[0], psycopg.errors.SyntaxError)
+        assert isinstance(rows[1], psycopg.errors.PipelineAborted)
+        assert not conn.closed
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        # What failed to prepare is not taken for prepared; what was skipped is run now.
+        assert await conn.fetch_pipelined([("SELECT %(k)s::int + 1", {"k": 5}),
+                                           ("SELECT 1 / %(k)s", {"k": 1})]) == [(6,), (1,)]
+        with pytest.raises(psycopg.errors.SyntaxError):
+            await conn.fetch("SELEC %(k)s", {"k": 1})
+    finally:
+        await conn.close()
+
+
 async def test_a_statement_cancelled_midway_closes_its_connection() -> None:
     conn = await connect()
     try:
