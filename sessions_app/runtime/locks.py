@@ -47,6 +47,8 @@ _BATCH = """SELECT
        FROM unnest(%(lock)s::text[]) WITH ORDINALITY AS l(k, n) ORDER BY n)"""
 _FIRST_RETRY, _MAX_RETRY = 0.002, 0.1  # seconds between tries while another process holds it
 Taken = tuple[bool, Prefetched | None]  # a try's answer: taken, and its read if any
+MAX_READS = 32  # first reads carried by one batch (see PostgresSessionLocks._batch)
+NOT_READ = object()  # a try's read that its batch did not carry
 LOCK_CONNECTIONS = 1  # per process: one line batches best (see PostgresSessionLocks)
 
 
@@ -256,7 +258,8 @@ class PostgresSessionLocks:
                     # A read that failed is left to the caller, who reads again and meets
                     # (or not) the error itself.
                     tried.set_result((bool(got), Prefetched(read, row) if (
-                        got and read is not None and not isinstance(row, Exception)) else None))
+                        got and read is not None and row is not NOT_READ
+                        and not isinstance(row, Exception)) else None))
 
     async def _batch(self, slot: int, unlocks: list[str],
                      tries: list[tuple[str, Any, LockedRead | None]]
@@ -275,17 +278,20 @@ class PostgresSessionLocks:
                 return gone, [], []
             unlocks = []
         batch = (_BATCH, {"unlock": unlocks, "lock": [s for s, _, _ in tries]})
-        reads = [read for _, _, read in tries]
-        if not any(reads):
+        rows: list[Any] = [NOT_READ] * len(tries)
+        # The first few tries' reads only: a batch's reads are sent, then decoded and handed
+        # out in one step of the event loop each; in a burst of hundreds of tries that step
+        # would hold up every other request of the process (the others read as usual).
+        carried = [i for i, (_, _, read) in enumerate(tries) if read is not None][:MAX_READS]
+        if not carried:
             row = await conn.fetch(*batch)
-            rows: list[Any] = [None] * len(tries)
         else:
             row, *read_rows = await conn.fetch_pipelined(
-                [batch, *((r.statement, r.params) for r in reads if r is not None)])
+                [batch, *((tries[i][2].statement, tries[i][2].params) for i in carried)])
             if isinstance(row, Exception):
                 raise row
-            found = iter(read_rows)
-            rows = [next(found) if r is not None else None for r in reads]
+            for i, read_row in zip(carried, read_rows, strict=True):
+                rows[i] = read_row
         assert row is not None
         return gone or list(row[0]), list(row[1]), rows
 

@@ -9,6 +9,7 @@ import pytest
 
 from sessions_app.engine.errors import ServiceUnavailable, SessionBusy
 from sessions_app.engine.types import LockedRead
+from sessions_app.runtime import locks as locks_module
 from sessions_app.runtime.locks import LocalSessionLocks, PostgresSessionLocks
 from spaces import pgpool
 
@@ -233,6 +234,31 @@ async def test_a_first_read_after_waiting_for_another_process_is_made_again(conn
     finally:
         await locks.aclose()
         await other.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_batch_carries_only_its_first_few_reads(conninfo, monkeypatch) -> None:
+    monkeypatch.setattr(locks_module, "MAX_READS", 2)
+    locks = PostgresSessionLocks(conninfo, timeout=5)
+    everyone_in = asyncio.Event()
+    got: list[int | None] = []
+
+    async def operation(n: int) -> None:
+        async with locks.hold(f"s{n}", first_read=lambda: held_here(f"s{n}")) as prefetched:
+            got.append(None if prefetched is None else prefetched.value())
+            if len(got) == 5:
+                everyone_in.set()
+            await asyncio.wait_for(everyone_in.wait(), 5)
+
+    try:
+        async with locks.hold("warm-up"):
+            pass
+        await locks.settled()
+        await asyncio.gather(*(operation(n) for n in range(5)))  # their tries: one batch
+        # Two reads carried (and made under the lock); the other three left to their callers.
+        assert sorted(got, key=str) == [1, 1, None, None, None]
+    finally:
+        await locks.aclose()
 
 
 @pytest.mark.postgres
