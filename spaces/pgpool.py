@@ -92,11 +92,8 @@ class CountingConnection(psycopg.AsyncConnection):
         if self._pipeline is not None:
             cursor = await self.execute(query, params)
             return await (cursor.fetchall() if all_rows else cursor.fetchone())
-        lean = self._lean
-        if lean is None:
-            lean = self._lean = LeanStatements(self)
         async with self.lock:
-            return await lean.fetch(query, params, all_rows)
+            return await self._lean_statements().fetch(query, params, all_rows)
 
     async def fetch_pipelined(self, statements: list[tuple[str, Any]]) -> list[Any]:
         """The first row (None if none) of each statement, sent together in one pipeline: one
@@ -104,11 +101,14 @@ class CountingConnection(psycopg.AsyncConnection):
         before it did (a read after a lock sees the state under the lock). A statement that
         failed gives its error instead of a row, and so does every one after it (PostgreSQL
         skips the rest of a pipeline after an error)."""
+        async with self.lock:
+            return await self._lean_statements().fetch_pipelined(statements)
+
+    def _lean_statements(self) -> LeanStatements:
         lean = self._lean
         if lean is None:
             lean = self._lean = LeanStatements(self)
-        async with self.lock:
-            return await lean.fetch_pipelined(statements)
+        return lean
 
     async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         if self._pipeline is None or getattr(gen, "__name__", "") in _PIPELINE_WAITS:
@@ -222,8 +222,6 @@ class LeanStatements:
             results = await self._pipeline_results()
             pgconn.exit_pipeline_mode()
         except BaseException:
-            for key in preparing.values():
-                self.names.pop(key, None)
             await self.conn.close()  # what is left on the wire is unknown (as in `fetch`)
             raise
         rows: list[Any] = [None] * len(statements)

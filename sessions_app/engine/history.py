@@ -140,7 +140,8 @@ class HistoryCache:
                 kept.record_count, kept.last_record_id = ctx.record_count, ctx.last_record_id
                 self._kept.move_to_end(session_id)
                 return ctx, kept.history
-        if ctx is None or ctx.history_after != 0:
+            ctx = None  # not a plain append of what is kept: read the whole history
+        if ctx is None:
             ctx = await store.load_turn_context(session_id)
         history = History(ctx.history)
         self._kept[session_id] = _Kept(history, ctx.record_count, ctx.last_record_id)

@@ -48,7 +48,6 @@ _BATCH = """SELECT
 _FIRST_RETRY, _MAX_RETRY = 0.002, 0.1  # seconds between tries while another process holds it
 Taken = tuple[bool, Prefetched | None]  # a try's answer: taken, and its read if any
 MAX_READS = 32  # first reads carried by one batch (see PostgresSessionLocks._batch)
-NOT_READ = object()  # a try's read that its batch did not carry
 LOCK_CONNECTIONS = 1  # per process: one line batches best (see PostgresSessionLocks)
 
 
@@ -225,7 +224,7 @@ class PostgresSessionLocks:
             tries, line.tries = line.tries, []
             try:
                 try:
-                    released, taken, rows = await self._batch(slot, unlocks, tries)
+                    released, taken, reads = await self._batch(slot, unlocks, tries)
                 except asyncio.CancelledError:  # shutdown: nobody waits for an answer any more
                     for _, tried, _ in [*tries, *line.tries]:
                         tried.cancel()
@@ -238,7 +237,7 @@ class PostgresSessionLocks:
                     # locks are gone, and a new one holds nothing, so trying again on it
                     # cannot take a lock twice.
                     unlocks = []
-                    released, taken, rows = await self._batch(slot, [], tries)
+                    released, taken, reads = await self._batch(slot, [], tries)
             except Exception as exc:
                 if unlocks:
                     logger.warning("could not release the locks of sessions %s",
@@ -253,20 +252,17 @@ class PostgresSessionLocks:
             for session_id, held in zip(unlocks, released, strict=True):
                 if not held:
                     logger.warning("the lock of session %s was not held at release", session_id)
-            for (_, tried, read), got, row in zip(tries, taken, rows, strict=True):
+            for (_, tried, _), got, prefetched in zip(tries, taken, reads, strict=True):
                 if not tried.done():
-                    # A read that failed is left to the caller, who reads again and meets
-                    # (or not) the error itself.
-                    tried.set_result((bool(got), Prefetched(read, row) if (
-                        got and read is not None and row is not NOT_READ
-                        and not isinstance(row, Exception)) else None))
+                    tried.set_result((bool(got), prefetched if got else None))
 
     async def _batch(self, slot: int, unlocks: list[str],
                      tries: list[tuple[str, Any, LockedRead | None]]
-                     ) -> tuple[list[bool], list[bool], list[Any]]:
-        """(released, taken, the tries' reads), in the order asked. Unlocks meant for a
-        connection that has gone (and its locks with it) are not sent: they count as
-        released. The reads go in the same pipeline, after the lock statement: one round
+                     ) -> tuple[list[bool], list[bool], list[Prefetched | None]]:
+        """(released, taken, the tries' reads), in the order asked; a read not made, or that
+        failed, is None (its caller reads again and meets the error, if any, itself). Unlocks
+        meant for a connection that has gone (and its locks with it) are not sent: they count
+        as released. The reads go in the same pipeline, after the lock statement: one round
         trip, each read its own statement (so it sees the session as held)."""
         if not unlocks and not tries:
             return [], [], []
@@ -278,7 +274,7 @@ class PostgresSessionLocks:
                 return gone, [], []
             unlocks = []
         batch = (_BATCH, {"unlock": unlocks, "lock": [s for s, _, _ in tries]})
-        rows: list[Any] = [NOT_READ] * len(tries)
+        reads: list[Prefetched | None] = [None] * len(tries)
         # The first few tries' reads only: a batch's reads are sent, then decoded and handed
         # out in one step of the event loop each; in a burst of hundreds of tries that step
         # would hold up every other request of the process (the others read as usual).
@@ -291,9 +287,10 @@ class PostgresSessionLocks:
             if isinstance(row, Exception):
                 raise row
             for i, read_row in zip(carried, read_rows, strict=True):
-                rows[i] = read_row
+                if not isinstance(read_row, Exception):
+                    reads[i] = Prefetched(tries[i][2], read_row)
         assert row is not None
-        return gone or list(row[0]), list(row[1]), rows
+        return gone or list(row[0]), list(row[1]), reads
 
     async def aclose(self) -> None:
         await self.settled()
