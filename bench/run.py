@@ -39,6 +39,10 @@ With ``STELLO_SERVER_PIDS`` (comma-separated pids of the server processes; the c
 server's: ``STELLO_COMPARE_SERVER_PIDS``) it samples /proc/<pid>/status (VmRSS, VmHWM) during
 the run and reports RSS at start, at end and at peak.
 
+The tree, spaces, turns, ws and forks phases also report ``cpuMsPerOp``: milliseconds of CPU
+per request (per stream for ws) spent during the measured window by the server (its pids, when
+given), every PostgreSQL and Redis process of the machine, and the benchmark client itself.
+
 Embedded default (SQLite, in-memory channel layer, one process, offline LLM)::
 
     .venv/bin/python manage.py migrate
@@ -460,8 +464,10 @@ async def run_phase(config: Config, count: int, worker: Worker, rate_name: str,
     if config.warmup > 0:
         await run_workers(count, worker, Stats(), config.warmup, config.grace)
     stats = Stats()
+    cpu = CpuWindow(config.server_pids)
     elapsed = await run_workers(count, worker, stats, config.seconds, config.grace)
-    return {"concurrency": count, **(extra or {}), **stats.report(elapsed, rate_name)}
+    return {"concurrency": count, **(extra or {}), **stats.report(elapsed, rate_name),
+            "cpuMsPerOp": cpu.per_op(len(stats.latencies_ms))}
 
 
 def request_loop(api: Api, method: str, path_of: Callable[[int], str],
@@ -911,6 +917,7 @@ async def phase_ws(api: Api, config: Config, fixtures: Fixtures) -> dict[str, An
              for i, session in enumerate(fixtures.ws_sessions)]
     try:
         await line.wait(setup_deadline)
+        cpu = CpuWindow(config.server_pids)
         limit = line.at + config.seconds + config.grace + 1 - time.perf_counter()
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, limit))
         for _task in pending:
@@ -918,6 +925,7 @@ async def phase_ws(api: Api, config: Config, fixtures: Fixtures) -> dict[str, An
     finally:
         await cancel_all(tasks)
     streams = len(record.stream_ms)
+    cpu_per_stream = cpu.per_op(streams)
     elapsed = max(record.last_end - line.at, 1e-9) if streams else 0.0
     result = {
         "connections": len(fixtures.ws_sessions),
@@ -933,6 +941,7 @@ async def phase_ws(api: Api, config: Config, fixtures: Fixtures) -> dict[str, An
         "errors": sum(record.stats.errors.values()),
         "errorKinds": dict(record.stats.errors),
         "errorSamples": record.stats.error_samples,
+        "cpuMsPerOp": cpu_per_stream,
     }
     if not record.connect_ms:
         result["hint"] = ("no connection entered its session: is the WebSocket endpoint "
@@ -1239,6 +1248,66 @@ def slow_llm_report(before: dict[str, Any] | None,
         "maxInFlight": after.get("maxInFlight"),
         "delaySeconds": after.get("delaySeconds"),
     }
+
+
+# --------------------------------------------------------------------------- CPU per operation
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PROCESS_GROUPS = {"postgres": "postgres", "redis": "redis-server"}  # group: process name
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def named_processes() -> dict[str, list[int]]:
+    """The pids of this machine's database and Redis servers, by group (from /proc comm)."""
+    found: dict[str, list[int]] = {group: [] for group in PROCESS_GROUPS}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            for group, name in PROCESS_GROUPS.items():
+                if comm == name:
+                    found[group].append(int(entry.name))
+    return found
+
+
+class CpuWindow:
+    """CPU spent by each party during a phase's measured window, per operation: the server
+    (its pids, when given), PostgreSQL and Redis (every process of that name on the machine:
+    run nothing else on them meanwhile) and this client. On a machine where they share the
+    cores, the sum is what bounds the rate; it says where a gap between two servers lies."""
+
+    def __init__(self, server_pids: tuple[int, ...]) -> None:
+        self.server_pids = server_pids
+        self.start = self._snapshot()
+
+    def _snapshot(self) -> dict[str, float]:
+        groups = named_processes()  # backends come and go: found again each time
+        times = os.times()
+        snapshot = {"client": times.user + times.system}
+        if self.server_pids:
+            snapshot["server"] = sum(map(process_cpu_seconds, self.server_pids))
+        for group, pids in groups.items():
+            snapshot[group] = sum(map(process_cpu_seconds, pids))
+        return snapshot
+
+    def per_op(self, operations: int) -> dict[str, float] | None:
+        """Milliseconds of CPU per operation since the window opened, by party (None when
+        nothing was done). A process that ended inside the window is not counted."""
+        end = self._snapshot()
+        if operations <= 0:
+            return None
+        return {group: round(max(end[group] - self.start.get(group, 0.0), 0.0) * 1000
+                             / operations, 3) for group in end}
 
 
 # --------------------------------------------------------------------------- RSS sampler
