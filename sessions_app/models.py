@@ -260,7 +260,9 @@ class Turn(models.Model):
 
 class SessionEvent(models.Model):
     """The session's event log: `seq` counts the session's events one by one. The deltas of
-    one streamed round are kept as ONE row numbered `seq`..`last_seq` (payload `chunks`)."""
+    one streamed round are kept as ONE entry numbered `seq`..`last_seq` (payload `chunks`),
+    and the entries one write of a turn makes (its start, deltas, tool calls, end) as ONE row
+    of type `log.packed` (payload `entries`), read back as the single events (`LogEvent`)."""
 
     id = models.BigAutoField(primary_key=True)
     # Indexed by `unique_session_event_seq`, which leads with it: no index of its own.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -358,7 +358,11 @@ class LogEvent:
         return self.last_seq or self.seq
 
     def expand(self) -> list[LogEvent]:
-        """The single events a client sees (a coalesced entry gives one per chunk)."""
+        """The single events a client sees (a coalesced entry gives one per chunk, a packed
+        entry its entries' events)."""
+        if self.type == PACKED:
+            return [event for seq, last_seq, type_, payload in self.payload["entries"]
+                    for event in LogEvent(seq, type_, payload, last_seq).expand()]
         chunks = self.payload.get("chunks") if self.type == "stream.delta" else None
         if chunks is None:
             return [self]
@@ -368,6 +372,21 @@ class LogEvent:
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "seq": self.seq, **self.payload}
+
+
+# One stored entry holding several entries of one write (a turn's round: its start, its deltas
+# and its end): one row to insert and index instead of three or more. Payload `entries`: the
+# entries as [seq, last_seq, type, payload]; the entry is numbered from the first one's seq to
+# the last one's end.
+PACKED = "log.packed"
+
+
+def packed(events: Sequence[LogEvent]) -> list[LogEvent]:
+    """`events` (consecutive, in order) as the entries to store: one packed entry for several."""
+    if len(events) < 2:
+        return list(events)
+    return [LogEvent(events[0].seq, PACKED, {"entries": [
+        [e.seq, e.end, e.type, dict(e.payload)] for e in events]}, events[-1].end)]
 
 
 # Log entries written with the session change they tell of (not by a turn).

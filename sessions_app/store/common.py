@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,15 @@ from spaces.wire import iso_ms
 
 from ..engine.errors import SessionNotFound
 from ..engine.turn import ABANDONED
-from ..engine.types import CompressionCache, EventPage, LogEvent, Message, ToolCall, TurnInfo
+from ..engine.types import (
+    CompressionCache,
+    EventPage,
+    LogEvent,
+    Message,
+    ToolCall,
+    TurnInfo,
+    packed,
+)
 
 TurnListener = Callable[[str, str, int], None]  # (space_id, session_id, turn_count), after commit
 
@@ -216,11 +224,11 @@ def json_rows(rows: list[dict[str, Any]]) -> str:
     return storable_json(rows)
 
 
-def event_rows(events: Iterable[LogEvent]) -> dict[str, str]:
-    """The `events` parameter of the statements that write log entries."""
+def event_rows(events: Sequence[LogEvent]) -> dict[str, str]:
+    """The `events` parameter of the statements that write log entries (packed: one row)."""
     return {"events": json_rows([
         {"seq": e.seq, "last_seq": e.end, "type": e.type, "payload": dict(e.payload)}
-        for e in events])}
+        for e in packed(events)])}
 
 
 def record_rows(messages: Iterable[Message]) -> dict[str, str]:

@@ -43,6 +43,7 @@ from ..engine.types import (
     TurnInfo,
     TurnWrite,
     forked_payload,
+    packed,
 )
 from ..engine.usage import CallUsage
 from ..models import CoreData, Record, Session, SessionData, SessionEvent, TopologyNode, Turn
@@ -644,7 +645,7 @@ def _write_events(session_pk: Any, events: Sequence[LogEvent], now) -> None:
     SessionEvent.objects.bulk_create([
         SessionEvent(session_id=session_pk, seq=e.seq, last_seq=e.end, type=e.type,
                      payload=storable(dict(e.payload)), created_at=now)
-        for e in events
+        for e in packed(events)
     ])
 
 
@@ -669,5 +670,6 @@ def _write_turn(session_pk: Any, turn: TurnWrite, now, end_turn: bool) -> int:
                                        created_at=now, updated_at=now)])
     _write_events(session_pk, turn.events, now)
     if end_turn and (below := prune_to(turn.event_seq)):
-        SessionEvent.objects.filter(session_id=session_pk, seq__lte=below).delete()
+        SessionEvent.objects.filter(session_id=session_pk, seq__lte=below,
+                                    last_seq__lte=below).delete()
     return dropped

@@ -211,7 +211,7 @@ WITH src AS (
   FROM src CROSS JOIN {_EVENT_ROWS}
 ), pruned AS (
   DELETE FROM session_events e USING src
-  WHERE e.session_id = src.id AND e.seq <= %(prune_to)s
+  WHERE e.session_id = src.id AND e.seq <= %(prune_to)s AND e.last_seq <= %(prune_to)s
 ), upd AS (
   UPDATE sessions AS s SET
     record_count = s.record_count + %(added)s - (SELECT count(*) FROM dropped),

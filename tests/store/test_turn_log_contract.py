@@ -133,6 +133,27 @@ async def test_retention_prunes_old_entries_at_the_end_of_a_turn(env: Env) -> No
     assert (page.first, page.current) == (5, 6)
 
 
+async def test_retention_keeps_at_least_the_newest_events_when_entries_are_packed(
+        env: Env) -> None:
+    # A turn's events are one stored entry on the SQL stores (the turn's start and end here):
+    # an entry the retention line cuts through is kept whole, never dropped with newer events.
+    sid = await fork(env)
+    env.store.event_retention = 3
+    with override_settings(STELLO={**settings.STELLO, "EVENT_RETENTION": 3}):
+        for n in range(1, 4):
+            tid = str(uuid.uuid4())
+            await env.store.save_call(sid, say(f"q{n}"), end_turn=True, turn=TurnWrite(
+                tid, f"q{n}", "completed", {}, (
+                    started(2 * n - 1, tid),
+                    LogEvent(2 * n, "turn.completed", {"turnId": tid, "result": {}})), 2 * n))
+    seqs = [e.seq for e in (await env.store.read_events(sid, 0)).events]
+    assert seqs[-3:] == [4, 5, 6] and seqs in ([3, 4, 5, 6], [4, 5, 6])
+    page = await env.store.read_events(sid, 0)
+    assert (page.first, page.current) == (seqs[0], 6)
+    assert [e.type for e in page.events][-3:] == ["turn.completed", "turn.started",
+                                                  "turn.completed"]
+
+
 # -- entries a session change logs itself (fork, archive), outside a turn ----------------------
 
 

@@ -62,8 +62,12 @@ async def test_a_resumed_connection_gets_every_event_with_its_seq(space_id, root
     assert frames[-1]["result"]["turnId"] == turn_id == frames[-2]["result"]["turnId"]
     await nothing_more(ws)
 
-    # A late client: everything from the log (deltas were stored as one entry per round).
-    assert await SessionEvent.objects.filter(session_id=root_id).acount() == 3
+    # A late client: everything from the log (the round was stored as ONE packed entry: its
+    # start, its deltas coalesced, its end).
+    stored = [e async for e in SessionEvent.objects.filter(session_id=root_id)]
+    assert [(e.type, e.seq, e.last_seq) for e in stored] == [("log.packed", 1, 6)]
+    assert [entry[:3] for entry in stored[0].payload["entries"]] == [
+        [1, 1, "turn.started"], [2, 5, "stream.delta"], [6, 6, "turn.completed"]]
     late = await open_ws(space_id, alice_key)
     await resume(late, root_id, 0)
     replay = [await recv(late) for _ in range(6)]
@@ -148,7 +152,9 @@ async def test_a_resume_from_a_pruned_seq_gets_gap_then_the_snapshot(space_id, r
     for text in ("one", "two"):
         assert (await ask(ws, {"type": "session.message", "input": text}))["type"] == \
             "turn.complete"
-    assert [e.seq async for e in SessionEvent.objects.filter(session_id=root_id)] == [3, 4]
+    # Each turn's two events are one packed entry: the second turn's (3..4) is kept.
+    assert [(e.seq, e.last_seq) async for e in
+            SessionEvent.objects.filter(session_id=root_id)] == [(3, 4)]
     late = await open_ws(space_id, alice_key)
     await resume(late, root_id, 1)
     gap = await recv(late)
@@ -585,7 +591,8 @@ async def test_memory_and_insight_changes_are_logged_for_followers(space_id, roo
                                  headers=headers, content_type="application/json")
     assert corrected.status_code == 200
     assert await recv(kid) == {"type": "insight.updated", "seq": 6, "insight": "be brief"}
-    assert await SessionEvent.objects.filter(session_id=child).acount() == 6
+    # Six events in five entries: the turn's start and end are one packed entry.
+    assert await SessionEvent.objects.filter(session_id=child).acount() == 5
     await kid.disconnect()
     await main.disconnect()
     await finish_ws_work()
