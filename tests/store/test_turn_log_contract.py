@@ -118,16 +118,22 @@ async def test_an_abandoned_turn_fails_and_loses_its_records(env: Env) -> None:
     assert (await env.store.get_turn(sid, dead)).status == "failed"
 
 
-async def test_retention_prunes_old_entries_at_the_end_of_a_turn(env: Env) -> None:
+async def three_turns_kept_by(env: Env, retention: int) -> str:
+    """A session with three ended turns of two events each (seqs 1..6) under `retention`."""
     sid = await fork(env)
-    env.store.event_retention = 2  # the fake's setting
-    with override_settings(STELLO={**settings.STELLO, "EVENT_RETENTION": 2}):
+    env.store.event_retention = retention  # the fake's setting
+    with override_settings(STELLO={**settings.STELLO, "EVENT_RETENTION": retention}):
         for n in range(1, 4):
             tid = str(uuid.uuid4())
             await env.store.save_call(sid, say(f"q{n}"), end_turn=True, turn=TurnWrite(
                 tid, f"q{n}", "completed", {}, (
                     started(2 * n - 1, tid),
                     LogEvent(2 * n, "turn.completed", {"turnId": tid, "result": {}})), 2 * n))
+    return sid
+
+
+async def test_retention_prunes_old_entries_at_the_end_of_a_turn(env: Env) -> None:
+    sid = await three_turns_kept_by(env, 2)
     page = await env.store.read_events(sid, 0)
     assert [e.seq for e in page.events] == [5, 6]
     assert (page.first, page.current) == (5, 6)
@@ -137,18 +143,10 @@ async def test_retention_keeps_at_least_the_newest_events_when_entries_are_packe
         env: Env) -> None:
     # A turn's events are one stored entry on the SQL stores (the turn's start and end here):
     # an entry the retention line cuts through is kept whole, never dropped with newer events.
-    sid = await fork(env)
-    env.store.event_retention = 3
-    with override_settings(STELLO={**settings.STELLO, "EVENT_RETENTION": 3}):
-        for n in range(1, 4):
-            tid = str(uuid.uuid4())
-            await env.store.save_call(sid, say(f"q{n}"), end_turn=True, turn=TurnWrite(
-                tid, f"q{n}", "completed", {}, (
-                    started(2 * n - 1, tid),
-                    LogEvent(2 * n, "turn.completed", {"turnId": tid, "result": {}})), 2 * n))
-    seqs = [e.seq for e in (await env.store.read_events(sid, 0)).events]
-    assert seqs[-3:] == [4, 5, 6] and seqs in ([3, 4, 5, 6], [4, 5, 6])
+    sid = await three_turns_kept_by(env, 3)
     page = await env.store.read_events(sid, 0)
+    seqs = [e.seq for e in page.events]
+    assert seqs in ([3, 4, 5, 6], [4, 5, 6])
     assert (page.first, page.current) == (seqs[0], 6)
     assert [e.type for e in page.events][-3:] == ["turn.completed", "turn.started",
                                                   "turn.completed"]
