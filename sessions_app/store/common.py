@@ -189,7 +189,9 @@ def event_retention() -> int:
 
 
 def prune_to(event_seq: int) -> int:
-    """Entries numbered up to this are dropped at the end of a turn (0: none)."""
+    """Rows whose events are all numbered up to this are dropped at the end of a turn (0:
+    none). Both stores test `last_seq` (a packed row the line cuts through stays whole) and
+    `seq` too, which `last_seq` implies but which the (session, seq) index can range over."""
     keep = event_retention()
     return max(event_seq - keep, 0) if keep > 0 else 0
 
