@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import procrastinate
+import procrastinate.worker
 from procrastinate.exceptions import AlreadyEnqueued, UniqueViolation
 from procrastinate.jobs import Status
 
@@ -215,7 +216,9 @@ class MemoryQueue:
         self._stall_seconds = stall_seconds
         self._grace = shutdown_grace_seconds
         self._concurrency = concurrency
-        self._worker: asyncio.Task | None = None
+        self._worker: procrastinate.worker.Worker | None = None
+        self._worker_task: asyncio.Task | None = None
+        self._working = False  # the worker task has begun: stop it with `Worker.stop`
         self._recovery: asyncio.Task | None = None
         self._deferred: set[int] = set()  # ids of the jobs this process queued (`drain`)
         self._closing = asyncio.Event()
@@ -250,15 +253,23 @@ class MemoryQueue:
     async def start(self) -> None:
         await self.app.open_async()
         # Heartbeats well within the stall limit, so no live worker is ever taken for dead.
-        self._worker = asyncio.create_task(self.app.run_worker_async(
-            queues=[MEMORY_QUEUE], install_signal_handlers=False, wait=True,
+        # The worker is built here rather than by `app.run_worker_async` so that `aclose` can
+        # ask it to stop (`Worker.stop`): a cancellation can be lost while it starts.
+        self._worker = procrastinate.worker.Worker(
+            app=self.app, queues=[MEMORY_QUEUE], install_signal_handlers=False, wait=True,
             concurrency=self._concurrency,
             update_heartbeat_interval=max(self._stall_seconds / 4, 0.1),
             stalled_worker_timeout=self._stall_seconds,
             fetch_job_polling_interval=min(5.0, max(self._stall_seconds / 4, 0.1)),
             shutdown_graceful_timeout=self._grace,
-        ), name="stello:memory-worker")
+        )
+        self._worker_task = asyncio.create_task(self._work(self._worker),
+                                                name="stello:memory-worker")
         self._recovery = asyncio.create_task(self._recover_stalled(), name="stello:recovery")
+
+    async def _work(self, worker: procrastinate.worker.Worker) -> None:
+        self._working = True  # from here `worker.stop()` is heard: `run` clears a stale stop
+        await worker.run()    # request before its first await, so none can come in between
 
     async def _recover_stalled(self) -> None:
         """Hand the jobs of dead workers (no heartbeat for `stall_seconds`) back to the queue;
@@ -341,9 +352,18 @@ class MemoryQueue:
         task that does not stop within the grace period (plus a little) is left behind with a
         warning rather than hanging the shutdown; its job comes back through the heartbeat."""
         self._closing.set()
-        for task in (self._recovery, self._worker):
+        # The worker is asked to stop, not cancelled: while it starts it waits for pool
+        # connections through Python 3.11's `asyncio.wait_for`, which drops a cancellation
+        # that lands as the connection arrives, and the worker would then run on. Before its
+        # task's first step a cancellation cannot be lost (and `stop` would be).
+        if self._worker is not None and self._working:
+            self._worker.stop()
+        elif self._worker_task is not None:
+            self._worker_task.cancel()
+        if self._recovery is not None:
+            self._recovery.cancel()  # if this cancellation is lost, `_closing` ends its loop
+        for task in (self._worker_task, self._recovery):
             if task is not None:
-                task.cancel()
                 done, _ = await asyncio.wait({task}, timeout=self._grace + 5)
                 if not done:
                     logger.warning("background: %s did not stop in time", task.get_name())

@@ -293,8 +293,7 @@ class Runtime:
             await asyncio.wait(list(self.detached))
         for sweeper in (self._sweeper, self._approval_sweeper):
             if sweeper is not None:
-                sweeper.cancel()
-                await asyncio.gather(sweeper, return_exceptions=True)
+                await _cancel_until_done(sweeper)
         await self.jobs.drain()
         if self._queue_start is not None:
             await asyncio.gather(self._queue_start, return_exceptions=True)
@@ -310,6 +309,16 @@ class Runtime:
         llms = [self.llm, self.memory_llm, *self.llm_profiles.values()]
         for llm in {id(llm): llm for llm in llms}.values():
             await llm.aclose()
+
+
+async def _cancel_until_done(task: asyncio.Task[Any]) -> None:
+    """Cancel a task that has nothing to finish, again every second until it ends: Python
+    3.11's `asyncio.wait_for` (in the connection pool) can drop a cancellation."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1)
+    if not task.cancelled():
+        task.exception()  # retrieved: a sweep's own errors were logged by the sweep
 
 
 def _log_unawaited_failure(task: asyncio.Task[Any]) -> None:
