@@ -6,9 +6,14 @@ in a few operations (RFC 6455 5.2: FIN and the text opcode, the payload length, 
 server) instead of through websockets' `Frame` object, its checks and its serializer (an eighth of
 the server's instructions per streamed chunk). Only while the connection is open, writable and
 uses no extension (`stello_project.serve` turns per-message deflate off); anything else
-(binary data, the handshake, a close, pings) takes uvicorn's own way. Frames are written at
-once, as uvicorn does (holding them to the end of the loop's step would save system calls only
-when a model sends several chunks at once, and delay every frame under load).
+(binary data, the handshake, a close, pings) takes uvicorn's own way.
+
+A frame goes out at once when none went out earlier in the same step of the event loop; the
+frames sent after it in that step (a model's several chunks at once, several server-sent
+events of an LLM in one read) are joined and written in one call by a callback the loop runs
+next, not one system call each. So the first frame of a burst is never held back, and the rest
+wait for nothing but the loop's next round of callbacks. Anything else written on the
+connection (a close, a pong, an answer to what the client sent) goes after the frames held.
 
 `stello_project.serve` selects it with `--ws stello_project.wsserver:WebSocketProtocol`;
 tests/ws/test_ws_server.py checks the frames a real client reads.
@@ -35,12 +40,34 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    _held: list[bytes] | None = None  # frames sent in this step after its first (None: no burst)
+
+    def _write_held(self) -> None:
+        held, self._held = self._held, None
+        if held and not self.transport.is_closing():
+            self.transport.write(b"".join(held))
+
+    def data_received(self, data: bytes) -> None:
+        self._write_held()  # before uvicorn answers a close or a ping
+        super().data_received(data)
+
+    def shutdown(self) -> None:
+        self._write_held()
+        super().shutdown()
+
     async def send(self, message: Any) -> None:
         text = message.get("text") if message["type"] == "websocket.send" else None
         if (text is not None and message.get("bytes") is None and self.handshake_complete
                 and not self.close_sent and not self.disconnected
                 and self.initial_response is None and self.writable.is_set()
                 and self.conn.state is State.OPEN and not self.conn.extensions):
-            self.transport.write(text_frame(text.encode()))
+            frame = text_frame(text.encode())
+            if self._held is not None:
+                self._held.append(frame)
+            else:
+                self.transport.write(frame)
+                self._held = []
+                self.loop.call_soon(self._write_held)
             return
+        self._write_held()
         await super().send(message)
