@@ -12,8 +12,9 @@ A frame goes out at once when none went out earlier in the same step of the even
 frames sent after it in that step (a model's several chunks at once, several server-sent
 events of an LLM in one read) are joined and written in one call by a callback the loop runs
 next, not one system call each. So the first frame of a burst is never held back, and the rest
-wait for nothing but the loop's next round of callbacks. Anything else written on the
-connection (a close, a pong, an answer to what the client sent) goes after the frames held.
+wait for nothing but the loop's next round of callbacks. What uvicorn writes in answer to the
+client (a pong, the answer to its close) and a close from our side go after the frames held;
+uvicorn's keepalive pings may go before them (a control frame may come between messages).
 
 `stello_project.serve` selects it with `--ws stello_project.wsserver:WebSocketProtocol`;
 tests/ws/test_ws_server.py checks the frames a real client reads.

@@ -12,8 +12,6 @@ import pytest
 from sessions_app.runtime.jobs import MemoryQueue
 from spaces import pgpool
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
 GRACE = 3.0
 
 
@@ -22,6 +20,7 @@ async def _no_agent(_: str) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("steps", range(12))
 async def test_a_queue_closed_as_its_starting_worker_gets_a_connection_stops_at_once(
     steps: int, caplog
