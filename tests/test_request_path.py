@@ -146,3 +146,20 @@ async def test_a_client_that_goes_away_mid_request_stops_it_as_django_does(alice
     assert finished == [StelloASGIHandler]
     await asyncio.sleep(0)  # the listener's own end
     assert [t for t in asyncio.all_tasks() if "listen_for_disconnect" in repr(t)] == []
+
+
+@pytest.mark.parametrize("path, most_tries", [
+    ("/spaces", 5),
+    ("/spaces/0b7a3c1e-8f43-4b6f-9a55-2a3f0d6f1c11/sessions", 9),
+    ("/spaces/0b7a3c1e-8f43-4b6f-9a55-2a3f0d6f1c11/sessions/"
+     "6b1b0400-9014-4965-b9d7-ffe922989a29/turn", 26),
+])
+def test_the_api_routes_are_found_at_the_root_of_the_urlconf(path, most_tries) -> None:
+    """Each `include` that does not match raises a Resolver404 and copies what it tried: the
+    API's patterns sit in the root URLconf itself, ahead of everything else. A `tried` entry of
+    one element is a pattern of the root; an include would add its resolver in front."""
+    from django.urls import resolve
+
+    match = resolve(path)
+    assert [len(entry) for entry in match.tried] == [1] * len(match.tried)
+    assert len(match.tried) <= most_tries
