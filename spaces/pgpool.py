@@ -6,6 +6,9 @@ only for the few milliseconds of one unit of work (never while waiting on anythi
 Django models and migrations stay the one schema; the ORM serves the admin, the commands and
 the embedded SQLite default.
 
+Turns' saves are committed in groups (`GroupCommit`, at the end): the saves that arrive while
+one batch is in flight go together in the next, one round trip and one commit for all.
+
 The pool is loop-bound, so the registry keeps one per event loop, created inside the running
 loop on first use (a server has one loop; tests may have several). `round_trips` counts every
 wait on the server (one per statement outside a pipeline, one per pipeline sync), so tests can
@@ -20,6 +23,7 @@ request; while the server is down, `DatabaseUnavailable` becomes a 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import select
@@ -97,10 +101,12 @@ class CountingConnection(psycopg.AsyncConnection):
 
     async def fetch_pipelined(self, statements: list[tuple[str, Any]]) -> list[Any]:
         """The first row (None if none) of each statement, sent together in one pipeline: one
-        round trip for all. Each runs as its own autocommit statement, so it sees what the ones
-        before it did (a read after a lock sees the state under the lock). A statement that
-        failed gives its error instead of a row, and so does every one after it (PostgreSQL
-        skips the rest of a pipeline after an error)."""
+        round trip for all. They run in order in ONE transaction (PostgreSQL's implicit one,
+        committed at the pipeline's sync), each seeing what the ones before it did (a read
+        after a lock sees the state under the lock). A statement that failed gives its error
+        instead of a row, and so does every one after it (PostgreSQL skips the rest of a
+        pipeline after an error); the ones before it are rolled back (session-level effects,
+        such as advisory locks, stay)."""
         async with self.lock:
             return await self._lean_statements().fetch_pipelined(statements)
 
@@ -397,6 +403,8 @@ class PoolRegistry:
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
             weakref.WeakKeyDictionary()
         )
+        self._group_commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                       GroupCommit] = weakref.WeakKeyDictionary()
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future] = (
             weakref.WeakKeyDictionary()
         )
@@ -422,8 +430,20 @@ class PoolRegistry:
             return pool
         return await asyncio.shield(opening)
 
+    def group_commit(self) -> GroupCommit:
+        """This loop's `GroupCommit` line."""
+        loop = asyncio.get_running_loop()
+        line = self._group_commits.get(loop)
+        if line is None:
+            line = self._group_commits[loop] = GroupCommit()
+        return line
+
     async def aclose_current(self) -> None:
-        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        line = self._group_commits.pop(loop, None)
+        if line is not None:  # its writes go first: their callers wait for them
+            await line.settled()
+        pool = self._pools.pop(loop, None)
         if pool is not None:
             await pool.close()
 
@@ -505,3 +525,121 @@ async def fetchall(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 async def _fetch(sql: str, params: Any, *, all_rows: bool) -> Any:
     async with connection() as conn:
         return await conn.fetch(sql, params, all_rows=all_rows)
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+GROUP_MAX_STATEMENTS = 32  # per transaction: a burst of hundreds is several batches
+# How long a batch may wait for a lock before its statements go alone (see `GroupCommit`).
+GROUP_LOCK_TIMEOUT = "50ms"
+_GROUP_LOCK_TIMEOUT = ("SELECT set_config('lock_timeout', %(timeout)s, true)",
+                       {"timeout": GROUP_LOCK_TIMEOUT})
+
+_Write = tuple[str, Any, "asyncio.Future[Any]"]
+
+
+class GroupCommit:
+    """Write statements committed together: the ones that arrive while a batch is in flight
+    wait for it and then go as the next batch, in one pipeline and ONE transaction, so a batch
+    costs one round trip and one commit (one WAL flush) however many statements it holds. A
+    turn's `save_call` is most of PostgreSQL's work per turn, and its commit a good part of
+    that; under load the batches grow and a turn's share of both shrinks. Alone, a write goes
+    at once, as a batch of one. One batch is in flight at a time, on a pooled connection held
+    for its round trip only.
+
+    Each caller still gets its own statement's outcome, as if it had run alone. A batch that
+    fails in part is rolled back whole (a transaction), and each of its statements then runs
+    alone, on a pooled connection of its own, in its own transaction: only the failing one
+    raises. A batch must not make one write wait for another's lock, nor stall the line behind
+    a lock: it waits at most `GROUP_LOCK_TIMEOUT` for any lock and then goes the same way (a
+    statement alone waits as long as it takes, as it always did). That also keeps a batch,
+    which holds the row locks of all its statements until it commits, from closing a cycle with
+    a transaction over several sessions (deleting a space) that a statement alone could not.
+
+    For statements that each stand alone (no write depends on another's) and have no effect
+    outside the database. A caller cancelled before its batch was sent takes its statement back
+    (it never runs); once it was sent, the caller waits for its outcome before the
+    cancellation goes on, so whatever the caller does next (a cancelled turn discards its
+    records) comes after it."""
+
+    def __init__(self) -> None:
+        self._waiting: list[_Write] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._alone: set[asyncio.Task[None]] = set()
+
+    async def fetch(self, sql: str, params: Any) -> Any:
+        """The first row of `sql` (None if none), committed; `DatabaseUnavailable` (503) when
+        no connection could be had, `ConnectionLost` when it broke meanwhile (the outcome is
+        unknown), a statement's own error as psycopg raises it."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        write = (sql, params, done)
+        self._waiting.append(write)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send())
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if write in self._waiting:  # not sent: it never runs
+                self._waiting.remove(write)
+                raise
+            with contextlib.suppress(Exception):  # sent: its outcome first
+                await asyncio.shield(done)
+            raise
+
+    async def settled(self) -> None:
+        """Wait until every statement handed in has its outcome (shutdown, tests)."""
+        while (self._sender is not None and not self._sender.done()) or self._alone:
+            await asyncio.wait([t for t in (self._sender, *self._alone) if t is not None])
+
+    async def _send(self) -> None:
+        while self._waiting:
+            batch = self._waiting[:GROUP_MAX_STATEMENTS]
+            del self._waiting[:GROUP_MAX_STATEMENTS]
+            try:
+                async with connection() as conn:
+                    rows = await conn.fetch_pipelined(
+                        [_GROUP_LOCK_TIMEOUT, *((sql, params) for sql, params, _ in batch)])
+            except DatabaseUnavailable as exc:  # no connection, or it broke: outcomes unknown
+                for _, _, done in batch:
+                    _settle(done, error=type(exc)(exc.detail))  # one each: raised in each caller
+                continue
+            except Exception as exc:  # pragma: no cover - a bug: every caller hears of it
+                for _, _, done in batch:
+                    _settle(done, error=exc)
+                continue
+            if any(isinstance(row, Exception) for row in rows):  # rolled back: one by one
+                for write in batch:
+                    task = asyncio.ensure_future(self._run_alone(write))
+                    self._alone.add(task)
+                    task.add_done_callback(self._alone.discard)
+                continue
+            for (_, _, done), row in zip(batch, rows[1:], strict=True):
+                _settle(done, row)
+
+    @staticmethod
+    async def _run_alone(write: _Write) -> None:
+        sql, params, done = write
+        try:
+            async with connection() as conn:
+                row = await conn.fetch(sql, params)
+        except Exception as exc:
+            _settle(done, error=exc)
+        else:
+            _settle(done, row)
+
+
+def _settle(done: asyncio.Future[Any], row: Any = None, *,
+            error: BaseException | None = None) -> None:
+    if done.done():  # its caller gave up before it was sent (and took it back)
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(row)
+
+
+async def group_commit(sql: str, params: Any) -> Any:
+    """The first row of the write statement `sql`, committed with the writes of other requests
+    that wait meanwhile (see `GroupCommit`). Not retried: a lost connection leaves its outcome
+    unknown."""
+    return await pools.group_commit().fetch(sql, params)

@@ -695,7 +695,10 @@ class PgSpaceStore(PgConversations, PgApprovals):
         if usage:  # the calls' usage rides in the same statement: no round trip of its own
             params.update(usage_params(usage))
             sql = METERED[sql]
-        row = await self._one(sql, params)
+        try:  # committed with the saves of other sessions that wait meanwhile
+            row = await pgpool.group_commit(sql, params)
+        except pgpool.DatabaseUnavailable as exc:
+            raise ServiceUnavailable() from exc
         if row is None:
             raise SessionNotFound()
         result = SaveResult(turn_count=row[0], record_count=row[1], last_record_id=row[2])
