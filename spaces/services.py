@@ -84,7 +84,8 @@ async def aspace_create(
 ) -> Space:
     """Async twin of `space_create`. On PostgreSQL: ONE statement on the event loop (the space
     and, through `space_rows`, its root session, as data-modifying CTEs: one round trip, and
-    all or nothing); on the embedded SQLite default: `space_create` in one thread hop."""
+    all or nothing), committed with other writes that wait meanwhile; on the embedded SQLite
+    default: `space_create` in one thread hop."""
     if not pgpool.enabled():
         from django.contrib.auth import get_user_model
 
@@ -106,9 +107,9 @@ async def aspace_create(
     for _, rows in space_rows.send(sender=Space, space=space):
         statements.extend(rows)
     parts = ", ".join(f"part{n} AS ({sql})" for n, (sql, _) in enumerate(statements))
-    async with pgpool.connection() as conn:
-        await conn.fetch(f"WITH {parts} SELECT 1",
-                         [value for _, params in statements for value in params])
+    # Committed with the other writes that wait meanwhile (`pgpool.GroupCommit`).
+    await pgpool.group_commit(f"WITH {parts} SELECT 1",
+                              [value for _, params in statements for value in params])
     space._state.adding = False  # saved: as if the ORM had loaded it (see space_from_row)
     space._state.db = "default"
     return space

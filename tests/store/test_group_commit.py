@@ -133,3 +133,18 @@ async def test_a_connection_lost_under_a_batch_makes_its_outcomes_unknown(probe)
         await other.rollback()
         await other.close()
     assert isinstance(outcomes[0], pgpool.ConnectionLost)
+
+
+async def test_spaces_created_at_once_commit_together(probe, django_user_model) -> None:
+    from spaces.services import aspace_create
+
+    user = await django_user_model.objects.acreate(username="group-commit")
+    spaces = await asyncio.gather(*(aspace_create(owner_id=user.pk, label=f"s{i}")
+                                    for i in range(8)))
+    ids = [space.id for space in spaces]
+    rows = await run("SELECT count(DISTINCT xmin::text) FROM spaces WHERE id = ANY(%(ids)s)",
+                     {"ids": ids})
+    assert rows[0][0] <= 2  # not eight commits
+    roots = await run("SELECT count(*) FROM sessions WHERE space_id = ANY(%(ids)s) "
+                      "AND role = 'main'", {"ids": ids})
+    assert roots[0][0] == 8  # each space whole, with its main session
