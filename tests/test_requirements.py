@@ -14,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-OUR_PACKAGES = {"sessions_app", "spaces", "stello_project", "console", "tests", "manage"}
+OUR_PACKAGES = {"sessions_app", "spaces", "stello_project", "console", "tests", "manage", "bench"}
 
 
 def canonical(name: str) -> str:
