@@ -630,7 +630,7 @@ class GroupCommit:
 
 def _settle(done: asyncio.Future[Any], row: Any = None, *,
             error: BaseException | None = None) -> None:
-    if done.done():  # its caller gave up before it was sent (and took it back)
+    if done.done():  # settled once (callers never cancel it: they wait under a shield)
         return
     if error is not None:
         done.set_exception(error)
