@@ -582,6 +582,7 @@ class GroupCommit:
             if write in self._waiting:  # not sent: it never runs
                 self._waiting.remove(write)
                 raise
+            done.add_done_callback(_retrieved)  # cancelled again, nobody would read its error
             with contextlib.suppress(Exception):  # sent: its outcome first
                 await asyncio.shield(done)
             raise
@@ -626,6 +627,11 @@ class GroupCommit:
             _settle(done, error=exc)
         else:
             _settle(done, row)
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()  # read: asyncio does not log it as never retrieved
 
 
 def _settle(done: asyncio.Future[Any], row: Any = None, *,

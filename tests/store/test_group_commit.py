@@ -148,3 +148,28 @@ async def test_spaces_created_at_once_commit_together(probe, django_user_model) 
     roots = await run("SELECT count(*) FROM sessions WHERE space_id = ANY(%(ids)s) "
                       "AND role = 'main'", {"ids": ids})
     assert roots[0][0] == 8  # each space whole, with its main session
+
+
+async def test_a_caller_that_stops_waiting_leaves_no_unread_error(probe) -> None:
+    import gc
+
+    unread: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unread.append(context))
+    other = await held_row_lock()
+    try:
+        sent = asyncio.ensure_future(pgpool.group_commit(INSERT, {"id": 1, "v": "dup"}))
+        await asyncio.sleep(0.2)  # in flight, waiting for row 1 (then a duplicate key)
+        sent.cancel()
+        await asyncio.sleep(0.05)
+        sent.cancel()  # it stops waiting for the outcome
+        with pytest.raises(asyncio.CancelledError):
+            await sent
+    finally:
+        await other.rollback()
+        await other.close()
+    await pgpool.pools.group_commit().settled()
+    del sent
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [c for c in unread if "never retrieved" in c.get("message", "")]
