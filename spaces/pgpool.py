@@ -621,8 +621,7 @@ class GroupCommit:
     async def _run_alone(write: _Write) -> None:
         sql, params, done = write
         try:
-            async with connection() as conn:
-                row = await conn.fetch(sql, params)
+            row = await _fetch(sql, params, all_rows=False)
         except Exception as exc:
             _settle(done, error=exc)
         else:

@@ -633,6 +633,15 @@ class PgSpaceStore(PgConversations, PgApprovals):
         async with _connection() as conn:
             return await conn.fetch(sql, params)
 
+    async def _one_grouped(self, sql: str, params: Mapping[str, Any]
+                           ) -> tuple[Any, ...] | None:
+        """`_one`, committed with the writes of other sessions that wait meanwhile
+        (`pgpool.GroupCommit`)."""
+        try:
+            return await pgpool.group_commit(sql, params)
+        except pgpool.DatabaseUnavailable as exc:
+            raise ServiceUnavailable() from exc
+
     async def _read(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """One read-only statement, retried once on a lost connection."""
         try:
@@ -695,10 +704,7 @@ class PgSpaceStore(PgConversations, PgApprovals):
         if usage:  # the calls' usage rides in the same statement: no round trip of its own
             params.update(usage_params(usage))
             sql = METERED[sql]
-        try:  # committed with the saves of other sessions that wait meanwhile
-            row = await pgpool.group_commit(sql, params)
-        except pgpool.DatabaseUnavailable as exc:
-            raise ServiceUnavailable() from exc
+        row = await self._one_grouped(sql, params)
         if row is None:
             raise SessionNotFound()
         result = SaveResult(turn_count=row[0], record_count=row[1], last_record_id=row[2])
