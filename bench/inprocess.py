@@ -37,7 +37,6 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +139,11 @@ class Socket:
         await asyncio.wait_for(self._task, 10)
 
 
-Operation = Callable[[], Awaitable[None]]
-
-
 class Phase:
     """Set-up (not measured), the operation, and clean-up (not measured)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
     async def setup(self) -> None:
         pass
@@ -160,9 +159,6 @@ class Phase:
 
 
 class TreePhase(Phase):
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
     async def setup(self) -> None:
         space = await self.client.call("POST", "/spaces", {"label": "inprocess tree"})
         self.path = f"/spaces/{space['id']}/sessions"
@@ -178,7 +174,7 @@ class TreePhase(Phase):
 
 class SpacesPhase(Phase):
     def __init__(self, client: Client) -> None:
-        self.client = client
+        super().__init__(client)
         self.made: list[str] = []
 
     async def operation(self) -> None:
@@ -195,7 +191,7 @@ class SpacesPhase(Phase):
 
 class StreamPhase(Phase):
     def __init__(self, client: Client) -> None:
-        self.client = client
+        super().__init__(client)
         self.count = 0
 
     async def setup(self) -> None:
