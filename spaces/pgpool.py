@@ -6,8 +6,9 @@ only for the few milliseconds of one unit of work (never while waiting on anythi
 Django models and migrations stay the one schema; the ORM serves the admin, the commands and
 the embedded SQLite default.
 
-Turns' saves are committed in groups (`GroupCommit`, at the end): the saves that arrive while
-one batch is in flight go together in the next, one round trip and one commit for all.
+Turns' saves and new spaces are committed in groups (`GroupCommit`, at the end): the writes
+that arrive while one batch is in flight go together in the next, one round trip and one
+commit for all.
 
 The pool is loop-bound, so the registry keeps one per event loop, created inside the running
 loop on first use (a server has one loop; tests may have several). `round_trips` counts every

@@ -7,12 +7,14 @@ or has run before the cancellation goes on."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from spaces import pgpool
+from spaces.services import aspace_create
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -136,8 +138,6 @@ async def test_a_connection_lost_under_a_batch_makes_its_outcomes_unknown(probe)
 
 
 async def test_spaces_created_at_once_commit_together(probe, django_user_model) -> None:
-    from spaces.services import aspace_create
-
     user = await django_user_model.objects.acreate(username="group-commit")
     spaces = await asyncio.gather(*(aspace_create(owner_id=user.pk, label=f"s{i}")
                                     for i in range(8)))
@@ -151,8 +151,6 @@ async def test_spaces_created_at_once_commit_together(probe, django_user_model) 
 
 
 async def test_a_caller_that_stops_waiting_leaves_no_unread_error(probe) -> None:
-    import gc
-
     unread: list[dict] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, context: unread.append(context))
